@@ -1,0 +1,58 @@
+# biodistill: one-liners over cargo and the CLI.
+#   make pipeline   set up everything, then run the default pipeline end to end
+#   make test       set up what the tests need, then run them
+# Override: PIPELINE=pipelines/x.toml, DATA_DIR=/path/to/corpora, CARGO_TARGET_DIR=...
+
+PIPELINE ?= pipelines/default.toml
+PYTHON   ?= python3
+# Build output lives outside the clone so fresh clones (and CI) reuse it when present.
+export CARGO_TARGET_DIR ?= $(HOME)/.cache/biodistill/target
+# The corpora: ../shared/data next to the clone unless DATA_DIR says otherwise.
+DATA_DIR ?= $(firstword $(wildcard ../shared/data /work/shared/data) ../shared/data)
+export BIODISTILL_INGEST_DATA_DIR ?= $(abspath $(DATA_DIR))
+BIN := $(CARGO_TARGET_DIR)/debug/biodistill
+CARGO_FLAGS ?= --locked
+
+.PHONY: setup models models-test build pipeline ingest sql test test-unit fmt lint bench clean
+
+## Set-up: every model weight file of ../shared/MODELS.md, fetched and sha256-verified.
+setup: models
+models:
+	$(PYTHON) scripts/fetch_models.py --dest models all
+# Only what the tests need (MiniLM student, SmolLM2-135M test LLM).
+models-test:
+	$(PYTHON) scripts/fetch_models.py --dest models test
+
+build:
+	cargo build $(CARGO_FLAGS) --bin biodistill
+
+## The main job.
+pipeline: models build
+	$(BIN) run $(PIPELINE)
+
+ingest: build
+	$(BIN) --config $(PIPELINE) ingest
+
+# make sql Q="SELECT source, count(*) FROM documents GROUP BY source"  (or F=sql/corpus_stats.sql)
+sql: build
+	$(BIN) --config $(PIPELINE) sql $(if $(F),--file $(F),"$(Q)")
+
+## Tests: formatting, unit and integration tests (real corpora, real model files).
+test: models-test
+	cargo fmt --check
+	cargo test $(CARGO_FLAGS) --lib --bins --tests
+
+test-unit:
+	cargo test $(CARGO_FLAGS) --lib
+
+fmt:
+	cargo fmt
+
+lint:
+	cargo clippy $(CARGO_FLAGS) --all-targets -- -D warnings
+
+bench: setup
+	cargo bench $(CARGO_FLAGS)
+
+clean:
+	rm -rf runs

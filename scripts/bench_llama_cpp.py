@@ -1,0 +1,60 @@
+#!/usr/bin/env python3
+"""Reference figures for `cargo bench --bench teacher_server`: llama.cpp (llama-cpp-python)
+on the same GGUF and the same ChatML prompt, batch 1, greedy.
+
+Prints one JSON object: prefill and decode tokens/s, and the per-request prefill time when a
+shared prompt prefix stays in llama.cpp's KV cache (its own prefix reuse).
+
+Usage: bench_llama_cpp.py MODEL PROMPT_JSON THREADS N_DECODE
+PROMPT_JSON: {"prompt": "<ChatML text>", "prefix": "<shared prefix text>", "suffixes": [...]}
+"""
+import json
+import sys
+import time
+
+import llama_cpp
+
+
+def main():
+    model, prompt_path, threads, n_decode = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+    spec = json.load(open(prompt_path))
+    llm = llama_cpp.Llama(model_path=model, n_ctx=4096, n_threads=threads, n_threads_batch=threads,
+                          n_batch=512, verbose=False)
+    tok = lambda text: llm.tokenize(text.encode(), add_bos=False, special=True)
+    prompt = tok(spec["prompt"])
+
+    llm.reset()
+    t0 = time.perf_counter()
+    llm.eval(prompt)
+    prefill_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for _ in range(n_decode):
+        next_id = int(llm.scores[llm.n_tokens - 1].argmax())
+        llm.eval([next_id])
+    decode_s = time.perf_counter() - t0
+
+    # Prefix reuse: evaluate the shared prefix once, then each request's own tokens only.
+    prefix = tok(spec["prefix"])
+    llm.reset()
+    llm.eval(prefix)
+    per_request = []
+    for suffix in spec["suffixes"]:
+        ids = tok(suffix)
+        llm.n_tokens = len(prefix)  # rewind to the cached prefix (llama-cpp-python's own trick)
+        t0 = time.perf_counter()
+        llm.eval(ids)
+        per_request.append(time.perf_counter() - t0)
+
+    print(json.dumps({
+        "prompt_tokens": len(prompt),
+        "prefill_tokens_per_s": len(prompt) / prefill_s,
+        "decode_tokens": n_decode,
+        "decode_tokens_per_s": n_decode / decode_s,
+        "prefix_tokens": len(prefix),
+        "cached_prefix_prefill_s": sum(per_request) / len(per_request),
+        "llama_cpp_python": llama_cpp.__version__,
+    }))
+
+
+if __name__ == "__main__":
+    main()

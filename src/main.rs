@@ -1,0 +1,30 @@
+//! The `biodistill` binary: parse flags, set up logging, run, turn errors into exit codes.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = biodistill::cli::Cli::parse();
+    let default = ["warn,biodistill=info", "info,biodistill=debug", "debug,biodistill=trace"][cli.verbose.min(2) as usize];
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BIODISTILL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(biodistill::cli::execute(cli)) {
+        Ok(true) => ExitCode::SUCCESS,
+        // Finished, but some input could not be processed (already reported).
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("error: {:#}", anyhow::Error::from(e));
+            ExitCode::from(2)
+        }
+    }
+}

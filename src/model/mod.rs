@@ -1,0 +1,1 @@
+//! Neural models: the student encoder and heads, and the embedded teacher LLM.

@@ -1,0 +1,108 @@
+//! The binary on bad input: one clear line per problem, good files still ingested, bad rows in
+//! `quarantine`; and `sql` output.
+
+use std::fs;
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow::array::{Int64Array, StringArray};
+use arrow::datatypes::{DataType, Field, Schema};
+
+use crate::util::{biodistill, stderr, stdout};
+
+fn parquet(path: &Path, columns: Vec<(&str, arrow::array::ArrayRef)>) {
+    let schema = Arc::new(Schema::new(
+        columns.iter().map(|(n, a)| Field::new(*n, a.data_type().clone(), true)).collect::<Vec<_>>(),
+    ));
+    let batch = arrow::record_batch::RecordBatch::try_new(schema.clone(), columns.into_iter().map(|(_, a)| a).collect()).unwrap();
+    biodistill::run_dir::write_parquet_atomic(path, schema, &[batch]).unwrap();
+}
+
+#[test]
+fn multi_file_ingest_keeps_good_files_and_quarantines_bad_rows() {
+    let tmp = tempfile::tempdir().unwrap();
+    let inputs = tmp.path().join("in");
+    fs::create_dir(&inputs).unwrap();
+    // Good JSONL, with one non-UTF-8 line, one line that is not JSON, one null text and a
+    // duplicate id: 2 documents, 4 quarantined rows.
+    let mut jsonl = b"{\"id\": 1, \"text\": \"Aspirin caused rash. It resolved.\"}\n".to_vec();
+    jsonl.extend_from_slice(b"{\"id\": 2, \"text\": \"bad \xff byte\"}\n");
+    jsonl.extend_from_slice(b"not json\n{\"id\": 3, \"text\": null}\n");
+    jsonl.extend_from_slice("{\"id\": 4, \"text\": \"Náuseas por β-bloqueantes.\"}\n{\"id\": 1, \"text\": \"dup\"}\n".as_bytes());
+    fs::write(inputs.join("a.jsonl"), jsonl).unwrap();
+    // CSV missing its text column: the whole file fails.
+    fs::write(inputs.join("b.csv"), "id,body\n1,hello\n").unwrap();
+    // Parquet whose text column is an integer: the whole file fails.
+    parquet(&inputs.join("c.parquet"), vec![
+        ("id", Arc::new(StringArray::from(vec!["x"]))),
+        ("text", Arc::new(Int64Array::from(vec![7]))),
+    ]);
+    // Corrupt Parquet.
+    fs::write(inputs.join("d.parquet"), b"PAR1 this is not parquet").unwrap();
+    // Good Parquet with a title column and an integer id.
+    parquet(&inputs.join("e.parquet"), vec![
+        ("id", Arc::new(Int64Array::from(vec![10, 11]))),
+        ("text", Arc::new(StringArray::from(vec![Some("Dr. Smith gave 2.5 mg i.v. Then rash."), Some("Second doc.")]))),
+    ]);
+
+    let out = biodistill(tmp.path(), &["--run-dir", "run", "ingest", "--corpus", "none", "--input", "in"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "some files failed: exit 1\n{err}");
+    for expected in [
+        "b.csv: missing column 'text' (columns: id, body)",
+        "c.parquet: column 'text' has type Int64, expected a string",
+        "d.parquet: not a readable Parquet file",
+        "a.jsonl:2: not valid UTF-8",
+        "a.jsonl:3: not a JSON object",
+        "a.jsonl:4: missing or null 'text'",
+        "a.jsonl:6: duplicate document id 'a:1'",
+    ] {
+        assert!(err.contains(expected), "stderr lacks {expected:?}:\n{err}");
+    }
+    assert!(stdout(&out).contains("documents=4"), "{}", stdout(&out));
+
+    let q = biodistill(tmp.path(), &["--run-dir", "run", "sql", "--format", "csv", "SELECT doc_id, source FROM documents ORDER BY doc_id"]);
+    assert_eq!(stdout(&q), "doc_id,source\na:1,a\na:4,a\ne:10,e\ne:11,e\n", "{}", stderr(&q));
+    let q = biodistill(tmp.path(), &["--run-dir", "run", "sql", "--format", "csv", "SELECT count(*) AS n FROM quarantine"]);
+    assert_eq!(stdout(&q), "n\n7\n", "4 rows + 3 files");
+    let q = biodistill(tmp.path(), &["--run-dir", "run", "sql", "--format", "csv", "SELECT count(*) AS n FROM sentences WHERE doc_id = 'e:10'"]);
+    assert_eq!(stdout(&q), "n\n2\n", "'Dr.', '2.5' and 'i.v.' do not split");
+}
+
+#[test]
+fn sql_prints_tables_reads_files_and_reports_errors_in_one_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    fs::write(tmp.path().join("docs.csv"), "id,text\n1,One sentence. Two sentences.\n2,Three.\n").unwrap();
+    let out = biodistill(tmp.path(), &["--run-dir", "run", "ingest", "--corpus", "none", "--input", "docs.csv", "--source", "mine"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let out = biodistill(tmp.path(), &["--run-dir", "run", "sql", "SELECT source, count(*) AS n FROM documents GROUP BY source"]);
+    assert!(stdout(&out).contains("| mine   | 2 |"), "{}", stdout(&out));
+
+    fs::write(tmp.path().join("q.sql"), "-- sentences\nSELECT count(*) AS n FROM sentences;\n").unwrap();
+    let out = biodistill(tmp.path(), &["--run-dir", "run", "sql", "--file", "q.sql", "--format", "json"]);
+    assert_eq!(stdout(&out), "{\"n\":3}\n");
+
+    let out = biodistill(tmp.path(), &["--run-dir", "run", "sql", "--format", "parquet", "-o", "out.parquet", "SELECT * FROM sentences"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(biodistill::run_dir::read_parquet(&tmp.path().join("out.parquet")).unwrap()[0].num_rows(), 3);
+
+    let out = biodistill(tmp.path(), &["--run-dir", "run", "sql", "SELECT nope FROM documents"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(err.starts_with("error: ") && err.contains("nope") && err.trim().lines().count() == 1, "{err}");
+
+    let out = biodistill(tmp.path(), &["--run-dir", "missing", "sql", "SELECT 1"]);
+    assert!(stderr(&out).contains("missing: run directory does not exist"), "{}", stderr(&out));
+}
+
+#[test]
+fn shipped_sql_files_run_on_an_ingested_corpus() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let run = crate::util::ingested();
+    for name in ["corpus_stats", "gold_top_drugs", "gold_counts", "quarantine_summary"] {
+        let sql = fs::read_to_string(root.join(format!("sql/{name}.sql"))).unwrap();
+        let csv = crate::util::sql_csv(run, &sql);
+        assert!(csv.lines().count() > 1, "{name} returned no rows");
+    }
+}
