@@ -13,7 +13,7 @@ export BIODISTILL_INGEST_DATA_DIR ?= $(abspath $(DATA_DIR))
 BIN := $(CARGO_TARGET_DIR)/debug/biodistill
 CARGO_FLAGS ?= --locked
 
-.PHONY: setup models models-test build pipeline ingest sql test test-unit fmt lint bench clean
+.PHONY: setup models models-test models-pipeline build pipeline ingest sql test test-unit fmt lint bench bench-reference clean
 
 ## Set-up: every model weight file of ../shared/MODELS.md, fetched and sha256-verified.
 setup: models
@@ -22,12 +22,15 @@ models:
 # Only what the tests need (MiniLM student, SmolLM2-135M test LLM).
 models-test:
 	$(PYTHON) scripts/fetch_models.py --dest models test
+# What the default pipeline needs (MiniLM student, Qwen2.5-Coder-1.5B teacher).
+models-pipeline:
+	$(PYTHON) scripts/fetch_models.py --dest models pipeline
 
 build:
 	cargo build $(CARGO_FLAGS) --bin biodistill
 
-## The main job.
-pipeline: models build
+## The main job: ingest, label (embedded teacher), train, extract, eval, publish.
+pipeline: models-pipeline build
 	$(BIN) run $(PIPELINE)
 
 ingest: build
@@ -51,8 +54,12 @@ fmt:
 lint:
 	cargo clippy $(CARGO_FLAGS) --all-targets -- -D warnings
 
-bench: setup
+## Benchmarks: embedded teacher vs llama.cpp (reference built from its PyPI sdist), student,
+## teacher fan-out. Figures are ratios against references measured in the same run.
+bench: setup bench-reference
 	cargo bench $(CARGO_FLAGS)
+bench-reference:
+	bash scripts/install_llama_cpp.sh
 
 clean:
 	rm -rf runs

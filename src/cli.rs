@@ -38,10 +38,77 @@ pub struct Cli {
 pub enum Command {
     /// Read raw corpora into documents, sentences and gold tables.
     Ingest(IngestArgs),
-    /// Run the whole pipeline described by a pipeline file.
+    /// Ask the teacher LLM to label a sample of sentences (teacher_labels, teacher_calls).
+    Label(LabelArgs),
+    /// Train the student on the teacher's labels (or the gold train split, as a reference).
+    Train(TrainArgs),
+    /// Run the trained student over every sentence (ade_relations, gene_disease, phi_spans).
+    Extract(ExtractArgs),
+    /// Score teacher, student and supervised reference on the gold dev split.
+    Eval,
+    /// Serve a GGUF model as an OpenAI-compatible chat-completions endpoint.
+    ServeTeacher(ServeArgs),
+    /// Run the whole pipeline described by a pipeline file, then publish its outputs.
     Run(RunArgs),
     /// Run SQL over the tables of a run directory.
     Sql(SqlArgs),
+}
+
+/// `biodistill label`
+#[derive(Debug, Args)]
+pub struct LabelArgs {
+    /// Only estimate calls, tokens and cost (reads the cache, sends nothing).
+    #[arg(long)]
+    pub plan: bool,
+    /// Tasks to label (repeatable; overrides `label.tasks`).
+    #[arg(long = "task", value_name = "TASK")]
+    pub tasks: Vec<crate::teacher::Task>,
+    /// Training sentences per task (overrides `label.sample`).
+    #[arg(long)]
+    pub sample: Option<usize>,
+}
+
+/// `biodistill train` and the stage flags it shares with `extract`.
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// Train on the gold train split instead of the teacher's labels: the supervised
+    /// reference, written and reported under its own name.
+    #[arg(long)]
+    pub supervised_reference: bool,
+    /// Stop after this many optimizer steps (overrides `train.max_steps`).
+    #[arg(long)]
+    pub max_steps: Option<usize>,
+    /// Relation head: conditioned (the paper's), markers or pairwise (overrides `train.arch`).
+    #[arg(long)]
+    pub arch: Option<crate::model::student::Arch>,
+}
+
+/// `biodistill extract`
+#[derive(Debug, Args)]
+pub struct ExtractArgs {
+    /// Use the supervised reference's checkpoints and write its suffixed tables.
+    #[arg(long)]
+    pub supervised_reference: bool,
+}
+
+/// `biodistill serve-teacher`: flags override `[serve]`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// GGUF model file (qwen2 or llama architecture).
+    #[arg(long, value_name = "GGUF")]
+    pub model: Option<PathBuf>,
+    /// Address to bind (default 127.0.0.1).
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Port (default 8080 here; 0 picks a free one).
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    /// CPU threads (default: every core).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Most requests decoded together.
+    #[arg(long)]
+    pub max_batch: Option<usize>,
 }
 
 /// `biodistill ingest`
@@ -79,6 +146,9 @@ pub struct RunArgs {
     /// Pipeline file (same as the global --config).
     #[arg(value_name = "PIPELINE")]
     pub pipeline: Option<PathBuf>,
+    /// Ignore what earlier runs labeled and extracted: label, train and extract everything.
+    #[arg(long)]
+    pub full_refresh: bool,
 }
 
 /// `biodistill sql`
@@ -96,13 +166,17 @@ pub struct SqlArgs {
     /// Write the result to this file instead of standard output.
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<PathBuf>,
+    /// Query the live publication (`<run dir>/published/current`) instead of the run
+    /// directory's staged tables.
+    #[arg(long)]
+    pub published: bool,
 }
 
 impl Cli {
     /// The resolved configuration: pipeline file, then environment, then flags.
     pub fn config(&self) -> Result<PipelineConfig> {
         let file = match &self.command {
-            Command::Run(RunArgs { pipeline: Some(p) }) => Some(p.as_path()),
+            Command::Run(RunArgs { pipeline: Some(p), .. }) => Some(p.as_path()),
             _ => self.config.as_deref(),
         };
         let mut cfg = PipelineConfig::load(file, std::env::vars(), &self.sets)?;
@@ -127,7 +201,40 @@ impl Cli {
                 });
             }
         }
+        match &self.command {
+            Command::Label(a) => {
+                if !a.tasks.is_empty() {
+                    cfg.label.tasks = a.tasks.clone();
+                }
+                if a.sample.is_some() {
+                    cfg.label.sample = a.sample;
+                }
+            }
+            Command::Train(a) => {
+                cfg.train.supervised_reference |= a.supervised_reference;
+                cfg.train.max_steps = a.max_steps.or(cfg.train.max_steps);
+                cfg.train.arch = a.arch.unwrap_or(cfg.train.arch);
+            }
+            Command::Extract(a) => cfg.extract.supervised_reference |= a.supervised_reference,
+            Command::ServeTeacher(a) => {
+                cfg.serve.model = a.model.clone().unwrap_or(cfg.serve.model);
+                cfg.serve.host = a.host.clone().unwrap_or(cfg.serve.host);
+                cfg.serve.port = a.port;
+                cfg.serve.threads = a.threads.or(cfg.serve.threads);
+                cfg.serve.max_batch = a.max_batch.unwrap_or(cfg.serve.max_batch);
+            }
+            _ => {}
+        }
         Ok(cfg)
+    }
+
+    /// CPU threads for candle, when the command runs the embedded teacher and says how many.
+    /// Applied by `main` before any thread exists (see [`crate::serve::init_threads`]).
+    pub fn threads(&self) -> Option<usize> {
+        match &self.command {
+            Command::ServeTeacher(a) => a.threads,
+            _ => None,
+        }
     }
 }
 
@@ -138,9 +245,42 @@ pub async fn execute(cli: Cli) -> Result<bool> {
     tracing::debug!(?cfg, "resolved configuration");
     match cli.command {
         Command::Ingest(_) => ingest(&cfg),
-        Command::Run(_) => ingest(&cfg),
+        Command::Label(a) => label(&cfg, a.plan).await.map(|()| true),
+        Command::Train(_) => {
+            let report = crate::train::run(&cfg.train, &RunDir::open(&cfg.run.dir)?)?;
+            print!("{report}");
+            Ok(true)
+        }
+        Command::Extract(_) => {
+            let report = crate::extract::run(&cfg.extract, &RunDir::open(&cfg.run.dir)?)?;
+            print!("{report}");
+            Ok(true)
+        }
+        Command::Eval => {
+            let run_dir = RunDir::open(&cfg.run.dir)?;
+            let run_id = crate::pipeline::run_id_of(&run_dir);
+            let report = crate::eval::run(&cfg.eval, &run_dir, &run_id)?;
+            print!("{report}");
+            Ok(true)
+        }
+        Command::ServeTeacher(_) => crate::serve::run(cfg.serve).await.map(|()| true),
+        Command::Run(a) => crate::pipeline::run(&cfg, a.full_refresh).await.map(|report| {
+            print!("{report}");
+            true
+        }),
         Command::Sql(args) => sql(&cfg, args).await.map(|()| true),
     }
+}
+
+async fn label(cfg: &PipelineConfig, plan: bool) -> Result<()> {
+    let run_dir = RunDir::open(&cfg.run.dir)?;
+    let label = cfg.label_config();
+    if plan {
+        print!("{}", crate::teacher::plan(&label, &run_dir)?);
+    } else {
+        print!("{}", crate::teacher::run_embedded_or_remote(&label, &cfg.serve, &run_dir).await?);
+    }
+    Ok(())
 }
 
 fn ingest(cfg: &PipelineConfig) -> Result<bool> {
@@ -156,7 +296,12 @@ async fn sql(cfg: &PipelineConfig, args: SqlArgs) -> Result<()> {
         (None, Some(f)) => std::fs::read_to_string(f).map_err(|e| Error::input(f, e.to_string()))?,
         (None, None) => return Err(Error::Internal("clap requires QUERY or --file".into())),
     };
-    let run_dir = RunDir::open(&cfg.run.dir)?;
+    let mut run_dir = RunDir::open(&cfg.run.dir)?;
+    if args.published {
+        run_dir = crate::publish::current_tables(&cfg.publish, &run_dir).ok_or_else(|| {
+            Error::input(cfg.publish.dir(&run_dir), "nothing is published yet (run `biodistill run` first)")
+        })?;
+    }
     let batches = crate::sql::query(&run_dir, &query).await?;
     match &args.output {
         Some(path) => crate::sql::write(&batches, args.format, path),

@@ -13,7 +13,13 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, IoContext, Result};
+use crate::eval::EvalConfig;
+use crate::extract::ExtractConfig;
 use crate::ingest::IngestConfig;
+use crate::publish::PublishConfig;
+use crate::serve::ServeConfig;
+use crate::teacher::{LabelConfig, TeacherConfig};
+use crate::train::TrainConfig;
 
 /// Where a run writes its tables.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -21,28 +27,31 @@ use crate::ingest::IngestConfig;
 pub struct RunConfig {
     /// The run directory (see [`crate::run_dir`]).
     pub dir: PathBuf,
+    /// `biodistill run` also trains and extracts with the supervised reference (the same
+    /// student on the gold train split), so evaluation shows how far distillation is from it.
+    pub supervised_reference: bool,
 }
 
 impl Default for RunConfig {
     fn default() -> Self {
-        Self { dir: PathBuf::from("runs/default") }
+        Self { dir: PathBuf::from("runs/default"), supervised_reference: false }
     }
 }
 
-/// A whole pipeline run. Sections of stages that are not wired yet are kept as raw TOML so a
-/// pipeline file can already describe them.
+/// A whole pipeline run: one section per stage. `[teacher]` (which endpoint) is kept apart
+/// from `[label]` (what to send), and `[serve]` configures the embedded teacher server.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PipelineConfig {
     pub run: RunConfig,
     pub ingest: IngestConfig,
-    pub label: toml::Table,
-    pub teacher: toml::Table,
-    pub serve: toml::Table,
-    pub train: toml::Table,
-    pub extract: toml::Table,
-    pub eval: toml::Table,
-    pub publish: toml::Table,
+    pub label: LabelConfig,
+    pub teacher: TeacherConfig,
+    pub serve: ServeConfig,
+    pub train: TrainConfig,
+    pub extract: ExtractConfig,
+    pub eval: EvalConfig,
+    pub publish: PublishConfig,
 }
 
 /// The sections a `BIODISTILL_<SECTION>_<KEY>` variable can address.
@@ -54,11 +63,7 @@ const NOT_OVERRIDES: &[&str] = &["BIODISTILL_CONFIG", "BIODISTILL_LOG"];
 impl PipelineConfig {
     /// Load `file` (or the defaults when `None`), then apply `env` overrides, then `sets`
     /// (`section.key=value`).
-    pub fn load(
-        file: Option<&Path>,
-        env: impl IntoIterator<Item = (String, String)>,
-        sets: &[String],
-    ) -> Result<Self> {
+    pub fn load(file: Option<&Path>, env: impl IntoIterator<Item = (String, String)>, sets: &[String]) -> Result<Self> {
         let mut table = match file {
             Some(path) => {
                 let text = std::fs::read_to_string(path).with_path(path)?;
@@ -72,16 +77,14 @@ impl PipelineConfig {
                 continue;
             }
             let rest = rest.to_ascii_lowercase();
-            let section = SECTIONS
-                .iter()
-                .find(|s| rest.starts_with(&format!("{s}_")))
-                .ok_or_else(|| Error::Config(format!("{name}: no config section matches (sections: {})", SECTIONS.join(", "))))?;
+            let section = SECTIONS.iter().find(|s| rest.starts_with(&format!("{s}_"))).ok_or_else(|| {
+                Error::Config(format!("{name}: no config section matches (sections: {})", SECTIONS.join(", ")))
+            })?;
             set(&mut table, &[section, &rest[section.len() + 1..]], &value);
         }
         for s in sets {
-            let (key, value) = s
-                .split_once('=')
-                .ok_or_else(|| Error::Config(format!("--set '{s}': expected section.key=value")))?;
+            let (key, value) =
+                s.split_once('=').ok_or_else(|| Error::Config(format!("--set '{s}': expected section.key=value")))?;
             let path: Vec<&str> = key.trim().split('.').collect();
             if path.len() < 2 {
                 return Err(Error::Config(format!("--set '{s}': the key needs a section, e.g. ingest.data_dir")));
@@ -89,7 +92,14 @@ impl PipelineConfig {
             set(&mut table, &path, value.trim());
         }
         let what = file.map(|p| p.display().to_string()).unwrap_or_else(|| "defaults".into());
-        table.try_into().map_err(|e: toml::de::Error| Error::Config(format!("{what}: {}", e.message())))
+        let cfg: Self =
+            table.try_into().map_err(|e: toml::de::Error| Error::Config(format!("{what}: {}", e.message())))?;
+        Ok(cfg)
+    }
+
+    /// The `label` stage's configuration: `[label]` with `[teacher]`'s endpoint.
+    pub fn label_config(&self) -> LabelConfig {
+        LabelConfig { teacher: self.teacher.clone(), ..self.label.clone() }
     }
 
     /// A short stable hash of the resolved configuration, for run manifests.

@@ -46,9 +46,18 @@ pub enum Error {
     Tokenizer(String),
     #[error("json: {0}")]
     Json(#[from] serde_json::Error),
+    /// A teacher request failed for good (see [`crate::teacher::TeacherError`]).
+    #[error("teacher: {0}")]
+    Teacher(#[from] crate::teacher::TeacherError),
     /// A prompt leaves no room for a reply in the teacher's context window.
     #[error("the prompt has {prompt_tokens} tokens; the context holds {context_length} (prompt and reply)")]
     PromptTooLong { prompt_tokens: usize, context_length: usize },
+    /// Ctrl-C: the stage stopped; what it had stored (teacher cache, published tables) stays.
+    #[error("interrupted")]
+    Interrupted,
+    /// A quality gate failed: the run's outputs were not published (the last good ones stay).
+    #[error("quality gate failed, nothing published: {0}")]
+    GateFailed(String),
     /// Something that cannot happen unless biodistill has a bug.
     #[error("internal error (this is a bug): {0}")]
     Internal(String),

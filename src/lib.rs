@@ -27,7 +27,14 @@ pub mod schema;
 pub mod sql;
 pub mod text;
 
-// Stages and models added by later work (one line each).
+pub mod eval;
+pub mod extract;
+pub mod manifest;
 pub mod model;
+pub mod pipeline;
+pub mod publish;
+pub mod serve;
+pub mod teacher;
+pub mod train;
 
 pub use error::{Error, Result};

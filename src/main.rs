@@ -6,11 +6,16 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = biodistill::cli::Cli::parse();
-    let default = ["warn,biodistill=info", "info,biodistill=debug", "debug,biodistill=trace"][cli.verbose.min(2) as usize];
+    let default =
+        ["warn,biodistill=info", "info,biodistill=debug", "debug,biodistill=trace"][cli.verbose.min(2) as usize];
     let filter = tracing_subscriber::EnvFilter::try_from_env("BIODISTILL_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
 
+    if let Some(threads) = cli.threads() {
+        // SAFETY: no other thread exists yet (logging is synchronous, the runtime not built).
+        unsafe { biodistill::serve::init_threads(threads) };
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -23,7 +28,9 @@ fn main() -> ExitCode {
         // Finished, but some input could not be processed (already reported).
         Ok(false) => ExitCode::from(1),
         Err(e) => {
-            eprintln!("error: {:#}", anyhow::Error::from(e));
+            // One line per error, so logs and shells show it whole (DataFusion's messages
+            // carry line breaks); `Error`'s Display already includes the cause.
+            eprintln!("error: {}", e.to_string().replace('\n', " "));
             ExitCode::from(2)
         }
     }

@@ -125,9 +125,7 @@ pub fn read_parquet(path: &Path) -> Result<Vec<RecordBatch>> {
         .map_err(|e| Error::input(path, format!("not a readable Parquet file: {e}")))?
         .build()
         .map_err(|e| Error::input(path, format!("not a readable Parquet file: {e}")))?;
-    reader
-        .map(|batch| batch.map_err(|e| Error::input(path, format!("corrupt Parquet data: {e}"))))
-        .collect()
+    reader.map(|batch| batch.map_err(|e| Error::input(path, format!("corrupt Parquet data: {e}")))).collect()
 }
 
 /// Concatenate batches into one (empty batch of `schema` when there are none).
@@ -154,11 +152,9 @@ mod tests {
             Field::new("id", DataType::Int32, false),
             Field::new("name", DataType::Utf8, false),
         ]));
-        let b = batch(
-            &schema,
-            vec![Arc::new(Int32Array::from(vec![1, 2])), Arc::new(StringArray::from(vec!["a", "é"]))],
-        )
-        .unwrap();
+        let b =
+            batch(&schema, vec![Arc::new(Int32Array::from(vec![1, 2])), Arc::new(StringArray::from(vec!["a", "é"]))])
+                .unwrap();
         assert_eq!(run.write_table("t", schema.clone(), &[b.clone()]).unwrap(), 2);
         assert_eq!(run.tables().unwrap(), vec!["t".to_string()]);
         let back = run.read_table("t").unwrap();

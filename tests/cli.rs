@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use arrow::array::{Int64Array, StringArray};
-use arrow::datatypes::{DataType, Field, Schema};
+use arrow::datatypes::{Field, Schema};
 
 use crate::util::{biodistill, stderr, stdout};
 
@@ -14,7 +14,9 @@ fn parquet(path: &Path, columns: Vec<(&str, arrow::array::ArrayRef)>) {
     let schema = Arc::new(Schema::new(
         columns.iter().map(|(n, a)| Field::new(*n, a.data_type().clone(), true)).collect::<Vec<_>>(),
     ));
-    let batch = arrow::record_batch::RecordBatch::try_new(schema.clone(), columns.into_iter().map(|(_, a)| a).collect()).unwrap();
+    let batch =
+        arrow::record_batch::RecordBatch::try_new(schema.clone(), columns.into_iter().map(|(_, a)| a).collect())
+            .unwrap();
     biodistill::run_dir::write_parquet_atomic(path, schema, &[batch]).unwrap();
 }
 
@@ -28,22 +30,33 @@ fn multi_file_ingest_keeps_good_files_and_quarantines_bad_rows() {
     let mut jsonl = b"{\"id\": 1, \"text\": \"Aspirin caused rash. It resolved.\"}\n".to_vec();
     jsonl.extend_from_slice(b"{\"id\": 2, \"text\": \"bad \xff byte\"}\n");
     jsonl.extend_from_slice(b"not json\n{\"id\": 3, \"text\": null}\n");
-    jsonl.extend_from_slice("{\"id\": 4, \"text\": \"Náuseas por β-bloqueantes.\"}\n{\"id\": 1, \"text\": \"dup\"}\n".as_bytes());
+    jsonl.extend_from_slice(
+        "{\"id\": 4, \"text\": \"Náuseas por β-bloqueantes.\"}\n{\"id\": 1, \"text\": \"dup\"}\n".as_bytes(),
+    );
     fs::write(inputs.join("a.jsonl"), jsonl).unwrap();
     // CSV missing its text column: the whole file fails.
     fs::write(inputs.join("b.csv"), "id,body\n1,hello\n").unwrap();
     // Parquet whose text column is an integer: the whole file fails.
-    parquet(&inputs.join("c.parquet"), vec![
-        ("id", Arc::new(StringArray::from(vec!["x"]))),
-        ("text", Arc::new(Int64Array::from(vec![7]))),
-    ]);
+    parquet(
+        &inputs.join("c.parquet"),
+        vec![("id", Arc::new(StringArray::from(vec!["x"]))), ("text", Arc::new(Int64Array::from(vec![7])))],
+    );
     // Corrupt Parquet.
     fs::write(inputs.join("d.parquet"), b"PAR1 this is not parquet").unwrap();
     // Good Parquet with a title column and an integer id.
-    parquet(&inputs.join("e.parquet"), vec![
-        ("id", Arc::new(Int64Array::from(vec![10, 11]))),
-        ("text", Arc::new(StringArray::from(vec![Some("Dr. Smith gave 2.5 mg i.v. Then rash."), Some("Second doc.")]))),
-    ]);
+    parquet(
+        &inputs.join("e.parquet"),
+        vec![
+            ("id", Arc::new(Int64Array::from(vec![10, 11]))),
+            (
+                "text",
+                Arc::new(StringArray::from(vec![
+                    Some("Dr. Smith gave 2.5 mg i.v. daily. Then rash."),
+                    Some("Second doc."),
+                ])),
+            ),
+        ],
+    );
 
     let out = biodistill(tmp.path(), &["--run-dir", "run", "ingest", "--corpus", "none", "--input", "in"]);
     let err = stderr(&out);
@@ -61,11 +74,18 @@ fn multi_file_ingest_keeps_good_files_and_quarantines_bad_rows() {
     }
     assert!(stdout(&out).contains("documents=4"), "{}", stdout(&out));
 
-    let q = biodistill(tmp.path(), &["--run-dir", "run", "sql", "--format", "csv", "SELECT doc_id, source FROM documents ORDER BY doc_id"]);
+    let q = biodistill(
+        tmp.path(),
+        &["--run-dir", "run", "sql", "--format", "csv", "SELECT doc_id, source FROM documents ORDER BY doc_id"],
+    );
     assert_eq!(stdout(&q), "doc_id,source\na:1,a\na:4,a\ne:10,e\ne:11,e\n", "{}", stderr(&q));
-    let q = biodistill(tmp.path(), &["--run-dir", "run", "sql", "--format", "csv", "SELECT count(*) AS n FROM quarantine"]);
+    let q =
+        biodistill(tmp.path(), &["--run-dir", "run", "sql", "--format", "csv", "SELECT count(*) AS n FROM quarantine"]);
     assert_eq!(stdout(&q), "n\n7\n", "4 rows + 3 files");
-    let q = biodistill(tmp.path(), &["--run-dir", "run", "sql", "--format", "csv", "SELECT count(*) AS n FROM sentences WHERE doc_id = 'e:10'"]);
+    let q = biodistill(
+        tmp.path(),
+        &["--run-dir", "run", "sql", "--format", "csv", "SELECT count(*) AS n FROM sentences WHERE doc_id = 'e:10'"],
+    );
     assert_eq!(stdout(&q), "n\n2\n", "'Dr.', '2.5' and 'i.v.' do not split");
 }
 
@@ -73,17 +93,26 @@ fn multi_file_ingest_keeps_good_files_and_quarantines_bad_rows() {
 fn sql_prints_tables_reads_files_and_reports_errors_in_one_line() {
     let tmp = tempfile::tempdir().unwrap();
     fs::write(tmp.path().join("docs.csv"), "id,text\n1,One sentence. Two sentences.\n2,Three.\n").unwrap();
-    let out = biodistill(tmp.path(), &["--run-dir", "run", "ingest", "--corpus", "none", "--input", "docs.csv", "--source", "mine"]);
+    let out = biodistill(
+        tmp.path(),
+        &["--run-dir", "run", "ingest", "--corpus", "none", "--input", "docs.csv", "--source", "mine"],
+    );
     assert!(out.status.success(), "{}", stderr(&out));
 
-    let out = biodistill(tmp.path(), &["--run-dir", "run", "sql", "SELECT source, count(*) AS n FROM documents GROUP BY source"]);
+    let out = biodistill(
+        tmp.path(),
+        &["--run-dir", "run", "sql", "SELECT source, count(*) AS n FROM documents GROUP BY source"],
+    );
     assert!(stdout(&out).contains("| mine   | 2 |"), "{}", stdout(&out));
 
     fs::write(tmp.path().join("q.sql"), "-- sentences\nSELECT count(*) AS n FROM sentences;\n").unwrap();
     let out = biodistill(tmp.path(), &["--run-dir", "run", "sql", "--file", "q.sql", "--format", "json"]);
     assert_eq!(stdout(&out), "{\"n\":3}\n");
 
-    let out = biodistill(tmp.path(), &["--run-dir", "run", "sql", "--format", "parquet", "-o", "out.parquet", "SELECT * FROM sentences"]);
+    let out = biodistill(
+        tmp.path(),
+        &["--run-dir", "run", "sql", "--format", "parquet", "-o", "out.parquet", "SELECT * FROM sentences"],
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(biodistill::run_dir::read_parquet(&tmp.path().join("out.parquet")).unwrap()[0].num_rows(), 3);
 

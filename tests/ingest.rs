@@ -18,8 +18,18 @@ fn documents_per_source_match_the_corpora() {
          euadr,63\n\
          gad,3280\n\
          meddocan,750\n\
-         ncbi_disease,692\n\
+         ncbi_disease,691\n\
          presidio,1218\n"
+    );
+}
+
+#[test]
+fn a_pmid_in_two_files_is_one_document() {
+    // NCBI Disease has 592 + 100 abstracts, but PMID 8528200 is in both files: kept once, and
+    // the second copy is quarantined as a duplicate id.
+    assert_eq!(
+        sql_csv(ingested(), "SELECT doc_id, reason FROM quarantine WHERE source = 'ncbi_disease'"),
+        "doc_id,reason\nncbi_disease:8528200,duplicate document id 'ncbi_disease:8528200'\n"
     );
 }
 
@@ -30,7 +40,10 @@ fn given_splits_are_kept() {
         "SELECT source, split, count(*) AS n FROM documents WHERE source IN ('biored', 'meddocan', 'bc5cdr') \
          GROUP BY source, split ORDER BY source, split",
     );
-    assert_eq!(csv, "source,split,n\nbc5cdr,unlabeled,1459\nbiored,dev,100\nbiored,train,400\nmeddocan,dev,250\nmeddocan,train,500\n");
+    assert_eq!(
+        csv,
+        "source,split,n\nbc5cdr,unlabeled,1459\nbiored,dev,100\nbiored,train,400\nmeddocan,dev,250\nmeddocan,train,500\n"
+    );
 }
 
 #[test]
@@ -39,11 +52,17 @@ fn ade_corpus_rows_in_gold_pairs_out() {
     // 5,359 DRUG-AE rows = 5,216 distinct (PMID, sentence, effect, drug) in 3,347 sentences of
     // 1,289 PMIDs; 16,587 distinct sentences with the 13,240 distinct negatives and dose rows.
     assert_eq!(
-        sql_csv(run, "SELECT count(*) AS pairs, count(DISTINCT doc_id || '/' || sent_id) AS sentences, count(DISTINCT doc_id) AS pmids FROM gold_ade"),
+        sql_csv(
+            run,
+            "SELECT count(*) AS pairs, count(DISTINCT doc_id || '/' || sent_id) AS sentences, count(DISTINCT doc_id) AS pmids FROM gold_ade"
+        ),
         "pairs,sentences,pmids\n5216,3347,1289\n"
     );
     assert_eq!(
-        sql_csv(run, "SELECT count(*) AS n FROM sentences s JOIN documents d ON s.doc_id = d.doc_id WHERE d.source = 'ade_corpus_v2'"),
+        sql_csv(
+            run,
+            "SELECT count(*) AS n FROM sentences s JOIN documents d ON s.doc_id = d.doc_id WHERE d.source = 'ade_corpus_v2'"
+        ),
         "n\n16587\n"
     );
     // DRUG-DOSE: 223 rows, 216 distinct.
@@ -74,15 +93,23 @@ fn gene_disease_and_phi_gold_counts() {
 fn no_gold_document_is_in_both_splits_and_dev_is_about_a_fifth() {
     let run = ingested();
     for t in ["gold_ade", "gold_gene_disease", "gold_phi"] {
-        let q = format!("SELECT count(*) AS n FROM (SELECT doc_id FROM {t} GROUP BY doc_id HAVING count(DISTINCT split) > 1)");
+        let q = format!(
+            "SELECT count(*) AS n FROM (SELECT doc_id FROM {t} GROUP BY doc_id HAVING count(DISTINCT split) > 1)"
+        );
         assert_eq!(sql_csv(run, &q), "n\n0\n", "{t}");
     }
-    let csv = sql_csv(run, "SELECT count(*) FILTER (WHERE split = 'dev') * 1000 / count(*) AS permille FROM documents WHERE source = 'ade_corpus_v2'");
+    let csv = sql_csv(
+        run,
+        "SELECT count(*) FILTER (WHERE split = 'dev') * 1000 / count(*) AS permille FROM documents WHERE source = 'ade_corpus_v2'",
+    );
     let permille: i64 = csv.lines().nth(1).unwrap().parse().unwrap();
     assert!((150..250).contains(&permille), "ADE dev share {permille}‰");
     // Gold-set splits agree between documents and gold tables.
     assert_eq!(
-        sql_csv(run, "SELECT count(*) AS n FROM gold_ade g JOIN documents d ON g.doc_id = d.doc_id WHERE g.split <> d.split"),
+        sql_csv(
+            run,
+            "SELECT count(*) AS n FROM gold_ade g JOIN documents d ON g.doc_id = d.doc_id WHERE g.split <> d.split"
+        ),
         "n\n0\n"
     );
 }
@@ -90,8 +117,10 @@ fn no_gold_document_is_in_both_splits_and_dev_is_about_a_fifth() {
 /// Check `text[start..end] == span` for every row of a batch (char offsets).
 fn check_spans(batch: &arrow::record_batch::RecordBatch, text: &str, prefix: &str, span_col: &str) -> usize {
     let col = |name: &str| batch.column_by_name(name).unwrap_or_else(|| panic!("no column {name}"));
-    let texts = col(text).as_string::<i32>();
-    let spans = col(span_col).as_string::<i32>();
+    // SQL results may come back as Utf8View: normalize to Utf8.
+    let string = |name: &str| arrow::compute::cast(col(name), &arrow::datatypes::DataType::Utf8).unwrap();
+    let (texts, spans) = (string(text), string(span_col));
+    let (texts, spans) = (texts.as_string::<i32>(), spans.as_string::<i32>());
     let starts = col(&format!("{prefix}start")).as_primitive::<Int32Type>();
     let ends = col(&format!("{prefix}end")).as_primitive::<Int32Type>();
     for i in 0..batch.num_rows() {

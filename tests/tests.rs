@@ -9,6 +9,17 @@ mod ingest;
 /// The command line: bad inputs, quarantine, SQL output.
 mod cli;
 
+/// The embedded OpenAI-compatible teacher server (issue 6).
+mod serve;
 
+/// A hand-written silver run directory (teacher_labels-shaped), shared with the student bench.
+mod silver;
 
+/// The student on real MiniLM weights: train on a silver table, extract to every table (issue 5).
+mod student;
 
+/// Teacher labeling against a loopback OpenAI-compatible server: limits, retries, cache (issue 4).
+mod teacher;
+
+/// `biodistill run`: incremental runs, quality gates, crash safety (issue 7).
+mod pipeline;

@@ -83,7 +83,8 @@ pub fn read(dir: &Path, c: &mut Collector) {
                 continue;
             }
             let doc_id = format!("ade:{}", r.pmid);
-            let Some((drug, second)) = resolve_pair(&r.sentence, &r.drug, r.drug_begin, &r.second, r.second_begin) else {
+            let Some((drug, second)) = resolve_pair(&r.sentence, &r.drug, r.drug_begin, &r.second, r.second_begin)
+            else {
                 let what = if find_all(&r.sentence, &r.drug).is_empty() { &r.drug } else { &r.second };
                 let reason = format!("'{what}' does not occur in the sentence");
                 c.quarantine("ade_corpus_v2", file, Some(r.line), Some(&doc_id), &reason, Some(&r.sentence));
@@ -158,7 +159,13 @@ fn find_all(hay: &str, needle: &str) -> Vec<usize> {
 }
 
 /// Locate a (drug, other) pair in `sentence` by the rule in the module docs.
-pub fn resolve_pair(sentence: &str, drug: &str, drug_doc: i64, other: &str, other_doc: i64) -> Option<(Mention, Mention)> {
+pub fn resolve_pair(
+    sentence: &str,
+    drug: &str,
+    drug_doc: i64,
+    other: &str,
+    other_doc: i64,
+) -> Option<(Mention, Mention)> {
     let drugs = find_all(sentence, drug);
     let others = find_all(sentence, other);
     let want = other_doc - drug_doc;
@@ -166,7 +173,8 @@ pub fn resolve_pair(sentence: &str, drug: &str, drug_doc: i64, other: &str, othe
         .iter()
         .flat_map(|&d| others.iter().map(move |&o| (d, o)))
         .min_by_key(|&(d, o)| ((o as i64 - d as i64 - want).abs(), d + o))?;
-    let mention = |text: &str, start: usize| Mention { text: text.to_string(), start, end: start + text.chars().count() };
+    let mention =
+        |text: &str, start: usize| Mention { text: text.to_string(), start, end: start + text.chars().count() };
     Some((mention(drug, d), mention(other, o)))
 }
 

@@ -62,9 +62,9 @@ pub fn read(original: &Path, blurb_dir: &Path, c: &mut Collector) -> Result<()> 
                 continue;
             }
         };
-        let spans = parse_offsets(get(3)).and_then(|(s, e)| check_span(&sentence, s, e, get(2))).and_then(|g| {
-            parse_offsets(get(5)).and_then(|(s, e)| check_span(&sentence, s, e, get(4))).map(|d| (g, d))
-        });
+        let spans = parse_offsets(get(3))
+            .and_then(|(s, e)| check_span(&sentence, s, e, get(2)))
+            .and_then(|g| parse_offsets(get(5)).and_then(|(s, e)| check_span(&sentence, s, e, get(4))).map(|d| (g, d)));
         let (gene, disease) = match spans {
             Ok(x) => x,
             Err(problem) => {
@@ -113,7 +113,11 @@ pub fn read(original: &Path, blurb_dir: &Path, c: &mut Collector) -> Result<()> 
             sentences: Some(vec![Span { start: 0, end: n }]),
         };
         if c.add_doc(doc, original, None) {
-            c.gold_gene_disease.extend(rows.into_iter().map(|r| GoldGeneDisease { doc_id: doc_id.clone(), split: split.into(), ..r }));
+            c.gold_gene_disease.extend(rows.into_iter().map(|r| GoldGeneDisease {
+                doc_id: doc_id.clone(),
+                split: split.into(),
+                ..r
+            }));
         }
     }
     Ok(())
@@ -150,7 +154,11 @@ fn read_blurb(dir: &Path) -> Result<HashMap<String, Vec<&'static str>>> {
         for (i, line) in content.lines().enumerate().skip(1) {
             let f: Vec<&str> = line.split('\t').collect();
             if f.len() != 3 {
-                return Err(Error::input_row(&path, i + 1, format!("expected 3 tab-separated fields, got {}", f.len())));
+                return Err(Error::input_row(
+                    &path,
+                    i + 1,
+                    format!("expected 3 tab-separated fields, got {}", f.len()),
+                ));
             }
             map.entry(f[1].to_string()).or_default().push(split);
         }

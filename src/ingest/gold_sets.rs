@@ -55,7 +55,14 @@ pub fn read_euadr(path: &Path, c: &mut Collector) -> Result<()> {
             "PA" | "SA" | "NA" => 1,
             "FA" => 0,
             other => {
-                c.quarantine("euadr", path, Some(line), None, &format!("unknown ASSOCIATION_TYPE '{other}'"), Some(&raw));
+                c.quarantine(
+                    "euadr",
+                    path,
+                    Some(line),
+                    None,
+                    &format!("unknown ASSOCIATION_TYPE '{other}'"),
+                    Some(&raw),
+                );
                 continue;
             }
         };
@@ -80,7 +87,14 @@ pub fn read_euadr(path: &Path, c: &mut Collector) -> Result<()> {
         };
         let slot = docs.entry(get(1).to_string()).or_default().entry(num).or_insert_with(|| (sentence.clone(), vec![]));
         if slot.0 != sentence {
-            c.quarantine("euadr", path, Some(line), None, "two different sentences share one PMID and NUM_SENTENCE", Some(&raw));
+            c.quarantine(
+                "euadr",
+                path,
+                Some(line),
+                None,
+                "two different sentences share one PMID and NUM_SENTENCE",
+                Some(&raw),
+            );
             continue;
         }
         slot.1.push(GoldGeneDisease {
@@ -101,14 +115,8 @@ pub fn read_euadr(path: &Path, c: &mut Collector) -> Result<()> {
         let split = c.split("euadr", &pmid);
         let (text, spans) = join_sentences(sentences.values().map(|(s, _)| s.as_str()));
         let doc_id = format!("euadr:{pmid}");
-        let doc = Doc {
-            doc_id,
-            source: "euadr".into(),
-            split: split.into(),
-            title: None,
-            text,
-            sentences: Some(spans),
-        };
+        let doc =
+            Doc { doc_id, source: "euadr".into(), split: split.into(), title: None, text, sentences: Some(spans) };
         if c.add_doc(doc, path, None) {
             for (sent_id, (_, rows)) in sentences.into_values().enumerate() {
                 c.gold_gene_disease.extend(rows.into_iter().map(|r| GoldGeneDisease {
@@ -151,7 +159,9 @@ pub fn read_brat_dir(dir: &Path, dataset: &str, split: &str, c: &mut Collector) 
         for (i, line) in ann.lines().enumerate().filter(|(_, l)| l.starts_with('T')) {
             let f: Vec<&str> = line.splitn(3, '\t').collect();
             let parsed = (|| {
-                let [_, ty_offsets, span_text] = f[..] else { return Err("expected 3 tab-separated fields".to_string()) };
+                let [_, ty_offsets, span_text] = f[..] else {
+                    return Err("expected 3 tab-separated fields".to_string());
+                };
                 let (ty, offsets) = ty_offsets.split_once(' ').ok_or("no offsets after the type")?;
                 let nums: Vec<usize> = offsets
                     .split([' ', ';'])
@@ -189,7 +199,14 @@ pub fn read_presidio(path: &Path, c: &mut Collector) -> Result<()> {
         let doc_id = format!("presidio:{i}");
         let row = Some(i + 1);
         let Some(text) = r.get("full_text").and_then(|t| t.as_str()) else {
-            c.quarantine("presidio", path, row, Some(&doc_id), "record has no string 'full_text'", Some(&r.to_string()));
+            c.quarantine(
+                "presidio",
+                path,
+                row,
+                Some(&doc_id),
+                "record has no string 'full_text'",
+                Some(&r.to_string()),
+            );
             continue;
         };
         let split = c.split("presidio", &i.to_string());

@@ -43,17 +43,36 @@ fn parse(path: &Path, source: &str, c: &mut Collector) -> Result<Vec<PubtatorDoc
         }
         if let Some((pmid, rest)) = line.split_once("|t|") {
             docs.extend(cur.take());
-            cur = Some(PubtatorDoc { pmid: pmid.to_string(), line: lineno, title: rest.to_string(), ..Default::default() });
+            cur = Some(PubtatorDoc {
+                pmid: pmid.to_string(),
+                line: lineno,
+                title: rest.to_string(),
+                ..Default::default()
+            });
             continue;
         }
         let Some(doc) = cur.as_mut() else {
-            c.quarantine(source, path, Some(lineno), None, "line outside a document (no 'PMID|t|' title line before it)", Some(line));
+            c.quarantine(
+                source,
+                path,
+                Some(lineno),
+                None,
+                "line outside a document (no 'PMID|t|' title line before it)",
+                Some(line),
+            );
             bad_block = true;
             continue;
         };
         if let Some((pmid, rest)) = line.split_once("|a|") {
             if pmid != doc.pmid {
-                c.quarantine(source, path, Some(lineno), Some(&doc.pmid), &format!("abstract PMID {pmid} differs from title PMID"), Some(line));
+                c.quarantine(
+                    source,
+                    path,
+                    Some(lineno),
+                    Some(&doc.pmid),
+                    &format!("abstract PMID {pmid} differs from title PMID"),
+                    Some(line),
+                );
                 cur = None;
                 bad_block = true;
                 continue;
@@ -71,7 +90,14 @@ fn parse(path: &Path, source: &str, c: &mut Collector) -> Result<Vec<PubtatorDoc
                     fields[4].to_string(),
                     fields[5].to_string(),
                 )),
-                _ => c.quarantine(source, path, Some(lineno), Some(&doc.pmid), "annotation offsets are not integers", Some(line)),
+                _ => c.quarantine(
+                    source,
+                    path,
+                    Some(lineno),
+                    Some(&doc.pmid),
+                    "annotation offsets are not integers",
+                    Some(line),
+                ),
             },
             4 | 5 => doc.relations.push((fields[1].to_string(), fields[2].to_string(), fields[3].to_string())),
             _ => c.quarantine(source, path, Some(lineno), Some(&doc.pmid), "unrecognized PubTator line", Some(line)),
@@ -172,7 +198,7 @@ mod tests {
         std::fs::write(
             &path,
             "1|t|BRCA1 and cancer.\n1|a|BRCA1 mutations cause breast cancer.\n\
-             1\t0\t5\tBRCA1\tGeneOrGeneProduct\t672\n1\t42\t55\tbreast cancer\tDiseaseOrPhenotypicFeature\tD001943\n\
+             1\t0\t5\tBRCA1\tGeneOrGeneProduct\t672\n1\t40\t53\tbreast cancer\tDiseaseOrPhenotypicFeature\tD001943\n\
              1\tAssociation\t672\tD001943\tNovel\n\ngarbage line\n\n2|t|Second.\n2|a|Text.\n",
         )
         .unwrap();

@@ -105,9 +105,10 @@ fn read_file(corpus: &UserCorpus, path: &Path, c: &mut Collector) -> Result<()> 
     let format = corpus.format.or_else(|| format_of(path)).ok_or_else(|| {
         Error::input(path, "unknown format: use a .parquet, .jsonl or .csv extension, or set `format`")
     })?;
-    let source = corpus.source.clone().unwrap_or_else(|| {
-        path.file_stem().and_then(|s| s.to_str()).unwrap_or("user").to_string()
-    });
+    let source = corpus
+        .source
+        .clone()
+        .unwrap_or_else(|| path.file_stem().and_then(|s| s.to_str()).unwrap_or("user").to_string());
     let mut add = |line: usize, row: std::result::Result<Row, String>, c: &mut Collector| {
         let row = row.and_then(|r| match (r.id, r.text) {
             (Some(id), Some(text)) => Ok((id, r.title, text)),
@@ -152,7 +153,10 @@ fn read_parquet(corpus: &UserCorpus, path: &Path, c: &mut Collector, add: &mut A
         let ok = matches!(field.data_type(), DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View)
             || (allow_numbers && field.data_type().is_integer());
         if !ok {
-            return Err(Error::input(path, format!("column '{name}' has type {}, expected a string", field.data_type())));
+            return Err(Error::input(
+                path,
+                format!("column '{name}' has type {}, expected a string", field.data_type()),
+            ));
         }
         Ok(i)
     };
@@ -169,7 +173,8 @@ fn read_parquet(corpus: &UserCorpus, path: &Path, c: &mut Collector, add: &mut A
         for r in 0..batch.num_rows() {
             line += 1;
             let get = |a: &arrow::array::StringArray| a.is_valid(r).then(|| a.value(r).to_string());
-            let row = Row { id: get(ids), text: get(texts), title: titles.as_ref().and_then(|t| get(t.as_string::<i32>())) };
+            let row =
+                Row { id: get(ids), text: get(texts), title: titles.as_ref().and_then(|t| get(t.as_string::<i32>())) };
             add(line, Ok(row), c);
         }
     }

@@ -1,1 +1,7 @@
 //! Neural models: the student encoder and heads, and the embedded teacher LLM.
+pub mod batch;
+pub mod gguf_tokenizer;
+pub mod student;
+pub mod tags;
+pub mod teacher_llm;
+pub mod wordpiece;

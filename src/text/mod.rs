@@ -39,11 +39,7 @@ impl CharIndex {
 
     /// The substring between char offsets `[start, end)`, if in range.
     pub fn slice<'a>(&self, text: &'a str, start: usize, end: usize) -> Option<&'a str> {
-        if start <= end && end <= self.len_chars() {
-            Some(&text[self.bytes[start]..self.bytes[end]])
-        } else {
-            None
-        }
+        if start <= end && end <= self.len_chars() { Some(&text[self.bytes[start]..self.bytes[end]]) } else { None }
     }
 }
 

@@ -22,12 +22,12 @@ pub struct Span {
 /// sentence even before a capital letter: titles, Latin abbreviations, units and references
 /// that biomedical abstracts use mid-sentence.
 const ABBREVIATIONS: &[&str] = &[
-    "e.g", "i.e", "i.v", "i.m", "i.p", "s.c", "p.o", "b.i.d", "t.i.d", "q.i.d", "q.d", "vs", "viz", "cf",
-    "etc", "et al", "al", "approx", "ca", "resp", "dr", "drs", "mr", "mrs", "ms", "prof", "st", "jr", "sr",
-    "fig", "figs", "tab", "no", "nos", "vol", "pp", "p", "ref", "refs", "eq", "eqs", "sp", "spp", "var",
-    "ssp", "inc", "ltd", "co", "corp", "dept", "univ", "jan", "feb", "mar", "apr", "jun", "jul", "aug",
-    "sep", "sept", "oct", "nov", "dec", "min", "max", "mg", "kg", "ml", "h", "hr", "hrs", "wk", "wks",
-    "mo", "mos", "yr", "yrs", "sr", "sra", "dra", "pág", "núm", "tel", "av", "avda", "c/",
+    "e.g", "i.e", "i.v", "i.m", "i.p", "s.c", "p.o", "b.i.d", "t.i.d", "q.i.d", "q.d", "vs", "viz", "cf", "etc",
+    "et al", "al", "approx", "ca", "resp", "dr", "drs", "mr", "mrs", "ms", "prof", "st", "jr", "sr", "fig", "figs",
+    "tab", "no", "nos", "vol", "pp", "p", "ref", "refs", "eq", "eqs", "sp", "spp", "var", "ssp", "inc", "ltd", "co",
+    "corp", "dept", "univ", "jan", "feb", "mar", "apr", "jun", "jul", "aug", "sep", "sept", "oct", "nov", "dec", "min",
+    "max", "mg", "kg", "ml", "h", "hr", "hrs", "wk", "wks", "mo", "mos", "yr", "yrs", "sr", "sra", "dra", "pág", "núm",
+    "tel", "av", "avda", "c/",
 ];
 
 /// Split `text` into sentences.
@@ -153,35 +153,37 @@ mod tests {
 
     #[test]
     fn splits_plain_sentences() {
-        assert_eq!(sents("Aspirin was given. The rash resolved! Why? Unknown."), vec![
-            "Aspirin was given.",
-            "The rash resolved!",
-            "Why?",
-            "Unknown."
-        ]);
+        assert_eq!(
+            sents("Aspirin was given. The rash resolved! Why? Unknown."),
+            vec!["Aspirin was given.", "The rash resolved!", "Why?", "Unknown."]
+        );
     }
 
     #[test]
     fn abbreviations_decimals_and_figures_do_not_split() {
         let text = "Drugs, e.g. Aspirin, were given i.v. Twice daily dosing vs. Placebo was compared by Dr. Smith \
                     et al. In Fig. 2 the dose was 2.5 mg/kg. Results follow.";
-        assert_eq!(sents(text), vec![
-            "Drugs, e.g. Aspirin, were given i.v. Twice daily dosing vs. Placebo was compared by Dr. Smith \
+        assert_eq!(
+            sents(text),
+            vec![
+                "Drugs, e.g. Aspirin, were given i.v. Twice daily dosing vs. Placebo was compared by Dr. Smith \
              et al. In Fig. 2 the dose was 2.5 mg/kg.",
-            "Results follow."
-        ]);
+                "Results follow."
+            ]
+        );
     }
 
     #[test]
     fn initials_lowercase_and_closers() {
-        assert_eq!(sents("Infection with E. Coli was seen (n = 3). Then it stopped."), vec![
-            "Infection with E. Coli was seen (n = 3).",
-            "Then it stopped."
-        ]);
+        assert_eq!(
+            sents("Infection with E. Coli was seen (n = 3). Then it stopped."),
+            vec!["Infection with E. Coli was seen (n = 3).", "Then it stopped."]
+        );
         assert_eq!(sents("It was low (p < 0.05.) Next one."), vec!["It was low (p < 0.05.)", "Next one."]);
-        assert_eq!(sents("see the U.S. Food and Drug Administration."), vec![
-            "see the U.S. Food and Drug Administration."
-        ]);
+        assert_eq!(
+            sents("see the U.S. Food and Drug Administration."),
+            vec!["see the U.S. Food and Drug Administration."]
+        );
         assert_eq!(sents("Dosing was stopped. which is odd."), vec!["Dosing was stopped. which is odd."]);
     }
 

@@ -1,0 +1,161 @@
+//! Student throughput on 2 cores: training tokens/s, extraction sentences/s, and the same
+//! MiniLM weights' sentences/s in ONNX Runtime (`benches/reference_minilm.py`) as a ratio.
+//!
+//! `cargo bench --bench student` (or `make bench`). Needs `models/all-MiniLM-L6-v2`; the
+//! reference needs `pip install onnxruntime onnx numpy tokenizers` and is skipped, with a note,
+//! without them. Sentences are synthetic ADE-style sentences of ~30–60 word pieces; the
+//! reference gets the very same sentences and batch size.
+
+#[path = "../tests/silver.rs"]
+mod silver;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use biodistill::extract::{self, ExtractConfig};
+use biodistill::model::batch::{Batch, Example};
+use biodistill::model::tags::Task;
+use biodistill::run_dir::RunDir;
+use biodistill::train::checkpoint::Checkpoint;
+use biodistill::train::{self, TrainConfig};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use candle_transformers::models::bert::{BertModel, Config as BertConfig};
+
+const BATCH_SIZE: usize = 16;
+const TRAIN_DOCS: usize = 96;
+const EXTRACT_SENTENCES: usize = 384;
+const TRAIN_STEPS: usize = 12;
+
+const DRUGS: &[&str] = &["aspirin", "methotrexate", "ibuprofen", "amiodarone", "carbamazepine", "lithium", "cisplatin"];
+const EVENTS: &[&str] =
+    &["severe nausea", "hepatotoxicity", "a generalized rash", "pulmonary fibrosis", "acute renal failure", "tremor"];
+const CONTEXT: &[&str] = &[
+    "in a 62-year-old woman with a long history of rheumatoid arthritis",
+    "after the dose was increased during the second week of treatment",
+    "which resolved completely within ten days of stopping the medication",
+    "as confirmed by a positive rechallenge and an elevated serum level",
+];
+
+/// A deterministic synthetic sentence.
+fn sentence(i: usize) -> (String, &'static str, &'static str) {
+    let (drug, event) = (DRUGS[i % DRUGS.len()], EVENTS[(i / 3) % EVENTS.len()]);
+    let context = CONTEXT[(i / 7) % CONTEXT.len()];
+    let extra = if i % 2 == 0 { format!(" {}", CONTEXT[(i / 5 + 1) % CONTEXT.len()]) } else { String::new() };
+    (format!("Treatment with {drug} was followed by {event} {context}{extra}."), drug, event)
+}
+
+fn model_dir() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/all-MiniLM-L6-v2");
+    assert!(dir.join("model.safetensors").is_file(), "run `python3 scripts/fetch_models.py test` first");
+    dir
+}
+
+/// Sentences/s of the bare candle encoder (no heads) over `texts`, batched like the reference.
+fn candle_encoder_rate(checkpoint: &Checkpoint, texts: &[String]) -> f64 {
+    let mut examples: Vec<Example> = texts
+        .iter()
+        .map(|t| Example { ids: checkpoint.tokenizer.encode(t).unwrap().ids, ..Default::default() })
+        .collect();
+    examples.sort_by_key(|e| e.ids.len());
+    let start = Instant::now();
+    for chunk in examples.chunks(BATCH_SIZE) {
+        let refs: Vec<&Example> = chunk.iter().collect();
+        checkpoint.student.encode(&Batch::new(&refs, checkpoint.tokenizer.special())).unwrap();
+    }
+    texts.len() as f64 / start.elapsed().as_secs_f64()
+}
+
+/// Mean hidden state of `text` under the pretrained encoder (to check the reference agrees).
+fn pretrained_mean(dir: &Path, checkpoint: &Checkpoint, text: &str) -> Vec<f32> {
+    let config: BertConfig = serde_json::from_slice(&std::fs::read(dir.join("config.json")).unwrap()).unwrap();
+    let weights = dir.join("model.safetensors");
+    let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[weights], DType::F32, &Device::Cpu) }.unwrap();
+    let bert = BertModel::load(vb, &config).unwrap();
+    let example = Example { ids: checkpoint.tokenizer.encode(text).unwrap().ids, ..Default::default() };
+    let (ids, types, mask) = Batch::new(&[&example], checkpoint.tokenizer.special()).inputs(&Device::Cpu).unwrap();
+    let hidden: Tensor = bert.forward(&ids, &types, Some(&mask)).unwrap();
+    hidden.mean(1).unwrap().squeeze(0).unwrap().to_vec1().unwrap()
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    dot / (norm(a) * norm(b))
+}
+
+fn main() {
+    let model = model_dir();
+    let tmp = tempfile::tempdir().unwrap();
+    let run = RunDir::create(tmp.path()).unwrap();
+    let texts: Vec<(String, String)> =
+        (0..EXTRACT_SENTENCES.max(TRAIN_DOCS)).map(|i| (format!("bench:{i}"), sentence(i).0)).collect();
+    let docs: Vec<(&str, &str)> = texts.iter().map(|(d, t)| (d.as_str(), t.as_str())).collect();
+    let labels: Vec<silver::Label> = (0..TRAIN_DOCS)
+        .map(|i| {
+            let (_, drug, event) = sentence(i);
+            ("ade", docs[i].0, 0, "DRUG", drug, "ADVERSE_EVENT", event)
+        })
+        .collect();
+    // Lower-case drug names in labels: the teacher copies spans verbatim, so align exactly.
+    silver::write_silver_run(&run, &docs, &labels);
+
+    let train_cfg = TrainConfig {
+        model_dir: model.clone(),
+        tasks: vec![Task::Ade],
+        max_steps: Some(TRAIN_STEPS),
+        batch_size: BATCH_SIZE,
+        dev_fraction: 0.0,
+        progress: false,
+        ..Default::default()
+    };
+    let report = train::run(&train_cfg, &run).unwrap();
+    let fit = &report.tasks[0].fit;
+    println!(
+        "train   {:>8.0} tokens/s  ({} steps x batch {BATCH_SIZE}, {} tokens, {:.1}s)",
+        fit.tokens_per_sec, fit.steps, fit.tokens, fit.seconds
+    );
+
+    let extract_cfg =
+        ExtractConfig { tasks: vec![Task::Ade], batch_size: BATCH_SIZE, progress: false, ..Default::default() };
+    let extracted = extract::run(&extract_cfg, &run).unwrap();
+    println!(
+        "extract {:>8.1} sentences/s ({} sentences, batch {BATCH_SIZE}, encoder + entity + conditioned heads, Parquet out)",
+        extracted.sentences_per_sec, extracted.sentences
+    );
+
+    let checkpoint = Checkpoint::load(&report.tasks[0].checkpoint, &Device::Cpu).unwrap();
+    let sentences: Vec<String> = texts.iter().map(|(_, t)| t.clone()).collect();
+    candle_encoder_rate(&checkpoint, &sentences[..BATCH_SIZE]); // warm-up
+    let encoder_rate = candle_encoder_rate(&checkpoint, &sentences);
+    println!("encoder {encoder_rate:>8.1} sentences/s (candle BertModel alone, same batches)");
+
+    let file = tmp.path().join("sentences.txt");
+    std::fs::write(&file, sentences.join("\n")).unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/reference_minilm.py");
+    let output = Command::new("python3")
+        .arg(&script)
+        .args(["--model".as_ref(), model.as_os_str(), "--sentences".as_ref(), file.as_os_str()])
+        .args(["--batch-size", &BATCH_SIZE.to_string(), "--threads", "2", "--dump-first"])
+        .output();
+    match output {
+        Ok(out) if out.status.success() => {
+            let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            let rate = result["sentences_per_sec"].as_f64().unwrap();
+            let first: Vec<f32> =
+                result["first_mean"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+            let agreement = cosine(&first, &pretrained_mean(&model, &checkpoint, &sentences[0]));
+            println!("reference {rate:>6.1} sentences/s ({}, same sentences and batch size)", result["runtime"]);
+            println!(
+                "ratio   extract/reference = {:.2}, encoder/reference = {:.2} (hidden-state cosine candle vs reference {agreement:.5})",
+                extracted.sentences_per_sec / rate,
+                encoder_rate / rate
+            );
+        }
+        Ok(out) => {
+            println!("reference skipped: {}", String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or("failed"))
+        }
+        Err(e) => println!("reference skipped: cannot run python3: {e}"),
+    }
+}

@@ -1,0 +1,298 @@
+//! [`super::run`] over a tiny hand-built run directory, with every expected value computed by
+//! hand in the comments.
+//!
+//! Documents (split dev unless noted):
+//!
+//! - `ade_corpus_v2:1`: s0 `Taxol caused severe rash.` [0, 25), s1 `Aspirin induced gastric
+//!   bleeding.` [26, 59). Gold: Taxol (0,5) -> rash (20,24) in s0; Aspirin (0,7) -> gastric
+//!   bleeding (16,32) in s1.
+//! - `ade_corpus_v2:2`: s0 `No adverse effects were seen.`, no gold rows (a negative).
+//! - `ade_corpus_v2:3`: split train, with a gold row that must be ignored.
+//! - `meddocan:m1`: s0 `Paciente Juan Pérez, varón.` [0, 27), s1 `Vive en Madrid.` [28, 43).
+//!   Gold: Juan Pérez (9,19) NOMBRE_SUJETO_ASISTENCIA, Madrid (36,42) PAIS.
+
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, BooleanArray, Float32Array, Float64Array, Int32Array, Int64Array, StringArray};
+use arrow::datatypes::SchemaRef;
+
+use super::*;
+use crate::run_dir::batch;
+use crate::schema;
+
+fn s(values: &[&str]) -> ArrayRef {
+    Arc::new(StringArray::from_iter_values(values.iter().copied()))
+}
+fn os(values: &[Option<&str>]) -> ArrayRef {
+    Arc::new(values.iter().copied().collect::<StringArray>())
+}
+fn i(values: &[i32]) -> ArrayRef {
+    Arc::new(Int32Array::from(values.to_vec()))
+}
+fn oi(values: &[Option<i32>]) -> ArrayRef {
+    Arc::new(Int32Array::from(values.to_vec()))
+}
+fn f32s(n: usize) -> ArrayRef {
+    Arc::new(Float32Array::from(vec![0.9; n]))
+}
+
+fn write(run_dir: &RunDir, name: &str, schema: &SchemaRef, columns: Vec<ArrayRef>) {
+    run_dir.write_table(name, schema.clone(), &[batch(schema, columns).unwrap()]).unwrap();
+}
+
+const DOC1: &str = "Taxol caused severe rash. Aspirin induced gastric bleeding.";
+const DOC2: &str = "No adverse effects were seen.";
+const DOC3: &str = "Train sentence.";
+const M1: &str = "Paciente Juan Pérez, varón. Vive en Madrid.";
+
+fn corpus(run_dir: &RunDir) {
+    let ids = ["ade_corpus_v2:1", "ade_corpus_v2:2", "ade_corpus_v2:3", "meddocan:m1"];
+    write(
+        run_dir,
+        tables::DOCUMENTS,
+        &schema::DOCUMENTS,
+        vec![
+            s(&ids),
+            s(&["ade_corpus_v2", "ade_corpus_v2", "ade_corpus_v2", "meddocan"]),
+            s(&["dev", "dev", "train", "dev"]),
+            os(&[None; 4]),
+            s(&[DOC1, DOC2, DOC3, M1]),
+            s(&["h1", "h2", "h3", "h4"]),
+        ],
+    );
+    write(
+        run_dir,
+        tables::SENTENCES,
+        &schema::SENTENCES,
+        vec![
+            s(&[
+                "ade_corpus_v2:1",
+                "ade_corpus_v2:1",
+                "ade_corpus_v2:2",
+                "ade_corpus_v2:3",
+                "meddocan:m1",
+                "meddocan:m1",
+            ]),
+            i(&[0, 1, 0, 0, 0, 1]),
+            i(&[0, 26, 0, 0, 0, 28]),
+            i(&[25, 59, 29, 15, 27, 43]),
+            s(&[&DOC1[..25], &DOC1[26..], DOC2, DOC3, "Paciente Juan Pérez, varón.", "Vive en Madrid."]),
+        ],
+    );
+    let (s0, s1) = (&DOC1[..25], &DOC1[26..]);
+    write(
+        run_dir,
+        tables::GOLD_ADE,
+        &schema::GOLD_ADE,
+        vec![
+            s(&["ade_corpus_v2:1", "ade_corpus_v2:1", "ade_corpus_v2:3"]),
+            i(&[0, 1, 0]),
+            s(&["dev", "dev", "train"]),
+            s(&[s0, s1, DOC3]),
+            s(&["Taxol", "Aspirin", "Train"]),
+            i(&[0, 0, 0]),
+            i(&[5, 7, 5]),
+            s(&["rash", "gastric bleeding", "sentence"]),
+            i(&[20, 16, 6]),
+            i(&[24, 32, 14]),
+        ],
+    );
+    write(
+        run_dir,
+        tables::GOLD_PHI,
+        &schema::GOLD_PHI,
+        vec![
+            s(&["meddocan", "meddocan"]),
+            s(&["meddocan:m1", "meddocan:m1"]),
+            s(&["dev", "dev"]),
+            i(&[9, 36]),
+            i(&[19, 42]),
+            s(&["NOMBRE_SUJETO_ASISTENCIA", "PAIS"]),
+            s(&["Juan Pérez", "Madrid"]),
+        ],
+    );
+}
+
+/// The student: ADE pairs in document offsets and one PHI span.
+fn student(run_dir: &RunDir) {
+    write(
+        run_dir,
+        tables::ADE_RELATIONS,
+        &schema::ADE_RELATIONS,
+        vec![
+            s(&["ade_corpus_v2:1", "ade_corpus_v2:1", "ade_corpus_v2:2", "ade_corpus_v2:3"]),
+            i(&[0, 1, 0, 0]),
+            s(&["Taxol", "Aspirin", "No", "Train"]),
+            i(&[0, 26, 0, 0]),
+            i(&[5, 33, 2, 5]),
+            // rash: strict hit; bleeding (sentence 24..32 = document 50..58): lenient hit only;
+            // the negative document: a false positive; the train document: ignored.
+            s(&["rash", "bleeding", "adverse effects", "sentence"]),
+            i(&[20, 50, 3, 6]),
+            i(&[24, 58, 18, 14]),
+            f32s(4),
+            s(&["v"; 4]),
+            s(&["r"; 4]),
+        ],
+    );
+    write(
+        run_dir,
+        tables::PHI_SPANS,
+        &schema::PHI_SPANS,
+        vec![s(&["meddocan:m1"]), i(&[9]), i(&[13]), s(&["NAME"]), f32s(1), s(&["v"]), s(&["r"])],
+    );
+}
+
+/// The teacher: asked about ADE in doc 1 s0 (ok) and doc 2 s0 (failed), PHI in m1 s0 (ok).
+fn teacher(run_dir: &RunDir) {
+    let docs = ["ade_corpus_v2:1", "ade_corpus_v2:2", "meddocan:m1"];
+    write(
+        run_dir,
+        tables::TEACHER_CALLS,
+        &schema::TEACHER_CALLS,
+        vec![
+            s(&["ade", "ade", "phi"]),
+            s(&docs),
+            i(&[0, 0, 0]),
+            s(&["k1", "k2", "k3"]),
+            s(&["ok", "failed", "ok"]),
+            Arc::new(BooleanArray::from(vec![false; 3])),
+            Arc::new(Float64Array::from(vec![1.0; 3])),
+            Arc::new(Int64Array::from(vec![10; 3])),
+            Arc::new(Int64Array::from(vec![5; 3])),
+            Arc::new(Float64Array::from(vec![0.0; 3])),
+            i(&[0, 0, 0]),
+            os(&[None, Some("timeout"), None]),
+            s(&["m"; 3]),
+            s(&["p"; 3]),
+        ],
+    );
+    // Rows: the right pair in doc 1 s0; a drug span (not a pair, ignored for pairs); a pair in
+    // the failed sentence (must not count); a PHI name in m1 s0 (sentence offsets 9..19).
+    write(
+        run_dir,
+        tables::TEACHER_LABELS,
+        &schema::TEACHER_LABELS,
+        vec![
+            s(&["ade", "ade", "ade", "phi"]),
+            s(&["ade_corpus_v2:1", "ade_corpus_v2:1", "ade_corpus_v2:2", "meddocan:m1"]),
+            i(&[0, 0, 0, 0]),
+            s(&["pair", "span", "pair", "span"]),
+            s(&["drug", "drug", "drug", "NAME"]),
+            s(&["Taxol", "Taxol", "No", "Juan Pérez"]),
+            oi(&[Some(0), Some(0), Some(0), Some(9)]),
+            oi(&[Some(5), Some(5), Some(2), Some(19)]),
+            s(&["exact"; 4]),
+            os(&[Some("adverse_event"), None, Some("adverse_event"), None]),
+            os(&[Some("rash"), None, Some("effects"), None]),
+            oi(&[Some(20), None, Some(11), None]),
+            oi(&[Some(24), None, Some(18), None]),
+            os(&[Some("exact"), None, Some("exact"), None]),
+            s(&["m"; 4]),
+            s(&["p"; 4]),
+            s(&["k1", "k1", "k2", "k3"]),
+        ],
+    );
+}
+
+fn assert_metric(report: &EvalReport, key: (&str, &str, &str, &str), metric: &str, expected: (f64, i64)) {
+    let (task, dataset, system, subset) = key;
+    let got = report.get(task, dataset, system, subset, metric).unwrap_or_else(|| panic!("no {key:?} {metric}"));
+    assert!((got.0 - expected.0).abs() < 1e-12 && got.1 == expected.1, "{key:?} {metric}: {got:?} != {expected:?}");
+}
+
+#[test]
+fn three_systems_on_a_tiny_run_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let run_dir = RunDir::create(dir.path()).unwrap();
+    corpus(&run_dir);
+    student(&run_dir);
+    teacher(&run_dir);
+    let extra = [("Stage timings".to_string(), "| stage | s |\n|---|---|\n| eval | 0.1 |".to_string())];
+    let report = run_with_context(&EvalConfig::default(), &run_dir, "run-1", &extra).unwrap();
+
+    let ade = |system, subset| ("ade", "ade_corpus_v2", system, subset);
+    // Student, all: 3 dev ADE sentences (incl. the negative), 2 gold pairs, 3 predictions.
+    // Strict 1 TP: P 1/3, R 1/2, F1 2/(2+2+1). Lenient 2 TP: P 2/3, R 1, F1 4/5.
+    assert_metric(&report, ade("student", "all"), "pair_strict_precision", (1.0 / 3.0, 3));
+    assert_metric(&report, ade("student", "all"), "pair_strict_recall", (0.5, 2));
+    assert_metric(&report, ade("student", "all"), "pair_strict_f1", (0.4, 2));
+    assert_metric(&report, ade("student", "all"), "pair_lenient_precision", (2.0 / 3.0, 3));
+    assert_metric(&report, ade("student", "all"), "pair_lenient_f1", (0.8, 2));
+    // Macro strict: doc 1 (tp 1, fp 1, fn 1) F1 1/2; doc 2 (fp 1) F1 0. Mean 1/4 over 2 docs.
+    assert_metric(&report, ade("student", "all"), "pair_strict_macro_f1", (0.25, 2));
+    // Drugs: gold Taxol, Aspirin; predicted Taxol, Aspirin, No -> P 2/3, R 1.
+    assert_metric(&report, ade("student", "all"), "drug_strict_precision", (2.0 / 3.0, 3));
+    assert_metric(&report, ade("student", "all"), "drug_strict_recall", (1.0, 2));
+    // Student on the teacher's sample (doc 1 s0, doc 2 s0): 1 gold; Taxol/rash hit, the
+    // negative's pair a false positive.
+    assert_metric(&report, ade("student", "teacher_sample"), "pair_strict_precision", (0.5, 2));
+    assert_metric(&report, ade("student", "teacher_sample"), "pair_strict_recall", (1.0, 1));
+    // The teacher: only its ok sentence's labels count; the failed one is an empty answer.
+    assert_metric(&report, ade("teacher", "teacher_sample"), "pair_strict_precision", (1.0, 1));
+    assert_metric(&report, ade("teacher", "teacher_sample"), "pair_strict_recall", (1.0, 1));
+    assert!(report.get("ade", "ade_corpus_v2", "teacher", "all", "pair_strict_f1").is_none());
+
+    let phi = |system, subset| ("phi", "meddocan", system, subset);
+    // Student, all: gold NAME (9,19) + LOCATION (36,42); predicted NAME (9,13).
+    assert_metric(&report, phi("student", "all"), "strict_recall", (0.0, 2));
+    assert_metric(&report, phi("student", "all"), "lenient_precision", (1.0, 1));
+    assert_metric(&report, phi("student", "all"), "lenient_recall", (0.5, 2));
+    // Tokens Juan, Pérez, Madrid: only Juan covered.
+    assert_metric(&report, phi("student", "all"), "token_recall", (1.0 / 3.0, 3));
+    // Teacher: sentence 0 only, its name exact after shifting by the sentence start (0).
+    assert_metric(&report, phi("teacher", "teacher_sample"), "strict_f1", (1.0, 1));
+    assert_metric(&report, phi("student", "teacher_sample"), "strict_recall", (0.0, 1));
+    assert_metric(&report, phi("student", "teacher_sample"), "token_recall", (0.5, 2));
+
+    // Missing inputs are skipped and said so.
+    assert!(!report.rows.iter().any(|r| r.system == "supervised_reference"));
+    let notes = report.notes.join("\n");
+    assert!(notes.contains("gold_gene_disease") && notes.contains("ade_relations_supervised_reference"), "{notes}");
+
+    // eval_results holds exactly the report's rows.
+    let table = run_dir.read_table(table::EVAL_RESULTS).unwrap();
+    assert_eq!(table[0].schema(), EVAL_RESULTS.clone());
+    assert_eq!(table.iter().map(|b| b.num_rows()).sum::<usize>(), report.rows.len());
+    let runs = table[0].column(0).as_any().downcast_ref::<StringArray>().unwrap();
+    assert!(runs.iter().all(|r| r == Some("run-1")) && runs.len() > 0);
+
+    let md = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
+    assert!(md.contains("all-MiniLM-L6-v2") && md.contains("GPT-4"));
+    assert!(md.contains("## ade") && md.contains("## phi") && md.contains("## Stage timings"));
+    assert!(md.contains("| ade | ade_corpus_v2 | student | all | pair_strict | 0.333 | 0.500 | 0.400 | 2 |"), "{md}");
+    let html = std::fs::read_to_string(dir.path().join("report.html")).unwrap();
+    assert!(html.contains("<svg") && html.contains("Stage timings") && !html.contains("<script"));
+    assert!(!html.contains("src=\"http") && !html.contains("href=\"http"));
+    let text = report.to_string();
+    assert!(
+        text.lines().any(|l| l.contains("teacher_sample") && l.contains("1.000") && l.starts_with("ade")),
+        "{text}"
+    );
+}
+
+#[test]
+fn an_empty_run_directory_skips_every_task_and_writes_an_empty_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let run_dir = RunDir::create(dir.path()).unwrap();
+    let cfg = EvalConfig { report: false, ..EvalConfig::default() };
+    let report = run(&cfg, &run_dir, "r").unwrap();
+    assert!(report.rows.is_empty());
+    assert_eq!(report.notes.iter().filter(|n| n.contains("task skipped")).count(), 3);
+    let table = run_dir.read_table(table::EVAL_RESULTS).unwrap();
+    assert_eq!(table.iter().map(|b| b.num_rows()).sum::<usize>(), 0);
+    assert!(!dir.path().join("report.md").exists(), "report = false writes no report");
+}
+
+#[test]
+fn without_the_teacher_only_the_all_subset_is_computed() {
+    let dir = tempfile::tempdir().unwrap();
+    let run_dir = RunDir::create(dir.path()).unwrap();
+    corpus(&run_dir);
+    student(&run_dir);
+    let cfg = EvalConfig { tasks: vec!["ade".into()], ..EvalConfig::default() };
+    let report = run(&cfg, &run_dir, "r").unwrap();
+    assert!(report.rows.iter().all(|r| r.subset == SUBSET_ALL && r.system == "student" && r.task == "ade"));
+    assert_metric(&report, ("ade", "ade_corpus_v2", "student", "all"), "pair_strict_f1", (0.4, 2));
+    assert!(report.notes.iter().any(|n| n.contains("teacher_calls")));
+}

@@ -1,0 +1,351 @@
+//! `biodistill eval`: score the teacher, the student and the supervised reference against the
+//! gold sets, on identical inputs.
+//!
+//! Input tables: `gold_ade`, `gold_gene_disease`, `gold_phi` (rows of [`EvalConfig::split`]),
+//! `documents` (split and source, for gold documents without gold rows), `sentences` (offset
+//! conversion, required), `teacher_calls` + `teacher_labels` (the teacher), `ade_relations`,
+//! `gene_disease`, `phi_spans` (the student) and their `_supervised_reference` twins. A missing
+//! gold table skips its task and a missing output table skips that system, with a warning.
+//!
+//! Subsets: `all` (every gold sentence or document of the split) and `teacher_sample` (only the
+//! sentences the teacher was asked about, whatever its answer: a failed call is an empty
+//! prediction). The teacher is scored on `teacher_sample` only, so comparing the three systems
+//! on `teacher_sample` compares them on the same inputs.
+//!
+//! Output: the `eval_results` table ([`EVAL_RESULTS`]), and `report.md` / `report.html` in the
+//! run directory. Metric definitions: [`metrics`] (conventions), [`ade`], [`gene_disease`],
+//! [`phi`].
+
+pub mod ade;
+pub mod gene_disease;
+pub mod load;
+pub mod metrics;
+pub mod phi;
+mod render;
+pub mod report;
+pub mod systems;
+
+#[cfg(test)]
+mod end_to_end_tests;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, LazyLock};
+
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use serde::{Deserialize, Serialize};
+
+use self::ade::AdeGold;
+use self::gene_disease::GeneDiseaseGold;
+use self::load::{ADE_SOURCE, SentKey, Sentences};
+use self::metrics::Metric;
+use self::phi::PhiGold;
+pub use self::report::{EvalReport, EvalRow};
+use self::systems::{PredPair, PredSpan, System, TeacherCalls, TeacherLabel};
+use crate::error::{Error, Result};
+use crate::run_dir::RunDir;
+use crate::schema::table as tables;
+
+/// Table names written by this stage.
+pub mod table {
+    pub const EVAL_RESULTS: &str = "eval_results";
+}
+
+/// `eval_results(run_id, task, dataset, system, subset, metric, value, n)`: one row per metric.
+/// `n` is the metric's denominator: predictions for a precision, gold items for a recall or F1,
+/// documents for a macro average, rows for GAD accuracy, gold tokens for `token_recall`. An
+/// undefined ratio (no denominator) has value 0 and n 0.
+pub static EVAL_RESULTS: LazyLock<SchemaRef> = LazyLock::new(|| {
+    let utf8 = |name| Field::new(name, DataType::Utf8, false);
+    Arc::new(Schema::new(vec![
+        utf8("run_id"),
+        utf8("task"),
+        utf8("dataset"),
+        utf8("system"),
+        utf8("subset"),
+        utf8("metric"),
+        Field::new("value", DataType::Float64, false),
+        Field::new("n", DataType::Int64, false),
+    ]))
+});
+
+/// Every gold sentence or document of the split.
+pub const SUBSET_ALL: &str = "all";
+/// Only the sentences (documents) the teacher labeled.
+pub const SUBSET_TEACHER_SAMPLE: &str = "teacher_sample";
+
+/// The tasks evaluated, by their table name.
+pub const TASKS: [&str; 3] = ["ade", "gene_disease", "phi"];
+
+/// Evaluation configuration (`[eval]` in a pipeline file).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EvalConfig {
+    /// Which of `ade`, `gene_disease`, `phi` to evaluate.
+    pub tasks: Vec<String>,
+    /// The gold split evaluated on.
+    pub split: String,
+    /// Write `report.md` and `report.html`.
+    pub report: bool,
+}
+
+impl Default for EvalConfig {
+    fn default() -> Self {
+        Self { tasks: TASKS.iter().map(|t| t.to_string()).collect(), split: "dev".into(), report: true }
+    }
+}
+
+/// Which units a subset admits.
+#[derive(Debug, Clone, Copy)]
+pub enum Scope<'a> {
+    /// Everything in the gold.
+    All,
+    /// The sentences the teacher was asked about; a document-level unit needs every non-blank
+    /// sentence of its document (from `index`) labeled.
+    Labeled { sentences: &'a HashSet<SentKey>, index: &'a Sentences },
+}
+
+impl Scope<'_> {
+    pub fn sentence(&self, doc: &str, sent: i32) -> bool {
+        match self {
+            Scope::All => true,
+            Scope::Labeled { sentences, .. } => sentences.contains(&(doc.to_string(), sent)),
+        }
+    }
+
+    pub fn document(&self, doc: &str) -> bool {
+        match self {
+            Scope::All => true,
+            Scope::Labeled { sentences, index } => {
+                let mut text = index.of_doc(doc).iter().filter(|s| !s.blank).peekable();
+                text.peek().is_some() && text.all(|s| sentences.contains(&(doc.to_string(), s.sent_id)))
+            }
+        }
+    }
+
+    /// A sentence when `sent` is set, else the whole document.
+    pub fn unit(&self, doc: &str, sent: Option<i32>) -> bool {
+        sent.map_or_else(|| self.document(doc), |s| self.sentence(doc, s))
+    }
+}
+
+/// Evaluate and write `eval_results` (and the reports when `cfg.report`).
+pub fn run(cfg: &EvalConfig, run_dir: &RunDir, run_id: &str) -> Result<EvalReport> {
+    run_with_context(cfg, run_dir, run_id, &[])
+}
+
+enum Gold {
+    Ade(AdeGold),
+    GeneDisease(GeneDiseaseGold),
+    Phi(PhiGold),
+}
+
+enum Preds {
+    Pairs(Vec<PredPair>),
+    Spans(Vec<PredSpan>),
+}
+
+/// [`run`], appending `extra_markdown` sections `(title, markdown body)` (e.g. stage timings)
+/// to both reports.
+pub fn run_with_context(
+    cfg: &EvalConfig,
+    run_dir: &RunDir,
+    run_id: &str,
+    extra_markdown: &[(String, String)],
+) -> Result<EvalReport> {
+    if let Some(bad) = cfg.tasks.iter().find(|t| !TASKS.contains(&t.as_str())) {
+        return Err(Error::Config(format!("eval.tasks: unknown task {bad:?} (expected one of {})", TASKS.join(", "))));
+    }
+    let split = cfg.split.as_str();
+    let mut notes = Vec::new();
+    let mut note = |message: String| {
+        tracing::warn!("{message}");
+        notes.push(message);
+    };
+    let wanted = |task: &str| cfg.tasks.iter().any(|t| t == task);
+
+    // Gold, and the documents each task covers.
+    let ade_rows = if wanted("ade") { load::gold_ade(run_dir, split)? } else { None };
+    let gd_rows = if wanted("gene_disease") { load::gold_gene_disease(run_dir, split)? } else { None };
+    let phi_rows = if wanted("phi") { load::gold_phi(run_dir, split)? } else { None };
+    for (task, table, rows) in [
+        ("ade", tables::GOLD_ADE, ade_rows.is_some()),
+        ("gene_disease", tables::GOLD_GENE_DISEASE, gd_rows.is_some()),
+        ("phi", tables::GOLD_PHI, phi_rows.is_some()),
+    ] {
+        if wanted(task) && !rows {
+            note(format!("{task}: table {table} is missing; task skipped"));
+        }
+    }
+    let mut sources: BTreeSet<String> = BTreeSet::new();
+    if ade_rows.is_some() {
+        sources.insert(ADE_SOURCE.to_string());
+    }
+    sources.extend(gd_rows.iter().flatten().map(|r| r.dataset.clone()));
+    sources.extend(phi_rows.iter().flatten().map(|r| r.dataset.clone()));
+    let docs_by_source = match load::documents_by_source(run_dir, split, &sources)? {
+        Some(docs) => docs,
+        None => {
+            note("documents table missing: only documents with gold rows are evaluated".into());
+            BTreeMap::new()
+        }
+    };
+    let ade_docs: Option<BTreeSet<String>> = ade_rows.as_ref().map(|rows| {
+        let mut docs = docs_by_source.get(ADE_SOURCE).cloned().unwrap_or_default();
+        docs.extend(rows.iter().map(|r| r.doc_id.clone()));
+        docs
+    });
+    let gd_gold = gd_rows.map(|rows| GeneDiseaseGold::new(rows, &docs_by_source));
+    let phi_gold = phi_rows.map(|rows| PhiGold::new(rows, &docs_by_source));
+    let mut all_docs: BTreeSet<String> = ade_docs.iter().flatten().cloned().collect();
+    all_docs.extend(gd_gold.iter().flat_map(|g| g.docs()).cloned());
+    all_docs.extend(phi_gold.iter().flat_map(|g| g.docs()).cloned());
+    let any_gold = ade_docs.is_some() || gd_gold.is_some() || phi_gold.is_some();
+    let sentences = if any_gold { Sentences::load(run_dir, &all_docs)? } else { Sentences::default() };
+    let mut golds: Vec<(&str, Gold)> = Vec::new();
+    if let (Some(rows), Some(docs)) = (&ade_rows, &ade_docs) {
+        golds.push(("ade", Gold::Ade(AdeGold::new(rows, docs, &sentences))));
+    }
+    if let Some(gold) = gd_gold {
+        golds.push(("gene_disease", Gold::GeneDisease(gold)));
+    }
+    if let Some(gold) = phi_gold {
+        golds.push(("phi", Gold::Phi(gold)));
+    }
+
+    // The teacher.
+    let calls = systems::teacher_calls(run_dir)?;
+    let labels = if calls.is_some() { systems::teacher_labels(run_dir)? } else { None };
+    match (&calls, &labels) {
+        (None, _) => {
+            note(format!("{} missing: teacher not evaluated, no {SUBSET_TEACHER_SAMPLE} subset", tables::TEACHER_CALLS))
+        }
+        (Some(_), None) => note(format!("{} missing: teacher not evaluated", tables::TEACHER_LABELS)),
+        _ => {}
+    }
+
+    let mut rows = Vec::new();
+    for (task, gold) in &golds {
+        let task_calls: Option<&TeacherCalls> = calls.as_ref().and_then(|c| c.get(*task));
+        if calls.is_some() && task_calls.is_none() {
+            note(format!("{task}: the teacher labeled no sentence; teacher and {SUBSET_TEACHER_SAMPLE} skipped"));
+        }
+        for system in System::ALL {
+            let preds = match predictions(run_dir, system, task, &sentences, task_calls, labels.as_deref())? {
+                Some(preds) => preds,
+                None => {
+                    if system != System::Teacher {
+                        let base = base_table(task);
+                        note(format!("{task}: table {} is missing; {} skipped", system.table(base), system.as_str()));
+                    }
+                    continue;
+                }
+            };
+            let mut subsets: Vec<(&str, Scope<'_>)> = Vec::new();
+            if system != System::Teacher {
+                subsets.push((SUBSET_ALL, Scope::All));
+            }
+            if let Some(c) = task_calls {
+                subsets.push((SUBSET_TEACHER_SAMPLE, Scope::Labeled { sentences: &c.labeled, index: &sentences }));
+            }
+            for (subset, scope) in subsets {
+                for (dataset, metrics) in evaluate(gold, &preds, &sentences, scope) {
+                    rows.extend(metrics.into_iter().map(|m| EvalRow::new(task, &dataset, system.as_str(), subset, m)));
+                }
+            }
+        }
+    }
+
+    let report = EvalReport {
+        run_id: run_id.to_string(),
+        split: split.to_string(),
+        rows,
+        notes,
+        extra: extra_markdown.to_vec(),
+    };
+    run_dir.write_table(table::EVAL_RESULTS, EVAL_RESULTS.clone(), &[report.batch()?])?;
+    if cfg.report {
+        report.write_reports(run_dir.root())?;
+    }
+    tracing::info!(rows = report.rows.len(), "wrote {}", table::EVAL_RESULTS);
+    Ok(report)
+}
+
+fn base_table(task: &str) -> &'static str {
+    match task {
+        "ade" => tables::ADE_RELATIONS,
+        "gene_disease" => tables::GENE_DISEASE,
+        _ => tables::PHI_SPANS,
+    }
+}
+
+/// One system's predictions for `task`; `None` when the system has no output for it.
+fn predictions(
+    run_dir: &RunDir,
+    system: System,
+    task: &str,
+    sentences: &Sentences,
+    calls: Option<&TeacherCalls>,
+    labels: Option<&[TeacherLabel]>,
+) -> Result<Option<Preds>> {
+    if system == System::Teacher {
+        let (Some(calls), Some(labels)) = (calls, labels) else { return Ok(None) };
+        return Ok(Some(match task {
+            "phi" => Preds::Spans(systems::teacher_phi(labels, &calls.ok, sentences)),
+            _ => Preds::Pairs(systems::teacher_pairs(labels, task, &calls.ok)),
+        }));
+    }
+    let name = system.table(base_table(task));
+    Ok(match task {
+        "ade" => systems::system_pairs(run_dir, &name, "drug", "effect", sentences)?.map(Preds::Pairs),
+        "gene_disease" => systems::system_pairs(run_dir, &name, "gene", "disease", sentences)?.map(Preds::Pairs),
+        _ => systems::system_phi(run_dir, &name, sentences)?.map(Preds::Spans),
+    })
+}
+
+fn evaluate(gold: &Gold, preds: &Preds, sentences: &Sentences, scope: Scope<'_>) -> Vec<(String, Vec<Metric>)> {
+    match (gold, preds) {
+        (Gold::Ade(g), Preds::Pairs(p)) => vec![(ADE_SOURCE.to_string(), ade::evaluate(g, p, scope))],
+        (Gold::GeneDisease(g), Preds::Pairs(p)) => gene_disease::evaluate(g, p, scope),
+        (Gold::Phi(g), Preds::Spans(p)) => phi::evaluate(g, p, sentences, scope),
+        _ => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::eval::load::SentenceRange;
+
+    #[test]
+    fn config_defaults_and_unknown_keys() {
+        let cfg: EvalConfig = toml::from_str("").unwrap();
+        assert_eq!(cfg, EvalConfig::default());
+        assert_eq!(cfg.tasks, ["ade", "gene_disease", "phi"]);
+        assert_eq!((cfg.split.as_str(), cfg.report), ("dev", true));
+        let cfg: EvalConfig = toml::from_str("tasks = [\"phi\"]\nreport = false").unwrap();
+        assert_eq!((cfg.tasks, cfg.split.as_str(), cfg.report), (vec!["phi".to_string()], "dev", false));
+        assert!(toml::from_str::<EvalConfig>("splitt = \"dev\"").is_err());
+    }
+
+    #[test]
+    fn an_unknown_task_is_a_config_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let run_dir = RunDir::create(dir.path()).unwrap();
+        let cfg = EvalConfig { tasks: vec!["ner".into()], ..EvalConfig::default() };
+        let err = run(&cfg, &run_dir, "r").unwrap_err();
+        assert!(matches!(err, Error::Config(_)) && err.to_string().contains("ner"), "{err}");
+    }
+
+    #[test]
+    fn scope_of_sentences_and_documents() {
+        let r = |sent_id, blank| SentenceRange { sent_id, start: sent_id * 10, end: sent_id * 10 + 9, blank };
+        let index = Sentences::from_map(HashMap::from([("d".to_string(), vec![r(0, false), r(1, true)])]));
+        let labeled = HashSet::from([("d".to_string(), 0)]);
+        let scope = Scope::Labeled { sentences: &labeled, index: &index };
+        assert!(scope.sentence("d", 0) && !scope.sentence("d", 1));
+        assert!(scope.document("d"), "the blank sentence need not be labeled");
+        assert!(!scope.document("unknown"), "a document without sentences is not covered");
+        assert!(scope.unit("d", None) && !scope.unit("d", Some(1)));
+        assert!(Scope::All.unit("anything", Some(7)));
+    }
+}

@@ -1,0 +1,216 @@
+//! Rendering report blocks to markdown and HTML, and grouped bar charts as inline SVG (no
+//! script, no external assets).
+
+use std::fmt::Write as _;
+
+/// Escape text for HTML and SVG.
+pub fn esc(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+/// A grouped bar chart of values in [0, 1]; `groups[i].1[j]` is series `j` of group `i`.
+pub struct Chart {
+    pub title: String,
+    pub series: Vec<String>,
+    pub groups: Vec<(String, Vec<Option<f64>>)>,
+}
+
+const COLORS: [&str; 6] = ["#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#b07aa1"];
+
+impl Chart {
+    pub fn svg(&self) -> String {
+        let (left, top, plot_h, bar_w) = (44.0, 30.0, 160.0, 18.0);
+        let group_w = (self.series.len() as f64 * bar_w + 24.0).max(100.0);
+        let width = (left + self.groups.len() as f64 * group_w + 20.0).max(360.0);
+        let height = top + plot_h + 34.0 + self.series.len() as f64 * 16.0;
+        let mut s = format!(
+            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" viewBox=\"0 0 {width} {height}\" role=\"img\" font-size=\"11\">\
+             <title>{t}</title><text x=\"{left}\" y=\"16\" font-weight=\"bold\">{t}</text>",
+            t = esc(&self.title)
+        );
+        for tick in [0.0, 0.25, 0.5, 0.75, 1.0] {
+            let y = top + plot_h * (1.0 - tick);
+            let _ = write!(
+                s,
+                "<line x1=\"{left}\" x2=\"{}\" y1=\"{y}\" y2=\"{y}\" stroke=\"#ddd\"/><text x=\"{}\" y=\"{}\" text-anchor=\"end\">{tick:.2}</text>",
+                width - 10.0,
+                left - 4.0,
+                y + 4.0
+            );
+        }
+        for (gi, (label, values)) in self.groups.iter().enumerate() {
+            let x0 = left + gi as f64 * group_w + (group_w - values.len() as f64 * bar_w) / 2.0;
+            for (si, v) in values.iter().enumerate() {
+                let Some(v) = v else { continue };
+                let (x, h) = (x0 + si as f64 * bar_w, plot_h * v.clamp(0.0, 1.0));
+                let _ = write!(
+                    s,
+                    "<rect x=\"{x}\" y=\"{}\" width=\"{}\" height=\"{h}\" fill=\"{}\"><title>{}: {v:.3}</title></rect>\
+                     <text x=\"{}\" y=\"{}\" text-anchor=\"middle\" font-size=\"8\">{v:.2}</text>",
+                    top + plot_h - h,
+                    bar_w - 2.0,
+                    COLORS[si % COLORS.len()],
+                    esc(self.series.get(si).map_or("", String::as_str)),
+                    x + bar_w / 2.0 - 1.0,
+                    top + plot_h - h - 2.0
+                );
+            }
+            let _ = write!(
+                s,
+                "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{}</text>",
+                left + (gi as f64 + 0.5) * group_w,
+                top + plot_h + 14.0,
+                esc(label)
+            );
+        }
+        for (si, name) in self.series.iter().enumerate() {
+            let y = top + plot_h + 26.0 + si as f64 * 16.0;
+            let _ = write!(
+                s,
+                "<rect x=\"{left}\" y=\"{y}\" width=\"10\" height=\"10\" fill=\"{}\"/><text x=\"{}\" y=\"{}\">{}</text>",
+                COLORS[si % COLORS.len()],
+                left + 14.0,
+                y + 9.0,
+                esc(name)
+            );
+        }
+        s.push_str("</svg>");
+        s
+    }
+}
+
+pub const CSS: &str = "body{font-family:sans-serif;max-width:70em;margin:2em auto;padding:0 1em;color:#222}\
+table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:.2em .6em}\
+td{text-align:right}td:nth-child(-n+3){text-align:left}th{background:#f2f2f2}pre{background:#f7f7f7;padding:.6em}";
+
+/// One piece of a report.
+pub enum Block {
+    Heading(usize, String),
+    Text(String),
+    Table(Vec<String>, Vec<Vec<String>>),
+    Chart(Chart),
+    /// Caller-supplied markdown: verbatim in `report.md`; in `report.html` its pipe tables become
+    /// tables and its other paragraphs text (see [`markdown_blocks`]).
+    Markdown(String),
+}
+
+impl Block {
+    pub fn table(header: &[&str], rows: Vec<Vec<String>>) -> Block {
+        Block::Table(header.iter().map(|h| h.to_string()).collect(), rows)
+    }
+
+    pub fn markdown(&self, s: &mut String) {
+        let row = |cells: &[String]| {
+            format!("| {} |\n", cells.iter().map(|c| c.replace('|', "\\|")).collect::<Vec<_>>().join(" | "))
+        };
+        match self {
+            Block::Heading(level, text) => s.push_str(&format!("{} {text}\n\n", "#".repeat(*level))),
+            Block::Text(text) => s.push_str(&format!("{text}\n\n")),
+            Block::Table(header, rows) => {
+                s.push_str(&row(header));
+                s.push_str(&row(&header.iter().map(|_| "---".to_string()).collect::<Vec<_>>()));
+                rows.iter().for_each(|r| s.push_str(&row(r)));
+                s.push('\n');
+            }
+            Block::Chart(_) => {}
+            Block::Markdown(body) => s.push_str(&format!("{}\n\n", body.trim_end())),
+        }
+    }
+
+    pub fn html(&self, s: &mut String) {
+        match self {
+            Block::Heading(level, text) => s.push_str(&format!("<h{level}>{}</h{level}>\n", esc(text))),
+            Block::Text(text) => s.push_str(&format!("<p>{}</p>\n", esc(text))),
+            Block::Table(header, rows) => {
+                s.push_str("<table><tr>");
+                header.iter().for_each(|h| s.push_str(&format!("<th>{}</th>", esc(h))));
+                s.push_str("</tr>\n");
+                for r in rows {
+                    s.push_str("<tr>");
+                    r.iter().for_each(|c| s.push_str(&format!("<td>{}</td>", esc(c))));
+                    s.push_str("</tr>\n");
+                }
+                s.push_str("</table>\n");
+            }
+            Block::Chart(chart) => s.push_str(&format!("<figure>{}</figure>\n", chart.svg())),
+            Block::Markdown(body) => markdown_blocks(body).iter().for_each(|b| b.html(s)),
+        }
+    }
+}
+
+/// The small markdown subset extra sections use: pipe tables (the `|---|` rule dropped) and
+/// paragraphs separated by blank lines; anything else stays literal text.
+pub fn markdown_blocks(body: &str) -> Vec<Block> {
+    let mut out = Vec::new();
+    let mut lines = body.lines().peekable();
+    while let Some(line) = lines.next() {
+        let line = line.trim();
+        if line.starts_with('|') {
+            let cells =
+                |l: &str| l.trim().trim_matches('|').split('|').map(|c| c.trim().to_string()).collect::<Vec<_>>();
+            let header = cells(line);
+            let mut rows = Vec::new();
+            while let Some(next) = lines.next_if(|l| l.trim().starts_with('|')) {
+                if !next.chars().all(|c| matches!(c, '|' | '-' | ':' | ' ')) {
+                    rows.push(cells(next));
+                }
+            }
+            out.push(Block::Table(header, rows));
+        } else if !line.is_empty() {
+            let mut text = line.to_string();
+            while let Some(next) = lines.next_if(|l| !l.trim().is_empty() && !l.trim().starts_with('|')) {
+                text.push(' ');
+                text.push_str(next.trim());
+            }
+            out.push(Block::Text(text));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_bar_per_defined_value_and_escaped_labels() {
+        let chart = Chart {
+            title: "F1 <all>".into(),
+            series: vec!["teacher".into(), "student & co".into()],
+            groups: vec![("a".into(), vec![Some(0.5), None]), ("b".into(), vec![Some(1.0), Some(0.0)])],
+        };
+        let svg = chart.svg();
+        assert!(svg.starts_with("<svg") && svg.ends_with("</svg>"));
+        // 3 bars plus 2 legend swatches.
+        assert_eq!(svg.matches("<rect").count(), 5);
+        assert!(svg.contains("F1 &lt;all&gt;") && svg.contains("student &amp; co") && !svg.contains("<all>"));
+        // A value of 1 fills the plot (160 px from y = 30); 0.5 is half of it.
+        assert!(svg.contains("y=\"30\" width=\"16\" height=\"160\""), "{svg}");
+        assert!(svg.contains("height=\"80\""), "{svg}");
+    }
+
+    #[test]
+    fn extra_markdown_tables_and_paragraphs_become_html() {
+        let body = "| stage | seconds |\n|---|---|\n| label | 1.5 |\n\nTeacher: 3 requests,\n<2> cached.\n";
+        let mut html = String::new();
+        Block::Markdown(body.into()).html(&mut html);
+        assert_eq!(
+            html,
+            "<table><tr><th>stage</th><th>seconds</th></tr>\n<tr><td>label</td><td>1.5</td></tr>\n</table>\n\
+             <p>Teacher: 3 requests, &lt;2&gt; cached.</p>\n"
+        );
+        let mut md = String::new();
+        Block::Markdown(body.into()).markdown(&mut md);
+        assert_eq!(md, format!("{}\n\n", body.trim_end()));
+    }
+
+    #[test]
+    fn table_cells_are_escaped_for_each_format() {
+        let table = Block::table(&["a|b", "c"], vec![vec!["<x>".into(), "1".into()]]);
+        let (mut md, mut html) = (String::new(), String::new());
+        table.markdown(&mut md);
+        table.html(&mut html);
+        assert_eq!(md, "| a\\|b | c |\n| --- | --- |\n| <x> | 1 |\n\n");
+        assert_eq!(html, "<table><tr><th>a|b</th><th>c</th></tr>\n<tr><td>&lt;x&gt;</td><td>1</td></tr>\n</table>\n");
+    }
+}

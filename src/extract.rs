@@ -1,0 +1,394 @@
+//! `biodistill extract`: run the trained students over every sentence.
+//!
+//! Input: `sentences` (streamed `read_rows` at a time, so memory stays flat in corpus size),
+//! `documents` (streamed, for redaction), and one checkpoint per task from `train`. Output,
+//! each table made visible only when complete:
+//!
+//! - `ade_relations` and `gene_disease`: one row per (anchor, related span) pair;
+//! - `phi_spans` and `redacted_documents` (each PHI span replaced by `[TYPE]`).
+//!
+//! Offsets index `documents.text` in chars: a sentence's char offset plus the span's offset in
+//! the sentence. The supervised reference writes the same tables with a `_supervised_reference`
+//! suffix, and its `model_version`s start with `supervised-reference-`, so its outputs can never
+//! be mistaken for the distilled student's. The PHI spans of the run are held in memory until
+//! redaction (a few dozen bytes per span, no text); everything else streams.
+//!
+//! Synchronous CPU work, like `train`.
+
+mod predict;
+mod sink;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow::array::{ArrayRef, Float32Array, Int32Array, StringArray};
+use arrow::datatypes::SchemaRef;
+use candle_core::Device;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
+
+pub use self::predict::{PairPrediction, Predictions, SentenceRow, predict};
+use self::sink::TableSink;
+use crate::error::{Error, Result};
+use crate::model::tags::Task;
+use crate::run_dir::{RunDir, batch};
+use crate::schema::{self, table};
+use crate::text::CharIndex;
+use crate::train::checkpoint::Checkpoint;
+use crate::train::columns::TableStream;
+use crate::train::{STUDENT_DIR, SUPERVISED_REFERENCE_DIR};
+
+/// Suffix of the supervised reference's output tables.
+pub const SUPERVISED_REFERENCE_SUFFIX: &str = "_supervised_reference";
+
+/// Extraction configuration (`[extract]` in a pipeline file).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ExtractConfig {
+    /// Checkpoint root (one directory per task); default `<run dir>/student` or, with
+    /// `supervised_reference`, `<run dir>/student-supervised-reference`.
+    pub checkpoint_dir: Option<PathBuf>,
+    /// Use the supervised reference and write its suffixed tables.
+    pub supervised_reference: bool,
+    pub tasks: Vec<Task>,
+    /// Encoder windows per forward pass.
+    pub batch_size: usize,
+    /// Sentences read and processed per chunk (bounds memory).
+    pub read_rows: usize,
+    /// `run_id` column; default the run directory's name.
+    pub run_id: Option<String>,
+    pub progress: bool,
+    /// Only documents of these splits (`train`, `dev`, `unlabeled`); empty = every split.
+    pub splits: Vec<String>,
+    /// Per task, only documents of these sources; a task missing here reads every source.
+    pub sources: BTreeMap<Task, Vec<String>>,
+    /// Only these documents (incremental runs set it to the new and changed ones).
+    #[serde(skip)]
+    pub only_documents: Option<HashSet<String>>,
+}
+
+impl Default for ExtractConfig {
+    fn default() -> Self {
+        Self {
+            checkpoint_dir: None,
+            supervised_reference: false,
+            tasks: Task::ALL.to_vec(),
+            batch_size: 16,
+            read_rows: 1024,
+            run_id: None,
+            progress: true,
+            splits: Vec::new(),
+            sources: BTreeMap::new(),
+            only_documents: None,
+        }
+    }
+}
+
+impl ExtractConfig {
+    /// Per task, the documents it extracts from (`None`: every document).
+    fn selected_documents(&self, run_dir: &RunDir) -> Result<BTreeMap<Task, Option<HashSet<String>>>> {
+        let filtered = !self.splits.is_empty() || self.tasks.iter().any(|t| self.sources.contains_key(t));
+        if !filtered {
+            return Ok(self.tasks.iter().map(|&t| (t, self.only_documents.clone())).collect());
+        }
+        let mut keep: BTreeMap<Task, Option<HashSet<String>>> =
+            self.tasks.iter().map(|&t| (t, Some(HashSet::new()))).collect();
+        for cols in TableStream::open(run_dir, table::DOCUMENTS, self.read_rows)? {
+            let cols = cols?;
+            let (doc, source, split) = (cols.str("doc_id")?, cols.str("source")?, cols.str("split")?);
+            for r in 0..cols.len() {
+                let base = (self.splits.is_empty() || self.splits.iter().any(|s| s == split.value(r)))
+                    && self.only_documents.as_ref().is_none_or(|only| only.contains(doc.value(r)));
+                for (task, docs) in keep.iter_mut() {
+                    let source_ok = self.sources.get(task).is_none_or(|s| s.iter().any(|s| s == source.value(r)));
+                    if base && source_ok {
+                        docs.as_mut().expect("all Some above").insert(doc.value(r).to_string());
+                    }
+                }
+            }
+        }
+        Ok(keep)
+    }
+
+    /// Name of output table `base` under this config.
+    pub fn table_name(&self, base: &str) -> String {
+        if self.supervised_reference { format!("{base}{SUPERVISED_REFERENCE_SUFFIX}") } else { base.to_string() }
+    }
+}
+
+/// What `extract` did.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExtractReport {
+    pub supervised_reference: bool,
+    pub sentences: usize,
+    pub windows: usize,
+    pub seconds: f64,
+    pub sentences_per_sec: f64,
+    /// Model version per task.
+    pub model_versions: BTreeMap<Task, String>,
+    /// Rows written per table.
+    pub tables: BTreeMap<String, usize>,
+}
+
+impl fmt::Display for ExtractReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = if self.supervised_reference { "supervised reference" } else { "student" };
+        writeln!(
+            f,
+            "extract ({kind}): {} sentences ({} windows) in {:.1}s, {:.1} sentences/s",
+            self.sentences, self.windows, self.seconds, self.sentences_per_sec
+        )?;
+        for (task, version) in &self.model_versions {
+            writeln!(f, "  {task}: {version}")?;
+        }
+        for (name, rows) in &self.tables {
+            writeln!(f, "  {name}: {rows} rows")?;
+        }
+        Ok(())
+    }
+}
+
+/// One task's checkpoint and the table its predictions stream into.
+struct TaskOutput {
+    checkpoint: Checkpoint,
+    sink: TableSink,
+    schema: SchemaRef,
+}
+
+/// Run every configured task's student over the `sentences` table.
+pub fn run(cfg: &ExtractConfig, run_dir: &RunDir) -> Result<ExtractReport> {
+    if cfg.tasks.is_empty() || cfg.batch_size == 0 {
+        return Err(Error::Config("extract: tasks must be non-empty and batch_size positive".into()));
+    }
+    let device = Device::Cpu;
+    let root = cfg.checkpoint_dir.clone().unwrap_or_else(|| {
+        run_dir.root().join(if cfg.supervised_reference { SUPERVISED_REFERENCE_DIR } else { STUDENT_DIR })
+    });
+    let run_id = cfg
+        .run_id
+        .clone()
+        .unwrap_or_else(|| run_dir.root().file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
+    let mut outputs = Vec::new();
+    for &task in &cfg.tasks {
+        let dir = root.join(task.as_str());
+        if !dir.is_dir() {
+            return Err(Error::input(&dir, format!("no {task} checkpoint (run `biodistill train` first)")));
+        }
+        let checkpoint = Checkpoint::load(&dir, &device)?;
+        if checkpoint.config.spec.task != task {
+            return Err(Error::input(
+                &dir,
+                format!("checkpoint is for task {}, not {task}", checkpoint.config.spec.task),
+            ));
+        }
+        let (name, schema) = match task {
+            Task::Ade => (table::ADE_RELATIONS, schema::ADE_RELATIONS.clone()),
+            Task::GeneDisease => (table::GENE_DISEASE, schema::GENE_DISEASE.clone()),
+            Task::Phi => (table::PHI_SPANS, schema::PHI_SPANS.clone()),
+        };
+        let sink = TableSink::create(run_dir, &cfg.table_name(name), schema.clone())?;
+        outputs.push(TaskOutput { checkpoint, sink, schema });
+    }
+
+    let selected = cfg.selected_documents(run_dir)?;
+    let stream = TableStream::open(run_dir, table::SENTENCES, cfg.read_rows)?;
+    let bar = if cfg.progress { ProgressBar::new(stream.num_rows() as u64) } else { ProgressBar::hidden() };
+    bar.set_style(
+        ProgressStyle::with_template("extract {bar:30} {pos}/{len} sentences [{elapsed_precise}<{eta_precise}] {msg}")
+            .expect("static template is valid"),
+    );
+    let start = Instant::now();
+    let (mut sentences, mut windows) = (0, 0);
+    let mut phi: HashMap<String, Vec<(usize, usize, &'static str)>> = HashMap::new();
+    for cols in stream {
+        let cols = cols?;
+        let (doc, sent, begin, text) =
+            (cols.str("doc_id")?, cols.i32("sent_id")?, cols.i32("start")?, cols.str("text")?);
+        let rows = cols.len();
+        let wanted = |r: usize| selected.values().any(|keep| keep.as_ref().is_none_or(|k| k.contains(doc.value(r))));
+        let chunk: Vec<SentenceRow> = (0..rows)
+            .filter(|&r| wanted(r))
+            .map(|r| SentenceRow {
+                doc_id: doc.value(r).to_string(),
+                sent_id: sent.value(r),
+                start: begin.value(r).max(0) as usize,
+                text: text.value(r).to_string(),
+            })
+            .collect();
+        for output in &mut outputs {
+            let task = output.checkpoint.config.spec.task;
+            let task_chunk: Vec<SentenceRow>;
+            let chunk = match &selected[&task] {
+                Some(keep) if chunk.iter().any(|s| !keep.contains(&s.doc_id)) => {
+                    task_chunk = chunk.iter().filter(|s| keep.contains(&s.doc_id)).cloned().collect();
+                    &task_chunk
+                }
+                _ => &chunk,
+            };
+            let predictions = predict(&output.checkpoint, chunk, cfg.batch_size)?;
+            windows += predictions.windows;
+            let version = &output.checkpoint.config.model_version;
+            let columns = match task {
+                Task::Phi => {
+                    for e in &predictions.entities {
+                        let s = &chunk[e.sentence];
+                        phi.entry(s.doc_id.clone()).or_default().push((
+                            s.start + e.start,
+                            s.start + e.end,
+                            task.entity_types()[e.type_index],
+                        ));
+                    }
+                    phi_columns(chunk, &predictions, task, version, &run_id)
+                }
+                _ => pair_columns(chunk, &predictions.pairs, version, &run_id),
+            };
+            output.sink.write(&batch(&output.schema, columns)?)?;
+        }
+        sentences += chunk.len();
+        bar.inc(rows as u64);
+        bar.set_message(format!("{:.1} sentences/s", sentences as f64 / start.elapsed().as_secs_f64().max(1e-9)));
+    }
+    bar.finish_and_clear();
+    let seconds = start.elapsed().as_secs_f64();
+
+    let mut report = ExtractReport {
+        supervised_reference: cfg.supervised_reference,
+        sentences,
+        windows,
+        seconds,
+        sentences_per_sec: sentences as f64 / seconds.max(1e-9),
+        model_versions: BTreeMap::new(),
+        tables: BTreeMap::new(),
+    };
+    let has_phi = cfg.tasks.contains(&Task::Phi);
+    for output in outputs {
+        let task = output.checkpoint.config.spec.task;
+        report.model_versions.insert(task, output.checkpoint.config.model_version.clone());
+        let name = cfg.table_name(match task {
+            Task::Ade => table::ADE_RELATIONS,
+            Task::GeneDisease => table::GENE_DISEASE,
+            Task::Phi => table::PHI_SPANS,
+        });
+        report.tables.insert(name, output.sink.finish()?);
+    }
+    if has_phi {
+        let name = cfg.table_name(table::REDACTED_DOCUMENTS);
+        let phi_docs = selected.get(&Task::Phi).and_then(Option::as_ref);
+        report.tables.insert(name.clone(), redact(run_dir, &name, cfg.read_rows, phi_docs, &mut phi)?);
+    }
+    Ok(report)
+}
+
+fn strings<'a>(values: impl Iterator<Item = &'a str>) -> ArrayRef {
+    Arc::new(values.map(Some).collect::<StringArray>())
+}
+
+fn ints(values: impl Iterator<Item = usize>) -> ArrayRef {
+    Arc::new(values.map(|v| v as i32).collect::<Int32Array>())
+}
+
+/// Columns of `ade_relations` / `gene_disease` (same layout): offsets into the document.
+fn pair_columns(chunk: &[SentenceRow], pairs: &[PairPrediction], version: &str, run_id: &str) -> Vec<ArrayRef> {
+    let indexes: Vec<CharIndex> = chunk.iter().map(|s| CharIndex::new(&s.text)).collect();
+    let sentence = |p: &PairPrediction| &chunk[p.anchor.sentence];
+    let slice = |p: &PairPrediction, s: usize, e: usize| {
+        indexes[p.anchor.sentence].slice(&sentence(p).text, s, e).expect("predicted spans lie in their sentence")
+    };
+    vec![
+        strings(pairs.iter().map(|p| sentence(p).doc_id.as_str())),
+        Arc::new(pairs.iter().map(|p| sentence(p).sent_id).collect::<Int32Array>()),
+        strings(pairs.iter().map(|p| slice(p, p.anchor.start, p.anchor.end))),
+        ints(pairs.iter().map(|p| sentence(p).start + p.anchor.start)),
+        ints(pairs.iter().map(|p| sentence(p).start + p.anchor.end)),
+        strings(pairs.iter().map(|p| slice(p, p.start, p.end))),
+        ints(pairs.iter().map(|p| sentence(p).start + p.start)),
+        ints(pairs.iter().map(|p| sentence(p).start + p.end)),
+        Arc::new(pairs.iter().map(|p| p.score).collect::<Float32Array>()),
+        strings(pairs.iter().map(|_| version)),
+        strings(pairs.iter().map(|_| run_id)),
+    ]
+}
+
+/// Columns of `phi_spans`.
+fn phi_columns(
+    chunk: &[SentenceRow],
+    predictions: &Predictions,
+    task: Task,
+    version: &str,
+    run_id: &str,
+) -> Vec<ArrayRef> {
+    let spans = &predictions.entities;
+    vec![
+        strings(spans.iter().map(|e| chunk[e.sentence].doc_id.as_str())),
+        ints(spans.iter().map(|e| chunk[e.sentence].start + e.start)),
+        ints(spans.iter().map(|e| chunk[e.sentence].start + e.end)),
+        strings(spans.iter().map(|e| task.entity_types()[e.type_index])),
+        Arc::new(spans.iter().map(|e| e.score).collect::<Float32Array>()),
+        strings(spans.iter().map(|_| version)),
+        strings(spans.iter().map(|_| run_id)),
+    ]
+}
+
+/// Write `redacted_documents`: every document, each PHI span replaced by `[TYPE]`.
+fn redact(
+    run_dir: &RunDir,
+    name: &str,
+    read_rows: usize,
+    selected: Option<&HashSet<String>>,
+    phi: &mut HashMap<String, Vec<(usize, usize, &'static str)>>,
+) -> Result<usize> {
+    let schema = schema::REDACTED_DOCUMENTS.clone();
+    let mut sink = TableSink::create(run_dir, name, schema.clone())?;
+    for cols in TableStream::open(run_dir, table::DOCUMENTS, read_rows)? {
+        let cols = cols?;
+        let (doc, text) = (cols.str("doc_id")?, cols.str("text")?);
+        let rows: Vec<usize> =
+            (0..cols.len()).filter(|&r| selected.is_none_or(|keep| keep.contains(doc.value(r)))).collect();
+        let redacted: Vec<String> = rows
+            .iter()
+            .map(|&r| {
+                let spans = phi.remove(doc.value(r)).unwrap_or_default();
+                redact_text(text.value(r), spans)
+            })
+            .collect();
+        let columns: Vec<ArrayRef> =
+            vec![strings(rows.iter().map(|&r| doc.value(r))), strings(redacted.iter().map(String::as_str))];
+        sink.write(&batch(&schema, columns)?)?;
+    }
+    sink.finish()
+}
+
+/// `text` with each `[start, end)` char span replaced by `[TYPE]`; overlapping or out-of-range
+/// spans (which extraction does not produce) are skipped rather than corrupting the text.
+pub fn redact_text(text: &str, mut spans: Vec<(usize, usize, &str)>) -> String {
+    spans.sort_unstable();
+    let index = CharIndex::new(text);
+    let mut out = String::with_capacity(text.len());
+    let mut at = 0;
+    for (start, end, phi_type) in spans {
+        if start < at || end > index.len_chars() || start >= end {
+            continue;
+        }
+        out.push_str(&text[index.byte(at)..index.byte(start)]);
+        out.push_str(&format!("[{phi_type}]"));
+        at = end;
+    }
+    out.push_str(&text[index.byte(at)..]);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redaction_replaces_spans_by_char_offsets() {
+        let text = "Zoë Smith, née 1970, Zürich.";
+        let spans = vec![(21, 27, "LOCATION"), (0, 9, "NAME"), (15, 19, "DATE"), (16, 18, "DATE")];
+        assert_eq!(redact_text(text, spans), "[NAME], née [DATE], [LOCATION].");
+        assert_eq!(redact_text(text, vec![]), text);
+    }
+}

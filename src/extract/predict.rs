@@ -1,0 +1,124 @@
+//! Inference for one chunk of sentences with one task's student.
+//!
+//! The encoder runs once per window; the entity tagger's spans give the anchors, and the
+//! relation head tags each anchor's related spans on the same hidden states (with the
+//! conditioned architecture no second encoder pass happens). A span is reported by the window
+//! that owns its first piece (see [`wordpiece::owner`]), so overlapping windows never report a
+//! span twice.
+
+use std::ops::Range;
+
+use candle_core::{D, Tensor};
+
+use crate::error::Result;
+use crate::model::batch::{Batch, Example};
+use crate::model::tags::decode_bio;
+use crate::model::wordpiece::{self, Pieces};
+use crate::train::checkpoint::Checkpoint;
+
+/// One row of the `sentences` table.
+#[derive(Debug, Clone)]
+pub struct SentenceRow {
+    pub doc_id: String,
+    pub sent_id: i32,
+    /// Char offset of the sentence in `documents.text`.
+    pub start: usize,
+    pub text: String,
+}
+
+/// A predicted entity: char offsets into its sentence.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EntityPrediction {
+    pub sentence: usize,
+    pub start: usize,
+    pub end: usize,
+    pub type_index: usize,
+    /// Mean over the span's pieces of the predicted tag's probability.
+    pub score: f32,
+}
+
+/// A predicted (anchor, related span) pair.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PairPrediction {
+    pub anchor: EntityPrediction,
+    pub start: usize,
+    pub end: usize,
+    /// Anchor score times the related span's mean tag probability.
+    pub score: f32,
+}
+
+#[derive(Debug, Default)]
+pub struct Predictions {
+    pub entities: Vec<EntityPrediction>,
+    pub pairs: Vec<PairPrediction>,
+    pub windows: usize,
+}
+
+/// Per-position `(argmax tag, its probability)` of logits `(rows, tokens, tags)`.
+fn decode_logits(logits: &Tensor) -> Result<(Vec<Vec<u32>>, Vec<Vec<f32>>)> {
+    let probs = candle_nn::ops::softmax_last_dim(logits)?;
+    Ok((probs.argmax(D::Minus1)?.to_vec2()?, probs.max(D::Minus1)?.to_vec2()?))
+}
+
+fn mean(values: &[f32]) -> f32 {
+    values.iter().sum::<f32>() / values.len().max(1) as f32
+}
+
+/// Run `checkpoint` over `sentences`, `batch_size` windows per encoder call.
+pub fn predict(checkpoint: &Checkpoint, sentences: &[SentenceRow], batch_size: usize) -> Result<Predictions> {
+    let (student, config) = (&checkpoint.student, &checkpoint.config);
+    let task = config.spec.task;
+    let anchor_type = task.relation().map(|(a, _)| task.type_index(a).expect("anchor type is an entity type"));
+    let pieces: Vec<Pieces> = sentences.iter().map(|s| checkpoint.tokenizer.encode(&s.text)).collect::<Result<_>>()?;
+    let windows: Vec<Vec<Range<usize>>> = pieces
+        .iter()
+        .map(|p| if p.is_empty() { vec![] } else { p.windows(config.max_pieces, config.window_overlap) })
+        .collect();
+    // (sentence, window index), sorted by length so batches carry little padding.
+    let mut items: Vec<(usize, usize)> =
+        windows.iter().enumerate().flat_map(|(s, ws)| (0..ws.len()).map(move |w| (s, w))).collect();
+    items.sort_by_key(|&(s, w)| windows[s][w].len());
+    let mut out = Predictions { windows: items.len(), ..Default::default() };
+    for chunk in items.chunks(batch_size.max(1)) {
+        let examples: Vec<Example> = chunk
+            .iter()
+            .map(|&(s, w)| Example { ids: pieces[s].ids[windows[s][w].clone()].to_vec(), ..Default::default() })
+            .collect();
+        let refs: Vec<&Example> = examples.iter().collect();
+        let mut batch = Batch::new(&refs, checkpoint.tokenizer.special());
+        let hidden = student.encode(&batch)?;
+        let (tags, probs) = decode_logits(&student.entity_logits(&hidden, None)?)?;
+        let mut anchors = Vec::new();
+        for (row, &(s, w)) in chunk.iter().enumerate() {
+            let window = &windows[s][w];
+            let n = window.len();
+            for span in decode_bio(&tags[row][1..=n]) {
+                let first = window.start + span.pieces.start;
+                if wordpiece::owner(&windows[s], first) != w {
+                    continue;
+                }
+                let (start, end) = pieces[s].char_span(first..window.start + span.pieces.end);
+                let score = mean(&probs[row][1 + span.pieces.start..1 + span.pieces.end]);
+                let entity = EntityPrediction { sentence: s, start, end, type_index: span.type_index, score };
+                if Some(span.type_index) == anchor_type {
+                    batch.push_anchor(row, span.pieces.clone(), &[]);
+                    anchors.push(entity.clone());
+                }
+                out.entities.push(entity);
+            }
+        }
+        let Some(relation) = student.relation_logits(&hidden, &batch, None)? else { continue };
+        let (rel_tags, rel_probs) = decode_logits(&relation)?;
+        for (a, anchor) in anchors.into_iter().enumerate() {
+            let (s, w) = chunk[batch.anchor_rows[a] as usize];
+            let window = &windows[s][w];
+            for span in decode_bio(&rel_tags[a][1..=window.len()]) {
+                let (start, end) =
+                    pieces[s].char_span(window.start + span.pieces.start..window.start + span.pieces.end);
+                let score = anchor.score * mean(&rel_probs[a][1 + span.pieces.start..1 + span.pieces.end]);
+                out.pairs.push(PairPrediction { anchor: anchor.clone(), start, end, score });
+            }
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,180 @@
+//! The run manifest: one row per `biodistill run`, published or not, in the run directory's
+//! `run_manifest` table, so a run's provenance and cost are one SQL query away:
+//!
+//! ```sql
+//! SELECT run_id, status, wall_secs, requests, cost_usd FROM run_manifest ORDER BY started_at;
+//! ```
+//!
+//! Nested facts (stage timings, prompt and student versions, gate verdicts) are JSON strings,
+//! readable with DataFusion's, DuckDB's or polars' JSON functions.
+
+use std::sync::{Arc, LazyLock};
+
+use arrow::array::{ArrayRef, Float64Array, Int64Array, StringArray};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use serde::Serialize;
+
+use crate::error::Result;
+use crate::run_dir::{RunDir, batch, concat};
+
+/// Table name.
+pub const RUN_MANIFEST: &str = "run_manifest";
+
+/// One pipeline stage's cost and output.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StageRecord {
+    pub stage: String,
+    pub seconds: f64,
+    /// Rows written per table, or other counts the stage reports.
+    pub counts: std::collections::BTreeMap<String, usize>,
+}
+
+/// One run.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Manifest {
+    pub run_id: String,
+    /// `published`, `already_published`, `gate_failed` or `failed`.
+    pub status: String,
+    pub started_at: String,
+    pub finished_at: String,
+    pub wall_secs: f64,
+    /// Peak resident memory of the process (Linux `VmHWM`), MiB.
+    pub peak_rss_mib: f64,
+    pub git_sha: String,
+    pub config_hash: String,
+    /// sha256 over every (doc_id, content_hash) of `documents`.
+    pub input_hash: String,
+    pub documents: i64,
+    /// Documents new or changed since the last publication (all of them on a full refresh).
+    pub changed_documents: i64,
+    pub teacher_endpoint: String,
+    pub teacher_model: String,
+    /// JSON: task -> prompt version.
+    pub prompt_versions: String,
+    /// JSON: task -> student model version.
+    pub student_versions: String,
+    /// JSON: [`StageRecord`]s in order.
+    pub stages: String,
+    pub cache_hits: i64,
+    /// Requests the teacher was paid for this run.
+    pub requests: i64,
+    pub prompt_tokens: i64,
+    pub completion_tokens: i64,
+    pub cost_usd: f64,
+    /// JSON: the quality gates' verdicts.
+    pub gates: String,
+}
+
+/// Schema of `run_manifest`.
+pub static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
+    let s = |n: &str| Field::new(n, DataType::Utf8, false);
+    let i = |n: &str| Field::new(n, DataType::Int64, false);
+    let f = |n: &str| Field::new(n, DataType::Float64, false);
+    Arc::new(Schema::new(vec![
+        s("run_id"),
+        s("status"),
+        s("started_at"),
+        s("finished_at"),
+        f("wall_secs"),
+        f("peak_rss_mib"),
+        s("git_sha"),
+        s("config_hash"),
+        s("input_hash"),
+        i("documents"),
+        i("changed_documents"),
+        s("teacher_endpoint"),
+        s("teacher_model"),
+        s("prompt_versions"),
+        s("student_versions"),
+        s("stages"),
+        i("cache_hits"),
+        i("requests"),
+        i("prompt_tokens"),
+        i("completion_tokens"),
+        f("cost_usd"),
+        s("gates"),
+    ]))
+});
+
+impl Manifest {
+    fn to_batch(&self) -> Result<arrow::record_batch::RecordBatch> {
+        let s = |v: &str| Arc::new(StringArray::from(vec![v])) as ArrayRef;
+        let i = |v: i64| Arc::new(Int64Array::from(vec![v])) as ArrayRef;
+        let f = |v: f64| Arc::new(Float64Array::from(vec![v])) as ArrayRef;
+        batch(
+            &SCHEMA,
+            vec![
+                s(&self.run_id),
+                s(&self.status),
+                s(&self.started_at),
+                s(&self.finished_at),
+                f(self.wall_secs),
+                f(self.peak_rss_mib),
+                s(&self.git_sha),
+                s(&self.config_hash),
+                s(&self.input_hash),
+                i(self.documents),
+                i(self.changed_documents),
+                s(&self.teacher_endpoint),
+                s(&self.teacher_model),
+                s(&self.prompt_versions),
+                s(&self.student_versions),
+                s(&self.stages),
+                i(self.cache_hits),
+                i(self.requests),
+                i(self.prompt_tokens),
+                i(self.completion_tokens),
+                f(self.cost_usd),
+                s(&self.gates),
+            ],
+        )
+    }
+
+    /// Append this row to the run directory's `run_manifest` (rewritten atomically).
+    pub fn append(&self, run_dir: &RunDir) -> Result<()> {
+        let mut batches = if run_dir.has_table(RUN_MANIFEST) { run_dir.read_table(RUN_MANIFEST)? } else { vec![] };
+        batches.push(self.to_batch()?);
+        let all = concat(&SCHEMA, &batches)?;
+        run_dir.write_table(RUN_MANIFEST, SCHEMA.clone(), &[all])?;
+        Ok(())
+    }
+}
+
+/// Peak resident set size of this process in MiB (0 where `/proc` is unavailable).
+pub fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+/// The commit of the working directory (`git rev-parse HEAD`), else `unknown`.
+pub fn git_sha() -> String {
+    std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_accumulate() {
+        let tmp = tempfile::tempdir().unwrap();
+        let run_dir = RunDir::create(tmp.path()).unwrap();
+        let mut m = Manifest { run_id: "a".into(), status: "published".into(), ..Default::default() };
+        m.append(&run_dir).unwrap();
+        m.run_id = "b".into();
+        m.append(&run_dir).unwrap();
+        let batches = run_dir.read_table(RUN_MANIFEST).unwrap();
+        assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 2);
+        assert!(peak_rss_mib() > 0.0);
+    }
+}

@@ -1,0 +1,313 @@
+//! The embedded teacher LLM: a quantized GGUF chat model (Qwen2.5-Coder-1.5B-Instruct by
+//! default, SmolLM2-135M in tests) that answers ChatML prompts.
+//!
+//! - [`weights`]: the decoder, ported from candle's quantized qwen2/llama with an external,
+//!   per-sequence KV cache and a batched forward;
+//! - [`chat`]: ChatML rendering and tokenization;
+//! - [`sequence`]: one request in flight (sampling, stop conditions, grounding);
+//! - [`prefix_cache`]: KV snapshots of shared prompt prefixes;
+//! - [`grounded`]: the JSON-with-copied-spans automaton.
+//!
+//! [`TeacherLlm`] ties them together. It is synchronous and `&mut self`: the server runs it on
+//! its own thread. Requests are admitted with [`TeacherLlm::start`] and advanced together by
+//! [`TeacherLlm::step`], one forward per step for the whole batch (continuous batching: a new
+//! request's prefill joins the other sequences' decode step). [`TeacherLlm::generate`] does
+//! all of that for a single request. The generation loop follows candle's
+//! `candle-examples/examples/quantized-qwen2-instruct/main.rs`.
+
+pub mod chat;
+pub mod grounded;
+pub mod prefix_cache;
+pub mod sequence;
+pub mod weights;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::quantized::gguf_file;
+use candle_core::{DType, Device};
+use tokenizers::Tokenizer;
+
+pub use chat::{ChatMessage, Role};
+pub use sequence::{FinishReason, GenerateRequest, Generation, Sequence};
+
+use crate::error::IoContext;
+use crate::model::gguf_tokenizer::GgufVocab;
+use crate::{Error, Result};
+use prefix_cache::PrefixCache;
+use sequence::TokenTable;
+use weights::{QuantizedDecoder, SequenceInput};
+
+/// Shared prefixes shorter than this are not worth a cache entry.
+const MIN_CACHED_PREFIX: usize = 16;
+
+/// How the teacher is loaded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TeacherLlmConfig {
+    /// A `qwen2` or `llama` GGUF file.
+    pub model: PathBuf,
+    /// Longest prompt + reply, in tokens (capped by the model's own context length).
+    pub context_length: usize,
+    /// Memory for prompt-prefix KV snapshots; 0 disables the prefix cache.
+    pub prefix_cache_bytes: usize,
+}
+
+impl TeacherLlmConfig {
+    pub fn new(model: impl Into<PathBuf>) -> Self {
+        Self { model: model.into(), context_length: 4096, prefix_cache_bytes: 512 << 20 }
+    }
+}
+
+/// A loaded teacher model with its tokenizer and prefix cache.
+pub struct TeacherLlm {
+    decoder: QuantizedDecoder,
+    tokenizer: Tokenizer,
+    table: TokenTable,
+    prefix_cache: PrefixCache,
+    model_id: String,
+    context_length: usize,
+}
+
+impl TeacherLlm {
+    /// Load weights and tokenizer from a GGUF file (CPU).
+    pub fn load(config: &TeacherLlmConfig) -> Result<Self> {
+        let path = &config.model;
+        let mut file = std::fs::File::open(path).with_path(path)?;
+        let content = gguf_file::Content::read(&mut file)
+            .map_err(|e| Error::Model(format!("{}: not a GGUF file: {e}", path.display())))?;
+        let with_path = |e: Error| Error::Model(format!("{}: {e}", path.display()));
+        let vocab = GgufVocab::from_gguf(&content).map_err(with_path)?;
+        let tokenizer = vocab.tokenizer().map_err(with_path)?;
+        let trained = weights::DecoderConfig::from_gguf(&content).map_err(with_path)?.context_length;
+        let context_length = config.context_length.min(trained);
+        let decoder =
+            QuantizedDecoder::from_gguf(&content, &mut file, context_length, &Device::Cpu).map_err(with_path)?;
+        let mut stop_ids: Vec<u32> = ["<|im_end|>", "<|endoftext|>"]
+            .iter()
+            .filter_map(|t| tokenizer.token_to_id(t))
+            .chain(vocab.eos_token_id)
+            .collect();
+        stop_ids.sort_unstable();
+        stop_ids.dedup();
+        if stop_ids.is_empty() {
+            return Err(with_path(Error::Model("no end-of-turn token in the vocabulary".into())));
+        }
+        let table = TokenTable { bytes: vocab.token_bytes(), stop_ids };
+        Ok(Self {
+            decoder,
+            tokenizer,
+            table,
+            prefix_cache: PrefixCache::new(config.prefix_cache_bytes),
+            model_id: model_id(path),
+            context_length,
+        })
+    }
+
+    /// The name clients use in `"model"`: the file name without `.gguf`.
+    pub fn model_id(&self) -> &str {
+        &self.model_id
+    }
+
+    /// Longest prompt + reply in tokens.
+    pub fn context_length(&self) -> usize {
+        self.context_length
+    }
+
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// Number of prompt prefixes whose KV is cached.
+    pub fn cached_prefixes(&self) -> usize {
+        self.prefix_cache.len()
+    }
+
+    /// Tokenize and admit a request. Fails with [`Error::PromptTooLong`] when the prompt
+    /// leaves no room for a reply; `max_tokens` is clamped to the room left.
+    pub fn start(&mut self, request: &GenerateRequest) -> Result<Sequence> {
+        let prompt = chat::encode_chatml(&self.tokenizer, &request.messages)?;
+        if prompt.ids.len() >= self.context_length {
+            return Err(Error::PromptTooLong { prompt_tokens: prompt.ids.len(), context_length: self.context_length });
+        }
+        let max_tokens = request.max_tokens.min(self.context_length - prompt.ids.len());
+        let cache = self.prefix_cache.lookup(&prompt.ids).unwrap_or_else(|| self.decoder.new_cache());
+        let shared = prompt.shared_prefix_len;
+        let snapshot =
+            shared >= MIN_CACHED_PREFIX && shared > cache.len() && !self.prefix_cache.contains(&prompt.ids[..shared]);
+        let mut sequence = Sequence::new(request, prompt.ids, cache, max_tokens);
+        sequence.snapshot_prefix = snapshot.then_some(shared);
+        Ok(sequence)
+    }
+
+    /// One forward pass for every unfinished sequence, then one token sampled for each.
+    /// On error the sequences are in an unknown state and should be dropped.
+    pub fn step(&mut self, sequences: &mut [Sequence]) -> Result<()> {
+        let mut inputs: Vec<SequenceInput<'_>> = sequences
+            .iter_mut()
+            .filter(|s| !s.is_finished())
+            .map(|s| SequenceInput { cache: &mut s.cache, tokens: &s.pending })
+            .collect();
+        if inputs.is_empty() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let logits = self.decoder.forward(&mut inputs)?;
+        drop(inputs);
+        let rows: Vec<Vec<f32>> = logits.to_dtype(DType::F32)?.to_vec2()?;
+        let elapsed = started.elapsed();
+        let active = sequences.iter_mut().filter(|s| !s.is_finished());
+        for (sequence, row) in active.zip(rows) {
+            sequence.add_time(elapsed);
+            if let Some(len) = sequence.snapshot_prefix.take() {
+                let snapshot = sequence.cache.truncated(len)?;
+                self.prefix_cache.insert(sequence.prompt[..len].to_vec(), snapshot);
+            }
+            sequence.advance(row, &self.table, &self.tokenizer)?;
+        }
+        Ok(())
+    }
+
+    /// The result of a finished (or abandoned) sequence.
+    pub fn finish(&self, sequence: Sequence) -> Result<Generation> {
+        sequence.into_generation(&self.tokenizer)
+    }
+
+    /// Generate a reply to one request.
+    pub fn generate(&mut self, request: &GenerateRequest) -> Result<Generation> {
+        self.generate_batch(std::slice::from_ref(request)).pop().expect("one request, one reply")
+    }
+
+    /// Generate replies to several requests decoded together (for tests and benches; the
+    /// server admits requests as they arrive instead).
+    pub fn generate_batch(&mut self, requests: &[GenerateRequest]) -> Vec<Result<Generation>> {
+        let mut results: Vec<Option<Result<Generation>>> = (0..requests.len()).map(|_| None).collect();
+        let mut running = Vec::new();
+        for (i, request) in requests.iter().enumerate() {
+            match self.start(request) {
+                Ok(sequence) => running.push((i, sequence)),
+                Err(e) => results[i] = Some(Err(e)),
+            }
+        }
+        let mut sequences: Vec<Sequence> = Vec::new();
+        let mut slots = Vec::new();
+        for (i, s) in running {
+            slots.push(i);
+            sequences.push(s);
+        }
+        while sequences.iter().any(|s| !s.is_finished()) {
+            if let Err(e) = self.step(&mut sequences) {
+                let message = e.to_string();
+                for &i in &slots {
+                    results[i] = Some(Err(Error::Internal(format!("generation failed: {message}"))));
+                }
+                return results.into_iter().map(|r| r.expect("filled above")).collect();
+            }
+        }
+        for (i, s) in slots.into_iter().zip(sequences) {
+            results[i] = Some(self.finish(s));
+        }
+        results.into_iter().map(|r| r.expect("every request is started or failed")).collect()
+    }
+}
+
+/// File name without the `.gguf` extension.
+fn model_id(path: &Path) -> String {
+    path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "teacher".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn smollm() -> TeacherLlm {
+        let mut config = TeacherLlmConfig::new(weights::tests::SMOLLM);
+        config.context_length = 512;
+        TeacherLlm::load(&config).expect("run `make models` first")
+    }
+
+    fn few_shot(sentence: &str) -> Vec<ChatMessage> {
+        vec![
+            ChatMessage::new(Role::System, "You list the drugs mentioned in a sentence as a JSON array of strings."),
+            ChatMessage::new(Role::User, "Aspirin and ibuprofen were given."),
+            ChatMessage::new(Role::Assistant, "[\"Aspirin\", \"ibuprofen\"]"),
+            ChatMessage::new(Role::User, sentence),
+        ]
+    }
+
+    #[test]
+    fn greedy_generation_is_deterministic_and_stops() {
+        let mut teacher = smollm();
+        let request = GenerateRequest::greedy(vec![ChatMessage::new(Role::User, "Say hello.")], 48);
+        let a = teacher.generate(&request).unwrap();
+        let b = teacher.generate(&request).unwrap();
+        assert_eq!(a.tokens, b.tokens);
+        assert!(!a.text.is_empty());
+        assert!(a.completion_tokens() <= 48);
+        if a.finish_reason == FinishReason::Stop {
+            assert!(teacher.table.stop_ids.contains(a.tokens.last().unwrap()));
+        }
+        let short = teacher.generate(&GenerateRequest { max_tokens: 3, ..request }).unwrap();
+        assert_eq!((short.completion_tokens(), short.finish_reason), (3, FinishReason::Length));
+        assert_eq!(short.tokens, a.tokens[..3]);
+    }
+
+    #[test]
+    fn prefix_cache_gives_the_same_tokens_as_no_cache() {
+        let mut teacher = smollm();
+        let first = GenerateRequest::greedy(few_shot("Metformin caused lactic acidosis."), 12);
+        let second = GenerateRequest::greedy(few_shot("Warfarin led to bleeding."), 12);
+        teacher.prefix_cache = PrefixCache::new(0); // disabled
+        let cold = teacher.generate(&second).unwrap();
+        assert_eq!((cold.cached_prompt_tokens, teacher.cached_prefixes()), (0, 0));
+        teacher.prefix_cache = PrefixCache::new(1 << 30);
+        teacher.generate(&first).unwrap();
+        assert_eq!(teacher.cached_prefixes(), 1);
+        let warm = teacher.generate(&second).unwrap();
+        assert!(warm.cached_prompt_tokens >= MIN_CACHED_PREFIX);
+        assert_eq!(warm.tokens, cold.tokens);
+    }
+
+    #[test]
+    fn batched_generation_matches_one_at_a_time() {
+        let mut teacher = smollm();
+        let requests: Vec<_> = ["Metformin caused lactic acidosis.", "Hi", "Warfarin led to bleeding."]
+            .iter()
+            .map(|s| GenerateRequest::greedy(few_shot(s), 8))
+            .collect();
+        let alone: Vec<_> = requests.iter().map(|r| teacher.generate(r).unwrap().tokens).collect();
+        let together: Vec<_> = teacher.generate_batch(&requests).into_iter().map(|g| g.unwrap().tokens).collect();
+        assert_eq!(alone, together);
+    }
+
+    #[test]
+    fn grounded_generation_is_json_copied_from_the_source() {
+        let mut teacher = smollm();
+        let source = "Metformin caused lactic acidosis in an elderly patient.";
+        let mut request = GenerateRequest::greedy(few_shot(source), 40);
+        request.grounded_source = Some(source.to_string());
+        let reply = teacher.generate(&request).unwrap();
+        if reply.finish_reason == FinishReason::Stop {
+            let json: serde_json::Value = serde_json::from_str(&reply.text).unwrap();
+            assert_strings_in(&json, source);
+        } else {
+            assert!(reply.text.starts_with(['[', '{']), "{}", reply.text);
+        }
+    }
+
+    fn assert_strings_in(value: &serde_json::Value, source: &str) {
+        match value {
+            serde_json::Value::String(s) => assert!(source.contains(s.as_str()), "{s:?} not in source"),
+            serde_json::Value::Array(items) => items.iter().for_each(|v| assert_strings_in(v, source)),
+            serde_json::Value::Object(map) => map.values().for_each(|v| assert_strings_in(v, source)),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn too_long_prompt_is_rejected() {
+        let mut teacher = smollm();
+        let long = "word ".repeat(600);
+        let err = teacher.start(&GenerateRequest::greedy(vec![ChatMessage::new(Role::User, long)], 4));
+        assert!(matches!(err, Err(Error::PromptTooLong { .. })));
+    }
+}

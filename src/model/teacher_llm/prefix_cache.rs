@@ -1,0 +1,89 @@
+//! Prompt-prefix KV cache: every request of a labeling task starts with the same system prompt
+//! and few-shot examples. Their keys and values are computed once, kept here keyed by their
+//! token ids, and a later request whose prompt starts with those ids begins decoding from a
+//! clone of them, so its prefill costs only its own new tokens.
+//!
+//! Entries are evicted least recently used first once their total size passes a byte budget.
+
+use super::weights::KvCache;
+
+struct Entry {
+    ids: Vec<u32>,
+    cache: KvCache,
+    last_used: u64,
+}
+
+/// Least-recently-used store of KV snapshots keyed by token ids.
+pub struct PrefixCache {
+    entries: Vec<Entry>,
+    max_bytes: usize,
+    clock: u64,
+}
+
+impl PrefixCache {
+    /// A cache holding at most `max_bytes` of keys and values (0 disables it).
+    pub fn new(max_bytes: usize) -> Self {
+        Self { entries: Vec::new(), max_bytes, clock: 0 }
+    }
+
+    /// The longest cached prefix of `ids` that leaves at least one token to compute (the
+    /// model needs one new token to produce logits).
+    pub fn lookup(&mut self, ids: &[u32]) -> Option<KvCache> {
+        self.clock += 1;
+        let best = self
+            .entries
+            .iter_mut()
+            .filter(|e| e.ids.len() < ids.len() && ids.starts_with(&e.ids))
+            .max_by_key(|e| e.ids.len())?;
+        best.last_used = self.clock;
+        Some(best.cache.clone())
+    }
+
+    /// Whether `ids` exactly is cached.
+    pub fn contains(&self, ids: &[u32]) -> bool {
+        self.entries.iter().any(|e| e.ids == ids)
+    }
+
+    /// Keep `cache` (which must hold exactly `ids`) and evict old entries over the budget.
+    pub fn insert(&mut self, ids: Vec<u32>, cache: KvCache) {
+        debug_assert_eq!(ids.len(), cache.len());
+        if self.contains(&ids) || cache.bytes() > self.max_bytes {
+            return;
+        }
+        self.clock += 1;
+        self.entries.push(Entry { ids, cache, last_used: self.clock });
+        while self.bytes() > self.max_bytes {
+            let oldest = (0..self.entries.len()).min_by_key(|&i| self.entries[i].last_used);
+            // The loop runs only while the total is positive, so there is an entry.
+            self.entries.remove(oldest.expect("non-empty while over budget"));
+        }
+    }
+
+    /// Number of cached prefixes.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    fn bytes(&self) -> usize {
+        self.entries.iter().map(|e| e.cache.bytes()).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_caches_are_found_by_longest_prefix() {
+        // Empty KvCaches have len 0, so use ids of length 0 to keep the invariant.
+        let mut cache = PrefixCache::new(1 << 20);
+        cache.insert(vec![], KvCache::new(2));
+        assert!(cache.lookup(&[1, 2]).is_some());
+        assert!(cache.lookup(&[]).is_none(), "must leave one token to compute");
+        assert_eq!(cache.len(), 1);
+    }
+}

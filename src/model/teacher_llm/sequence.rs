@@ -1,0 +1,252 @@
+//! One request being generated: its KV cache, the tokens still to feed, how to pick the next
+//! token (greedy, temperature/top-p with a seed, optionally grounded) and when to stop.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use candle_core::{Device, Tensor};
+use candle_transformers::generation::{LogitsProcessor, Sampling};
+use tokenizers::Tokenizer;
+
+use super::chat::ChatMessage;
+use super::grounded::GroundedJson;
+use super::weights::KvCache;
+use crate::{Error, Result};
+
+/// What to generate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerateRequest {
+    pub messages: Vec<ChatMessage>,
+    /// Upper bound on generated tokens (clamped to what the context leaves).
+    pub max_tokens: usize,
+    /// 0 means greedy.
+    pub temperature: f64,
+    /// Nucleus sampling mass; 1 samples from the whole distribution.
+    pub top_p: f64,
+    pub seed: u64,
+    /// Stop strings: generation ends before the first occurrence, which is not returned.
+    pub stop: Vec<String>,
+    /// Constrain the reply to JSON whose string values occur in this text.
+    pub grounded_source: Option<String>,
+    /// Keep generating through end-of-turn tokens until `max_tokens` (benchmarks only).
+    pub ignore_eos: bool,
+}
+
+impl GenerateRequest {
+    /// A greedy request for `messages` with no stop strings and no grounding.
+    pub fn greedy(messages: Vec<ChatMessage>, max_tokens: usize) -> Self {
+        Self {
+            messages,
+            max_tokens,
+            temperature: 0.0,
+            top_p: 1.0,
+            seed: 0,
+            stop: Vec::new(),
+            grounded_source: None,
+            ignore_eos: false,
+        }
+    }
+}
+
+/// Why generation ended (OpenAI's `finish_reason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// End of turn, end of text, or a stop string.
+    Stop,
+    /// `max_tokens` or the context length reached.
+    Length,
+}
+
+/// A finished generation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Generation {
+    pub text: String,
+    /// Sampled ids, including a final end-of-turn token if there was one.
+    pub tokens: Vec<u32>,
+    pub prompt_tokens: usize,
+    /// Prompt tokens whose KV came from the prefix cache.
+    pub cached_prompt_tokens: usize,
+    pub finish_reason: FinishReason,
+    /// Wall time of the forward passes this sequence took part in, split by phase. In a batch,
+    /// a pass is shared with the other sequences.
+    pub prefill_time: Duration,
+    pub decode_time: Duration,
+}
+
+impl Generation {
+    /// Completion tokens as reported in `usage` (every sampled token).
+    pub fn completion_tokens(&self) -> usize {
+        self.tokens.len()
+    }
+}
+
+/// Vocabulary facts the sampler needs, shared by all sequences.
+pub struct TokenTable {
+    /// Bytes of each token, `None` for special tokens.
+    pub bytes: Vec<Option<Vec<u8>>>,
+    /// Ids that end a turn (`<|im_end|>`, eos, `<|endoftext|>`).
+    pub stop_ids: Vec<u32>,
+}
+
+/// How many of the best tokens are tried under a grounding constraint before scanning all.
+const GROUNDED_CANDIDATES: usize = 64;
+
+/// A request in flight.
+pub struct Sequence {
+    pub(super) cache: KvCache,
+    /// Tokens to feed in the next forward (the uncached prompt, then the last sampled token).
+    pub(super) pending: Vec<u32>,
+    /// Length of the shared prompt prefix to snapshot into the prefix cache after the first
+    /// forward, if it is not cached yet.
+    pub(super) snapshot_prefix: Option<usize>,
+    pub(super) prompt: Arc<[u32]>,
+    generated: Vec<u32>,
+    max_tokens: usize,
+    sampler: LogitsProcessor,
+    greedy: bool,
+    stop: Vec<String>,
+    ignore_eos: bool,
+    grounded: Option<GroundedJson>,
+    finish: Option<FinishReason>,
+    text: Option<String>,
+    cached_prompt_tokens: usize,
+    prefill_time: Duration,
+    decode_time: Duration,
+}
+
+impl Sequence {
+    /// A sequence for `request` whose prompt is `prompt`, starting from `cache`.
+    pub(super) fn new(request: &GenerateRequest, prompt: Vec<u32>, cache: KvCache, max_tokens: usize) -> Self {
+        let greedy = request.temperature <= 1e-7;
+        let sampling = match (greedy, request.top_p) {
+            (true, _) => Sampling::ArgMax,
+            (false, p) if p >= 1.0 => Sampling::All { temperature: request.temperature },
+            (false, p) => Sampling::TopP { p, temperature: request.temperature },
+        };
+        let cached = cache.len();
+        Self {
+            pending: prompt[cached..].to_vec(),
+            prompt: prompt.into(),
+            cache,
+            snapshot_prefix: None,
+            generated: Vec::new(),
+            max_tokens,
+            sampler: LogitsProcessor::from_sampling(request.seed, sampling),
+            greedy,
+            stop: request.stop.iter().filter(|s| !s.is_empty()).cloned().collect(),
+            ignore_eos: request.ignore_eos,
+            grounded: request.grounded_source.as_deref().map(GroundedJson::new),
+            finish: if max_tokens == 0 { Some(FinishReason::Length) } else { None },
+            text: None,
+            cached_prompt_tokens: cached,
+            prefill_time: Duration::ZERO,
+            decode_time: Duration::ZERO,
+        }
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.finish.is_some()
+    }
+
+    /// Whether the next forward is this sequence's prefill.
+    pub(super) fn in_prefill(&self) -> bool {
+        self.generated.is_empty()
+    }
+
+    /// Account the wall time of a forward this sequence took part in.
+    pub(super) fn add_time(&mut self, elapsed: Duration) {
+        if self.in_prefill() {
+            self.prefill_time += elapsed;
+        } else {
+            self.decode_time += elapsed;
+        }
+    }
+
+    /// Pick the next token from this sequence's `logits` row and decide whether to stop.
+    pub(super) fn advance(&mut self, logits: Vec<f32>, table: &TokenTable, tokenizer: &Tokenizer) -> Result<()> {
+        let token = match self.grounded.clone() {
+            Some(state) => self.sample_grounded(logits, state, table)?,
+            None => self.sample(logits)?,
+        };
+        self.generated.push(token);
+        self.pending = vec![token];
+        if table.stop_ids.contains(&token) && !self.ignore_eos {
+            self.finish = Some(FinishReason::Stop);
+        } else if let Some(state) = &self.grounded {
+            let bytes = table.bytes.get(token as usize).and_then(|b| b.as_deref()).unwrap_or_default();
+            self.grounded = state.advanced(bytes);
+        }
+        let text = self.decode(tokenizer)?;
+        if let Some(cut) = self.stop.iter().filter_map(|s| text.find(s.as_str())).min() {
+            self.text = Some(text[..cut].to_string());
+            self.finish = Some(FinishReason::Stop);
+        } else if self.finish.is_none() && self.generated.len() >= self.max_tokens {
+            self.finish = Some(FinishReason::Length);
+        }
+        Ok(())
+    }
+
+    fn sample(&mut self, logits: Vec<f32>) -> Result<u32> {
+        if self.greedy {
+            // Same tie-breaking as `Tensor::argmax` (first maximum) without the round trip.
+            let best = logits.iter().enumerate().fold(0, |b, (i, &l)| if l > logits[b] { i } else { b });
+            return Ok(best as u32);
+        }
+        let n = logits.len();
+        Ok(self.sampler.sample(&Tensor::from_vec(logits, n, &Device::Cpu)?)?)
+    }
+
+    /// Sample among the tokens the grounding automaton accepts (all others get -inf).
+    fn sample_grounded(&mut self, mut logits: Vec<f32>, state: GroundedJson, table: &TokenTable) -> Result<u32> {
+        let allowed = |id: usize| -> bool {
+            match table.bytes.get(id).and_then(|b| b.as_deref()) {
+                Some(bytes) => !state.is_complete() && state.advanced(bytes).is_some(),
+                None => state.is_complete() && table.stop_ids.contains(&(id as u32)),
+            }
+        };
+        let mut order: Vec<usize> = (0..logits.len()).collect();
+        let by_logit = |a: &usize, b: &usize| logits[*b].total_cmp(&logits[*a]);
+        let k = GROUNDED_CANDIDATES.min(order.len() - 1);
+        order.select_nth_unstable_by(k, by_logit);
+        order[..k].sort_by(by_logit);
+        let mut keep: Vec<usize> = order[..k].iter().copied().filter(|&i| allowed(i)).collect();
+        if keep.is_empty() {
+            // Rare: none of the best candidates fits; take the best token that does.
+            order.sort_by(by_logit);
+            keep.extend(order.iter().copied().find(|&i| allowed(i)));
+        }
+        if keep.is_empty() {
+            return Err(Error::Internal("grounded decoding has no admissible token".into()));
+        }
+        if self.greedy {
+            return Ok(keep[0] as u32);
+        }
+        let mut masked = vec![f32::NEG_INFINITY; logits.len()];
+        for i in keep {
+            masked[i] = std::mem::take(&mut logits[i]);
+        }
+        let n = masked.len();
+        Ok(self.sampler.sample(&Tensor::from_vec(masked, n, &Device::Cpu)?)?)
+    }
+
+    fn decode(&self, tokenizer: &Tokenizer) -> Result<String> {
+        tokenizer.decode(&self.generated, true).map_err(|e| Error::Tokenizer(e.to_string()))
+    }
+
+    /// The finished generation.
+    pub(super) fn into_generation(self, tokenizer: &Tokenizer) -> Result<Generation> {
+        let text = match &self.text {
+            Some(t) => t.clone(),
+            None => self.decode(tokenizer)?,
+        };
+        Ok(Generation {
+            text,
+            prompt_tokens: self.prompt.len(),
+            cached_prompt_tokens: self.cached_prompt_tokens,
+            finish_reason: self.finish.unwrap_or(FinishReason::Length),
+            prefill_time: self.prefill_time,
+            decode_time: self.decode_time,
+            tokens: self.generated,
+        })
+    }
+}

@@ -1,0 +1,485 @@
+//! `biodistill run`: every stage in order, then write–audit–publish.
+//!
+//! ```text
+//! ingest -> label (embedded or remote teacher) -> train -> extract
+//!        -> [supervised reference: train + extract] -> eval -> audit -> publish
+//! ```
+//!
+//! **Run id.** A hash of the configuration, the input documents' content hashes and the code
+//! version: the same inputs give the same run, so a rerun after a crash finishes that run and
+//! a run that already published does not publish again.
+//!
+//! **Incremental runs.** Documents are identified by content hash. Labeling is incremental
+//! through the teacher cache (an unchanged sentence is never sent again), and extraction runs
+//! only over documents that are new or changed since the live publication, merging the rest of
+//! that publication's rows — as long as the student's model version is unchanged (a new student
+//! re-extracts everything, so every row carries the version that produced it).
+//!
+//! **Crash safety.** Every stage writes its tables atomically and is deterministic (fixed
+//! seeds, cached teacher replies), and publication is one rename, so `kill -9` at any point
+//! followed by a rerun yields what an uninterrupted run yields, with no teacher request paid
+//! twice.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, StringArray};
+use sha2::{Digest, Sha256};
+
+use crate::config::PipelineConfig;
+use crate::error::{Error, Result};
+use crate::eval::EvalReport;
+use crate::extract::{ExtractConfig, SUPERVISED_REFERENCE_SUFFIX};
+use crate::manifest::{self, Manifest, StageRecord};
+use crate::model::tags::Task;
+use crate::publish::{self, Gate};
+use crate::run_dir::{RunDir, batch, concat};
+use crate::schema::table;
+use crate::train::TrainConfig;
+
+/// `(doc_id, content_hash)` of every document a publication covers.
+pub const DOCUMENT_VERSIONS: &str = "document_versions";
+/// Task -> student model version of a publication.
+const STUDENT_VERSIONS_FILE: &str = "student_versions.json";
+
+/// What `biodistill run` did.
+#[derive(Debug)]
+pub struct RunReport {
+    pub run_id: String,
+    pub status: String,
+    pub stages: Vec<StageRecord>,
+    pub eval: Option<EvalReport>,
+    pub gates: Vec<Gate>,
+    pub published: Option<PathBuf>,
+    pub manifest: Manifest,
+}
+
+impl fmt::Display for RunReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "run {}: {}", self.run_id, self.status)?;
+        for s in &self.stages {
+            let counts: Vec<String> = s.counts.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            writeln!(f, "  {:<22} {:>8.1}s  {}", s.stage, s.seconds, counts.join(" "))?;
+        }
+        if let Some(eval) = &self.eval {
+            write!(f, "{eval}")?;
+        }
+        for g in &self.gates {
+            writeln!(f, "  gate {:<40} {}  {}", g.name, if g.passed { "pass" } else { "FAIL" }, g.detail)?;
+        }
+        let m = &self.manifest;
+        writeln!(
+            f,
+            "  wall {:.1}s, peak memory {:.0} MiB, teacher requests {} (cache hits {}), tokens {}+{}, cost ${:.4}",
+            m.wall_secs, m.peak_rss_mib, m.requests, m.cache_hits, m.prompt_tokens, m.completion_tokens, m.cost_usd
+        )?;
+        if let Some(p) = &self.published {
+            writeln!(f, "  published: {}", p.display())?;
+        }
+        Ok(())
+    }
+}
+
+/// Times one stage and records it.
+struct Stages(Vec<StageRecord>);
+
+impl Stages {
+    fn time<T>(
+        &mut self,
+        stage: &str,
+        f: impl FnOnce() -> Result<T>,
+        counts: impl FnOnce(&T) -> BTreeMap<String, usize>,
+    ) -> Result<T> {
+        let start = Instant::now();
+        tracing::info!("stage {stage}");
+        let out = f()?;
+        self.0.push(StageRecord { stage: stage.into(), seconds: start.elapsed().as_secs_f64(), counts: counts(&out) });
+        Ok(out)
+    }
+}
+
+/// Run the pipeline `cfg` describes (see the module docs).
+pub async fn run(cfg: &PipelineConfig, full_refresh: bool) -> Result<RunReport> {
+    let started = Instant::now();
+    let started_at = chrono::Utc::now().to_rfc3339();
+    let run_dir = RunDir::create(&cfg.run.dir)?;
+    let mut stages = Stages(Vec::new());
+    let ingest =
+        stages.time("ingest", || crate::ingest::run(&cfg.ingest, &run_dir), |r| r.tables.iter().cloned().collect())?;
+    if !ingest.failed_files.is_empty() {
+        tracing::warn!(
+            "{} input files could not be read (see above); going on with the rest",
+            ingest.failed_files.len()
+        );
+    }
+    let documents = document_versions(&run_dir)?;
+    let git_sha = manifest::git_sha();
+    let input_hash = hash_documents(&documents);
+    let run_id = run_id(&cfg.hash(), &input_hash, &git_sha, full_refresh);
+    let mut m = Manifest {
+        run_id: run_id.clone(),
+        started_at,
+        git_sha,
+        config_hash: cfg.hash(),
+        input_hash,
+        documents: documents.len() as i64,
+        teacher_endpoint: cfg.teacher.base_url.clone(),
+        teacher_model: cfg.teacher.model.clone(),
+        ..Default::default()
+    };
+    let previous = publish::current_tables(&cfg.publish, &run_dir);
+    if publish::was_published(&cfg.publish, &run_dir, &run_id) {
+        tracing::info!("run {run_id} (same configuration, inputs and code) is already published; nothing to do");
+        return finish(&run_dir, m, "already_published", stages.0, None, vec![], None, started);
+    }
+    let changed = match (&previous, full_refresh) {
+        (Some(prev), false) if prev.has_table(DOCUMENT_VERSIONS) => Some(changed_documents(&documents, prev)?),
+        _ => None,
+    };
+    m.changed_documents = changed.as_ref().map_or(documents.len(), HashSet::len) as i64;
+
+    // Label: the teacher cache makes every sentence it has seen free.
+    let start = Instant::now();
+    tracing::info!("stage label");
+    let label = crate::teacher::run_embedded_or_remote(&cfg.label_config(), &cfg.serve, &run_dir).await?;
+    stages.0.push(StageRecord {
+        stage: "label".into(),
+        seconds: start.elapsed().as_secs_f64(),
+        counts: BTreeMap::from([
+            ("inputs".into(), label.inputs),
+            ("ok".into(), label.ok),
+            ("requests".into(), label.cache_misses),
+            ("cache_hits".into(), label.cache_hits),
+            ("teacher_labels".into(), label.labels),
+        ]),
+    });
+    m.teacher_model = label.model.clone();
+    m.prompt_versions = serde_json::to_string(&label.prompt_versions)?;
+    m.cache_hits = label.cache_hits as i64;
+    m.requests = label.cache_misses as i64;
+    m.prompt_tokens = label.prompt_tokens as i64;
+    m.completion_tokens = label.completion_tokens as i64;
+    m.cost_usd = label.cost_usd;
+
+    // Train and extract the distilled student.
+    let train_cfg = TrainConfig { supervised_reference: false, ..cfg.train.clone() };
+    let trained = stages.time(
+        "train",
+        || crate::train::run(&train_cfg, &run_dir),
+        |r| r.tasks.iter().map(|t| (format!("{}_sentences", t.task), t.data.sentences)).collect(),
+    )?;
+    let versions: BTreeMap<String, String> =
+        trained.tasks.iter().map(|t| (t.task.as_str().to_string(), t.model_version.clone())).collect();
+    m.student_versions = serde_json::to_string(&versions)?;
+    std::fs::write(run_dir.root().join(STUDENT_VERSIONS_FILE), &m.student_versions)
+        .map_err(|e| Error::input(run_dir.root().join(STUDENT_VERSIONS_FILE), e.to_string()))?;
+    let incremental = match (&changed, &previous) {
+        (Some(_), Some(prev)) => previous_versions(prev).as_ref() == Some(&versions),
+        _ => false,
+    };
+    let extract_cfg = ExtractConfig {
+        run_id: Some(run_id.clone()),
+        supervised_reference: false,
+        tasks: train_cfg.tasks.clone(),
+        only_documents: if incremental { changed.clone() } else { None },
+        ..cfg.extract.clone()
+    };
+    stages.time("extract", || crate::extract::run(&extract_cfg, &run_dir), |r| r.tables.clone())?;
+    let mut outputs = output_tables(&extract_cfg);
+    if let (true, Some(changed), Some(prev)) = (incremental, &changed, &previous) {
+        for name in &outputs {
+            merge_previous(&run_dir, prev, name, changed, &documents)?;
+        }
+    }
+
+    // The supervised reference: same architecture, gold train labels; named as such.
+    if cfg.run.supervised_reference {
+        let reference = TrainConfig { supervised_reference: true, ..cfg.train.clone() };
+        stages.time(
+            "train_supervised_reference",
+            || crate::train::run(&reference, &run_dir),
+            |r| r.tasks.iter().map(|t| (format!("{}_sentences", t.task), t.data.sentences)).collect(),
+        )?;
+        let reference_extract =
+            ExtractConfig { supervised_reference: true, only_documents: None, ..extract_cfg.clone() };
+        stages.time(
+            "extract_supervised_reference",
+            || crate::extract::run(&reference_extract, &run_dir),
+            |r| r.tables.clone(),
+        )?;
+        outputs.extend(output_tables(&reference_extract));
+    }
+
+    let stage_lines: Vec<String> = stages.0.iter().map(|s| format!("| {} | {:.1} |", s.stage, s.seconds)).collect();
+    let timings = format!(
+        "| stage | seconds |\n|---|---|\n{}\n\nTeacher: {} requests paid, {} cache hits, {} prompt + {} completion tokens, ${:.4}.\n",
+        stage_lines.join("\n"),
+        m.requests,
+        m.cache_hits,
+        m.prompt_tokens,
+        m.completion_tokens,
+        m.cost_usd
+    );
+    let eval = stages.time(
+        "eval",
+        || crate::eval::run_with_context(&cfg.eval, &run_dir, &run_id, &[("Run".to_string(), timings)]),
+        |r| BTreeMap::from([("results".to_string(), r.rows.len())]),
+    )?;
+
+    // Audit, then publish.
+    write_document_versions(&run_dir, &documents)?;
+    let required: Vec<String> =
+        output_tables(&extract_cfg).into_iter().filter(|t| t != table::REDACTED_DOCUMENTS).collect();
+    let gates = publish::audit(&cfg.publish, &run_dir, &required, previous.as_ref())?;
+    if let Some(failed) = gates.iter().find(|g| !g.passed).cloned() {
+        tracing::error!("quality gate {} failed: {}; the last publication stays", failed.name, failed.detail);
+        let report = finish(&run_dir, m, "gate_failed", stages.0, Some(eval), gates, None, started)?;
+        print!("{report}");
+        return Err(Error::GateFailed(format!("{}: {}", failed.name, failed.detail)));
+    }
+    let tables = [table::TEACHER_LABELS, table::TEACHER_CALLS, crate::eval::table::EVAL_RESULTS, DOCUMENT_VERSIONS];
+    let files: Vec<PathBuf> = outputs
+        .iter()
+        .map(String::as_str)
+        .chain(tables)
+        .map(|t| format!("{t}.parquet"))
+        .chain(["report.md", "report.html", STUDENT_VERSIONS_FILE].map(String::from))
+        .map(PathBuf::from)
+        .filter(|f| run_dir.root().join(f).is_file())
+        .collect();
+    let target = publish::publish(&cfg.publish, &run_dir, &run_id, &files)?;
+    finish(&run_dir, m, "published", stages.0, Some(eval), gates, Some(target), started)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn finish(
+    run_dir: &RunDir,
+    mut m: Manifest,
+    status: &str,
+    stages: Vec<StageRecord>,
+    eval: Option<EvalReport>,
+    gates: Vec<Gate>,
+    published: Option<PathBuf>,
+    started: Instant,
+) -> Result<RunReport> {
+    m.status = status.into();
+    m.finished_at = chrono::Utc::now().to_rfc3339();
+    m.wall_secs = started.elapsed().as_secs_f64();
+    m.peak_rss_mib = manifest::peak_rss_mib();
+    m.stages = serde_json::to_string(&stages)?;
+    m.gates = serde_json::to_string(&gates)?;
+    m.append(run_dir)?;
+    Ok(RunReport { run_id: m.run_id.clone(), status: status.into(), stages, eval, gates, published, manifest: m })
+}
+
+/// The run id for a standalone stage (`biodistill eval`): the run directory's name.
+pub fn run_id_of(run_dir: &RunDir) -> String {
+    run_dir.root().file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "adhoc".into())
+}
+
+fn run_id(config_hash: &str, input_hash: &str, git_sha: &str, full_refresh: bool) -> String {
+    let mut h = Sha256::new();
+    for part in [config_hash, input_hash, git_sha, env!("CARGO_PKG_VERSION"), if full_refresh { "full" } else { "" }] {
+        h.update(part.as_bytes());
+        h.update([0]);
+    }
+    format!("r{}", &hex::encode(h.finalize())[..12])
+}
+
+/// `doc_id -> content_hash` of the run directory's documents.
+fn document_versions(run_dir: &RunDir) -> Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for batch in run_dir.read_table(table::DOCUMENTS)? {
+        let (ids, hashes) = (
+            strings(run_dir, table::DOCUMENTS, &batch, "doc_id")?,
+            strings(run_dir, table::DOCUMENTS, &batch, "content_hash")?,
+        );
+        for i in 0..batch.num_rows() {
+            out.insert(ids.value(i).to_string(), hashes.value(i).to_string());
+        }
+    }
+    Ok(out)
+}
+
+fn hash_documents(documents: &BTreeMap<String, String>) -> String {
+    let mut h = Sha256::new();
+    for (id, hash) in documents {
+        h.update(id.as_bytes());
+        h.update([0]);
+        h.update(hash.as_bytes());
+        h.update([0]);
+    }
+    hex::encode(&h.finalize()[..16])
+}
+
+fn strings<'a>(
+    run_dir: &RunDir,
+    name: &str,
+    batch: &'a arrow::record_batch::RecordBatch,
+    column: &str,
+) -> Result<&'a StringArray> {
+    batch
+        .column_by_name(column)
+        .and_then(|c| c.as_string_opt::<i32>())
+        .ok_or_else(|| Error::input(run_dir.table_path(name), format!("column `{column}` missing or not a string")))
+}
+
+fn write_document_versions(run_dir: &RunDir, documents: &BTreeMap<String, String>) -> Result<()> {
+    let schema = Arc::new(arrow::datatypes::Schema::new(vec![
+        arrow::datatypes::Field::new("doc_id", arrow::datatypes::DataType::Utf8, false),
+        arrow::datatypes::Field::new("content_hash", arrow::datatypes::DataType::Utf8, false),
+    ]));
+    let ids: ArrayRef = Arc::new(StringArray::from_iter_values(documents.keys()));
+    let hashes: ArrayRef = Arc::new(StringArray::from_iter_values(documents.values()));
+    run_dir.write_table(DOCUMENT_VERSIONS, schema.clone(), &[batch(&schema, vec![ids, hashes])?])?;
+    Ok(())
+}
+
+/// Documents whose content is new or changed since the publication `previous`.
+fn changed_documents(documents: &BTreeMap<String, String>, previous: &RunDir) -> Result<HashSet<String>> {
+    let mut before: HashMap<String, String> = HashMap::new();
+    for batch in previous.read_table(DOCUMENT_VERSIONS)? {
+        let (ids, hashes) = (
+            strings(previous, DOCUMENT_VERSIONS, &batch, "doc_id")?,
+            strings(previous, DOCUMENT_VERSIONS, &batch, "content_hash")?,
+        );
+        for i in 0..batch.num_rows() {
+            before.insert(ids.value(i).to_string(), hashes.value(i).to_string());
+        }
+    }
+    Ok(documents.iter().filter(|(id, hash)| before.get(*id) != Some(hash)).map(|(id, _)| id.clone()).collect())
+}
+
+fn previous_versions(previous: &RunDir) -> Option<BTreeMap<String, String>> {
+    let text = std::fs::read_to_string(previous.root().join(STUDENT_VERSIONS_FILE)).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+/// The tables an extraction config writes.
+fn output_tables(cfg: &ExtractConfig) -> Vec<String> {
+    let mut out = Vec::new();
+    for task in &cfg.tasks {
+        out.push(cfg.table_name(match task {
+            Task::Ade => table::ADE_RELATIONS,
+            Task::GeneDisease => table::GENE_DISEASE,
+            Task::Phi => table::PHI_SPANS,
+        }));
+        if *task == Task::Phi {
+            out.push(cfg.table_name(table::REDACTED_DOCUMENTS));
+        }
+    }
+    debug_assert!(out.iter().all(|t| cfg.supervised_reference == t.ends_with(SUPERVISED_REFERENCE_SUFFIX)));
+    out
+}
+
+/// Add to the freshly extracted table `name` the previous publication's rows of every document
+/// that still exists unchanged (changed and deleted documents' old rows are dropped).
+fn merge_previous(
+    run_dir: &RunDir,
+    previous: &RunDir,
+    name: &str,
+    changed: &HashSet<String>,
+    documents: &BTreeMap<String, String>,
+) -> Result<()> {
+    if !previous.has_table(name) {
+        return Ok(());
+    }
+    let mut batches = run_dir.read_table(name)?;
+    let schema = match batches.first() {
+        Some(b) => b.schema(),
+        None => return Ok(()),
+    };
+    for old in previous.read_table(name)? {
+        let ids = strings(previous, name, &old, "doc_id")?;
+        let keep: BooleanArray = (0..ids.len())
+            .map(|i| Some(!changed.contains(ids.value(i)) && documents.contains_key(ids.value(i))))
+            .collect();
+        batches.push(arrow::compute::filter_record_batch(&old, &keep)?);
+    }
+    let merged = concat(&schema, &batches)?;
+    let merged = sort_by_doc(&merged)?;
+    run_dir.write_table(name, schema, &[merged])?;
+    Ok(())
+}
+
+/// Rows ordered by `doc_id` (stably), so a merged table does not depend on which run wrote
+/// which rows.
+fn sort_by_doc(batch: &arrow::record_batch::RecordBatch) -> Result<arrow::record_batch::RecordBatch> {
+    let Some(ids) = batch.column_by_name("doc_id") else { return Ok(batch.clone()) };
+    let columns: Vec<arrow::compute::SortColumn> = std::iter::once(ids.clone())
+        .chain(
+            ["sent_id", "start", "drug_start", "gene_start", "effect_start", "disease_start"]
+                .iter()
+                .filter_map(|c| batch.column_by_name(c).cloned()),
+        )
+        .map(|values| arrow::compute::SortColumn { values, options: None })
+        .collect();
+    let indices = arrow::compute::lexsort_to_indices(&columns, None)?;
+    let columns = batch
+        .columns()
+        .iter()
+        .map(|c| arrow::compute::take(c.as_ref(), &indices, None))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    Ok(arrow::record_batch::RecordBatch::try_new(batch.schema(), columns)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_id_depends_on_every_input() {
+        let a = run_id("c", "i", "g", false);
+        assert_eq!(a, run_id("c", "i", "g", false));
+        assert_ne!(a, run_id("c2", "i", "g", false));
+        assert_ne!(a, run_id("c", "i2", "g", false));
+        assert_ne!(a, run_id("c", "i", "g2", false));
+        assert_ne!(a, run_id("c", "i", "g", true));
+    }
+
+    #[test]
+    fn changed_documents_are_new_or_edited() {
+        let tmp = tempfile::tempdir().unwrap();
+        let prev = RunDir::create(tmp.path()).unwrap();
+        let old: BTreeMap<String, String> =
+            [("a", "1"), ("b", "2"), ("gone", "3")].map(|(k, v)| (k.into(), v.into())).into();
+        write_document_versions(&prev, &old).unwrap();
+        let now: BTreeMap<String, String> =
+            [("a", "1"), ("b", "2x"), ("new", "4")].map(|(k, v)| (k.into(), v.into())).into();
+        let changed = changed_documents(&now, &prev).unwrap();
+        assert_eq!(changed, HashSet::from(["b".to_string(), "new".to_string()]));
+    }
+
+    #[test]
+    fn merge_keeps_unchanged_rows_and_drops_changed_and_deleted() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (prev, run) =
+            (RunDir::create(tmp.path().join("p")).unwrap(), RunDir::create(tmp.path().join("r")).unwrap());
+        let schema = crate::schema::REDACTED_DOCUMENTS.clone();
+        let table = |ids: &[&str], texts: &[&str]| {
+            batch(
+                &schema,
+                vec![
+                    Arc::new(StringArray::from_iter_values(ids)) as ArrayRef,
+                    Arc::new(StringArray::from_iter_values(texts)) as ArrayRef,
+                ],
+            )
+            .unwrap()
+        };
+        prev.write_table(
+            "redacted_documents",
+            schema.clone(),
+            &[table(&["a", "b", "gone"], &["old a", "old b", "old gone"])],
+        )
+        .unwrap();
+        run.write_table("redacted_documents", schema.clone(), &[table(&["b"], &["new b"])]).unwrap();
+        let docs: BTreeMap<String, String> = [("a", "1"), ("b", "2")].map(|(k, v)| (k.into(), v.into())).into();
+        merge_previous(&run, &prev, "redacted_documents", &HashSet::from(["b".to_string()]), &docs).unwrap();
+        let merged = concat(&schema, &run.read_table("redacted_documents").unwrap()).unwrap();
+        let texts = merged.column(1).as_string::<i32>();
+        assert_eq!((0..texts.len()).map(|i| texts.value(i)).collect::<Vec<_>>(), ["old a", "new b"]);
+    }
+}

@@ -1,0 +1,304 @@
+//! Write–audit–publish: a run's outputs reach readers only after its quality gates pass, all
+//! tables at once, and at most once per run id.
+//!
+//! Layout under the publication directory (`publish.dir`, default `<run dir>/published`):
+//!
+//! ```text
+//! published/
+//!   <run_id>/ade_relations.parquet …   one complete, immutable publication per run
+//!   current -> <run_id>                 symlink, swapped with one atomic rename
+//! ```
+//!
+//! Readers (DuckDB, polars, `biodistill sql --published`) read `published/current/`, so they
+//! see the previous publication or the new one, never a mix. A run whose gates fail, or that
+//! is killed before the swap, leaves `current` as it was. The history of every run, published
+//! or not, is the `run_manifest` table of the run directory.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use arrow::array::{Array, AsArray};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, IoContext, Result};
+use crate::run_dir::RunDir;
+use crate::schema::table;
+
+/// The symlink naming the live publication.
+pub const CURRENT: &str = "current";
+
+/// Quality gates and where publications go (`[publish]` in a pipeline file).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PublishConfig {
+    /// Publication directory; default `<run dir>/published`.
+    pub dir: Option<PathBuf>,
+    /// Fewest rows each extracted table must have.
+    pub min_rows: usize,
+    /// Lowest share of teacher spans aligned to their sentence (exact, case-insensitive or
+    /// fuzzy) the labels may have.
+    pub min_alignment_rate: f64,
+    /// Largest drop of any student F1 (eval_results, subset `all`) below the last
+    /// publication's before the run is refused.
+    pub max_f1_drop: f64,
+    /// Publications kept on disk besides the current one.
+    pub keep: usize,
+}
+
+impl Default for PublishConfig {
+    fn default() -> Self {
+        Self { dir: None, min_rows: 1, min_alignment_rate: 0.5, max_f1_drop: 0.05, keep: 3 }
+    }
+}
+
+impl PublishConfig {
+    /// The publication directory of `run_dir`.
+    pub fn dir(&self, run_dir: &RunDir) -> PathBuf {
+        self.dir.clone().unwrap_or_else(|| run_dir.root().join("published"))
+    }
+}
+
+/// One quality gate's verdict.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Gate {
+    pub name: String,
+    pub passed: bool,
+    pub detail: String,
+}
+
+impl Gate {
+    fn new(name: impl Into<String>, passed: bool, detail: impl Into<String>) -> Self {
+        Self { name: name.into(), passed, detail: detail.into() }
+    }
+}
+
+/// The live publication's directory, if any.
+pub fn current(dir: &Path) -> Option<PathBuf> {
+    let link = dir.join(CURRENT);
+    fs::read_link(&link).ok().map(|target| dir.join(target))
+}
+
+/// The live publication as a run directory of tables, if any.
+pub fn current_tables(cfg: &PublishConfig, run_dir: &RunDir) -> Option<RunDir> {
+    current(&cfg.dir(run_dir)).and_then(|d| RunDir::open(d).ok())
+}
+
+/// Whether `run_id` was ever published (its directory exists complete).
+pub fn was_published(cfg: &PublishConfig, run_dir: &RunDir, run_id: &str) -> bool {
+    cfg.dir(run_dir).join(run_id).is_dir()
+}
+
+/// Run the quality gates over the staged tables of `run_dir`.
+///
+/// `tables`: the extracted tables that must not be (nearly) empty; `previous`: the live
+/// publication, whose `eval_results` the new F1s are compared with.
+pub fn audit(cfg: &PublishConfig, run_dir: &RunDir, tables: &[String], previous: Option<&RunDir>) -> Result<Vec<Gate>> {
+    let mut gates = Vec::new();
+    for name in tables {
+        let rows = if run_dir.has_table(name) { row_count(run_dir, name)? } else { 0 };
+        gates.push(Gate::new(
+            format!("rows:{name}"),
+            rows >= cfg.min_rows,
+            format!("{rows} rows (min {})", cfg.min_rows),
+        ));
+    }
+    if run_dir.has_table(table::TEACHER_LABELS) {
+        let (aligned, total) = alignment(run_dir)?;
+        let rate = if total == 0 { 0.0 } else { aligned as f64 / total as f64 };
+        gates.push(Gate::new(
+            "teacher_alignment",
+            total > 0 && rate >= cfg.min_alignment_rate,
+            format!("{aligned}/{total} spans aligned = {rate:.3} (min {})", cfg.min_alignment_rate),
+        ));
+    }
+    if let Some(previous) = previous.filter(|p| p.has_table(crate::eval::table::EVAL_RESULTS)) {
+        if run_dir.has_table(crate::eval::table::EVAL_RESULTS) {
+            let (old, new) = (student_f1s(previous)?, student_f1s(run_dir)?);
+            for (key, before) in old {
+                let Some(&now) = new.get(&key) else { continue };
+                gates.push(Gate::new(
+                    format!("f1:{key}"),
+                    now >= before - cfg.max_f1_drop,
+                    format!("{now:.4} vs {before:.4} published (max drop {})", cfg.max_f1_drop),
+                ));
+            }
+        }
+    }
+    Ok(gates)
+}
+
+fn row_count(run_dir: &RunDir, name: &str) -> Result<usize> {
+    let file = fs::File::open(run_dir.table_path(name)).with_path(run_dir.table_path(name))?;
+    let reader = parquet::file::serialized_reader::SerializedFileReader::new(file)?;
+    use parquet::file::reader::FileReader;
+    Ok(reader.metadata().file_metadata().num_rows() as usize)
+}
+
+/// (aligned, total) teacher spans: subjects and objects together.
+fn alignment(run_dir: &RunDir) -> Result<(usize, usize)> {
+    let (mut aligned, mut total) = (0, 0);
+    for batch in run_dir.read_table(table::TEACHER_LABELS)? {
+        for name in ["subject_alignment", "object_alignment"] {
+            let Some(col) = batch.column_by_name(name).and_then(|c| c.as_string_opt::<i32>()) else { continue };
+            for i in 0..col.len() {
+                if col.is_valid(i) {
+                    total += 1;
+                    aligned += usize::from(col.value(i) != "unaligned");
+                }
+            }
+        }
+    }
+    Ok((aligned, total))
+}
+
+/// `task/dataset/metric -> value` of the student's F1 metrics on every dev sentence.
+fn student_f1s(run_dir: &RunDir) -> Result<BTreeMap<String, f64>> {
+    let mut out = BTreeMap::new();
+    for batch in run_dir.read_table(crate::eval::table::EVAL_RESULTS)? {
+        let col = |n: &str| {
+            batch.column_by_name(n).ok_or_else(|| {
+                Error::input(run_dir.table_path(crate::eval::table::EVAL_RESULTS), format!("no column {n}"))
+            })
+        };
+        let (task, dataset, system, subset, metric) =
+            (col("task")?, col("dataset")?, col("system")?, col("subset")?, col("metric")?);
+        let (task, dataset, system, subset, metric) = (
+            task.as_string::<i32>(),
+            dataset.as_string::<i32>(),
+            system.as_string::<i32>(),
+            subset.as_string::<i32>(),
+            metric.as_string::<i32>(),
+        );
+        let value = col("value")?.as_primitive::<arrow::datatypes::Float64Type>();
+        for i in 0..batch.num_rows() {
+            if system.value(i) == "student" && subset.value(i) == "all" && metric.value(i).contains("f1") {
+                out.insert(format!("{}/{}/{}", task.value(i), dataset.value(i), metric.value(i)), value.value(i));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Publish `files` (paths relative to the run directory) as `run_id`: copy them into a
+/// staging directory, rename it to `<dir>/<run_id>`, then swap `current` to it. Refuses a
+/// run id that was already published. Returns the publication's directory.
+pub fn publish(cfg: &PublishConfig, run_dir: &RunDir, run_id: &str, files: &[PathBuf]) -> Result<PathBuf> {
+    let dir = cfg.dir(run_dir);
+    fs::create_dir_all(&dir).with_path(&dir)?;
+    let target = dir.join(run_id);
+    if target.exists() {
+        return Err(Error::Config(format!(
+            "run {run_id} is already published at {}; a run publishes once",
+            target.display()
+        )));
+    }
+    let staging = dir.join(format!(".staging-{run_id}"));
+    if staging.exists() {
+        // Left by a run killed while staging: its copies may be partial.
+        fs::remove_dir_all(&staging).with_path(&staging)?;
+    }
+    fs::create_dir_all(&staging).with_path(&staging)?;
+    for file in files {
+        let from = run_dir.root().join(file);
+        let to = staging.join(file.file_name().unwrap_or(file.as_os_str()));
+        fs::copy(&from, &to).with_path(&from)?;
+        fs::File::open(&to).and_then(|f| f.sync_all()).with_path(&to)?;
+    }
+    fs::rename(&staging, &target).with_path(&target)?;
+    swap_current(&dir, run_id)?;
+    prune(&dir, cfg.keep)?;
+    Ok(target)
+}
+
+/// Point `current` at `run_id` with one atomic rename of a fresh symlink.
+fn swap_current(dir: &Path, run_id: &str) -> Result<()> {
+    let tmp = dir.join(format!(".{CURRENT}.tmp"));
+    let _ = fs::remove_file(&tmp);
+    #[cfg(unix)]
+    std::os::unix::fs::symlink(run_id, &tmp).with_path(&tmp)?;
+    #[cfg(not(unix))]
+    return Err(Error::Config("publishing needs symlinks (unix)".into()));
+    fs::rename(&tmp, dir.join(CURRENT)).with_path(dir.join(CURRENT))?;
+    if let Ok(d) = fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// Delete all but the newest `keep` publications besides the current one.
+fn prune(dir: &Path, keep: usize) -> Result<()> {
+    let live = fs::read_link(dir.join(CURRENT)).ok();
+    let mut old: Vec<(std::time::SystemTime, PathBuf)> = Vec::new();
+    for entry in fs::read_dir(dir).with_path(dir)? {
+        let entry = entry.with_path(dir)?;
+        let name = entry.file_name();
+        let is_live = live.as_deref().is_some_and(|l| l.as_os_str() == name);
+        if is_live || name.to_string_lossy().starts_with('.') || !entry.path().is_dir() || entry.path().is_symlink() {
+            continue;
+        }
+        let modified = entry.metadata().and_then(|m| m.modified()).with_path(entry.path())?;
+        old.push((modified, entry.path()));
+    }
+    old.sort();
+    let excess = old.len().saturating_sub(keep);
+    for (_, path) in old.into_iter().take(excess) {
+        fs::remove_dir_all(&path).with_path(&path)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn touch(run_dir: &RunDir, name: &str, body: &str) -> PathBuf {
+        fs::write(run_dir.root().join(name), body).unwrap();
+        PathBuf::from(name)
+    }
+
+    #[test]
+    fn publishes_once_and_swaps_current() {
+        let tmp = tempfile::tempdir().unwrap();
+        let run_dir = RunDir::create(tmp.path().join("run")).unwrap();
+        let cfg = PublishConfig { keep: 1, ..Default::default() };
+        let a = touch(&run_dir, "a.txt", "first");
+        publish(&cfg, &run_dir, "r1", &[a.clone()]).unwrap();
+        let dir = cfg.dir(&run_dir);
+        assert_eq!(fs::read_to_string(current(&dir).unwrap().join("a.txt")).unwrap(), "first");
+        assert!(was_published(&cfg, &run_dir, "r1"));
+        // The same run id cannot publish again; the live publication is untouched.
+        touch(&run_dir, "a.txt", "second");
+        assert!(publish(&cfg, &run_dir, "r1", &[a.clone()]).is_err());
+        assert_eq!(fs::read_to_string(current(&dir).unwrap().join("a.txt")).unwrap(), "first");
+        publish(&cfg, &run_dir, "r2", &[a.clone()]).unwrap();
+        assert_eq!(fs::read_to_string(current(&dir).unwrap().join("a.txt")).unwrap(), "second");
+        // keep = 1: r1 is kept as the one older publication; a third run prunes it.
+        publish(&cfg, &run_dir, "r3", &[a]).unwrap();
+        assert!(!dir.join("r1").exists() && dir.join("r2").exists() && dir.join("r3").exists());
+    }
+
+    #[test]
+    fn a_staging_leftover_is_replaced() {
+        let tmp = tempfile::tempdir().unwrap();
+        let run_dir = RunDir::create(tmp.path()).unwrap();
+        let cfg = PublishConfig::default();
+        let dir = cfg.dir(&run_dir);
+        fs::create_dir_all(dir.join(".staging-r1")).unwrap();
+        fs::write(dir.join(".staging-r1/partial"), "x").unwrap();
+        let a = touch(&run_dir, "a.txt", "ok");
+        let out = publish(&cfg, &run_dir, "r1", &[a]).unwrap();
+        assert!(out.join("a.txt").is_file() && !out.join("partial").exists());
+    }
+
+    #[test]
+    fn row_gate_fails_on_an_empty_table() {
+        let tmp = tempfile::tempdir().unwrap();
+        let run_dir = RunDir::create(tmp.path()).unwrap();
+        let schema = crate::schema::PHI_SPANS.clone();
+        run_dir.write_table("phi_spans", schema, &[]).unwrap();
+        let gates = audit(&PublishConfig::default(), &run_dir, &["phi_spans".into(), "missing".into()], None).unwrap();
+        assert_eq!(gates.len(), 2);
+        assert!(gates.iter().all(|g| !g.passed), "{gates:?}");
+    }
+}

@@ -1,0 +1,251 @@
+//! The embedded teacher: a local OpenAI-compatible chat-completions server over a GGUF model,
+//! so the pipeline needs no outside service. Clients see only a base URL, exactly as with
+//! OpenAI:
+//!
+//! ```no_run
+//! # async fn demo() -> biodistill::Result<()> {
+//! use biodistill::serve::{ServeConfig, spawn};
+//! let server = spawn(ServeConfig::new("models/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf")).await?;
+//! // e.g. async_openai::config::OpenAIConfig::new().with_api_base(server.base_url())
+//! println!("{} serving {}", server.base_url(), server.model_id());
+//! server.shutdown().await; // or just drop it
+//! # Ok(()) }
+//! ```
+//!
+//! Split as in TEI: [`types`] (wire types), [`http`] (axum handlers), [`backend`] (the model
+//! on its own thread, with continuous batching). The model itself is
+//! [`crate::model::teacher_llm`].
+//!
+//! Threads: candle sizes its CPU thread pools from `CANDLE_NUM_THREADS`/`RAYON_NUM_THREADS`
+//! once, on first use, for the whole process. So `--threads` is applied by [`init_threads`],
+//! which the binary calls at start-up before anything else runs.
+
+pub mod backend;
+pub mod http;
+pub mod types;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+
+use crate::model::teacher_llm::TeacherLlmConfig;
+use crate::{Error, Result};
+use backend::Backend;
+use http::AppState;
+
+/// Environment variable the API key is read from when not given on the command line.
+pub const API_KEY_ENV: &str = "BIODISTILL_TEACHER_API_KEY";
+
+/// How to run the teacher server. `serve-teacher` flags map one to one onto these fields.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ServeConfig {
+    /// GGUF model file (qwen2 or llama architecture, ChatML).
+    pub model: PathBuf,
+    /// Address to bind; loopback by default so the model is not exposed.
+    pub host: String,
+    /// Port to bind; 0 picks a free port (see [`RunningServer::base_url`]).
+    pub port: u16,
+    /// CPU threads for the model; `None` uses every physical core. See [`init_threads`].
+    pub threads: Option<usize>,
+    /// Bearer token clients must send; `None` accepts any. Never serialized (manifests).
+    #[serde(skip_serializing)]
+    pub api_key: Option<String>,
+    /// Most sequences decoded together in one forward pass.
+    pub max_batch: usize,
+    /// Requests waiting beyond this get HTTP 429.
+    pub max_queue: usize,
+    /// Longest prompt + reply in tokens.
+    pub context_length: usize,
+    /// Sampling seed for requests that send none.
+    pub seed: u64,
+    /// Memory for prompt-prefix KV snapshots, in MiB; 0 disables the prefix cache.
+    pub prefix_cache_mib: usize,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        Self {
+            model: PathBuf::from("models/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"),
+            host: "127.0.0.1".into(),
+            port: 0,
+            threads: None,
+            api_key: std::env::var(API_KEY_ENV).ok().filter(|k| !k.is_empty()),
+            max_batch: DEFAULT_MAX_BATCH,
+            max_queue: 256,
+            context_length: 4096,
+            seed: 0,
+            prefix_cache_mib: 512,
+        }
+    }
+}
+
+/// Like the derived `Debug`, with the API key redacted (the config is logged at start-up).
+impl std::fmt::Debug for ServeConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServeConfig")
+            .field("model", &self.model)
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("threads", &self.threads)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("max_batch", &self.max_batch)
+            .field("max_queue", &self.max_queue)
+            .field("context_length", &self.context_length)
+            .field("seed", &self.seed)
+            .field("prefix_cache_mib", &self.prefix_cache_mib)
+            .finish()
+    }
+}
+
+/// Default batch size, chosen from `cargo bench --bench teacher_server` (see the README).
+pub const DEFAULT_MAX_BATCH: usize = 8;
+
+impl ServeConfig {
+    /// Defaults with `model` (free loopback port, key from the environment).
+    pub fn new(model: impl Into<PathBuf>) -> Self {
+        Self { model: model.into(), ..Self::default() }
+    }
+
+    fn teacher(&self) -> TeacherLlmConfig {
+        TeacherLlmConfig {
+            model: self.model.clone(),
+            context_length: self.context_length,
+            prefix_cache_bytes: self.prefix_cache_mib << 20,
+        }
+    }
+}
+
+/// Size candle's CPU thread pools. Call once at start-up, before any model is loaded and
+/// before other threads exist (it sets process environment variables, which is only sound
+/// while the process is single-threaded).
+///
+/// # Safety
+/// No other thread may read or write the environment concurrently.
+pub unsafe fn init_threads(threads: usize) {
+    let n = threads.max(1).to_string();
+    // SAFETY: the caller guarantees no concurrent environment access.
+    unsafe {
+        std::env::set_var("CANDLE_NUM_THREADS", &n);
+        std::env::set_var("RAYON_NUM_THREADS", &n);
+    }
+}
+
+/// A server running in the background. Dropping it stops the server and the model thread.
+pub struct RunningServer {
+    addr: SocketAddr,
+    model_id: String,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl RunningServer {
+    /// The OpenAI base URL, e.g. `http://127.0.0.1:41234/v1`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The id to send as `"model"` (the GGUF file name without extension).
+    pub fn model_id(&self) -> &str {
+        &self.model_id
+    }
+
+    /// Stop accepting connections, finish in-flight responses, then return.
+    pub async fn shutdown(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+
+    /// Serve until Ctrl-C (or the server fails), then shut down gracefully.
+    pub async fn until_ctrl_c(mut self) -> Result<()> {
+        let task = self.task.as_mut().expect("the task is only taken by shutdown, which consumes self");
+        let served = tokio::select! {
+            signal = tokio::signal::ctrl_c() => Err(signal),
+            served = task => Ok(served),
+        };
+        match served {
+            Err(signal) => {
+                signal.map_err(|e| Error::Internal(format!("cannot listen for Ctrl-C: {e}")))?;
+                tracing::info!("Ctrl-C: shutting down the teacher server");
+                self.shutdown().await;
+                Ok(())
+            }
+            Ok(served) => {
+                self.task = None;
+                match served {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => Err(Error::Internal(format!("teacher server failed: {e}"))),
+                    Err(e) => Err(Error::Internal(format!("teacher server task failed: {e}"))),
+                }
+            }
+        }
+    }
+}
+
+impl Drop for RunningServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// Load the model, bind the port and serve in the background. Returns once the model is
+/// loaded and the port accepts requests.
+pub async fn spawn(config: ServeConfig) -> Result<RunningServer> {
+    let requested = match &config.threads {
+        Some(n) if std::env::var("CANDLE_NUM_THREADS").ok() != Some(n.to_string()) => Some(*n),
+        _ => None,
+    };
+    if let Some(n) = requested {
+        tracing::warn!("threads = {n} ignored: call serve::init_threads at start-up to apply it");
+    }
+    let bind = format!("{}:{}", config.host, config.port);
+    let listener = tokio::net::TcpListener::bind(&bind)
+        .await
+        .map_err(|e| Error::Config(format!("cannot bind the teacher server to {bind}: {e}")))?;
+    let addr = listener.local_addr().map_err(|e| Error::Internal(format!("bound socket has no address: {e}")))?;
+    let teacher = config.teacher();
+    let (max_batch, max_queue) = (config.max_batch, config.max_queue);
+    let backend = tokio::task::spawn_blocking(move || Backend::start(teacher, max_batch, max_queue))
+        .await
+        .map_err(|e| Error::Internal(format!("model loading task failed: {e}")))??;
+    let model_id = backend.model_id.clone();
+    tracing::info!(
+        "teacher {model_id} ready at http://{addr}/v1 (context {}, max batch {max_batch})",
+        backend.context_length
+    );
+    let state = Arc::new(AppState {
+        backend,
+        api_key: config.api_key.clone(),
+        default_seed: config.seed,
+        next_id: AtomicU64::new(0),
+    });
+    let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
+    let server = axum::serve(listener, http::router(state)).with_graceful_shutdown(async move {
+        let _ = shutdown_rx.await;
+    });
+    let task = tokio::spawn(async move { server.await });
+    Ok(RunningServer { addr, model_id, shutdown: Some(shutdown_tx), task: Some(task) })
+}
+
+/// Serve until Ctrl-C: `biodistill serve-teacher`.
+pub async fn run(config: ServeConfig) -> Result<()> {
+    tracing::info!("serve-teacher config: {config:?}");
+    spawn(config).await?.until_ctrl_c().await
+}

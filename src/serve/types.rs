@@ -1,0 +1,215 @@
+//! OpenAI wire types, only what `POST /v1/chat/completions` and `GET /v1/models` need, shaped
+//! so `async-openai` and the official Python client parse them unchanged (after TEI's
+//! `router/src/http/types.rs`). Unknown request fields are ignored, as OpenAI-compatible
+//! servers usually do.
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::teacher_llm::{ChatMessage, FinishReason, Role};
+
+/// `POST /v1/chat/completions` body.
+#[derive(Debug, Clone, Deserialize)]
+pub struct OpenAICompatChatRequest {
+    pub model: String,
+    pub messages: Vec<OpenAICompatMessage>,
+    /// Newer name of `max_tokens`; wins when both are given.
+    pub max_completion_tokens: Option<u32>,
+    pub max_tokens: Option<u32>,
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub seed: Option<i64>,
+    pub stop: Option<OpenAICompatStop>,
+    pub n: Option<u32>,
+    #[serde(default)]
+    pub stream: bool,
+    /// Vendor extension (send with Python's `extra_body`).
+    pub biodistill: Option<OpenAICompatExtension>,
+    /// OpenAI's free-form metadata; `biodistill_source_text` here turns grounding on, for
+    /// typed clients such as `async-openai` that cannot add top-level fields.
+    pub metadata: Option<serde_json::Value>,
+}
+
+/// Metadata key whose value is the grounding source text.
+pub const METADATA_SOURCE_TEXT: &str = "biodistill_source_text";
+
+/// The `biodistill` request extension.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct OpenAICompatExtension {
+    /// Constrain the reply to JSON whose string values are substrings of `source_text`.
+    #[serde(default)]
+    pub grounded: bool,
+    pub source_text: Option<String>,
+}
+
+impl OpenAICompatChatRequest {
+    /// The grounding source text, from the extension or the metadata.
+    pub fn grounded_source(&self) -> Option<String> {
+        if let Some(ext) = self.biodistill.as_ref().filter(|e| e.grounded) {
+            return ext.source_text.clone();
+        }
+        let text = self.metadata.as_ref()?.get(METADATA_SOURCE_TEXT)?.as_str()?;
+        Some(text.to_string())
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum OpenAICompatStop {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OpenAICompatStop {
+    pub fn into_vec(self) -> Vec<String> {
+        match self {
+            Self::One(s) => vec![s],
+            Self::Many(v) => v,
+        }
+    }
+}
+
+/// A request message. `developer` is treated as `system`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct OpenAICompatMessage {
+    pub role: String,
+    pub content: Option<OpenAICompatContent>,
+}
+
+/// Message content: a string or a list of parts (only text parts are supported).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum OpenAICompatContent {
+    Text(String),
+    Parts(Vec<OpenAICompatContentPart>),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct OpenAICompatContentPart {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub text: Option<String>,
+}
+
+impl OpenAICompatMessage {
+    /// The message as the model sees it, or a reason it cannot be used (becomes a 400).
+    pub fn to_chat(&self) -> Result<ChatMessage, String> {
+        let role = match self.role.as_str() {
+            "system" | "developer" => Role::System,
+            "user" => Role::User,
+            "assistant" => Role::Assistant,
+            other => return Err(format!("messages with role `{other}` are not supported")),
+        };
+        let content = match &self.content {
+            None => String::new(),
+            Some(OpenAICompatContent::Text(t)) => t.clone(),
+            Some(OpenAICompatContent::Parts(parts)) => {
+                let mut text = String::new();
+                for part in parts {
+                    match (part.kind.as_str(), &part.text) {
+                        ("text", Some(t)) => text.push_str(t),
+                        (kind, _) => return Err(format!("content parts of type `{kind}` are not supported")),
+                    }
+                }
+                text
+            }
+        };
+        Ok(ChatMessage::new(role, content))
+    }
+}
+
+/// `POST /v1/chat/completions` reply.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OpenAICompatChatResponse {
+    pub id: String,
+    pub object: String,
+    pub created: u64,
+    pub model: String,
+    pub choices: Vec<OpenAICompatChoice>,
+    pub usage: OpenAICompatUsage,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OpenAICompatChoice {
+    pub index: u32,
+    pub message: OpenAICompatReplyMessage,
+    pub finish_reason: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OpenAICompatReplyMessage {
+    pub role: String,
+    pub content: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OpenAICompatUsage {
+    pub prompt_tokens: u32,
+    pub completion_tokens: u32,
+    pub total_tokens: u32,
+    pub prompt_tokens_details: OpenAICompatPromptTokensDetails,
+}
+
+/// How much of the prompt came from the prefix cache.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OpenAICompatPromptTokensDetails {
+    pub cached_tokens: u32,
+}
+
+pub fn finish_reason(reason: FinishReason) -> &'static str {
+    match reason {
+        FinishReason::Stop => "stop",
+        FinishReason::Length => "length",
+    }
+}
+
+/// `GET /v1/models` reply.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OpenAICompatModelList {
+    pub object: String,
+    pub data: Vec<OpenAICompatModel>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OpenAICompatModel {
+    pub id: String,
+    pub object: String,
+    pub created: u64,
+    pub owned_by: String,
+}
+
+/// OpenAI's error body: `{"error": {"message", "type", "param", "code"}}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OpenAICompatErrorBody {
+    pub error: OpenAICompatError,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OpenAICompatError {
+    pub message: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub param: Option<String>,
+    pub code: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_forms_clients_send() {
+        let body = r#"{"model":"m","messages":[
+            {"role":"developer","content":"Be brief."},
+            {"role":"user","content":[{"type":"text","text":"Hi "},{"type":"text","text":"there"}]}],
+            "stop":"\n","seed":7,"metadata":{"biodistill_source_text":"Hi there"},"logprobs":false}"#;
+        let req: OpenAICompatChatRequest = serde_json::from_str(body).unwrap();
+        let msgs: Vec<_> = req.messages.iter().map(|m| m.to_chat().unwrap()).collect();
+        assert_eq!(msgs[0], ChatMessage::new(Role::System, "Be brief."));
+        assert_eq!(msgs[1].content, "Hi there");
+        assert_eq!(req.stop.clone().unwrap().into_vec(), vec!["\n"]);
+        assert_eq!(req.grounded_source().as_deref(), Some("Hi there"));
+        let ext = r#"{"model":"m","messages":[],"biodistill":{"grounded":true,"source_text":"x"}}"#;
+        let req: OpenAICompatChatRequest = serde_json::from_str(ext).unwrap();
+        assert_eq!(req.grounded_source().as_deref(), Some("x"));
+    }
+}

@@ -1,0 +1,215 @@
+//! What a label run cost and produced: the report, the `--plan` estimate, and the progress bar.
+//!
+//! Money is only counted for requests sent this run (`teacher_calls.cached = false`); cached
+//! answers are free. Token counts are the server's reported usage, never estimates. Estimates
+//! (for `--plan` and the tokens-per-minute limiter) use ~4 characters per token.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::Serialize;
+
+use super::config::Price;
+use super::ground::Alignment;
+use super::label::{Outcome, Status};
+
+/// Dollar cost of a call at `price` (per million tokens).
+pub fn cost(price: Option<Price>, prompt_tokens: u64, completion_tokens: u64) -> f64 {
+    price
+        .map_or(0.0, |p| (prompt_tokens as f64 * p.input_per_mtok + completion_tokens as f64 * p.output_per_mtok) / 1e6)
+}
+
+/// The result of `biodistill label` (goes into the run manifest).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct LabelReport {
+    /// `teacher.base_url` as configured (`embedded` or a URL).
+    pub endpoint: String,
+    pub model: String,
+    /// Task -> prompt version (`<version>@<hash8>`).
+    pub prompt_versions: BTreeMap<String, String>,
+    /// (task, sentence) inputs, and how they ended.
+    pub inputs: usize,
+    pub ok: usize,
+    pub parse_errors: usize,
+    pub failed: usize,
+    /// Requests (first asks and re-asks) answered by the cache / sent to the teacher.
+    pub cache_hits: usize,
+    pub cache_misses: usize,
+    /// HTTP attempts sent, including retries.
+    pub http_attempts: u64,
+    pub retries: u64,
+    pub reasks: usize,
+    /// Replies wrapped in a code fence (tolerated).
+    pub fenced: usize,
+    /// Tokens and cost paid this run.
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub cost_usd: f64,
+    /// Whether the price table had the model (if not, `cost_usd` is 0).
+    pub price_known: bool,
+    /// `teacher_labels` rows, and grounded strings (subjects and objects) per alignment.
+    pub labels: usize,
+    pub alignment: BTreeMap<String, usize>,
+    /// ok / inputs that got a reply; aligned strings / all strings.
+    pub parse_rate: f64,
+    pub aligned_rate: f64,
+    pub wall_secs: f64,
+}
+
+impl LabelReport {
+    /// Add one finished input.
+    pub fn add(&mut self, o: &Outcome, price: Option<Price>) {
+        self.inputs += 1;
+        match o.status {
+            Status::Ok => self.ok += 1,
+            Status::ParseError => self.parse_errors += 1,
+            Status::Failed => self.failed += 1,
+        }
+        self.cache_hits += o.hits;
+        self.cache_misses += o.lookups - o.hits;
+        self.retries += u64::from(o.retries);
+        self.reasks += usize::from(o.reasked);
+        self.fenced += usize::from(o.fenced);
+        if !o.cached {
+            self.prompt_tokens += o.prompt_tokens;
+            self.completion_tokens += o.completion_tokens;
+            self.cost_usd += cost(price, o.prompt_tokens, o.completion_tokens);
+        }
+        self.labels += o.rows.len();
+        for row in &o.rows {
+            for side in std::iter::once(&row.subject).chain(row.object.as_ref()) {
+                *self.alignment.entry(side.alignment.as_str().to_string()).or_default() += 1;
+            }
+        }
+    }
+
+    /// Compute the rates once every input is in.
+    pub fn finish(&mut self) {
+        let answered = self.ok + self.parse_errors;
+        self.parse_rate = if answered == 0 { 0.0 } else { self.ok as f64 / answered as f64 };
+        let strings: usize = self.alignment.values().sum();
+        let unaligned = self.alignment.get(Alignment::Unaligned.as_str()).copied().unwrap_or(0);
+        self.aligned_rate = if strings == 0 { 0.0 } else { (strings - unaligned) as f64 / strings as f64 };
+    }
+}
+
+impl fmt::Display for LabelReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "labeled {} inputs with {} at {}: {} ok, {} unparseable, {} failed ({:.1} s)",
+            self.inputs, self.model, self.endpoint, self.ok, self.parse_errors, self.failed, self.wall_secs
+        )?;
+        writeln!(
+            f,
+            "requests: {} from cache, {} sent ({} HTTP attempts, {} retries, {} re-asks, {} fenced replies)",
+            self.cache_hits, self.cache_misses, self.http_attempts, self.retries, self.reasks, self.fenced
+        )?;
+        let price = if self.price_known { "" } else { " (model not in the price table)" };
+        writeln!(
+            f,
+            "tokens paid: {} in, {} out; cost ${:.4}{price}",
+            self.prompt_tokens, self.completion_tokens, self.cost_usd
+        )?;
+        let alignment: Vec<String> = Alignment::ALL
+            .iter()
+            .map(|a| format!("{} {}", a.as_str(), self.alignment.get(a.as_str()).copied().unwrap_or(0)))
+            .collect();
+        write!(
+            f,
+            "labels: {} rows; parse rate {:.1}%; aligned {:.1}% ({})",
+            self.labels,
+            100.0 * self.parse_rate,
+            100.0 * self.aligned_rate,
+            alignment.join(", ")
+        )
+    }
+}
+
+/// The `--plan` estimate for one task.
+#[derive(Debug, Clone, Serialize)]
+pub struct TaskPlan {
+    pub task: String,
+    pub prompt_version: String,
+    pub sentences: usize,
+    /// Sentences whose first request is already cached.
+    pub cached: usize,
+    pub calls: usize,
+    pub est_prompt_tokens: u64,
+    pub est_completion_tokens: u64,
+}
+
+/// What `biodistill label` would do, before it spends anything.
+#[derive(Debug, Clone, Serialize)]
+pub struct LabelPlan {
+    pub endpoint: String,
+    pub model: String,
+    pub tasks: Vec<TaskPlan>,
+    pub calls: usize,
+    pub est_prompt_tokens: u64,
+    pub est_completion_tokens: u64,
+    /// `None` when the price table lacks the model.
+    pub est_cost_usd: Option<f64>,
+}
+
+impl fmt::Display for LabelPlan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "plan for {} at {} (estimates: ~4 chars per token, re-asks not included)",
+            self.model, self.endpoint
+        )?;
+        for t in &self.tasks {
+            writeln!(
+                f,
+                "  {:<13} {:>7} sentences, {:>7} cached, {:>7} calls, ~{} prompt + ~{} completion tokens  [{}]",
+                t.task, t.sentences, t.cached, t.calls, t.est_prompt_tokens, t.est_completion_tokens, t.prompt_version
+            )?;
+        }
+        let cost =
+            self.est_cost_usd.map_or("unknown (model not in the price table)".to_string(), |c| format!("~${c:.4}"));
+        write!(
+            f,
+            "total: {} calls, ~{} prompt + ~{} completion tokens, cost {cost}",
+            self.calls, self.est_prompt_tokens, self.est_completion_tokens
+        )
+    }
+}
+
+/// A progress bar: done/total, rate, cache hits and running cost. Hidden when disabled or
+/// when stderr is not a terminal.
+pub fn progress_bar(total: usize, enabled: bool) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(
+        Some(total as u64),
+        if enabled { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() },
+    );
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} label [{bar:30}] {pos}/{len} {per_sec} eta {eta} {msg}")
+            .expect("the template is valid")
+            .progress_chars("=> "),
+    );
+    bar
+}
+
+/// The progress bar's message for the running totals.
+pub fn progress_message(report: &LabelReport) -> String {
+    format!(
+        "| cache hits {} | failed {} | ${:.4}",
+        report.cache_hits,
+        report.failed + report.parse_errors,
+        report.cost_usd
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cost_uses_the_price_per_million_tokens() {
+        let price = Price { input_per_mtok: 0.15, output_per_mtok: 0.6 };
+        assert!((cost(Some(price), 1_000_000, 500_000) - 0.45).abs() < 1e-12);
+        assert_eq!(cost(None, 1_000_000, 1), 0.0);
+    }
+}

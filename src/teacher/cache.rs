@@ -1,0 +1,234 @@
+//! The teacher reply cache: one redb file, the only handle to it.
+//!
+//! - **Key**: hex sha256 of the endpoint as configured (`"embedded"` or a URL), and the request
+//!   body as sent (model, messages, sampling parameters, `response_format` schema). Anything
+//!   that can change the answer changes the key, so there is no manual invalidation and no
+//!   stale answer.
+//! - **Value**: the raw reply text, token usage and timing as JSON. Replies are parsed when
+//!   read, so a fix to `parse.rs` re-labels from the cache without asking again. A reply that
+//!   does not parse is still a reply (it was paid for and a parser fix may rescue it); HTTP
+//!   errors, timeouts and the like are never stored.
+//! - **Durability**: each reply is committed (fsync) as it arrives, by one writer thread that
+//!   groups replies arriving together into one transaction. `put` returns once its reply is on
+//!   disk, so a killed run loses only requests still in flight.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::mpsc;
+
+use redb::{Database, ReadableDatabase, TableDefinition};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::sync::oneshot;
+
+use crate::error::{Error, Result};
+
+const REPLIES: TableDefinition<&str, &[u8]> = TableDefinition::new("teacher_replies_v1");
+
+/// Bumped if the key derivation changes, so old entries are simply never looked up.
+const KEY_VERSION: &str = "biodistill-teacher-cache-v1";
+
+/// A stored reply.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CachedReply {
+    /// The assistant message content, exactly as received.
+    pub content: String,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    /// The model name the server reported.
+    pub model: String,
+    pub finish_reason: Option<String>,
+    /// Wall time of the successful attempt.
+    pub latency_ms: f64,
+}
+
+/// The cache key of a request body sent to `endpoint`.
+pub fn key(endpoint: &str, request_body: &serde_json::Value) -> String {
+    let mut hasher = Sha256::new();
+    for part in [KEY_VERSION, endpoint, &request_body.to_string()] {
+        hasher.update(part.as_bytes());
+        hasher.update([0u8]);
+    }
+    hex::encode(hasher.finalize())
+}
+
+type Write = (String, Vec<u8>, oneshot::Sender<Result<()>>);
+
+/// The open cache (see the module docs). Dropping it finishes pending writes.
+pub struct Cache {
+    path: PathBuf,
+    db: Arc<Database>,
+    writer: Option<mpsc::Sender<Write>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+fn db_error(path: &Path, e: impl std::fmt::Display) -> Error {
+    Error::input(path, format!("teacher cache: {e}"))
+}
+
+impl Cache {
+    /// Open or create the cache file. Fails with a clear message if another run has it open.
+    pub fn open(path: &Path) -> Result<Self> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| db_error(dir, e))?;
+        }
+        let db = Database::create(path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => {
+                db_error(path, "already open in another biodistill process (one label run per cache)")
+            }
+            other => db_error(path, other),
+        })?;
+        let txn = db.begin_write().map_err(|e| db_error(path, e))?;
+        txn.open_table(REPLIES).map_err(|e| db_error(path, e))?;
+        txn.commit().map_err(|e| db_error(path, e))?;
+        let db = Arc::new(db);
+        let (writer, jobs) = mpsc::channel::<Write>();
+        let thread_db = Arc::clone(&db);
+        let thread_path = path.to_path_buf();
+        let thread = std::thread::Builder::new()
+            .name("teacher-cache-writer".into())
+            .spawn(move || write_loop(&thread_db, &thread_path, jobs))
+            .map_err(|e| db_error(path, e))?;
+        Ok(Cache { path: path.to_path_buf(), db, writer: Some(writer), thread: Some(thread) })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The stored reply for `key`, if any.
+    pub fn get(&self, key: &str) -> Result<Option<CachedReply>> {
+        let txn = self.db.begin_read().map_err(|e| db_error(&self.path, e))?;
+        let table = txn.open_table(REPLIES).map_err(|e| db_error(&self.path, e))?;
+        let Some(value) = table.get(key).map_err(|e| db_error(&self.path, e))? else {
+            return Ok(None);
+        };
+        match serde_json::from_slice(value.value()) {
+            Ok(reply) => Ok(Some(reply)),
+            // An entry we cannot read is treated as missing: asking again costs one request,
+            // failing the run would cost all of them.
+            Err(e) => {
+                tracing::warn!(key, "unreadable teacher cache entry, asking again: {e}");
+                Ok(None)
+            }
+        }
+    }
+
+    /// Store a reply; returns once it is committed to disk.
+    pub async fn put(&self, key: &str, reply: &CachedReply) -> Result<()> {
+        let bytes = serde_json::to_vec(reply)?;
+        let (done, committed) = oneshot::channel();
+        let writer = self.writer.as_ref().expect("the writer lives until drop");
+        writer
+            .send((key.to_string(), bytes, done))
+            .map_err(|_| Error::Internal("teacher cache writer thread stopped".into()))?;
+        committed.await.map_err(|_| Error::Internal("teacher cache writer thread stopped".into()))?
+    }
+
+    /// Number of stored replies.
+    pub fn len(&self) -> Result<u64> {
+        use redb::ReadableTableMetadata;
+        let txn = self.db.begin_read().map_err(|e| db_error(&self.path, e))?;
+        let table = txn.open_table(REPLIES).map_err(|e| db_error(&self.path, e))?;
+        table.len().map_err(|e| db_error(&self.path, e))
+    }
+
+    pub fn is_empty(&self) -> Result<bool> {
+        Ok(self.len()? == 0)
+    }
+}
+
+impl Drop for Cache {
+    fn drop(&mut self) {
+        self.writer.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Group commit: take one write, then everything already queued, and commit them together.
+fn write_loop(db: &Database, path: &Path, jobs: mpsc::Receiver<Write>) {
+    while let Ok(first) = jobs.recv() {
+        let mut batch = vec![first];
+        while let Ok(next) = jobs.try_recv() {
+            batch.push(next);
+            if batch.len() >= 256 {
+                break;
+            }
+        }
+        let result = (|| -> std::result::Result<(), String> {
+            let txn = db.begin_write().map_err(|e| e.to_string())?;
+            {
+                let mut table = txn.open_table(REPLIES).map_err(|e| e.to_string())?;
+                for (key, bytes, _) in &batch {
+                    table.insert(key.as_str(), bytes.as_slice()).map_err(|e| e.to_string())?;
+                }
+            }
+            txn.commit().map_err(|e| e.to_string())
+        })();
+        for (_, _, done) in batch {
+            let _ = done.send(result.clone().map_err(|e| db_error(path, e)));
+        }
+    }
+}
+
+/// Which of `keys` are stored, read-only (for `--plan`); a missing file holds none.
+pub fn stored(path: &Path, keys: &[String]) -> Result<Vec<bool>> {
+    if !path.exists() {
+        return Ok(vec![false; keys.len()]);
+    }
+    let db = redb::ReadOnlyDatabase::open(path).map_err(|e| db_error(path, e))?;
+    let txn = db.begin_read().map_err(|e| db_error(path, e))?;
+    let table = match txn.open_table(REPLIES) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(vec![false; keys.len()]),
+        Err(e) => return Err(db_error(path, e)),
+    };
+    keys.iter().map(|key| Ok(table.get(key.as_str()).map_err(|e| db_error(path, e))?.is_some())).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(content: &str) -> CachedReply {
+        CachedReply {
+            content: content.into(),
+            prompt_tokens: 10,
+            completion_tokens: 5,
+            model: "m".into(),
+            finish_reason: Some("stop".into()),
+            latency_ms: 1.0,
+        }
+    }
+
+    #[tokio::test]
+    async fn replies_persist_across_reopen_and_keys_cover_the_body() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.redb");
+        let body = serde_json::json!({"model": "m", "messages": [["user", "hi"]], "temperature": 0.0});
+        let k = key("http://a/v1", &body);
+        assert_ne!(k, key("http://b/v1", &body));
+        assert_ne!(
+            k,
+            key("http://a/v1", &serde_json::json!({"model": "m", "messages": [["user", "hi!"]], "temperature": 0.0}))
+        );
+        {
+            let cache = Cache::open(&path).unwrap();
+            assert!(cache.get(&k).unwrap().is_none());
+            let puts = (0..20).map(|i| {
+                let cache = &cache;
+                async move { cache.put(&format!("k{i}"), &reply("x")).await }
+            });
+            futures::future::try_join_all(puts).await.unwrap();
+            cache.put(&k, &reply("{}")).await.unwrap();
+            let second = Cache::open(&path).err().expect("a second open of a live cache fails");
+            assert!(second.to_string().contains("already open"), "{second}");
+        }
+        assert_eq!(stored(&path, &[k.clone(), "nope".into()]).unwrap(), vec![true, false]);
+        let cache = Cache::open(&path).unwrap();
+        assert_eq!(cache.get(&k).unwrap(), Some(reply("{}")));
+        assert_eq!(cache.len().unwrap(), 21);
+    }
+}

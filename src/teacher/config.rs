@@ -1,0 +1,246 @@
+//! Configuration of the `label` stage: which endpoint to ask, how hard to push it, and which
+//! sentences to send.
+//!
+//! The API key is never part of the configuration: only the *name* of the environment variable
+//! that holds it is, so a config file can be committed and a run manifest can be published.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// The value of [`TeacherConfig::base_url`] that means "the project's own embedded server".
+pub const EMBEDDED: &str = "embedded";
+
+/// A labeling task; each has its own prompt file `pipelines/prompts/<task>.toml`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Task {
+    /// Drugs and the adverse events each one caused.
+    Ade,
+    /// Gene and disease mentions and the (gene, disease) pairs a sentence associates.
+    GeneDisease,
+    /// Typed protected health information spans (see [`super::phi::PhiType`]).
+    Phi,
+}
+
+impl Task {
+    pub const ALL: [Task; 3] = [Task::Ade, Task::GeneDisease, Task::Phi];
+
+    /// The name used in tables, file names and the CLI.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Task::Ade => "ade",
+            Task::GeneDisease => "gene_disease",
+            Task::Phi => "phi",
+        }
+    }
+}
+
+impl fmt::Display for Task {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Task {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        Task::ALL
+            .into_iter()
+            .find(|t| t.as_str() == s)
+            .ok_or_else(|| format!("unknown task {s:?} (expected ade, gene_disease or phi)"))
+    }
+}
+
+/// Price of one million tokens, in US dollars.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Price {
+    pub input_per_mtok: f64,
+    pub output_per_mtok: f64,
+}
+
+/// How to reach the teacher and how hard to push it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TeacherConfig {
+    /// OpenAI-compatible base URL including `/v1` (e.g. `http://localhost:8000/v1`), or
+    /// `"embedded"` for the project's own server.
+    pub base_url: String,
+    /// Model name sent in each request.
+    pub model: String,
+    /// Name of the environment variable holding the API key (the key itself is never stored).
+    pub api_key_env: String,
+    /// Requests in flight at once.
+    pub concurrency: usize,
+    /// Requests per minute; 0 = unlimited.
+    pub rpm: u32,
+    /// Tokens (prompt estimate + `max_tokens`) per minute; 0 = unlimited.
+    pub tpm: u32,
+    /// Retries after the first attempt of one request (429, 5xx, timeouts, connection errors).
+    pub max_retries: u32,
+    /// Per-attempt timeout.
+    pub timeout_secs: f64,
+    /// First backoff delay; doubled on each retry, capped at `backoff_max_ms`, with jitter.
+    pub backoff_base_ms: u64,
+    pub backoff_max_ms: u64,
+    pub temperature: f32,
+    pub max_tokens: u32,
+    /// Sent when set; most servers make sampling reproducible with it.
+    pub seed: Option<i64>,
+    /// Send the task's JSON schema as `response_format` (turn off for servers that reject it).
+    pub json_schema: bool,
+    /// Ask the embedded teacher for grounded decoding (sent as request metadata; never to
+    /// other endpoints): the reply is valid JSON and every string in it occurs in the sentence.
+    pub grounded: bool,
+    /// Price per model name; a model missing here costs 0 and the report says so.
+    pub prices: BTreeMap<String, Price>,
+    /// The reply cache (one redb file). Default: `teacher_cache.redb` in the run directory.
+    pub cache_path: Option<PathBuf>,
+    /// Directory holding `<task>.toml` prompt files.
+    pub prompts_dir: PathBuf,
+    /// Fuzzy-alignment threshold in (0, 1]: token-level similarity needed to accept a match.
+    pub fuzzy_threshold: f64,
+    /// Draw a progress bar on stderr (only when it is a terminal).
+    pub progress: bool,
+}
+
+impl Default for TeacherConfig {
+    fn default() -> Self {
+        Self {
+            base_url: EMBEDDED.to_string(),
+            model: "qwen2.5-coder-1.5b-instruct".to_string(),
+            api_key_env: "OPENAI_API_KEY".to_string(),
+            concurrency: 4,
+            rpm: 0,
+            tpm: 0,
+            max_retries: 4,
+            timeout_secs: 120.0,
+            backoff_base_ms: 500,
+            backoff_max_ms: 30_000,
+            temperature: 0.0,
+            max_tokens: 512,
+            seed: Some(0),
+            json_schema: true,
+            grounded: true,
+            prices: BTreeMap::new(),
+            cache_path: None,
+            prompts_dir: PathBuf::from("pipelines/prompts"),
+            fuzzy_threshold: 0.8,
+            progress: true,
+        }
+    }
+}
+
+impl TeacherConfig {
+    /// Checks that cannot wait until the first request.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |what: &str| Err(Error::Config(format!("teacher.{what}")));
+        if self.model.trim().is_empty() {
+            return bad("model must not be empty");
+        }
+        if self.concurrency == 0 {
+            return bad("concurrency must be at least 1");
+        }
+        if !(self.timeout_secs > 0.0) {
+            return bad("timeout_secs must be positive");
+        }
+        if !(self.fuzzy_threshold > 0.0 && self.fuzzy_threshold <= 1.0) {
+            return bad("fuzzy_threshold must be in (0, 1]");
+        }
+        if self.max_tokens == 0 {
+            return bad("max_tokens must be at least 1");
+        }
+        if self.base_url != EMBEDDED && !self.base_url.starts_with("http://") && !self.base_url.starts_with("https://")
+        {
+            return Err(Error::Config(format!(
+                "teacher.base_url {:?} is neither \"embedded\" nor an http(s) URL",
+                self.base_url
+            )));
+        }
+        Ok(())
+    }
+
+    /// The API key from the environment variable [`Self::api_key_env`]; empty when unset
+    /// (local servers need none; a remote one answers 401, reported with the variable's name).
+    pub fn api_key(&self) -> String {
+        std::env::var(&self.api_key_env).unwrap_or_default()
+    }
+
+    /// The price of the configured model, if the price table has it.
+    pub fn price(&self) -> Option<Price> {
+        self.prices.get(&self.model).copied()
+    }
+}
+
+/// What to label.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LabelConfig {
+    /// The endpoint: the pipeline file's `[teacher]` section, not part of `[label]`.
+    #[serde(skip)]
+    pub teacher: TeacherConfig,
+    /// Tasks to label.
+    pub tasks: Vec<Task>,
+    /// Training sentences per task (after filtering); 0 = all of them.
+    pub sample: Option<usize>,
+    /// Document splits to draw training sentences from (`documents.split`). Never `dev`:
+    /// dev text is only labeled to score the teacher (`dev_sample`).
+    pub splits: Vec<String>,
+    /// Restrict a task to documents of these sources (`documents.source`); a task missing
+    /// here draws from every source.
+    pub sources: BTreeMap<Task, Vec<String>>,
+    /// Gold dev sentences per task sent to the teacher so evaluation can score it; their
+    /// labels never train the student (`train` drops every `dev` document).
+    pub dev_sample: usize,
+    /// Gold sets the dev sentences of each task come from.
+    pub dev_sources: BTreeMap<Task, Vec<String>>,
+}
+
+impl Default for LabelConfig {
+    fn default() -> Self {
+        Self {
+            teacher: TeacherConfig::default(),
+            tasks: Task::ALL.to_vec(),
+            sample: Some(200),
+            splits: vec![crate::schema::split::UNLABELED.to_string(), crate::schema::split::TRAIN.to_string()],
+            sources: BTreeMap::new(),
+            dev_sample: 0,
+            dev_sources: BTreeMap::from([
+                (Task::Ade, vec!["ade_corpus_v2".to_string()]),
+                (Task::GeneDisease, vec!["gad".to_string()]),
+                (Task::Phi, vec!["presidio".to_string()]),
+            ]),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_round_trips_through_toml_and_rejects_unknown_keys() {
+        let cfg = LabelConfig::default();
+        let text = toml::to_string(&cfg).unwrap();
+        let back: LabelConfig = toml::from_str(&text).unwrap();
+        assert_eq!(back, cfg);
+        let partial: LabelConfig = toml::from_str("tasks = [\"phi\"]\ndev_sample = 3\n").unwrap();
+        assert_eq!(partial.tasks, vec![Task::Phi]);
+        assert_eq!(partial.dev_sample, 3);
+        assert!(toml::from_str::<TeacherConfig>("api_key = \"sk-\"\n").is_err());
+    }
+
+    #[test]
+    fn validate_names_the_bad_field() {
+        let cfg = TeacherConfig { concurrency: 0, ..Default::default() };
+        assert!(cfg.validate().unwrap_err().to_string().contains("concurrency"));
+        let cfg = TeacherConfig { base_url: "localhost:8000".into(), ..Default::default() };
+        assert!(cfg.validate().unwrap_err().to_string().contains("base_url"));
+        TeacherConfig::default().validate().unwrap();
+    }
+}

@@ -1,0 +1,334 @@
+//! Labeling one (task, sentence): cache or teacher, strict parse, one re-ask, grounding.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use async_openai::types::chat::{CreateChatCompletionRequest, ResponseFormat, ResponseFormatJsonSchema};
+use tokio::sync::OnceCell;
+
+use super::cache::{self, Cache, CachedReply};
+use super::client::TeacherClient;
+use super::config::{Task, TeacherConfig};
+use super::error::TeacherError;
+use super::ground::{Alignment, Grounder, Grounding, nearest_pair};
+use super::parse::{self, Mention, TaskOutput};
+use super::prompt::{self, Message, Prompt};
+use super::select::Sentence;
+use crate::error::Result;
+
+/// Final status of one (task, sentence), as stored in `teacher_calls.status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Status {
+    Ok,
+    ParseError,
+    Failed,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Ok => "ok",
+            Status::ParseError => "parse_error",
+            Status::Failed => "failed",
+        }
+    }
+}
+
+/// One grounded string of a label row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Side {
+    pub entity_type: String,
+    pub text: String,
+    pub span: Option<(usize, usize)>,
+    pub alignment: Alignment,
+}
+
+/// One `teacher_labels` row, without the columns shared by its call.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LabelRow {
+    pub subject: Side,
+    /// Set for pairs only.
+    pub object: Option<Side>,
+}
+
+/// Everything recorded about one (task, sentence).
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub task: Task,
+    pub doc_id: String,
+    pub sent_id: i32,
+    pub cache_key: String,
+    pub status: Status,
+    /// Every request it needed was answered from the cache (nothing paid this run).
+    pub cached: bool,
+    pub latency_ms: f64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub retries: u32,
+    pub error: Option<String>,
+    pub prompt_version: String,
+    pub reasked: bool,
+    pub fenced: bool,
+    /// Requests asked of the cache, and how many it answered.
+    pub lookups: usize,
+    pub hits: usize,
+    pub rows: Vec<LabelRow>,
+}
+
+/// One request's answer, shared by every job in this run that makes the same request.
+#[derive(Debug, Clone)]
+struct Asked {
+    key: String,
+    reply: std::result::Result<CachedReply, TeacherError>,
+    /// Answered without sending anything this run (cache, or another job's identical request).
+    cached: bool,
+    retries: u32,
+    latency_ms: f64,
+}
+
+/// Labels sentences for every task of a run; shared by all concurrent jobs.
+pub struct Labeler<'a> {
+    pub cfg: &'a TeacherConfig,
+    pub prompts: &'a BTreeMap<Task, Prompt>,
+    pub cache: &'a Cache,
+    pub client: &'a TeacherClient,
+    /// Identical requests in flight at once are sent once (single flight).
+    in_run: Mutex<HashMap<String, Arc<OnceCell<Asked>>>>,
+}
+
+/// The request body for `messages` about `sentence`, as sent and as hashed into the cache key.
+/// With `teacher.grounded` and the embedded teacher, the sentence rides along as metadata,
+/// which the embedded server uses to constrain its reply to JSON whose strings occur in the
+/// sentence (hosted APIs limit metadata, so it is never sent to them).
+// `max_tokens` and `seed` are deprecated by OpenAI but are what vLLM, llama.cpp and most
+// compatible servers read; OpenAI still accepts them.
+#[allow(deprecated)]
+pub fn build_request(
+    cfg: &TeacherConfig,
+    task: Task,
+    messages: &[Message],
+    sentence: &str,
+) -> CreateChatCompletionRequest {
+    let metadata = (cfg.grounded && cfg.base_url == super::config::EMBEDDED)
+        .then(|| serde_json::json!({ crate::serve::types::METADATA_SOURCE_TEXT: sentence }).into());
+    CreateChatCompletionRequest {
+        metadata,
+        model: cfg.model.clone(),
+        messages: prompt::to_chat_messages(messages),
+        temperature: Some(cfg.temperature),
+        max_tokens: Some(cfg.max_tokens),
+        seed: cfg.seed,
+        response_format: cfg.json_schema.then(|| ResponseFormat::JsonSchema {
+            json_schema: ResponseFormatJsonSchema {
+                description: None,
+                name: format!("{task}_labels"),
+                schema: parse::json_schema(task),
+                strict: Some(true),
+            },
+        }),
+        ..Default::default()
+    }
+}
+
+/// The cache key of `request` (see [`cache::key`]).
+pub fn request_key(cfg: &TeacherConfig, request: &CreateChatCompletionRequest) -> String {
+    let body = serde_json::to_value(request).expect("a chat request always serializes");
+    cache::key(&cfg.base_url, &body)
+}
+
+impl<'a> Labeler<'a> {
+    pub fn new(
+        cfg: &'a TeacherConfig,
+        prompts: &'a BTreeMap<Task, Prompt>,
+        cache: &'a Cache,
+        client: &'a TeacherClient,
+    ) -> Self {
+        Labeler { cfg, prompts, cache, client, in_run: Mutex::new(HashMap::new()) }
+    }
+
+    async fn ask(&self, task: Task, messages: &[Message], sentence: &str) -> Result<Asked> {
+        let request = build_request(self.cfg, task, messages, sentence);
+        let key = request_key(self.cfg, &request);
+        let cell = {
+            let mut in_run = self.in_run.lock().expect("no panics under the single-flight lock");
+            Arc::clone(in_run.entry(key.clone()).or_default())
+        };
+        let mut first = false;
+        let asked = cell
+            .get_or_try_init(|| {
+                first = true;
+                self.ask_uncached(key, &request, messages)
+            })
+            .await?;
+        Ok(if first { asked.clone() } else { Asked { cached: true, retries: 0, latency_ms: 0.0, ..asked.clone() } })
+    }
+
+    async fn ask_uncached(
+        &self,
+        key: String,
+        request: &CreateChatCompletionRequest,
+        messages: &[Message],
+    ) -> Result<Asked> {
+        if let Some(reply) = self.cache.get(&key)? {
+            return Ok(Asked { key, reply: Ok(reply), cached: true, retries: 0, latency_ms: 0.0 });
+        }
+        let estimate = prompt::estimate_tokens(messages) + u64::from(self.cfg.max_tokens);
+        let call = self.client.complete(request, estimate).await;
+        if let Ok(reply) = &call.reply {
+            self.cache.put(&key, reply).await?;
+        }
+        Ok(Asked {
+            key,
+            reply: call.reply,
+            cached: false,
+            retries: call.retries,
+            latency_ms: call.latency.as_secs_f64() * 1000.0,
+        })
+    }
+
+    /// Label one sentence for one task. Teacher failures become the outcome's status; only
+    /// local failures (the cache file) are errors.
+    pub async fn label(&self, task: Task, sentence: &Sentence) -> Result<Outcome> {
+        let prompt = &self.prompts[&task];
+        let first = self.ask(task, &prompt.messages(&sentence.text), &sentence.text).await?;
+        let mut outcome = Outcome {
+            task,
+            doc_id: sentence.doc_id.clone(),
+            sent_id: sentence.sent_id,
+            cache_key: first.key.clone(),
+            status: Status::Failed,
+            cached: first.cached,
+            latency_ms: 0.0,
+            prompt_tokens: 0,
+            completion_tokens: 0,
+            retries: 0,
+            error: None,
+            prompt_version: prompt.version.clone(),
+            reasked: false,
+            fenced: false,
+            lookups: 0,
+            hits: 0,
+            rows: Vec::new(),
+        };
+        let reply = match outcome.absorb(&first) {
+            Ok(reply) => reply,
+            Err(e) => return Ok(outcome.fail(Status::Failed, e.to_string())),
+        };
+        let parsed = match parse::parse(task, &reply.content) {
+            Ok(parsed) => parsed,
+            Err(problem) => {
+                outcome.reasked = true;
+                let again = self
+                    .ask(task, &prompt.reask_messages(&sentence.text, &reply.content, &problem), &sentence.text)
+                    .await?;
+                let second = match outcome.absorb(&again) {
+                    Ok(reply) => reply,
+                    Err(e) => return Ok(outcome.fail(Status::Failed, format!("re-ask after a parse error: {e}"))),
+                };
+                match parse::parse(task, &second.content) {
+                    Ok(parsed) => parsed,
+                    Err(problem) => {
+                        let error =
+                            TeacherError::Unparseable(format!("{problem}; reply: {}", snippet(&second.content)));
+                        return Ok(outcome.fail(Status::ParseError, error.to_string()));
+                    }
+                }
+            }
+        };
+        outcome.fenced = parsed.fenced;
+        outcome.status = Status::Ok;
+        outcome.rows = ground_output(&parsed.output, &sentence.text, self.cfg.fuzzy_threshold);
+        Ok(outcome)
+    }
+}
+
+impl Outcome {
+    /// Add one request's cost and timing; hand back its reply.
+    fn absorb(&mut self, asked: &Asked) -> std::result::Result<CachedReply, TeacherError> {
+        self.lookups += 1;
+        self.hits += usize::from(asked.cached);
+        self.cached &= asked.cached;
+        self.retries += asked.retries;
+        self.latency_ms += asked.latency_ms;
+        let reply = asked.reply.clone()?;
+        self.prompt_tokens += reply.prompt_tokens;
+        self.completion_tokens += reply.completion_tokens;
+        Ok(reply)
+    }
+
+    fn fail(mut self, status: Status, error: String) -> Self {
+        self.status = status;
+        self.error = Some(error);
+        self
+    }
+}
+
+fn snippet(text: &str) -> String {
+    let mut s: String = text.chars().take(120).collect();
+    if s.len() < text.len() {
+        s.push('…');
+    }
+    s
+}
+
+fn side(m: &Mention, g: &Grounding, span: Option<(usize, usize)>) -> Side {
+    Side { entity_type: m.entity_type.clone(), text: m.text.clone(), span, alignment: g.alignment }
+}
+
+/// Turn a parsed reply into label rows: one span row per occurrence of each mention (one
+/// unaligned row when it has none), one pair row per relation at its closest occurrences.
+pub fn ground_output(output: &TaskOutput, text: &str, threshold: f64) -> Vec<LabelRow> {
+    let grounder = Grounder::new(text, threshold);
+    let mut rows = Vec::new();
+    for m in output.mentions() {
+        let g = grounder.ground(&m.text);
+        if g.spans.is_empty() {
+            rows.push(LabelRow { subject: side(&m, &g, None), object: None });
+        }
+        for &span in &g.spans {
+            rows.push(LabelRow { subject: side(&m, &g, Some(span)), object: None });
+        }
+    }
+    for r in output.relations() {
+        let (gs, go) = (grounder.ground(&r.subject.text), grounder.ground(&r.object.text));
+        let (s, o) = match nearest_pair(&gs.spans, &go.spans) {
+            Some((s, o)) => (Some(s), Some(o)),
+            None => (gs.spans.first().copied(), go.spans.first().copied()),
+        };
+        rows.push(LabelRow { subject: side(&r.subject, &gs, s), object: Some(side(&r.object, &go, o)) });
+    }
+    rows
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::text::char_slice;
+
+    #[test]
+    fn rows_carry_offsets_that_slice_to_the_strings() {
+        let text = "Naïve patients on cisplatin had nausea; cisplatin also caused ototoxicity.";
+        let output = parse::parse(
+            Task::Ade,
+            r#"{"drugs":[{"drug":"cisplatin","adverse_events":["nausea","Ototoxicity","hair loss"]}]}"#,
+        )
+        .unwrap()
+        .output;
+        let rows = ground_output(&output, text, 0.8);
+        let spans: Vec<_> = rows.iter().filter(|r| r.object.is_none()).collect();
+        assert_eq!(spans.iter().filter(|r| r.subject.text == "cisplatin").count(), 2, "both occurrences");
+        for r in &rows {
+            for s in std::iter::once(&r.subject).chain(r.object.as_ref()) {
+                match s.span {
+                    Some((a, b)) => assert_eq!(char_slice(text, a, b).unwrap().to_lowercase(), s.text.to_lowercase()),
+                    None => assert_eq!(s.alignment, Alignment::Unaligned),
+                }
+            }
+        }
+        let pair = rows.iter().find(|r| r.object.as_ref().is_some_and(|o| o.text == "Ototoxicity")).unwrap();
+        assert_eq!(pair.subject.span, Some((40, 49)), "the cisplatin nearest to ototoxicity");
+        assert_eq!(pair.object.as_ref().unwrap().alignment, Alignment::CaseInsensitive);
+        let lost = rows.iter().find(|r| r.object.as_ref().is_some_and(|o| o.text == "hair loss")).unwrap();
+        assert_eq!(lost.object.as_ref().unwrap().span, None);
+    }
+}

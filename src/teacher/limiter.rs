@@ -1,0 +1,235 @@
+//! Pacing teacher requests: a concurrency gate that shrinks when the server says "too many at
+//! once", and requests/tokens-per-minute buckets with a shared pause for "too fast".
+//!
+//! Both are shared by every request of a run, so one 429 slows the whole run instead of each
+//! worker discovering the limit on its own.
+
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+
+/// Successful requests after which a shrunken gate grows back by one slot.
+const GROW_AFTER: usize = 20;
+
+/// At most `max` requests in flight; [`Gate::overloaded`] lowers the limit (down to one),
+/// successes raise it back (up to `max`).
+pub struct Gate {
+    semaphore: Arc<Semaphore>,
+    max: usize,
+    limit: AtomicUsize,
+    /// Slots to retire as permits come back (the limit was lowered while they were in use).
+    debt: Arc<AtomicUsize>,
+    streak: AtomicUsize,
+}
+
+/// One slot; returned (or retired, when the gate shrank) on drop.
+pub struct GatePermit {
+    permit: Option<OwnedSemaphorePermit>,
+    debt: Arc<AtomicUsize>,
+}
+
+impl Drop for GatePermit {
+    fn drop(&mut self) {
+        let retire = self.debt.fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| d.checked_sub(1)).is_ok();
+        if let Some(permit) = self.permit.take() {
+            if retire {
+                permit.forget();
+            }
+        }
+    }
+}
+
+impl Gate {
+    pub fn new(max: usize) -> Self {
+        let max = max.max(1);
+        Gate {
+            semaphore: Arc::new(Semaphore::new(max)),
+            max,
+            limit: AtomicUsize::new(max),
+            debt: Arc::new(AtomicUsize::new(0)),
+            streak: AtomicUsize::new(0),
+        }
+    }
+
+    pub async fn acquire(&self) -> GatePermit {
+        let permit = Arc::clone(&self.semaphore).acquire_owned().await.expect("the gate's semaphore is never closed");
+        GatePermit { permit: Some(permit), debt: Arc::clone(&self.debt) }
+    }
+
+    /// Current limit on requests in flight.
+    pub fn limit(&self) -> usize {
+        self.limit.load(Ordering::Acquire)
+    }
+
+    /// The server said "too many at once": allow one fewer request in flight.
+    pub fn overloaded(&self) {
+        self.streak.store(0, Ordering::Release);
+        let lowered = self.limit.fetch_update(Ordering::AcqRel, Ordering::Acquire, |l| (l > 1).then(|| l - 1)).is_ok();
+        // Retire an idle slot now, or the next one in use when it comes back.
+        if lowered && self.semaphore.forget_permits(1) == 0 {
+            self.debt.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    /// A request succeeded: after a streak of them, give back one slot taken by `overloaded`.
+    pub fn succeeded(&self) {
+        if self.limit() >= self.max || self.streak.fetch_add(1, Ordering::AcqRel) + 1 < GROW_AFTER {
+            return;
+        }
+        self.streak.store(0, Ordering::Release);
+        if self.limit.fetch_update(Ordering::AcqRel, Ordering::Acquire, |l| (l < self.max).then(|| l + 1)).is_ok() {
+            // Cancel a pending retirement if there is one, else add a permit.
+            if self.debt.fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| d.checked_sub(1)).is_err() {
+                self.semaphore.add_permits(1);
+            }
+        }
+    }
+}
+
+/// A token bucket that lets callers go into debt: each reservation returns how long to wait,
+/// so concurrent callers line up instead of all retrying at once.
+struct Bucket {
+    per_sec: f64,
+    capacity: f64,
+    level: f64,
+    last: Instant,
+}
+
+impl Bucket {
+    fn per_minute(limit: u32, now: Instant) -> Option<Self> {
+        (limit > 0).then(|| {
+            let per_sec = f64::from(limit) / 60.0;
+            // One second's worth of burst: smooth pacing, as providers meter at sub-minute grain.
+            let capacity = per_sec.max(1.0);
+            Bucket { per_sec, capacity, level: capacity, last: now }
+        })
+    }
+
+    fn reserve(&mut self, amount: f64, now: Instant) -> Duration {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.level = (self.level + elapsed * self.per_sec).min(self.capacity) - amount;
+        self.last = now;
+        if self.level >= 0.0 { Duration::ZERO } else { Duration::from_secs_f64(-self.level / self.per_sec) }
+    }
+}
+
+struct Pacing {
+    requests: Option<Bucket>,
+    tokens: Option<Bucket>,
+    paused_until: Option<Instant>,
+}
+
+/// Requests-per-minute and tokens-per-minute limits plus a run-wide pause after a 429.
+pub struct RateLimiter {
+    state: Mutex<Pacing>,
+}
+
+impl RateLimiter {
+    /// `rpm` / `tpm` of 0 mean unlimited.
+    pub fn new(rpm: u32, tpm: u32) -> Self {
+        let now = Instant::now();
+        RateLimiter {
+            state: Mutex::new(Pacing {
+                requests: Bucket::per_minute(rpm, now),
+                tokens: Bucket::per_minute(tpm, now),
+                paused_until: None,
+            }),
+        }
+    }
+
+    /// Wait until a request of `tokens` (estimated) may be sent.
+    pub async fn acquire(&self, tokens: u64) {
+        self.wait_out_pause().await;
+        let wait = {
+            let now = Instant::now();
+            let mut state = self.lock();
+            let requests = state.requests.as_mut().map_or(Duration::ZERO, |b| b.reserve(1.0, now));
+            let tokens = state.tokens.as_mut().map_or(Duration::ZERO, |b| b.reserve(tokens as f64, now));
+            requests.max(tokens)
+        };
+        tokio::time::sleep(wait).await;
+        // A 429 may have paused the run while this request waited for its slot.
+        self.wait_out_pause().await;
+    }
+
+    async fn wait_out_pause(&self) {
+        loop {
+            let now = Instant::now();
+            let until = self.lock().paused_until.filter(|&until| until > now);
+            match until {
+                Some(until) => tokio::time::sleep_until(until).await,
+                None => return,
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pacing> {
+        // Nothing under this lock can panic, so it is never poisoned.
+        self.state.lock().expect("pacing lock poisoned")
+    }
+
+    /// The server said "too fast": nobody sends before `until`.
+    pub fn pause_until(&self, until: Instant) {
+        let mut state = self.lock();
+        state.paused_until = Some(state.paused_until.map_or(until, |u| u.max(until)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn requests_per_minute_are_spaced_and_a_pause_holds_everyone() {
+        let limiter = RateLimiter::new(6000, 0); // 100 per second, burst of 100
+        let start = Instant::now();
+        for _ in 0..120 {
+            limiter.acquire(10).await;
+        }
+        let elapsed = start.elapsed().as_secs_f64();
+        assert!((0.18..0.5).contains(&elapsed), "120 requests at 100/s after a burst of 100: {elapsed}");
+        let unlimited = RateLimiter::new(0, 0);
+        unlimited.pause_until(Instant::now() + Duration::from_millis(200));
+        let before = Instant::now();
+        unlimited.acquire(1).await;
+        assert!(before.elapsed() >= Duration::from_millis(200));
+    }
+
+    #[tokio::test]
+    async fn tokens_per_minute_limit_large_requests() {
+        let limiter = RateLimiter::new(0, 60_000); // 1000 tokens/s
+        let start = Instant::now();
+        limiter.acquire(1000).await;
+        limiter.acquire(300).await;
+        let elapsed = start.elapsed().as_secs_f64();
+        assert!((0.28..0.6).contains(&elapsed), "{elapsed}");
+    }
+
+    #[tokio::test]
+    async fn the_gate_shrinks_on_overload_and_grows_back() {
+        let gate = Gate::new(3);
+        let held = gate.acquire().await;
+        for _ in 0..3 {
+            gate.overloaded();
+        }
+        assert_eq!(gate.limit(), 1, "never below one");
+        async fn blocked(gate: &Gate) -> bool {
+            tokio::time::timeout(Duration::from_millis(20), gate.acquire()).await.is_err()
+        }
+        assert!(blocked(&gate).await, "the one slot is held");
+        drop(held);
+        let one = gate.acquire().await;
+        assert!(blocked(&gate).await, "limit is one");
+        drop(one);
+        for _ in 0..GROW_AFTER * 3 {
+            gate.succeeded();
+        }
+        assert_eq!(gate.limit(), 3);
+        let _all = (gate.acquire().await, gate.acquire().await, gate.acquire().await);
+        assert!(blocked(&gate).await, "never above the configured maximum");
+    }
+}

@@ -1,0 +1,389 @@
+//! `biodistill train`: fine-tune the student on the teacher's silver labels.
+//!
+//! Input tables: `teacher_labels`, `teacher_calls` (`ok` rows mark labeled sentences, including
+//! negatives), `sentences`; with `supervised_reference`, the `gold_*` train splits instead
+//! (and `documents` for their splits). Output: one checkpoint directory per task under
+//! `<run dir>/student/` (or `student-supervised-reference/`), see [`checkpoint`].
+//!
+//! Training is synchronous CPU work: call it from a plain thread or `spawn_blocking`, never on
+//! an async runtime's worker. The same tables, config and seed give the same weights, and so
+//! the same model version.
+
+pub mod checkpoint;
+pub mod columns;
+pub mod data;
+pub mod features;
+pub mod fit;
+pub mod gold;
+
+use std::fmt;
+use std::fs;
+use std::path::PathBuf;
+
+use candle_core::{DType, Device};
+use candle_nn::{VarBuilder, VarMap};
+use candle_transformers::models::bert::Config as BertConfig;
+use serde::{Deserialize, Serialize};
+
+use self::checkpoint::{CheckpointConfig, LabelSource};
+use self::data::{DataStats, SilverFilters};
+use self::features::{FeatureStats, Windowing, featurize};
+use self::fit::FitOutcome;
+use crate::error::{Error, IoContext, Result};
+use crate::model::student::{Arch, Student, StudentSpec, load_encoder_weights, seeded_init};
+use crate::model::tags::Task;
+use crate::model::wordpiece::WordPieces;
+use crate::run_dir::RunDir;
+
+/// Checkpoint directory of the distilled student, under the run directory.
+pub const STUDENT_DIR: &str = "student";
+/// Checkpoint directory of the supervised reference, under the run directory.
+pub const SUPERVISED_REFERENCE_DIR: &str = "student-supervised-reference";
+
+/// Training configuration (`[train]` in a pipeline file).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Pretrained encoder: `config.json`, `model.safetensors`, `tokenizer.json`.
+    pub model_dir: PathBuf,
+    /// Where checkpoints go; default `<run dir>/student` (or `student-supervised-reference`).
+    pub output_dir: Option<PathBuf>,
+    pub tasks: Vec<Task>,
+    pub arch: Arch,
+    /// Train on the gold train split instead of teacher labels (the comparison baseline).
+    pub supervised_reference: bool,
+    pub epochs: usize,
+    /// Stop after this many optimizer steps (smoke tests, benchmarks).
+    pub max_steps: Option<usize>,
+    pub batch_size: usize,
+    pub lr: f64,
+    pub weight_decay: f64,
+    /// Share of steps spent warming the learning rate up linearly.
+    pub warmup_fraction: f64,
+    /// Global gradient-norm clip; 0 disables.
+    pub max_grad_norm: f64,
+    pub dropout: f64,
+    /// Encoder window in word pieces, `[CLS]` and `[SEP]` included.
+    pub max_len: usize,
+    /// Pieces shared by consecutive windows of a long sentence.
+    pub window_overlap: usize,
+    pub seed: u64,
+    /// Share of documents held out as the silver dev split for early stopping.
+    pub dev_fraction: f64,
+    /// Epochs without dev improvement before stopping.
+    pub patience: usize,
+    pub filters: SilverFilters,
+    /// Show a progress bar (loss, tokens/s).
+    pub progress: bool,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            model_dir: PathBuf::from("models/all-MiniLM-L6-v2"),
+            output_dir: None,
+            tasks: Task::ALL.to_vec(),
+            arch: Arch::Conditioned,
+            supervised_reference: false,
+            epochs: 5,
+            max_steps: None,
+            batch_size: 16,
+            lr: 5e-5,
+            weight_decay: 0.01,
+            warmup_fraction: 0.1,
+            max_grad_norm: 1.0,
+            dropout: 0.1,
+            max_len: 128,
+            window_overlap: 32,
+            seed: 42,
+            dev_fraction: 0.1,
+            patience: 1,
+            filters: SilverFilters::default(),
+            progress: true,
+        }
+    }
+}
+
+impl TrainConfig {
+    fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Config(format!("train: {m}")));
+        if self.tasks.is_empty() {
+            return bad("no tasks".into());
+        }
+        if self.max_len < 8 || self.max_len > 512 {
+            return bad(format!("max_len {} outside 8..=512", self.max_len));
+        }
+        if self.window_overlap >= self.max_len - 2 {
+            return bad(format!("window_overlap {} must be below max_len - 2", self.window_overlap));
+        }
+        if !(0.0..1.0).contains(&self.dev_fraction) || !(0.0..1.0).contains(&self.dropout) {
+            return bad("dev_fraction and dropout must be in [0, 1)".into());
+        }
+        if self.batch_size == 0 || self.epochs == 0 || self.lr <= 0.0 {
+            return bad("batch_size, epochs and lr must be positive".into());
+        }
+        Ok(())
+    }
+
+    fn windowing(&self) -> Windowing {
+        Windowing { max_pieces: self.max_len - 2, overlap: self.window_overlap }
+    }
+
+    /// The checkpoint root this config writes.
+    pub fn checkpoint_root(&self, run_dir: &RunDir) -> PathBuf {
+        self.output_dir.clone().unwrap_or_else(|| {
+            run_dir.root().join(if self.supervised_reference { SUPERVISED_REFERENCE_DIR } else { STUDENT_DIR })
+        })
+    }
+}
+
+/// What training did for one task.
+#[derive(Debug, Clone, Serialize)]
+pub struct TaskReport {
+    pub task: Task,
+    pub label_source: LabelSource,
+    pub checkpoint: PathBuf,
+    pub model_version: String,
+    pub data: DataStats,
+    pub features: FeatureStats,
+    pub train_examples: usize,
+    pub dev_examples: usize,
+    pub fit: FitOutcome,
+}
+
+/// What `train` did.
+#[derive(Debug, Clone, Serialize)]
+pub struct TrainReport {
+    pub tasks: Vec<TaskReport>,
+}
+
+impl fmt::Display for TrainReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for t in &self.tasks {
+            let dev = t.fit.dev_losses.get(t.fit.best_epoch.saturating_sub(1)).map(|l| format!("{l:.4}"));
+            writeln!(
+                f,
+                "{} [{}] {}: {} sentences ({} negatives, {} entities, {} pairs) -> {} train / {} dev windows; \
+                 {} steps, {} epochs (best {}{}), dev loss {}, {:.0} tokens/s, {:.1}s -> {}",
+                t.task,
+                t.label_source.version_prefix(),
+                t.model_version,
+                t.data.sentences,
+                t.data.negatives,
+                t.data.entities,
+                t.data.pairs,
+                t.train_examples,
+                t.dev_examples,
+                t.fit.steps,
+                t.fit.epochs_run,
+                t.fit.best_epoch,
+                if t.fit.stopped_early { ", stopped early" } else { "" },
+                dev.as_deref().unwrap_or("n/a"),
+                t.fit.tokens_per_sec,
+                t.fit.seconds,
+                t.checkpoint.display(),
+            )?;
+            let d = &t.data;
+            writeln!(
+                f,
+                "  dropped: {} unaligned, {} weak alignment, {} unknown type, {} bad offsets, {} disagreement, \
+                 {} not sentence-level; {} widened to pieces, {} overlapping, {} cut by windows",
+                d.dropped_unaligned,
+                d.dropped_weak_alignment,
+                d.dropped_unknown_type,
+                d.dropped_bad_offsets,
+                d.dropped_disagreement,
+                d.dropped_not_sentence_level,
+                t.features.spans_widened_to_pieces,
+                t.features.spans_dropped_overlap,
+                t.features.spans_cut_by_window,
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Train one student per configured task and write their checkpoints.
+pub fn run(cfg: &TrainConfig, run_dir: &RunDir) -> Result<TrainReport> {
+    cfg.validate()?;
+    let device = Device::Cpu;
+    let tokenizer_path = cfg.model_dir.join(checkpoint::TOKENIZER_FILE);
+    let tokenizer = WordPieces::from_file(&tokenizer_path)?;
+    let encoder_path = cfg.model_dir.join("config.json");
+    let encoder_json: serde_json::Value = serde_json::from_slice(&fs::read(&encoder_path).with_path(&encoder_path)?)
+        .map_err(|e| Error::input(&encoder_path, format!("not JSON: {e}")))?;
+    let encoder: BertConfig = serde_json::from_value(encoder_json.clone())
+        .map_err(|e| Error::input(&encoder_path, format!("not a BERT config: {e}")))?;
+    let label_source =
+        if cfg.supervised_reference { LabelSource::GoldSupervisedReference } else { LabelSource::Teacher };
+    let mut reports = Vec::new();
+    for &task in &cfg.tasks {
+        let (sentences, data) = if cfg.supervised_reference {
+            gold::gold(run_dir, task)?
+        } else {
+            data::silver(run_dir, task, &cfg.filters)?
+        };
+        if sentences.is_empty() {
+            return Err(Error::Config(format!("train {task}: no training sentences ({data:?})")));
+        }
+        let (train_sentences, dev_sentences) = data::split_dev(sentences, cfg.seed, cfg.dev_fraction);
+        let mut features = FeatureStats::default();
+        let train = featurize(&train_sentences, task, &tokenizer, cfg.windowing(), &mut features)?;
+        let dev = featurize(&dev_sentences, task, &tokenizer, cfg.windowing(), &mut features)?;
+
+        let spec = StudentSpec { task, arch: cfg.arch, dropout: cfg.dropout };
+        let varmap = VarMap::new();
+        let student = Student::load(VarBuilder::from_varmap(&varmap, DType::F32, &device), &encoder, &spec)?;
+        seeded_init(&varmap, cfg.seed, encoder.initializer_range)?;
+        load_encoder_weights(&varmap, &cfg.model_dir.join(checkpoint::WEIGHTS_FILE))?;
+        let fit = fit::fit(cfg, &student, &varmap, &train, &dev, tokenizer.special(), task.as_str())?;
+
+        let dir = cfg.checkpoint_root(run_dir).join(task.as_str());
+        let config = CheckpointConfig {
+            model_version: String::new(),
+            label_source,
+            spec,
+            max_pieces: cfg.windowing().max_pieces,
+            window_overlap: cfg.window_overlap,
+            encoder: encoder_json.clone(),
+            base_model: cfg.model_dir.display().to_string(),
+            train: serde_json::to_value(cfg)?,
+        };
+        let saved = checkpoint::save(&dir, &varmap, config, &tokenizer_path)?;
+        tracing::info!(task = %task, model_version = %saved.model_version, "checkpoint written to {}", dir.display());
+        reports.push(TaskReport {
+            task,
+            label_source,
+            checkpoint: dir,
+            model_version: saved.model_version,
+            data,
+            features,
+            train_examples: train.len(),
+            dev_examples: dev.len(),
+            fit,
+        });
+    }
+    Ok(TrainReport { tasks: reports })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::data::{CharSpan, LabeledSentence};
+    use super::fit::{evaluate, fit, learning_rate};
+    use super::*;
+    use crate::model::batch::{Batch, Example};
+    use crate::model::student::testutil::tiny_student;
+    use crate::model::tags::decode_bio;
+    use crate::model::wordpiece::testutil::{toy_tokenizer, toy_vocab_size};
+
+    /// Four ADE sentences: one pair each, a drug without an event, and a negative.
+    fn toy_set() -> Vec<Example> {
+        let s = |text: &str, drug: Option<(usize, usize)>, events: &[(usize, usize)]| {
+            let drug = drug.map(|(start, end)| CharSpan { start, end, type_index: 0 });
+            let events: Vec<CharSpan> =
+                events.iter().map(|&(start, end)| CharSpan { start, end, type_index: 1 }).collect();
+            LabeledSentence {
+                doc_id: text.into(),
+                text: text.into(),
+                entities: drug.iter().copied().chain(events.iter().copied()).collect(),
+                pairs: drug.map(|d| events.iter().map(|e| (d, *e)).collect()).unwrap_or_else(BTreeSet::new),
+                ..Default::default()
+            }
+        };
+        let sentences = vec![
+            s("aspirin caused nausea", Some((0, 7)), &[(15, 21)]),
+            s("the patient took aspirin and rash", Some((17, 24)), &[]),
+            s("after aspirin , rash and nausea", Some((6, 13)), &[(16, 20), (25, 31)]),
+            s("john smith was born in paris", None, &[]),
+        ];
+        let windowing = Windowing { max_pieces: 30, overlap: 4 };
+        featurize(&sentences, Task::Ade, &toy_tokenizer(), windowing, &mut Default::default()).unwrap()
+    }
+
+    fn toy_config() -> TrainConfig {
+        TrainConfig {
+            epochs: 150,
+            batch_size: 2,
+            lr: 1e-2,
+            weight_decay: 0.0,
+            dropout: 0.0,
+            warmup_fraction: 0.05,
+            progress: false,
+            ..Default::default()
+        }
+    }
+
+    fn train_toy(cfg: &TrainConfig) -> (VarMap, Student, FitOutcome) {
+        let spec = StudentSpec { task: Task::Ade, arch: cfg.arch, dropout: cfg.dropout };
+        let (varmap, student) = tiny_student(&spec, toy_vocab_size(), cfg.seed);
+        let examples = toy_set();
+        let outcome = fit(cfg, &student, &varmap, &examples, &[], toy_tokenizer().special(), "toy").unwrap();
+        (varmap, student, outcome)
+    }
+
+    #[test]
+    fn tiny_training_run_overfits_the_toy_set() {
+        let cfg = toy_config();
+        let examples = toy_set();
+        let special = toy_tokenizer().special();
+        let spec = StudentSpec { task: Task::Ade, arch: cfg.arch, dropout: 0.0 };
+        let (_, untrained) = tiny_student(&spec, toy_vocab_size(), cfg.seed);
+        let before = evaluate(&untrained, &examples, 4, special).unwrap();
+        let (_, student, outcome) = train_toy(&cfg);
+        let after = evaluate(&student, &examples, 4, special).unwrap();
+        assert!(after < 0.05 && after < before / 20.0, "loss {before} -> {after} ({outcome:?})");
+        // Overfit: predictions reproduce every entity and relation tag of the training set.
+        let refs: Vec<&Example> = examples.iter().collect();
+        let batch = Batch::new(&refs, special);
+        let hidden = student.encode(&batch).unwrap();
+        let entity: Vec<Vec<u32>> = student.entity_logits(&hidden, None).unwrap().argmax(2).unwrap().to_vec2().unwrap();
+        let relation: Vec<Vec<u32>> =
+            student.relation_logits(&hidden, &batch, None).unwrap().unwrap().argmax(2).unwrap().to_vec2().unwrap();
+        let mut anchor = 0;
+        for (row, example) in examples.iter().enumerate() {
+            let n = example.ids.len();
+            assert_eq!(&entity[row][1..=n], &example.entity_tags[..], "row {row}");
+            assert_eq!(decode_bio(&entity[row][1..=n]), decode_bio(&example.entity_tags));
+            for a in &example.anchors {
+                assert_eq!(&relation[anchor][1..=n], &a.related_tags[..], "anchor {anchor}");
+                anchor += 1;
+            }
+        }
+    }
+
+    #[test]
+    fn same_seed_gives_same_weights() {
+        let cfg = TrainConfig { epochs: 3, dropout: 0.2, ..toy_config() };
+        let weights = |cfg: &TrainConfig| {
+            let (varmap, _, _) = train_toy(cfg);
+            let data = varmap.data().lock().unwrap();
+            let mut names: Vec<_> = data.keys().cloned().collect();
+            names.sort();
+            names
+                .iter()
+                .map(|n| data[n].as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap())
+                .collect::<Vec<_>>()
+        };
+        let first = weights(&cfg);
+        assert_eq!(first, weights(&cfg), "same seed, same weights, bit for bit");
+        assert_ne!(first, weights(&TrainConfig { seed: 7, ..cfg }));
+    }
+
+    #[test]
+    fn learning_rate_warms_up_then_decays_to_zero() {
+        let lrs: Vec<f64> = (0..10).map(|s| learning_rate(1.0, s, 2, 10)).collect();
+        assert_eq!(&lrs[..3], &[0.5, 1.0, 1.0]);
+        assert!(lrs.windows(2).skip(2).all(|w| w[1] < w[0]));
+        assert!((lrs[9] - 0.125).abs() < 1e-12 && learning_rate(1.0, 10, 2, 10) == 0.0);
+    }
+
+    #[test]
+    fn config_rejects_unknown_fields_and_bad_values() {
+        assert!(toml::from_str::<TrainConfig>("epochs = 2\nbogus = 1").is_err());
+        let cfg: TrainConfig = toml::from_str("arch = \"markers\"\n[filters]\nmin_alignment = \"exact\"").unwrap();
+        assert_eq!(cfg.arch, Arch::Markers);
+        assert!(TrainConfig { window_overlap: 200, ..Default::default() }.validate().is_err());
+    }
+}

@@ -1,0 +1,365 @@
+//! Training sentences: silver labels from the teacher, or gold for the supervised reference.
+//!
+//! Silver (`teacher_labels` + `teacher_calls` + `sentences`): every sentence with an `ok` teacher
+//! call is a training sentence, with no labels if the teacher found none (a negative). Labels
+//! without offsets (unaligned) or below the configured alignment quality are dropped, and every
+//! drop is counted in [`DataStats`]: nothing disappears silently.
+//!
+//! Gold (`gold_*` tables, `split = 'train'` only) is read only for the supervised reference.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::columns::{TableStream, opt_i32, opt_str, read_all};
+use crate::error::Result;
+use crate::model::tags::{PHI_TYPES, Task};
+use crate::run_dir::RunDir;
+use crate::schema::{split, table};
+
+/// A char span `[start, end)` of a sentence with its entity type (index into
+/// [`Task::entity_types`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct CharSpan {
+    pub start: usize,
+    pub end: usize,
+    pub type_index: usize,
+}
+
+/// One labeled sentence.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LabeledSentence {
+    pub doc_id: String,
+    pub sent_id: i32,
+    pub text: String,
+    /// Entity spans (anchors and related spans of pairs included).
+    pub entities: BTreeSet<CharSpan>,
+    /// `(anchor, related)` pairs.
+    pub pairs: BTreeSet<(CharSpan, CharSpan)>,
+}
+
+/// How trustworthy a teacher span's alignment must be to become a label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MinAlignment {
+    Exact,
+    CaseInsensitive,
+    #[default]
+    Fuzzy,
+}
+
+impl MinAlignment {
+    fn accepts(self, alignment: &str) -> bool {
+        let rank = match alignment {
+            "exact" => MinAlignment::Exact,
+            "case_insensitive" => MinAlignment::CaseInsensitive,
+            "fuzzy" => MinAlignment::Fuzzy,
+            _ => return false,
+        };
+        rank <= self
+    }
+}
+
+/// Silver-label filters; their effect is measured by comparing runs, not assumed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SilverFilters {
+    /// Weakest alignment kept (`unaligned` spans have no offsets and are always dropped).
+    pub min_alignment: MinAlignment,
+    /// When a sentence was labeled by two or more (model, prompt version) passes, keep only the
+    /// labels at least two passes agree on. Sentences with a single pass are kept as they are.
+    pub require_agreement: bool,
+}
+
+impl Default for SilverFilters {
+    fn default() -> Self {
+        Self { min_alignment: MinAlignment::Fuzzy, require_agreement: false }
+    }
+}
+
+/// Counts of what loading kept and dropped.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct DataStats {
+    pub sentences: usize,
+    pub negatives: usize,
+    pub entities: usize,
+    pub pairs: usize,
+    pub dropped_unaligned: usize,
+    pub dropped_weak_alignment: usize,
+    pub dropped_unknown_type: usize,
+    pub dropped_bad_offsets: usize,
+    pub dropped_disagreement: usize,
+    /// Gold only: document-level relations (BioRED) or spans crossing a sentence boundary.
+    pub dropped_not_sentence_level: usize,
+    /// Silver only: teacher-labeled sentences of gold `dev` documents (kept for scoring the
+    /// teacher, never for training).
+    pub dropped_dev_sentences: usize,
+}
+
+/// One teacher label as a comparable key (for agreement between passes).
+type LabelKey = (Option<CharSpan>, CharSpan);
+
+/// Silver sentences of `task`.
+pub fn silver(run_dir: &RunDir, task: Task, filters: &SilverFilters) -> Result<(Vec<LabeledSentence>, DataStats)> {
+    let mut stats = DataStats::default();
+    let mut ok: BTreeMap<(String, i32), LabeledSentence> = BTreeMap::new();
+    for cols in read_all(run_dir, table::TEACHER_CALLS)? {
+        let (t, doc, sent, status) =
+            (cols.str("task")?, cols.str("doc_id")?, cols.i32("sent_id")?, cols.str("status")?);
+        for row in 0..cols.len() {
+            if t.value(row) == task.as_str() && status.value(row) == "ok" {
+                ok.entry((doc.value(row).to_string(), sent.value(row))).or_default();
+            }
+        }
+    }
+    // The teacher also labels gold dev sentences, to be scored; those never train the student.
+    let dev = dev_documents(run_dir)?;
+    let before = ok.len();
+    ok.retain(|(doc, _), _| !dev.contains(doc));
+    stats.dropped_dev_sentences = before - ok.len();
+    fill_texts(run_dir, &mut ok)?;
+    // Labels per sentence per pass, so agreement can be checked before merging.
+    let mut passes: HashMap<(String, i32), BTreeMap<(String, String), BTreeSet<LabelKey>>> = HashMap::new();
+    for cols in read_all(run_dir, table::TEACHER_LABELS)? {
+        let c = SilverColumns::new(&cols)?;
+        for row in 0..cols.len() {
+            if c.task.value(row) != task.as_str() {
+                continue;
+            }
+            let key = (c.doc.value(row).to_string(), c.sent.value(row));
+            let Some(sentence) = ok.get(&key) else { continue };
+            let Some(label) = c.label(row, task, filters, sentence.text.chars().count(), &mut stats) else { continue };
+            let pass = (c.model.value(row).to_string(), c.prompt.value(row).to_string());
+            passes.entry(key).or_default().entry(pass).or_default().insert(label);
+        }
+    }
+    for (key, by_pass) in passes {
+        let mut votes: BTreeMap<LabelKey, usize> = BTreeMap::new();
+        for labels in by_pass.values() {
+            for label in labels {
+                *votes.entry(*label).or_default() += 1;
+            }
+        }
+        let needed = if filters.require_agreement && by_pass.len() >= 2 { 2 } else { 1 };
+        let sentence = ok.get_mut(&key).expect("passes only holds keys of `ok`");
+        for (label, count) in votes {
+            if count < needed {
+                stats.dropped_disagreement += 1;
+                continue;
+            }
+            match label {
+                (None, span) => {
+                    sentence.entities.insert(span);
+                }
+                (Some(anchor), related) => {
+                    sentence.entities.extend([anchor, related]);
+                    sentence.pairs.insert((anchor, related));
+                }
+            }
+        }
+    }
+    let sentences: Vec<LabeledSentence> = ok.into_values().filter(|s| !s.text.is_empty()).collect();
+    finish_stats(&mut stats, &sentences);
+    Ok((sentences, stats))
+}
+
+/// The `teacher_labels` columns silver loading reads.
+struct SilverColumns<'a> {
+    task: &'a arrow::array::StringArray,
+    doc: &'a arrow::array::StringArray,
+    sent: &'a arrow::array::Int32Array,
+    kind: &'a arrow::array::StringArray,
+    model: &'a arrow::array::StringArray,
+    prompt: &'a arrow::array::StringArray,
+    sides: [SideColumns<'a>; 2],
+}
+
+/// `subject_*` or `object_*` columns.
+struct SideColumns<'a> {
+    kind: &'a arrow::array::StringArray,
+    start: &'a arrow::array::Int32Array,
+    end: &'a arrow::array::Int32Array,
+    alignment: &'a arrow::array::StringArray,
+}
+
+impl<'a> SilverColumns<'a> {
+    fn new(cols: &'a super::columns::Columns) -> Result<Self> {
+        let side = |p: &str| -> Result<SideColumns<'a>> {
+            Ok(SideColumns {
+                kind: cols.str(&format!("{p}_type"))?,
+                start: cols.i32(&format!("{p}_start"))?,
+                end: cols.i32(&format!("{p}_end"))?,
+                alignment: cols.str(&format!("{p}_alignment"))?,
+            })
+        };
+        Ok(Self {
+            task: cols.str("task")?,
+            doc: cols.str("doc_id")?,
+            sent: cols.i32("sent_id")?,
+            kind: cols.str("kind")?,
+            model: cols.str("model")?,
+            prompt: cols.str("prompt_version")?,
+            sides: [side("subject")?, side("object")?],
+        })
+    }
+
+    /// Row `row` as a label, or `None` (counted) when a filter drops it.
+    fn label(&self, row: usize, task: Task, f: &SilverFilters, len: usize, stats: &mut DataStats) -> Option<LabelKey> {
+        let is_pair = self.kind.value(row) == "pair";
+        let relation = task.relation();
+        let span = |side: &SideColumns, type_name: Option<&str>, stats: &mut DataStats| -> Option<CharSpan> {
+            let alignment = opt_str(side.alignment, row).unwrap_or("unaligned");
+            let (Some(start), Some(end)) = (opt_i32(side.start, row), opt_i32(side.end, row)) else {
+                stats.dropped_unaligned += 1;
+                return None;
+            };
+            if alignment == "unaligned" {
+                stats.dropped_unaligned += 1;
+                return None;
+            }
+            if !f.min_alignment.accepts(alignment) {
+                stats.dropped_weak_alignment += 1;
+                return None;
+            }
+            let type_name = type_name.or_else(|| opt_str(side.kind, row)).unwrap_or("");
+            let Some(type_index) = task.type_index(type_name) else {
+                stats.dropped_unknown_type += 1;
+                return None;
+            };
+            if start < 0 || start >= end || end as usize > len {
+                stats.dropped_bad_offsets += 1;
+                return None;
+            }
+            Some(CharSpan { start: start as usize, end: end as usize, type_index })
+        };
+        match (is_pair, relation) {
+            (false, _) => Some((None, span(&self.sides[0], None, stats)?)),
+            (true, Some((anchor_type, related_type))) => {
+                let anchor = span(&self.sides[0], Some(anchor_type), stats)?;
+                Some((Some(anchor), span(&self.sides[1], Some(related_type), stats)?))
+            }
+            (true, None) => {
+                stats.dropped_unknown_type += 1;
+                None
+            }
+        }
+    }
+}
+
+/// Look up the text of every sentence in `wanted`, streaming the (possibly large) sentences table.
+/// Documents in the gold `dev` split.
+fn dev_documents(run_dir: &RunDir) -> Result<HashSet<String>> {
+    let mut dev = HashSet::new();
+    for cols in TableStream::open(run_dir, table::DOCUMENTS, 8192)? {
+        let cols = cols?;
+        let (doc, split_col) = (cols.str("doc_id")?, cols.str("split")?);
+        for row in 0..cols.len() {
+            if split_col.value(row) == split::DEV {
+                dev.insert(doc.value(row).to_string());
+            }
+        }
+    }
+    Ok(dev)
+}
+
+fn fill_texts(run_dir: &RunDir, wanted: &mut BTreeMap<(String, i32), LabeledSentence>) -> Result<()> {
+    for cols in TableStream::open(run_dir, table::SENTENCES, 8192)? {
+        let cols = cols?;
+        let (doc, sent, text) = (cols.str("doc_id")?, cols.i32("sent_id")?, cols.str("text")?);
+        for row in 0..cols.len() {
+            let key = (doc.value(row).to_string(), sent.value(row));
+            if let Some(s) = wanted.get_mut(&key) {
+                s.doc_id = key.0;
+                s.sent_id = key.1;
+                s.text = text.value(row).to_string();
+            }
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn finish_stats(stats: &mut DataStats, sentences: &[LabeledSentence]) {
+    stats.sentences = sentences.len();
+    stats.negatives = sentences.iter().filter(|s| s.entities.is_empty()).count();
+    stats.entities = sentences.iter().map(|s| s.entities.len()).sum();
+    stats.pairs = sentences.iter().map(|s| s.pairs.len()).sum();
+}
+
+/// Our PHI type for a gold set's own type name (presidio, i2b2 style names).
+pub fn phi_type_from_gold(name: &str) -> &'static str {
+    let upper = name.to_ascii_uppercase();
+    let has = |keys: &[&str]| keys.iter().any(|k| upper.contains(k));
+    if let Some(t) = PHI_TYPES.iter().find(|t| **t == upper) {
+        t
+    } else if has(&["PERSON", "NAME", "DOCTOR", "PATIENT"]) {
+        "NAME"
+    } else if has(&["DATE", "TIME"]) {
+        "DATE"
+    } else if has(&["LOCATION", "ADDRESS", "CITY", "STREET", "COUNTRY", "STATE", "ZIP", "HOSPITAL", "GPE"]) {
+        "LOCATION"
+    } else if has(&["PHONE", "EMAIL", "URL", "FAX", "CONTACT", "IP_ADDRESS"]) {
+        "CONTACT"
+    } else if has(&["ID", "SSN", "NUMBER", "CARD", "IBAN", "LICENSE", "PASSPORT", "RECORD"]) {
+        "ID"
+    } else if has(&["ORG", "COMPANY"]) {
+        "ORGANIZATION"
+    } else if has(&["PROFESSION", "TITLE", "OCCUPATION"]) {
+        "PROFESSION"
+    } else {
+        "OTHER"
+    }
+}
+
+/// Whether `doc_id` falls in the silver dev split: a stable hash of (seed, document), so all
+/// sentences of a document land on the same side and the split does not depend on row order.
+pub fn is_dev(doc_id: &str, seed: u64, dev_fraction: f64) -> bool {
+    let digest = Sha256::new().chain_update(seed.to_le_bytes()).chain_update(doc_id.as_bytes()).finalize();
+    let value = u64::from_le_bytes(digest[..8].try_into().expect("sha256 has 32 bytes"));
+    (value as f64 / u64::MAX as f64) < dev_fraction
+}
+
+/// Split sentences into (train, dev) by document; see [`is_dev`].
+pub fn split_dev(
+    sentences: Vec<LabeledSentence>,
+    seed: u64,
+    dev_fraction: f64,
+) -> (Vec<LabeledSentence>, Vec<LabeledSentence>) {
+    sentences.into_iter().partition(|s| !is_dev(&s.doc_id, seed, dev_fraction))
+}
+
+/// Documents of `docs` in the train split, and every sentence of them: the negatives gold sets
+/// leave implicit (a training sentence without gold rows has nothing to extract).
+pub(super) fn train_sentences_of(
+    run_dir: &RunDir,
+    docs: &HashSet<String>,
+) -> Result<BTreeMap<(String, i32), (usize, LabeledSentence)>> {
+    let mut train_docs = HashSet::new();
+    for cols in TableStream::open(run_dir, table::DOCUMENTS, 8192)? {
+        let cols = cols?;
+        let (doc, split_col) = (cols.str("doc_id")?, cols.str("split")?);
+        for row in 0..cols.len() {
+            if split_col.value(row) == split::TRAIN && docs.contains(doc.value(row)) {
+                train_docs.insert(doc.value(row).to_string());
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    for cols in TableStream::open(run_dir, table::SENTENCES, 8192)? {
+        let cols = cols?;
+        let (doc, sent, start, text) =
+            (cols.str("doc_id")?, cols.i32("sent_id")?, cols.i32("start")?, cols.str("text")?);
+        for row in 0..cols.len() {
+            if train_docs.contains(doc.value(row)) {
+                let s = LabeledSentence {
+                    doc_id: doc.value(row).to_string(),
+                    sent_id: sent.value(row),
+                    text: text.value(row).to_string(),
+                    ..Default::default()
+                };
+                out.insert((s.doc_id.clone(), s.sent_id), (start.value(row) as usize, s));
+            }
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,209 @@
+//! The training loop, flat as in candle's mnist-training example: batches, step, evaluate each
+//! epoch, keep the best weights.
+//!
+//! Determinism: the same examples, config and seed give bit-identical weights. Every random
+//! choice (initialisation, batch order, dropout masks) comes from generators seeded by the
+//! config, and gradient norms are summed in variable-name order.
+
+use std::time::Instant;
+
+use candle_core::{Tensor, Var};
+use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarMap};
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use serde::Serialize;
+
+use super::TrainConfig;
+use crate::error::{Error, Result};
+use crate::model::batch::{Batch, Example, masked_cross_entropy};
+use crate::model::student::Student;
+use crate::model::wordpiece::SpecialIds;
+
+/// What a fit did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct FitOutcome {
+    pub steps: usize,
+    pub epochs_run: usize,
+    /// Mean training loss of each epoch.
+    pub train_losses: Vec<f64>,
+    /// Silver dev loss after each epoch (empty without a dev split).
+    pub dev_losses: Vec<f64>,
+    /// 1-based epoch whose weights were kept.
+    pub best_epoch: usize,
+    pub stopped_early: bool,
+    pub tokens: usize,
+    pub seconds: f64,
+    pub tokens_per_sec: f64,
+}
+
+/// Variables in name order, so reductions over them are reproducible.
+fn sorted_vars(varmap: &VarMap) -> Result<Vec<Var>> {
+    let data = varmap.data().lock().map_err(|_| Error::Internal("VarMap lock poisoned".into()))?;
+    let mut named: Vec<(&String, &Var)> = data.iter().collect();
+    named.sort_by(|a, b| a.0.cmp(b.0));
+    Ok(named.into_iter().map(|(_, v)| v.clone()).collect())
+}
+
+/// Loss of one batch: entity tagging plus relation tagging. Dropout when `rng` is given.
+pub fn batch_loss(student: &Student, batch: &Batch, mut rng: Option<&mut StdRng>) -> Result<Option<Tensor>> {
+    let hidden = student.encode(batch)?;
+    let entity = student.entity_logits(&hidden, rng.as_deref_mut())?;
+    let mut loss = masked_cross_entropy(&entity, &batch.entity_targets)?;
+    if let Some(relation) = student.relation_logits(&hidden, batch, rng)? {
+        if let Some(r) = masked_cross_entropy(&relation, &batch.relation_targets)? {
+            loss = Some(match loss {
+                Some(l) => (l + r)?,
+                None => r,
+            });
+        }
+    }
+    Ok(loss)
+}
+
+/// Batches of similar length (less padding), in a seeded random order: shuffle, cut into pools
+/// of 50 batches, sort each pool by length, cut it into batches, shuffle the batches.
+pub fn length_bucketed(examples: &[Example], batch_size: usize, rng: &mut StdRng) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..examples.len()).collect();
+    order.shuffle(rng);
+    let mut batches = Vec::new();
+    for pool in order.chunks_mut(batch_size * 50) {
+        pool.sort_by_key(|&i| examples[i].ids.len());
+        batches.extend(pool.chunks(batch_size).map(|c| c.to_vec()));
+    }
+    batches.shuffle(rng);
+    batches
+}
+
+/// Learning rate at `step` of `total`: linear warm-up over `warmup` steps, then linear decay to 0.
+pub fn learning_rate(base: f64, step: usize, warmup: usize, total: usize) -> f64 {
+    if step < warmup {
+        base * (step + 1) as f64 / warmup as f64
+    } else {
+        base * (total.saturating_sub(step)) as f64 / (total - warmup).max(1) as f64
+    }
+}
+
+/// Scale gradients so their global L2 norm is at most `max_norm`; returns the norm before.
+fn clip_gradients(grads: &mut candle_core::backprop::GradStore, vars: &[Var], max_norm: f64) -> Result<f64> {
+    let mut squares = 0f64;
+    for var in vars {
+        if let Some(g) = grads.get(var) {
+            squares += g.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
+        }
+    }
+    let norm = squares.sqrt();
+    if max_norm > 0.0 && norm > max_norm {
+        let scale = max_norm / (norm + 1e-6);
+        for var in vars {
+            if let Some(g) = grads.remove(var) {
+                grads.insert(var, (g * scale)?);
+            }
+        }
+    }
+    Ok(norm)
+}
+
+/// Mean loss over `examples` without dropout.
+pub fn evaluate(student: &Student, examples: &[Example], batch_size: usize, special: SpecialIds) -> Result<f64> {
+    let mut order: Vec<usize> = (0..examples.len()).collect();
+    order.sort_by_key(|&i| examples[i].ids.len());
+    let (mut total, mut weight) = (0f64, 0usize);
+    for chunk in order.chunks(batch_size) {
+        let refs: Vec<&Example> = chunk.iter().map(|&i| &examples[i]).collect();
+        if let Some(loss) = batch_loss(student, &Batch::new(&refs, special), None)? {
+            total += loss.to_scalar::<f32>()? as f64 * refs.len() as f64;
+            weight += refs.len();
+        }
+    }
+    Ok(if weight == 0 { f64::NAN } else { total / weight as f64 })
+}
+
+/// Train `student` (whose variables are `varmap`) on `train`, early-stopping on `dev`.
+pub fn fit(
+    cfg: &TrainConfig,
+    student: &Student,
+    varmap: &VarMap,
+    train: &[Example],
+    dev: &[Example],
+    special: SpecialIds,
+    label: &str,
+) -> Result<FitOutcome> {
+    let vars = sorted_vars(varmap)?;
+    let params = ParamsAdamW { lr: cfg.lr, weight_decay: cfg.weight_decay, ..Default::default() };
+    let mut optimizer = AdamW::new(vars.clone(), params)?;
+    let mut rng = StdRng::seed_from_u64(cfg.seed ^ 0x5eed_ba7c);
+    let batches_per_epoch = train.len().div_ceil(cfg.batch_size.max(1));
+    let total = cfg.max_steps.unwrap_or(usize::MAX).min(batches_per_epoch * cfg.epochs);
+    let warmup = (cfg.warmup_fraction * total as f64).ceil() as usize;
+    let bar = if cfg.progress { ProgressBar::new(total as u64) } else { ProgressBar::hidden() };
+    bar.set_style(
+        ProgressStyle::with_template("{prefix} {bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}")
+            .expect("static template is valid"),
+    );
+    bar.set_prefix(label.to_string());
+
+    let mut out = FitOutcome::default();
+    let mut best: Option<(f64, Vec<Tensor>)> = None;
+    let mut since_best = 0;
+    let start = Instant::now();
+    'epochs: for epoch in 1..=cfg.epochs {
+        let (mut epoch_loss, mut epoch_batches) = (0f64, 0usize);
+        for batch_indices in length_bucketed(train, cfg.batch_size.max(1), &mut rng) {
+            if out.steps >= total {
+                break;
+            }
+            let refs: Vec<&Example> = batch_indices.iter().map(|&i| &train[i]).collect();
+            let batch = Batch::new(&refs, special);
+            let Some(loss) = batch_loss(student, &batch, Some(&mut rng))? else { continue };
+            optimizer.set_learning_rate(learning_rate(cfg.lr, out.steps, warmup, total));
+            let mut grads = loss.backward()?;
+            clip_gradients(&mut grads, &vars, cfg.max_grad_norm)?;
+            optimizer.step(&grads)?;
+            let loss = loss.to_scalar::<f32>()? as f64;
+            if !loss.is_finite() {
+                return Err(Error::Model(format!("{label}: training loss became {loss} at step {}", out.steps)));
+            }
+            out.steps += 1;
+            out.tokens += batch.tokens();
+            epoch_loss += loss;
+            epoch_batches += 1;
+            let rate = out.tokens as f64 / start.elapsed().as_secs_f64().max(1e-9);
+            bar.set_message(format!("epoch {epoch} loss {loss:.4} {rate:.0} tok/s"));
+            bar.inc(1);
+        }
+        out.epochs_run = epoch;
+        out.train_losses.push(epoch_loss / epoch_batches.max(1) as f64);
+        if dev.is_empty() {
+            out.best_epoch = epoch;
+        } else {
+            let dev_loss = evaluate(student, dev, cfg.batch_size.max(1), special)?;
+            out.dev_losses.push(dev_loss);
+            if best.as_ref().is_none_or(|(b, _)| dev_loss < *b) {
+                let snapshot = vars.iter().map(|v| v.as_tensor().copy()).collect::<candle_core::Result<_>>()?;
+                best = Some((dev_loss, snapshot));
+                out.best_epoch = epoch;
+                since_best = 0;
+            } else {
+                since_best += 1;
+                if since_best > cfg.patience {
+                    out.stopped_early = true;
+                    break 'epochs;
+                }
+            }
+        }
+        if out.steps >= total {
+            break;
+        }
+    }
+    if let Some((_, snapshot)) = best {
+        for (var, value) in vars.iter().zip(snapshot) {
+            var.set(&value)?;
+        }
+    }
+    bar.finish_and_clear();
+    out.seconds = start.elapsed().as_secs_f64();
+    out.tokens_per_sec = out.tokens as f64 / out.seconds.max(1e-9);
+    Ok(out)
+}

@@ -1,0 +1,148 @@
+//! Gold training sentences, for the supervised reference only (`--supervised-reference`).
+//!
+//! Reads only `split = 'train'` rows of `gold_ade`, `gold_gene_disease` (sentence-level rows;
+//! label 0 rows give entities without a pair) and `gold_phi` (document offsets, mapped onto
+//! sentences). Sentences of the same training documents without gold rows are negatives.
+//! Distillation never calls this module.
+
+use std::collections::{BTreeMap, HashSet};
+
+use super::columns::{opt_i32, read_all};
+use super::data::{CharSpan, DataStats, LabeledSentence, finish_stats, phi_type_from_gold, train_sentences_of};
+use crate::error::Result;
+use crate::model::tags::Task;
+use crate::run_dir::RunDir;
+use crate::schema::{split, table};
+
+/// Gold training sentences of `task`.
+pub fn gold(run_dir: &RunDir, task: Task) -> Result<(Vec<LabeledSentence>, DataStats)> {
+    let mut stats = DataStats::default();
+    let sentences = match task {
+        Task::Ade => pairs(run_dir, task, table::GOLD_ADE, ("drug", "effect"), &mut stats)?,
+        Task::GeneDisease => pairs(run_dir, task, table::GOLD_GENE_DISEASE, ("gene", "disease"), &mut stats)?,
+        Task::Phi => phi(run_dir, &mut stats)?,
+    };
+    finish_stats(&mut stats, &sentences);
+    Ok((sentences, stats))
+}
+
+/// A sentence-level pair table (`gold_ade`, `gold_gene_disease`).
+fn pairs(
+    run_dir: &RunDir,
+    task: Task,
+    name: &str,
+    (a, b): (&str, &str),
+    stats: &mut DataStats,
+) -> Result<Vec<LabeledSentence>> {
+    let (anchor_type, related_type) = task.relation().expect("pair tables belong to relation tasks");
+    let type_of = |t: &str| task.type_index(t).expect("relation types are entity types");
+    let tables = read_all(run_dir, name)?;
+    let (mut docs, mut document_level) = (HashSet::new(), HashSet::new());
+    for cols in &tables {
+        let (doc, sent, split_col) = (cols.str("doc_id")?, cols.i32("sent_id")?, cols.str("split")?);
+        for row in 0..cols.len() {
+            if split_col.value(row) == split::TRAIN {
+                docs.insert(doc.value(row).to_string());
+                if opt_i32(sent, row).is_none() {
+                    document_level.insert(doc.value(row).to_string());
+                }
+            }
+        }
+    }
+    docs.retain(|d| !document_level.contains(d));
+    let mut sentences = train_sentences_of(run_dir, &docs)?;
+    for cols in &tables {
+        let (doc, sent, split_col, text) =
+            (cols.str("doc_id")?, cols.i32("sent_id")?, cols.str("split")?, cols.str("text")?);
+        let label = if cols.batch.column_by_name("label").is_some() { Some(cols.i8("label")?) } else { None };
+        let offsets = |p: &str| -> Result<_> { Ok((cols.i32(&format!("{p}_start"))?, cols.i32(&format!("{p}_end"))?)) };
+        let (a_off, b_off) = (offsets(a)?, offsets(b)?);
+        for row in 0..cols.len() {
+            if split_col.value(row) != split::TRAIN {
+                continue;
+            }
+            let Some(sent_id) = opt_i32(sent, row) else {
+                stats.dropped_not_sentence_level += 1;
+                continue;
+            };
+            let key = (doc.value(row).to_string(), sent_id);
+            let sentence = &mut sentences
+                .entry(key.clone())
+                .or_insert_with(|| {
+                    (
+                        0,
+                        LabeledSentence {
+                            doc_id: key.0,
+                            sent_id,
+                            text: text.value(row).to_string(),
+                            ..Default::default()
+                        },
+                    )
+                })
+                .1;
+            let len = sentence.text.chars().count();
+            let span = |(s, e): &(&arrow::array::Int32Array, &arrow::array::Int32Array), t: &str| {
+                let (start, end) = (s.value(row), e.value(row));
+                (0 <= start && start < end && end as usize <= len).then(|| CharSpan {
+                    start: start as usize,
+                    end: end as usize,
+                    type_index: type_of(t),
+                })
+            };
+            let (Some(anchor), Some(related)) = (span(&a_off, anchor_type), span(&b_off, related_type)) else {
+                stats.dropped_bad_offsets += 1;
+                continue;
+            };
+            if sentence.text != text.value(row) {
+                stats.dropped_bad_offsets += 1;
+                continue;
+            }
+            sentence.entities.extend([anchor, related]);
+            if label.is_none_or(|l| l.value(row) == 1) {
+                sentence.pairs.insert((anchor, related));
+            }
+        }
+    }
+    Ok(sentences.into_values().map(|(_, s)| s).collect())
+}
+
+/// `gold_phi`: document offsets mapped onto the sentence that contains each span.
+fn phi(run_dir: &RunDir, stats: &mut DataStats) -> Result<Vec<LabeledSentence>> {
+    let tables = read_all(run_dir, table::GOLD_PHI)?;
+    let mut docs = HashSet::new();
+    for cols in &tables {
+        let (doc, split_col) = (cols.str("doc_id")?, cols.str("split")?);
+        docs.extend((0..cols.len()).filter(|&r| split_col.value(r) == split::TRAIN).map(|r| doc.value(r).to_string()));
+    }
+    let mut sentences = train_sentences_of(run_dir, &docs)?;
+    // Per document, its sentences' (start, key) in order, to find the one holding a span.
+    let mut starts: BTreeMap<String, Vec<(usize, i32)>> = BTreeMap::new();
+    for ((doc, sent), (start, _)) in &sentences {
+        starts.entry(doc.clone()).or_default().push((*start, *sent));
+    }
+    starts.values_mut().for_each(|list| list.sort_unstable());
+    for cols in &tables {
+        let (doc, split_col) = (cols.str("doc_id")?, cols.str("split")?);
+        let (start, end, phi_type) = (cols.i32("start")?, cols.i32("end")?, cols.str("phi_type")?);
+        for row in 0..cols.len() {
+            if split_col.value(row) != split::TRAIN {
+                continue;
+            }
+            let (s, e) = (start.value(row).max(0) as usize, end.value(row).max(0) as usize);
+            let type_index =
+                Task::Phi.type_index(phi_type_from_gold(phi_type.value(row))).expect("mapped to a PHI type");
+            let holder = starts.get(doc.value(row)).and_then(|list| list.iter().rev().find(|(st, _)| *st <= s));
+            let Some(&(sent_start, sent_id)) = holder else {
+                stats.dropped_not_sentence_level += 1;
+                continue;
+            };
+            let (_, sentence) = sentences.get_mut(&(doc.value(row).to_string(), sent_id)).expect("listed above");
+            if e <= s || e - sent_start > sentence.text.chars().count() {
+                stats.dropped_not_sentence_level += 1;
+                continue;
+            }
+            sentence.entities.insert(CharSpan { start: s - sent_start, end: e - sent_start, type_index });
+        }
+    }
+    Ok(sentences.into_values().map(|(_, s)| s).collect())
+}

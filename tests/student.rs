@@ -1,0 +1,183 @@
+//! The student end to end on the real MiniLM weights: train a few steps on a small silver
+//! table, extract to every output table, and check that every offset slices to the reported
+//! text in `documents.text`. Needs `models/all-MiniLM-L6-v2` (`python3 scripts/fetch_models.py test`).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, Int32Array, StringArray};
+use arrow::record_batch::RecordBatch;
+use biodistill::extract::{self, ExtractConfig};
+use biodistill::model::tags::Task;
+use biodistill::run_dir::{RunDir, concat};
+use biodistill::schema::{self, table};
+use biodistill::text::char_slice;
+
+use crate::silver::{Label, find, sentences, write_documents, write_silver_run};
+use biodistill::train::{self, TrainConfig};
+
+/// Documents of the toy corpus; sentences are split on ". " below. Non-ASCII on purpose.
+const DOCS: &[(&str, &str)] = &[
+    ("toy:1", "We report a case. Aspirin caused severe nausea in a 40-year-old patient."),
+    ("toy:2", "Methotrexate-induced hepatotoxicity was observed. The patient recovered."),
+    ("toy:3", "Naïve patients on ibuprofen developed a rash and nausea."),
+    ("toy:4", "BRCA1 mutations are linked to breast cancer. TP53 is associated with Li–Fraumeni syndrome."),
+    ("toy:5", "Variants of APOE were associated with Alzheimer disease."),
+    ("toy:6", "Patient John Smith was seen on 12 March 2020. He lives in Zürich."),
+    ("toy:7", "Doctor Maria Lopez called on 3 May 2019 about the results."),
+    ("toy:8", "No adverse events were recorded. Vitamin C was given."),
+];
+
+/// Silver labels (see [`Label`]); "vitamin C tablets" is not in its sentence: unaligned.
+const LABELS: &[Label] = &[
+    ("ade", "toy:1", 1, "DRUG", "Aspirin", "ADVERSE_EVENT", "severe nausea"),
+    ("ade", "toy:2", 0, "DRUG", "Methotrexate", "ADVERSE_EVENT", "hepatotoxicity"),
+    ("ade", "toy:3", 0, "DRUG", "ibuprofen", "ADVERSE_EVENT", "rash"),
+    ("ade", "toy:3", 0, "DRUG", "ibuprofen", "ADVERSE_EVENT", "nausea"),
+    ("gene_disease", "toy:4", 0, "GENE", "BRCA1", "DISEASE", "breast cancer"),
+    ("gene_disease", "toy:4", 1, "GENE", "TP53", "DISEASE", "Li–Fraumeni syndrome"),
+    ("gene_disease", "toy:5", 0, "GENE", "APOE", "DISEASE", "Alzheimer disease"),
+    ("phi", "toy:6", 0, "NAME", "John Smith", "", ""),
+    ("phi", "toy:6", 0, "DATE", "12 March 2020", "", ""),
+    ("phi", "toy:6", 1, "LOCATION", "Zürich", "", ""),
+    ("phi", "toy:7", 0, "NAME", "Maria Lopez", "", ""),
+    ("phi", "toy:7", 0, "DATE", "3 May 2019", "", ""),
+    ("ade", "toy:8", 1, "DRUG", "vitamin C tablets", "", ""),
+];
+
+fn model_dir() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/all-MiniLM-L6-v2");
+    assert!(dir.join("model.safetensors").is_file(), "run `python3 scripts/fetch_models.py test` first");
+    dir
+}
+
+fn read(run: &RunDir, name: &str, schema: &arrow::datatypes::SchemaRef) -> RecordBatch {
+    concat(schema, &run.read_table(name).unwrap()).unwrap()
+}
+
+fn col<'a, T: 'static>(batch: &'a RecordBatch, name: &str) -> &'a T {
+    batch.column_by_name(name).unwrap().as_any().downcast_ref::<T>().unwrap()
+}
+
+/// Every (text, start, end) column triple of `batch` slices `documents.text` to the text.
+fn assert_offsets_slice(batch: &RecordBatch, spans: &[(&str, &str, &str)]) {
+    let docs: std::collections::HashMap<&str, &str> = DOCS.iter().copied().collect();
+    let doc_ids = col::<StringArray>(batch, "doc_id");
+    for row in 0..batch.num_rows() {
+        let doc = docs[doc_ids.value(row)];
+        for (text, start, end) in spans {
+            let (s, e) = (col::<Int32Array>(batch, start).value(row), col::<Int32Array>(batch, end).value(row));
+            let reported = if text.is_empty() { None } else { Some(col::<StringArray>(batch, text).value(row)) };
+            let sliced = char_slice(doc, s as usize, e as usize).expect("offsets in range");
+            assert!(!sliced.trim().is_empty(), "row {row}: empty span {s}..{e}");
+            if let Some(reported) = reported {
+                assert_eq!(sliced, reported, "row {row} of {doc:?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn trains_on_silver_labels_and_extracts_to_every_table() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = RunDir::create(tmp.path()).unwrap();
+    write_silver_run(&run, DOCS, LABELS);
+    let cfg = TrainConfig {
+        model_dir: model_dir(),
+        epochs: 40,
+        max_steps: Some(60),
+        batch_size: 8,
+        lr: 1e-3,
+        dev_fraction: 0.0,
+        progress: false,
+        ..Default::default()
+    };
+    let report = train::run(&cfg, &run).unwrap();
+    println!("{report}");
+    assert_eq!(report.tasks.len(), 3);
+    let ade = &report.tasks[0];
+    assert_eq!(ade.data.dropped_unaligned, 1, "the unaligned label is counted, not used");
+    assert_eq!((ade.data.sentences, ade.data.pairs), (sentences(DOCS).len(), 4));
+    for t in &report.tasks {
+        assert!(t.model_version.starts_with("student-"), "{}", t.model_version);
+        let losses = &t.fit.train_losses;
+        assert!(losses.last().unwrap() < &(losses[0] / 2.0), "{}: loss should fall: {losses:?}", t.task);
+    }
+
+    let extracted =
+        extract::run(&ExtractConfig { progress: false, batch_size: 4, read_rows: 5, ..Default::default() }, &run)
+            .unwrap();
+    println!("{extracted}");
+    assert_eq!(extracted.sentences, sentences(DOCS).len());
+
+    let ade = read(&run, table::ADE_RELATIONS, &schema::ADE_RELATIONS);
+    assert_offsets_slice(&ade, &[("drug", "drug_start", "drug_end"), ("effect", "effect_start", "effect_end")]);
+    let genes = read(&run, table::GENE_DISEASE, &schema::GENE_DISEASE);
+    assert_offsets_slice(&genes, &[("gene", "gene_start", "gene_end"), ("disease", "disease_start", "disease_end")]);
+    let phi = read(&run, table::PHI_SPANS, &schema::PHI_SPANS);
+    assert_offsets_slice(&phi, &[("", "start", "end")]);
+    for (name, batch) in [("ade_relations", &ade), ("gene_disease", &genes), ("phi_spans", &phi)] {
+        assert!(batch.num_rows() > 0, "{name} is empty after overfitting the toy set");
+        let versions = col::<StringArray>(batch, "model_version");
+        assert!(versions.iter().all(|v| v.unwrap().starts_with("student-")));
+    }
+    let redacted = read(&run, table::REDACTED_DOCUMENTS, &schema::REDACTED_DOCUMENTS);
+    assert_eq!(redacted.num_rows(), DOCS.len());
+    let texts = col::<StringArray>(&redacted, "redacted_text");
+    let john = (0..redacted.num_rows()).find(|&r| col::<StringArray>(&redacted, "doc_id").value(r) == "toy:6").unwrap();
+    assert!(texts.value(john).contains('['), "PHI replaced by [TYPE]: {}", texts.value(john));
+}
+
+#[test]
+fn supervised_reference_trains_on_gold_and_labels_its_outputs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = RunDir::create(tmp.path()).unwrap();
+    write_silver_run(&run, DOCS, LABELS);
+    // gold_ade over toy:1 (train) and toy:2 (dev: must not be read).
+    let sents = sentences(DOCS);
+    let rows =
+        [("toy:1", 1, "train", "Aspirin", "severe nausea"), ("toy:2", 0, "dev", "Methotrexate", "hepatotoxicity")];
+    let text = |doc: &str, sent: i32| sents.iter().find(|s| s.0 == doc && s.1 == sent).unwrap().3;
+    let off = |t: &str, n: &str| find(t, n).unwrap();
+    let strings = |v: Vec<&str>| -> ArrayRef { Arc::new(StringArray::from(v)) };
+    let ints = |v: Vec<i32>| -> ArrayRef { Arc::new(Int32Array::from(v)) };
+    let gold = RecordBatch::try_new(
+        schema::GOLD_ADE.clone(),
+        vec![
+            strings(rows.iter().map(|r| r.0).collect()),
+            ints(rows.iter().map(|r| r.1).collect()),
+            strings(rows.iter().map(|r| r.2).collect()),
+            strings(rows.iter().map(|r| text(r.0, r.1)).collect()),
+            strings(rows.iter().map(|r| r.3).collect()),
+            ints(rows.iter().map(|r| off(text(r.0, r.1), r.3).0).collect()),
+            ints(rows.iter().map(|r| off(text(r.0, r.1), r.3).1).collect()),
+            strings(rows.iter().map(|r| r.4).collect()),
+            ints(rows.iter().map(|r| off(text(r.0, r.1), r.4).0).collect()),
+            ints(rows.iter().map(|r| off(text(r.0, r.1), r.4).1).collect()),
+        ],
+    )
+    .unwrap();
+    run.write_table(table::GOLD_ADE, schema::GOLD_ADE.clone(), &[gold]).unwrap();
+    write_documents(&run, DOCS, &|doc| if doc == "toy:1" { "train" } else { "dev" });
+
+    let cfg = TrainConfig {
+        model_dir: model_dir(),
+        tasks: vec![Task::Ade],
+        supervised_reference: true,
+        max_steps: Some(2),
+        dev_fraction: 0.0,
+        progress: false,
+        ..Default::default()
+    };
+    let report = train::run(&cfg, &run).unwrap();
+    let t = &report.tasks[0];
+    assert_eq!((t.data.sentences, t.data.pairs, t.data.negatives), (2, 1, 1), "toy:1's two sentences only");
+    assert!(t.model_version.starts_with("supervised-reference-"), "{}", t.model_version);
+    assert!(t.checkpoint.ends_with("student-supervised-reference/ade"));
+
+    let cfg =
+        ExtractConfig { supervised_reference: true, tasks: vec![Task::Ade], progress: false, ..Default::default() };
+    let extracted = extract::run(&cfg, &run).unwrap();
+    assert!(extracted.tables.contains_key("ade_relations_supervised_reference"), "{extracted}");
+    assert!(!run.has_table(table::ADE_RELATIONS), "never written under the distilled student's name");
+}

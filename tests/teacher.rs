@@ -1,0 +1,282 @@
+//! The label stage against a loopback OpenAI-compatible server that injects faults and counts
+//! requests from its side (`biodistill::teacher::mock_server`).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::Int32Type;
+use biodistill::run_dir::{RunDir, concat};
+use biodistill::schema::{self, table};
+use biodistill::teacher::mock_server::{Action, MockServer, Request, Script, always_ok, write_inputs};
+use biodistill::teacher::{self, LabelConfig, Task, TeacherConfig};
+
+/// A run directory holding one sentence per text.
+fn run_dir_with(texts: &[String]) -> (tempfile::TempDir, RunDir) {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = RunDir::create(tmp.path().join("run")).unwrap();
+    write_inputs(&run, texts).unwrap();
+    (tmp, run)
+}
+
+fn numbered(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("Drug{i} caused a severe rash{i} in the patient")).collect()
+}
+
+fn prompts_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/prompts")
+}
+
+/// Fast settings: short timeouts and backoff so each test stays well under a few seconds.
+fn config(server: &MockServer, tmp: &Path) -> LabelConfig {
+    LabelConfig {
+        teacher: TeacherConfig {
+            base_url: server.base_url(),
+            model: "mock-model".into(),
+            api_key_env: "BIODISTILL_TEST_NO_SUCH_KEY".into(),
+            concurrency: 8,
+            max_retries: 3,
+            timeout_secs: 2.0,
+            backoff_base_ms: 1,
+            backoff_max_ms: 10,
+            cache_path: Some(tmp.join("cache.redb")),
+            prompts_dir: prompts_dir(),
+            progress: false,
+            ..Default::default()
+        },
+        tasks: vec![Task::Ade],
+        sample: None,
+        ..Default::default()
+    }
+}
+
+fn calls(run: &RunDir) -> RecordBatch {
+    concat(&schema::TEACHER_CALLS, &run.read_table(table::TEACHER_CALLS).unwrap()).unwrap()
+}
+
+/// (doc_id, status, retries, error) of every call row.
+fn call_rows(run: &RunDir) -> Vec<(String, String, i32, Option<String>)> {
+    let b = calls(run);
+    let col = |name: &str| b.column_by_name(name).unwrap().as_string::<i32>().clone();
+    let (doc, status, error) = (col("doc_id"), col("status"), col("error"));
+    let retries = b.column_by_name("retries").unwrap().as_primitive::<Int32Type>().clone();
+    (0..b.num_rows())
+        .map(|i| {
+            let err = (!error.is_null(i)).then(|| error.value(i).to_string());
+            (doc.value(i).to_string(), status.value(i).to_string(), retries.value(i), err)
+        })
+        .collect()
+}
+
+fn script(f: impl Fn(&Request) -> Action + Send + Sync + 'static) -> Script {
+    Arc::new(f)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrency_never_exceeds_the_limit() {
+    let server = MockServer::start(Duration::from_millis(25), always_ok()).await.unwrap();
+    let (tmp, run) = run_dir_with(&numbered(48));
+    let mut cfg = config(&server, tmp.path());
+    cfg.teacher.concurrency = 4;
+    let report = teacher::run(&cfg, &run).await.unwrap();
+    assert_eq!(report.ok, 48, "{report}");
+    assert_eq!(server.requests(), 48);
+    let max = server.max_in_flight();
+    assert!(max <= 4, "server saw {max} requests at once with concurrency 4");
+    assert!(max >= 3, "the limit is used, not just respected: {max}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_with_retry_after_is_honoured() {
+    let server = MockServer::start(
+        Duration::ZERO,
+        script(|r| {
+            if r.seen_before == 0 {
+                Action::Status { code: 429, retry_after: Some("1".into()), retry_after_ms: None, body: "{}".into() }
+            } else {
+                Action::Reply(r.plausible.clone())
+            }
+        }),
+    )
+    .await
+    .unwrap();
+    let (tmp, run) = run_dir_with(&numbered(1));
+    let report = teacher::run(&config(&server, tmp.path()), &run).await.unwrap();
+    assert_eq!((report.ok, report.retries), (1, 1), "{report}");
+    let log = server.log();
+    assert_eq!(log.iter().map(|l| l.2).collect::<Vec<_>>(), vec![429, 200]);
+    let waited = log[1].0 - log[0].0;
+    assert!(
+        waited >= Duration::from_secs(1),
+        "retried after {waited:?}, Retry-After said 1 s (backoff alone is <10 ms)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_errors_and_timeouts_are_retried_then_recorded_as_failures_not_cached() {
+    let texts = vec![
+        "FAIL500 aspirin caused rash".to_string(),
+        "HANG ibuprofen caused ulcer".into(),
+        "Fine drug caused fever".into(),
+    ];
+    let server = MockServer::start(
+        Duration::ZERO,
+        script(|r| {
+            if r.user.contains("FAIL500") {
+                Action::Status { code: 500, retry_after: None, retry_after_ms: None, body: "boom".into() }
+            } else if r.user.contains("HANG") {
+                Action::Hang(Duration::from_secs(3))
+            } else {
+                Action::Reply(r.plausible.clone())
+            }
+        }),
+    )
+    .await
+    .unwrap();
+    let (tmp, run) = run_dir_with(&texts);
+    let mut cfg = config(&server, tmp.path());
+    cfg.teacher.max_retries = 2;
+    cfg.teacher.timeout_secs = 0.2;
+    let report = teacher::run(&cfg, &run).await.unwrap();
+    assert_eq!((report.ok, report.failed), (1, 2), "{report}");
+    assert_eq!(server.requests(), 3 + 3 + 1, "each failing input tried 1 + max_retries times");
+    let rows = call_rows(&run);
+    let fail500 = &rows[0];
+    assert_eq!((fail500.1.as_str(), fail500.2), ("failed", 2));
+    assert!(fail500.3.as_deref().unwrap().contains("HTTP 500"), "{fail500:?}");
+    let hang = &rows[1];
+    assert_eq!((hang.1.as_str(), hang.2), ("failed", 2));
+    assert!(hang.3.as_deref().unwrap().contains("no answer within"), "{hang:?}");
+    assert_eq!(rows[2].1, "ok");
+
+    // Failures were not cached: a rerun against a healed server asks for exactly those two.
+    server.set_script(always_ok());
+    server.reset_counts();
+    let report = teacher::run(&cfg, &run).await.unwrap();
+    assert_eq!(server.requests(), 2);
+    assert_eq!((report.ok, report.cache_hits), (3, 1), "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_json_is_reasked_once_then_counted() {
+    let texts = vec![
+        "GARBAGE always answers badly".to_string(),
+        "ONCE answers badly the first time".into(),
+        "FENCE wraps its JSON".into(),
+        "Plain answers well".into(),
+    ];
+    let server = MockServer::start(
+        Duration::ZERO,
+        script(|r| {
+            let reask = r.user.starts_with("Your reply could not be used");
+            if r.conversation.contains("GARBAGE") || r.user.contains("ONCE") {
+                Action::Malformed
+            } else if reask {
+                Action::Reply(r#"{"drugs":[]}"#.into())
+            } else if r.user.contains("FENCE") {
+                Action::Reply(format!("```json\n{}\n```", r.plausible))
+            } else {
+                Action::Reply(r.plausible.clone())
+            }
+        }),
+    )
+    .await
+    .unwrap();
+    let (tmp, run) = run_dir_with(&texts);
+    let cfg = config(&server, tmp.path());
+    let report = teacher::run(&cfg, &run).await.unwrap();
+    assert_eq!((report.ok, report.parse_errors, report.reasks, report.fenced), (3, 1, 2, 1), "{report}");
+    assert_eq!(server.requests(), 2 + 2 + 1 + 1, "one re-ask each for GARBAGE and ONCE, no more");
+    let garbage = &call_rows(&run)[0];
+    assert_eq!(garbage.1, "parse_error");
+    assert!(garbage.3.as_deref().unwrap().contains("unparseable"), "{garbage:?}");
+
+    // Replies are cached raw and parsed on read: the rerun asks nothing and ends the same.
+    server.reset_counts();
+    let again = teacher::run(&cfg, &run).await.unwrap();
+    assert_eq!(server.requests(), 0);
+    assert_eq!((again.ok, again.parse_errors, again.fenced), (3, 1, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rerun_asks_nothing_and_a_one_character_prompt_change_asks_everything() {
+    let server = MockServer::start(Duration::ZERO, always_ok()).await.unwrap();
+    let (tmp, run) = run_dir_with(&numbered(30));
+    let mut cfg = config(&server, tmp.path());
+
+    let plan = teacher::plan(&cfg, &run).unwrap();
+    assert_eq!((plan.calls, plan.tasks[0].cached), (30, 0), "{plan}");
+    assert!(plan.est_prompt_tokens > 0 && plan.est_cost_usd.is_none());
+    assert_eq!(server.requests(), 0, "planning sends nothing");
+
+    let first = teacher::run(&cfg, &run).await.unwrap();
+    assert_eq!((first.ok, first.cache_misses, server.requests()), (30, 30, 30), "{first}");
+    let labels = run.read_table(table::TEACHER_LABELS).unwrap();
+
+    server.reset_counts();
+    let second = teacher::run(&cfg, &run).await.unwrap();
+    assert_eq!(server.requests(), 0, "a rerun over the same input sends nothing");
+    assert_eq!((second.ok, second.cache_hits, second.cost_usd), (30, 30, 0.0));
+    assert_eq!(run.read_table(table::TEACHER_LABELS).unwrap(), labels, "same tables from the cache");
+    assert_eq!(teacher::plan(&cfg, &run).unwrap().calls, 0);
+
+    // One character of the system prompt changes every request's key.
+    let edited = tmp.path().join("prompts");
+    std::fs::create_dir_all(&edited).unwrap();
+    let original = std::fs::read_to_string(prompts_dir().join("ade.toml")).unwrap();
+    let changed = original.replacen("You extract", "You Extract", 1);
+    assert_ne!(changed, original);
+    std::fs::write(edited.join("ade.toml"), changed).unwrap();
+    cfg.teacher.prompts_dir = edited;
+    server.reset_counts();
+    let third = teacher::run(&cfg, &run).await.unwrap();
+    assert_eq!((server.requests(), third.cache_misses), (30, 30));
+    assert_ne!(third.prompt_versions["ade"], first.prompt_versions["ade"]);
+}
+
+/// Under 30% injected faults over 500 inputs every input ends labeled or recorded as failed,
+/// and no request that got a good answer is ever sent again (counted by the server), neither
+/// within the run nor by a rerun.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thirty_percent_faults_over_500_requests() {
+    let faulty = script(|r| {
+        // A fixed pseudo-random draw per arrival: 30% faults, spread over four kinds.
+        let draw = (r.seq as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(17) % 100;
+        match draw {
+            0..=7 => Action::Status { code: 429, retry_after: None, retry_after_ms: Some(10), body: "{}".into() },
+            8..=15 => Action::Status { code: 500, retry_after: None, retry_after_ms: None, body: "boom".into() },
+            16..=22 => Action::Hang(Duration::from_millis(800)),
+            23..=29 => Action::Malformed,
+            _ => Action::Reply(r.plausible.clone()),
+        }
+    });
+    let server = MockServer::start(Duration::ZERO, faulty).await.unwrap();
+    let (tmp, run) = run_dir_with(&numbered(500));
+    let mut cfg = config(&server, tmp.path());
+    cfg.teacher.concurrency = 16;
+    cfg.teacher.max_retries = 5;
+    cfg.teacher.timeout_secs = 0.1;
+    let report = teacher::run(&cfg, &run).await.unwrap();
+    assert_eq!(report.inputs, 500);
+    assert_eq!(report.ok + report.parse_errors + report.failed, 500, "{report}");
+    let rows = call_rows(&run);
+    assert_eq!(rows.len(), 500, "every input has its teacher_calls row");
+    assert!(rows.iter().all(|r| ["ok", "parse_error", "failed"].contains(&r.1.as_str())));
+    assert!(rows.iter().filter(|r| r.1 != "ok").all(|r| r.3.is_some()), "every non-ok row says why");
+    assert!(report.retries > 50 && report.reasks > 10, "faults were injected: {report}");
+    assert!(server.requests() > 500);
+    assert_eq!(server.max_successes_per_body(), 1, "a request that succeeded was sent again");
+
+    server.set_script(always_ok());
+    server.reset_counts();
+    let rerun = teacher::run(&cfg, &run).await.unwrap();
+    assert_eq!(rerun.failed, 0, "{rerun}");
+    assert!(
+        server.requests() <= report.failed,
+        "only failed inputs are asked again: {} > {}",
+        server.requests(),
+        report.failed
+    );
+    assert_eq!(server.max_successes_per_body(), 1, "the rerun re-sent a request that had succeeded");
+}
