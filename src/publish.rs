@@ -152,7 +152,12 @@ fn alignment(run_dir: &RunDir) -> Result<(usize, usize)> {
     Ok((aligned, total))
 }
 
-/// `task/dataset/metric -> value` of the student's F1 metrics on every dev sentence.
+/// The F1 a task is judged by (see `crate::eval`): not per-type or baseline figures.
+const HEADLINE_F1: [&str; 4] = ["pair_strict_f1", "positive_f1", "pair_text_f1", "strict_f1"];
+/// Fewer gold items than this make an F1 too noisy to gate on.
+const MIN_GATE_N: i64 = 20;
+
+/// `task/dataset/metric -> value` of the student's headline F1s on every dev sentence.
 fn student_f1s(run_dir: &RunDir) -> Result<BTreeMap<String, f64>> {
     let mut out = BTreeMap::new();
     for batch in run_dir.read_table(crate::eval::table::EVAL_RESULTS)? {
@@ -171,8 +176,13 @@ fn student_f1s(run_dir: &RunDir) -> Result<BTreeMap<String, f64>> {
             metric.as_string::<i32>(),
         );
         let value = col("value")?.as_primitive::<arrow::datatypes::Float64Type>();
+        let n = col("n")?.as_primitive::<arrow::datatypes::Int64Type>();
         for i in 0..batch.num_rows() {
-            if system.value(i) == "student" && subset.value(i) == "all" && metric.value(i).contains("f1") {
+            if system.value(i) == "student"
+                && subset.value(i) == "all"
+                && HEADLINE_F1.contains(&metric.value(i))
+                && n.value(i) >= MIN_GATE_N
+            {
                 out.insert(format!("{}/{}/{}", task.value(i), dataset.value(i), metric.value(i)), value.value(i));
             }
         }

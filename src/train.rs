@@ -55,6 +55,9 @@ pub struct TrainConfig {
     pub epochs: usize,
     /// Stop after this many optimizer steps (smoke tests, benchmarks).
     pub max_steps: Option<usize>,
+    /// Train on at most this many sentences (a seeded sample, by document); 0 = all. Bounds
+    /// the supervised reference's time on a CPU (the gold train splits are large).
+    pub max_sentences: usize,
     pub batch_size: usize,
     pub lr: f64,
     pub weight_decay: f64,
@@ -87,6 +90,7 @@ impl Default for TrainConfig {
             supervised_reference: false,
             epochs: 5,
             max_steps: None,
+            max_sentences: 0,
             batch_size: 16,
             lr: 5e-5,
             weight_decay: 0.01,
@@ -226,6 +230,7 @@ pub fn run(cfg: &TrainConfig, run_dir: &RunDir) -> Result<TrainReport> {
         if sentences.is_empty() {
             return Err(Error::Config(format!("train {task}: no training sentences ({data:?})")));
         }
+        let sentences = data::cap(sentences, cfg.max_sentences, cfg.seed);
         let (train_sentences, dev_sentences) = data::split_dev(sentences, cfg.seed, cfg.dev_fraction);
         let mut features = FeatureStats::default();
         let train = featurize(&train_sentences, task, &tokenizer, cfg.windowing(), &mut features)?;

@@ -28,7 +28,7 @@ pub mod systems;
 #[cfg(test)]
 mod end_to_end_tests;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::{Arc, LazyLock};
 
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
@@ -313,6 +313,8 @@ fn evaluate(gold: &Gold, preds: &Preds, sentences: &Sentences, scope: Scope<'_>)
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
     use super::*;
     use crate::eval::load::SentenceRange;
 

@@ -8,6 +8,15 @@ pub fn esc(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
+/// A value in [0, 1] short enough to sit above an 18 px bar: `.93`, `1`, `0`.
+fn bar_label(v: f64) -> String {
+    match format!("{v:.2}").as_str() {
+        "1.00" => "1".into(),
+        "0.00" => "0".into(),
+        s => s.trim_start_matches('0').to_string(),
+    }
+}
+
 /// A grouped bar chart of values in [0, 1]; `groups[i].1[j]` is series `j` of group `i`.
 pub struct Chart {
     pub title: String,
@@ -46,13 +55,14 @@ impl Chart {
                 let _ = write!(
                     s,
                     "<rect x=\"{x}\" y=\"{}\" width=\"{}\" height=\"{h}\" fill=\"{}\"><title>{}: {v:.3}</title></rect>\
-                     <text x=\"{}\" y=\"{}\" text-anchor=\"middle\" font-size=\"8\">{v:.2}</text>",
+                     <text x=\"{}\" y=\"{}\" text-anchor=\"middle\" font-size=\"8\">{}</text>",
                     top + plot_h - h,
                     bar_w - 2.0,
                     COLORS[si % COLORS.len()],
                     esc(self.series.get(si).map_or("", String::as_str)),
                     x + bar_w / 2.0 - 1.0,
-                    top + plot_h - h - 2.0
+                    top + plot_h - h - 2.0,
+                    bar_label(*v)
                 );
             }
             let _ = write!(
@@ -187,6 +197,8 @@ mod tests {
         // A value of 1 fills the plot (160 px from y = 30); 0.5 is half of it.
         assert!(svg.contains("y=\"30\" width=\"16\" height=\"160\""), "{svg}");
         assert!(svg.contains("height=\"80\""), "{svg}");
+        assert!(svg.contains(">.50</text>") && svg.contains(">1</text>") && svg.contains(">0</text>"), "{svg}");
+        assert_eq!(bar_label(0.925), ".93");
     }
 
     #[test]

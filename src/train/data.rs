@@ -319,6 +319,23 @@ pub fn is_dev(doc_id: &str, seed: u64, dev_fraction: f64) -> bool {
     (value as f64 / u64::MAX as f64) < dev_fraction
 }
 
+/// At most `max` sentences (0 = all): those with the smallest seeded hash of their document,
+/// then sentence, so the sample keeps whole documents and does not depend on row order.
+pub fn cap(mut sentences: Vec<LabeledSentence>, max: usize, seed: u64) -> Vec<LabeledSentence> {
+    if max == 0 || sentences.len() <= max {
+        return sentences;
+    }
+    let rank = |s: &LabeledSentence| {
+        let mut h = Sha256::new();
+        h.update(seed.to_le_bytes());
+        h.update(s.doc_id.as_bytes());
+        (<[u8; 32]>::from(h.finalize()), s.sent_id)
+    };
+    sentences.sort_by_cached_key(rank);
+    sentences.truncate(max);
+    sentences
+}
+
 /// Split sentences into (train, dev) by document; see [`is_dev`].
 pub fn split_dev(
     sentences: Vec<LabeledSentence>,
@@ -362,4 +379,26 @@ pub(super) fn train_sentences_of(
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cap_keeps_whole_documents_deterministically() {
+        let s = |doc: &str, sent| LabeledSentence { doc_id: doc.into(), sent_id: sent, ..Default::default() };
+        let all: Vec<LabeledSentence> =
+            (0..20).flat_map(|d| [s(&format!("d{d}"), 0), s(&format!("d{d}"), 1)]).collect();
+        let a = cap(all.clone(), 10, 7);
+        let mut reversed = all.clone();
+        reversed.reverse();
+        assert_eq!(a, cap(reversed, 10, 7), "order of the input does not matter");
+        assert_eq!(a.len(), 10);
+        // Two sentences per document, whole documents first: 5 documents.
+        let docs: BTreeSet<&str> = a.iter().map(|s| s.doc_id.as_str()).collect();
+        assert_eq!(docs.len(), 5);
+        assert_eq!(cap(all.clone(), 0, 7).len(), 40);
+        assert_ne!(a, cap(all, 10, 8), "the seed picks the sample");
+    }
 }

@@ -130,8 +130,24 @@ impl TeacherLlm {
             return Err(Error::PromptTooLong { prompt_tokens: prompt.ids.len(), context_length: self.context_length });
         }
         let max_tokens = request.max_tokens.min(self.context_length - prompt.ids.len());
-        let cache = self.prefix_cache.lookup(&prompt.ids).unwrap_or_else(|| self.decoder.new_cache());
         let shared = prompt.shared_prefix_len;
+        // A new shared prefix (system prompt + few-shot examples) is computed once, alone, at
+        // admission: requests of a task arrive together, and if each prefilled it in the same
+        // batch, the prefix cache would only pay off from the next batch on.
+        if self.prefix_cache.enabled()
+            && shared >= MIN_CACHED_PREFIX
+            && shared < prompt.ids.len()
+            && !self.prefix_cache.contains(&prompt.ids[..shared])
+        {
+            let mut cache = self.decoder.new_cache();
+            if let Some(hit) = self.prefix_cache.lookup(&prompt.ids[..shared]) {
+                cache = hit;
+            }
+            let tokens = &prompt.ids[cache.len()..shared];
+            self.decoder.forward(&mut [SequenceInput { cache: &mut cache, tokens }])?;
+            self.prefix_cache.insert(prompt.ids[..shared].to_vec(), cache);
+        }
+        let cache = self.prefix_cache.lookup(&prompt.ids).unwrap_or_else(|| self.decoder.new_cache());
         let snapshot =
             shared >= MIN_CACHED_PREFIX && shared > cache.len() && !self.prefix_cache.contains(&prompt.ids[..shared]);
         let mut sequence = Sequence::new(request, prompt.ids, cache, max_tokens);

@@ -39,6 +39,11 @@ impl PrefixCache {
         Some(best.cache.clone())
     }
 
+    /// Whether the cache may hold anything (a budget of 0 disables it).
+    pub fn enabled(&self) -> bool {
+        self.max_bytes > 0
+    }
+
     /// Whether `ids` exactly is cached.
     pub fn contains(&self, ids: &[u32]) -> bool {
         self.entries.iter().any(|e| e.ids == ids)
