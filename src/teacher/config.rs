@@ -5,7 +5,6 @@
 //! that holds it is, so a config file can be committed and a run manifest can be published.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -15,46 +14,9 @@ use crate::error::{Error, Result};
 /// The value of [`TeacherConfig::base_url`] that means "the project's own embedded server".
 pub const EMBEDDED: &str = "embedded";
 
-/// A labeling task; each has its own prompt file `pipelines/prompts/<task>.toml`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Task {
-    /// Drugs and the adverse events each one caused.
-    Ade,
-    /// Gene and disease mentions and the (gene, disease) pairs a sentence associates.
-    GeneDisease,
-    /// Typed protected health information spans (see [`super::phi::PhiType`]).
-    Phi,
-}
-
-impl Task {
-    pub const ALL: [Task; 3] = [Task::Ade, Task::GeneDisease, Task::Phi];
-
-    /// The name used in tables, file names and the CLI.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Task::Ade => "ade",
-            Task::GeneDisease => "gene_disease",
-            Task::Phi => "phi",
-        }
-    }
-}
-
-impl fmt::Display for Task {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl std::str::FromStr for Task {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        Task::ALL
-            .into_iter()
-            .find(|t| t.as_str() == s)
-            .ok_or_else(|| format!("unknown task {s:?} (expected ade, gene_disease or phi)"))
-    }
-}
+/// A labeling task; each has its own prompt file `pipelines/prompts/<task>.toml`. One enum
+/// for the whole pipeline: the student's tasks are the teacher's.
+pub use crate::model::tags::Task;
 
 /// Price of one million tokens, in US dollars.
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]

@@ -141,6 +141,7 @@ pub async fn run_with_endpoint(cfg: &LabelConfig, run_dir: &RunDir, base_url: &s
     // Cache hits finish at once, so keep more jobs in hand than requests in flight.
     let in_hand = (teacher.concurrency * 4).clamp(16, 1024);
     let mut outcomes: Vec<Outcome> = Vec::with_capacity(jobs.len());
+    let log_every = (jobs.len() / 10).max(1);
     let mut finished =
         futures::stream::iter(jobs.iter().map(|&(task, s)| labeler.label(task, s))).buffer_unordered(in_hand);
     while let Some(outcome) = finished.next().await {
@@ -148,6 +149,16 @@ pub async fn run_with_endpoint(cfg: &LabelConfig, run_dir: &RunDir, base_url: &s
         report.add(&outcome, price);
         bar.inc(1);
         bar.set_message(accounting::progress_message(&report));
+        // Without a terminal (cron, CI, logs) the bar is hidden: log every tenth instead.
+        if !std::io::IsTerminal::is_terminal(&std::io::stderr()) && report.inputs % log_every == 0 {
+            tracing::info!(
+                "label: {}/{} ({:.1}/s) {}",
+                report.inputs,
+                jobs.len(),
+                report.inputs as f64 / started.elapsed().as_secs_f64().max(1e-9),
+                accounting::progress_message(&report)
+            );
+        }
         outcomes.push(outcome);
     }
     drop(finished);
