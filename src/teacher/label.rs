@@ -97,7 +97,8 @@ pub struct Labeler<'a> {
 }
 
 /// The request body for `messages` about `sentence`, as sent and as hashed into the cache key.
-/// With `teacher.grounded` and the embedded teacher, the sentence rides along as metadata,
+/// With `teacher.grounded`, the embedded teacher and a task whose strings are all spans (ADE,
+/// gene–disease), the sentence rides along as metadata,
 /// which the embedded server uses to constrain its reply to JSON whose strings occur in the
 /// sentence (hosted APIs limit metadata, so it is never sent to them).
 // `max_tokens` and `seed` are deprecated by OpenAI but are what vLLM, llama.cpp and most
@@ -109,8 +110,11 @@ pub fn build_request(
     messages: &[Message],
     sentence: &str,
 ) -> CreateChatCompletionRequest {
-    let metadata = (cfg.grounded && cfg.base_url == super::config::EMBEDDED)
-        .then(|| serde_json::json!({ crate::serve::types::METADATA_SOURCE_TEXT: sentence }).into());
+    // PHI replies carry a type name ("NAME", "DATE") that is not in the sentence; the grounding
+    // automaton constrains every string value, so it would force the type into a substring of
+    // the text and the reply into a loop. PHI spans are aligned after the fact instead.
+    let grounded = cfg.grounded && cfg.base_url == super::config::EMBEDDED && task != Task::Phi;
+    let metadata = grounded.then(|| serde_json::json!({ crate::serve::types::METADATA_SOURCE_TEXT: sentence }).into());
     CreateChatCompletionRequest {
         metadata,
         model: cfg.model.clone(),
@@ -216,6 +220,11 @@ impl<'a> Labeler<'a> {
         };
         let parsed = match parse::parse(task, &reply.content) {
             Ok(parsed) => parsed,
+            Err(problem) if reply.finish_reason.as_deref() == Some("length") => {
+                // Cut at max_tokens: a re-ask (longer prompt, same budget) would be cut again.
+                let error = TeacherError::Unparseable(format!("{problem}; the reply reached max_tokens"));
+                return Ok(outcome.fail(Status::ParseError, error.to_string()));
+            }
             Err(problem) => {
                 outcome.reasked = true;
                 let again = self
@@ -304,6 +313,19 @@ pub fn ground_output(output: &TaskOutput, text: &str, threshold: f64) -> Vec<Lab
 mod tests {
     use super::*;
     use crate::text::char_slice;
+
+    #[test]
+    fn grounding_is_asked_of_the_embedded_teacher_for_span_tasks_only() {
+        let embedded = TeacherConfig::default();
+        let remote = TeacherConfig { base_url: "https://api.example.com/v1".into(), ..Default::default() };
+        let grounded =
+            |cfg: &TeacherConfig, task| build_request(cfg, task, &[], "Aspirin caused rash.").metadata.is_some();
+        assert!(grounded(&embedded, Task::Ade) && grounded(&embedded, Task::GeneDisease));
+        assert!(!grounded(&embedded, Task::Phi), "PHI type names are not in the sentence");
+        assert!(!grounded(&remote, Task::Ade), "hosted APIs never get the sentence as metadata");
+        let off = TeacherConfig { grounded: false, ..Default::default() };
+        assert!(!grounded(&off, Task::Ade));
+    }
 
     #[test]
     fn rows_carry_offsets_that_slice_to_the_strings() {
