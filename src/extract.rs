@@ -151,6 +151,15 @@ impl fmt::Display for ExtractReport {
     }
 }
 
+/// The table `task` extracts into (before the supervised reference's suffix).
+pub fn output_table(task: Task) -> &'static str {
+    match task {
+        Task::Ade => table::ADE_RELATIONS,
+        Task::GeneDisease => table::GENE_DISEASE,
+        Task::Phi => table::PHI_SPANS,
+    }
+}
+
 /// One task's checkpoint and the table its predictions stream into.
 struct TaskOutput {
     checkpoint: Checkpoint,
@@ -184,12 +193,12 @@ pub fn run(cfg: &ExtractConfig, run_dir: &RunDir) -> Result<ExtractReport> {
                 format!("checkpoint is for task {}, not {task}", checkpoint.config.spec.task),
             ));
         }
-        let (name, schema) = match task {
-            Task::Ade => (table::ADE_RELATIONS, schema::ADE_RELATIONS.clone()),
-            Task::GeneDisease => (table::GENE_DISEASE, schema::GENE_DISEASE.clone()),
-            Task::Phi => (table::PHI_SPANS, schema::PHI_SPANS.clone()),
+        let schema = match task {
+            Task::Ade => schema::ADE_RELATIONS.clone(),
+            Task::GeneDisease => schema::GENE_DISEASE.clone(),
+            Task::Phi => schema::PHI_SPANS.clone(),
         };
-        let sink = TableSink::create(run_dir, &cfg.table_name(name), schema.clone())?;
+        let sink = TableSink::create(run_dir, &cfg.table_name(output_table(task)), schema.clone())?;
         outputs.push(TaskOutput { checkpoint, sink, schema });
     }
 
@@ -267,12 +276,7 @@ pub fn run(cfg: &ExtractConfig, run_dir: &RunDir) -> Result<ExtractReport> {
     for output in outputs {
         let task = output.checkpoint.config.spec.task;
         report.model_versions.insert(task, output.checkpoint.config.model_version.clone());
-        let name = cfg.table_name(match task {
-            Task::Ade => table::ADE_RELATIONS,
-            Task::GeneDisease => table::GENE_DISEASE,
-            Task::Phi => table::PHI_SPANS,
-        });
-        report.tables.insert(name, output.sink.finish()?);
+        report.tables.insert(cfg.table_name(output_table(task)), output.sink.finish()?);
     }
     if has_phi {
         let name = cfg.table_name(table::REDACTED_DOCUMENTS);

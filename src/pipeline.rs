@@ -20,13 +20,13 @@
 //! followed by a rerun yields what an uninterrupted run yields, with no teacher request paid
 //! twice.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, StringArray};
+use arrow::array::{Array, ArrayRef, BooleanArray, StringArray};
 use sha2::{Digest, Sha256};
 
 use crate::config::PipelineConfig;
@@ -39,6 +39,7 @@ use crate::publish::{self, Gate};
 use crate::run_dir::{RunDir, batch, concat};
 use crate::schema::table;
 use crate::train::TrainConfig;
+use crate::train::columns::read_all;
 
 /// `(doc_id, content_hash)` of every document a publication covers.
 pub const DOCUMENT_VERSIONS: &str = "document_versions";
@@ -115,7 +116,7 @@ pub async fn run(cfg: &PipelineConfig, full_refresh: bool) -> Result<RunReport> 
             ingest.failed_files.len()
         );
     }
-    let documents = document_versions(&run_dir)?;
+    let documents = document_versions(&run_dir, table::DOCUMENTS)?;
     let git_sha = manifest::git_sha();
     let input_hash = hash_documents(&documents);
     let run_id = run_id(&cfg.hash(), &input_hash, &git_sha, full_refresh);
@@ -289,15 +290,13 @@ fn run_id(config_hash: &str, input_hash: &str, git_sha: &str, full_refresh: bool
     format!("r{}", &hex::encode(h.finalize())[..12])
 }
 
-/// `doc_id -> content_hash` of the run directory's documents.
-fn document_versions(run_dir: &RunDir) -> Result<BTreeMap<String, String>> {
+/// `doc_id -> content_hash` from `table` of `run_dir` (`documents` or a publication's
+/// `document_versions`).
+fn document_versions(run_dir: &RunDir, table: &str) -> Result<BTreeMap<String, String>> {
     let mut out = BTreeMap::new();
-    for batch in run_dir.read_table(table::DOCUMENTS)? {
-        let (ids, hashes) = (
-            strings(run_dir, table::DOCUMENTS, &batch, "doc_id")?,
-            strings(run_dir, table::DOCUMENTS, &batch, "content_hash")?,
-        );
-        for i in 0..batch.num_rows() {
+    for cols in read_all(run_dir, table)? {
+        let (ids, hashes) = (cols.str("doc_id")?, cols.str("content_hash")?);
+        for i in 0..cols.len() {
             out.insert(ids.value(i).to_string(), hashes.value(i).to_string());
         }
     }
@@ -315,18 +314,6 @@ fn hash_documents(documents: &BTreeMap<String, String>) -> String {
     hex::encode(&h.finalize()[..16])
 }
 
-fn strings<'a>(
-    run_dir: &RunDir,
-    name: &str,
-    batch: &'a arrow::record_batch::RecordBatch,
-    column: &str,
-) -> Result<&'a StringArray> {
-    batch
-        .column_by_name(column)
-        .and_then(|c| c.as_string_opt::<i32>())
-        .ok_or_else(|| Error::input(run_dir.table_path(name), format!("column `{column}` missing or not a string")))
-}
-
 fn write_document_versions(run_dir: &RunDir, documents: &BTreeMap<String, String>) -> Result<()> {
     let schema = Arc::new(arrow::datatypes::Schema::new(vec![
         arrow::datatypes::Field::new("doc_id", arrow::datatypes::DataType::Utf8, false),
@@ -340,16 +327,7 @@ fn write_document_versions(run_dir: &RunDir, documents: &BTreeMap<String, String
 
 /// Documents whose content is new or changed since the publication `previous`.
 fn changed_documents(documents: &BTreeMap<String, String>, previous: &RunDir) -> Result<HashSet<String>> {
-    let mut before: HashMap<String, String> = HashMap::new();
-    for batch in previous.read_table(DOCUMENT_VERSIONS)? {
-        let (ids, hashes) = (
-            strings(previous, DOCUMENT_VERSIONS, &batch, "doc_id")?,
-            strings(previous, DOCUMENT_VERSIONS, &batch, "content_hash")?,
-        );
-        for i in 0..batch.num_rows() {
-            before.insert(ids.value(i).to_string(), hashes.value(i).to_string());
-        }
-    }
+    let before = document_versions(previous, DOCUMENT_VERSIONS)?;
     Ok(documents.iter().filter(|(id, hash)| before.get(*id) != Some(hash)).map(|(id, _)| id.clone()).collect())
 }
 
@@ -362,11 +340,7 @@ fn previous_versions(previous: &RunDir) -> Option<BTreeMap<String, String>> {
 fn output_tables(cfg: &ExtractConfig) -> Vec<String> {
     let mut out = Vec::new();
     for task in &cfg.tasks {
-        out.push(cfg.table_name(match task {
-            Task::Ade => table::ADE_RELATIONS,
-            Task::GeneDisease => table::GENE_DISEASE,
-            Task::Phi => table::PHI_SPANS,
-        }));
+        out.push(cfg.table_name(crate::extract::output_table(*task)));
         if *task == Task::Phi {
             out.push(cfg.table_name(table::REDACTED_DOCUMENTS));
         }
@@ -392,12 +366,12 @@ fn merge_previous(
         Some(b) => b.schema(),
         None => return Ok(()),
     };
-    for old in previous.read_table(name)? {
-        let ids = strings(previous, name, &old, "doc_id")?;
+    for old in read_all(previous, name)? {
+        let ids = old.str("doc_id")?;
         let keep: BooleanArray = (0..ids.len())
             .map(|i| Some(!changed.contains(ids.value(i)) && documents.contains_key(ids.value(i))))
             .collect();
-        batches.push(arrow::compute::filter_record_batch(&old, &keep)?);
+        batches.push(arrow::compute::filter_record_batch(&old.batch, &keep)?);
     }
     let merged = concat(&schema, &batches)?;
     let merged = sort_by_doc(&merged)?;
@@ -428,6 +402,8 @@ fn sort_by_doc(batch: &arrow::record_batch::RecordBatch) -> Result<arrow::record
 
 #[cfg(test)]
 mod tests {
+    use arrow::array::AsArray;
+
     use super::*;
 
     #[test]
