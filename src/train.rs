@@ -30,6 +30,7 @@ use self::data::{DataStats, SilverFilters};
 use self::features::{FeatureStats, Windowing, featurize};
 use self::fit::FitOutcome;
 use crate::error::{Error, IoContext, Result};
+use crate::model::encoder::Mode;
 use crate::model::student::{Arch, Student, StudentSpec, load_encoder_weights, seeded_init};
 use crate::model::tags::Task;
 use crate::model::wordpiece::WordPieces;
@@ -202,6 +203,8 @@ impl fmt::Display for TrainReport {
                 t.features.spans_dropped_overlap,
                 t.features.spans_cut_by_window,
             )?;
+            let losses = |v: &[f64]| v.iter().map(|l| format!("{l:.3}")).collect::<Vec<_>>().join(" ");
+            writeln!(f, "  loss per epoch: train {}; dev {}", losses(&t.fit.train_losses), losses(&t.fit.dev_losses))?;
         }
         Ok(())
     }
@@ -238,7 +241,8 @@ pub fn run(cfg: &TrainConfig, run_dir: &RunDir) -> Result<TrainReport> {
 
         let spec = StudentSpec { task, arch: cfg.arch, dropout: cfg.dropout };
         let varmap = VarMap::new();
-        let student = Student::load(VarBuilder::from_varmap(&varmap, DType::F32, &device), &encoder, &spec)?;
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device);
+        let student = Student::load(vb, &encoder, &spec, Mode::Train)?;
         seeded_init(&varmap, cfg.seed, encoder.initializer_range)?;
         load_encoder_weights(&varmap, &cfg.model_dir.join(checkpoint::WEIGHTS_FILE))?;
         let fit = fit::fit(cfg, &student, &varmap, &train, &dev, tokenizer.special(), task.as_str())?;

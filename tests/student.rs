@@ -181,3 +181,45 @@ fn supervised_reference_trains_on_gold_and_labels_its_outputs() {
     assert!(extracted.tables.contains_key("ade_relations_supervised_reference"), "{extracted}");
     assert!(!run.has_table(table::ADE_RELATIONS), "never written under the distilled student's name");
 }
+
+/// Our encoder (both modes) computes what candle-transformers' `BertModel` computes on the real
+/// weights: the trainable rewrite changed where gradients flow, not the function.
+#[test]
+fn student_encoder_matches_candle_bert_on_minilm() {
+    use biodistill::model::batch::{Batch, Example};
+    use biodistill::model::encoder::Mode;
+    use biodistill::model::student::{Arch, Student, StudentSpec, load_encoder_weights, seeded_init};
+    use biodistill::model::wordpiece::WordPieces;
+    use candle_core::{DType, Device};
+    use candle_nn::{VarBuilder, VarMap};
+    use candle_transformers::models::bert::{BertModel, Config};
+    let dir = model_dir();
+    let config: Config = serde_json::from_slice(&std::fs::read(dir.join("config.json")).unwrap()).unwrap();
+    let weights = dir.join("model.safetensors");
+    // SAFETY: read-only map of a file nobody writes during the test.
+    let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&weights], DType::F32, &Device::Cpu) }.unwrap();
+    let reference = BertModel::load(vb, &config).unwrap();
+    let wp = WordPieces::from_file(&dir.join("tokenizer.json")).unwrap();
+    let short = Example { ids: wp.encode("Aspirin caused nausea.").unwrap().ids, ..Default::default() };
+    let long = Example {
+        ids: wp.encode("Although isradipine has been associated with hepatocellular injury, none was seen.").unwrap().ids,
+        ..Default::default()
+    };
+    let batch = Batch::new(&[&short, &long], wp.special());
+    let (ids, types, mask) = batch.inputs(&Device::Cpu).unwrap();
+    let expected = reference.forward(&ids, &types, Some(&mask)).unwrap();
+    let spec = StudentSpec { task: Task::Ade, arch: Arch::Conditioned, dropout: 0.1 };
+    for mode in [Mode::Train, Mode::Infer] {
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+        let student = Student::load(vb, &config, &spec, mode).unwrap();
+        seeded_init(&varmap, 1, 0.02).unwrap();
+        load_encoder_weights(&varmap, &weights).unwrap();
+        let got = student.encode(&batch).unwrap();
+        // Padding positions differ by design (their values are never used); compare real tokens.
+        let keep = mask.to_dtype(DType::F32).unwrap().unsqueeze(2).unwrap();
+        let diff = (expected.broadcast_mul(&keep).unwrap() - got.broadcast_mul(&keep).unwrap()).unwrap();
+        let diff = diff.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(diff < 1e-3, "{mode:?}: max |diff| {diff}");
+    }
+}

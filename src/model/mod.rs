@@ -1,5 +1,6 @@
 //! Neural models: the student encoder and heads, and the embedded teacher LLM.
 pub mod batch;
+pub mod encoder;
 pub mod gguf_tokenizer;
 pub mod student;
 pub mod tags;

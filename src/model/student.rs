@@ -16,7 +16,7 @@
 //! Variable names: the encoder's are the checkpoint's own (`embeddings.…`, `encoder.layer.N.…`,
 //! no `bert.` prefix), heads live under `heads.entity` and `heads.relation`.
 //!
-//! candle's BERT `Dropout` is a no-op, so dropout acts only in the heads, through [`dropout`],
+//! The [`Encoder`] has no dropout (like candle's BERT), so dropout acts only in the heads, through [`dropout`],
 //! which draws from a seeded generator (candle's CPU generator cannot be seeded).
 
 use std::ops::Range;
@@ -24,12 +24,13 @@ use std::path::Path;
 
 use candle_core::{D, DType, Device, Tensor};
 use candle_nn::{Linear, Module, VarBuilder, VarMap, linear};
-use candle_transformers::models::bert::{BertModel, Config as BertConfig};
+use candle_transformers::models::bert::Config as BertConfig;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use super::batch::Batch;
+use super::encoder::{Encoder, Mode};
 use super::tags::{NUM_RELATION_TAGS, Task};
 use crate::error::{Error, Result};
 
@@ -146,7 +147,7 @@ impl MarkerTagger {
     }
 
     /// Relation logits `(anchors, tokens, tags)`, positions as in `batch` (markers removed).
-    pub fn forward(&self, encoder: &BertModel, batch: &Batch, p: f64, rng: Option<&mut StdRng>) -> Result<Tensor> {
+    pub fn forward(&self, encoder: &Encoder, batch: &Batch, p: f64, rng: Option<&mut StdRng>) -> Result<Tensor> {
         let (tokens, marked_len) = (batch.seq_len, batch.seq_len + 2);
         let anchors = batch.num_anchors();
         let (mut ids, mut mask, mut gather) = (Vec::new(), Vec::new(), Vec::new());
@@ -169,7 +170,7 @@ impl MarkerTagger {
         let device = &encoder.device;
         let ids = Tensor::from_vec(ids, (anchors, marked_len), device)?;
         let mask = Tensor::from_vec(mask, (anchors, marked_len), device)?;
-        let hidden = encoder.forward(&ids, &ids.zeros_like()?, Some(&mask))?;
+        let hidden = encoder.forward(&ids, &ids.zeros_like()?, &mask)?;
         let width = hidden.dim(2)?;
         let gather = Tensor::from_vec(gather, (anchors, tokens, 1), device)?.broadcast_as((anchors, tokens, width))?;
         let hidden = hidden.contiguous()?.gather(&gather.contiguous()?, 1)?;
@@ -185,15 +186,16 @@ enum RelationHead {
 
 /// Encoder plus the heads of one task.
 pub struct Student {
-    encoder: BertModel,
+    encoder: Encoder,
     entity: TokenHead,
     relation: Option<RelationHead>,
     spec: StudentSpec,
 }
 
 impl Student {
-    pub fn load(vb: VarBuilder, config: &BertConfig, spec: &StudentSpec) -> Result<Self> {
-        let encoder = BertModel::load(vb.clone(), config)?;
+    /// `mode` must be [`Mode::Train`] for a student that will be trained (see [`Encoder`]).
+    pub fn load(vb: VarBuilder, config: &BertConfig, spec: &StudentSpec, mode: Mode) -> Result<Self> {
+        let encoder = Encoder::load(vb.clone(), config, mode)?;
         let heads = vb.pp("heads");
         let hidden = config.hidden_size;
         let entity = TokenHead::load(heads.pp("entity"), hidden, spec.task.num_entity_tags())?;
@@ -227,7 +229,7 @@ impl Student {
     /// Hidden states `(batch, tokens, hidden)`.
     pub fn encode(&self, batch: &Batch) -> Result<Tensor> {
         let (ids, types, mask) = batch.inputs(self.device())?;
-        Ok(self.encoder.forward(&ids, &types, Some(&mask))?)
+        self.encoder.forward(&ids, &types, &mask)
     }
 
     /// Entity logits `(batch, tokens, entity tags)`; dropout when `rng` is given.
@@ -312,7 +314,7 @@ pub(crate) mod testutil {
     pub fn tiny_student(spec: &StudentSpec, vocab_size: usize, seed: u64) -> (VarMap, Student) {
         let varmap = VarMap::new();
         let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
-        let student = Student::load(vb, &tiny_bert(vocab_size), spec).unwrap();
+        let student = Student::load(vb, &tiny_bert(vocab_size), spec, Mode::Train).unwrap();
         seeded_init(&varmap, seed, 0.02).unwrap();
         (varmap, student)
     }
@@ -384,7 +386,7 @@ mod tests {
     fn pairwise_is_a_config_error_and_seeded_init_is_reproducible() {
         let varmap = VarMap::new();
         let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
-        let err = Student::load(vb, &testutil::tiny_bert(30), &spec(Arch::Pairwise)).err().unwrap();
+        let err = Student::load(vb, &testutil::tiny_bert(30), &spec(Arch::Pairwise), Mode::Train).err().unwrap();
         assert!(err.to_string().contains("pairwise"), "{err}");
         let weights = |seed| {
             let (varmap, _) = tiny_student(&spec(Arch::Conditioned), 30, seed);

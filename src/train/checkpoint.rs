@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, IoContext, Result};
+use crate::model::encoder::Mode;
 use crate::model::student::{Student, StudentSpec};
 use crate::model::wordpiece::WordPieces;
 
@@ -119,7 +120,7 @@ impl Checkpoint {
         // SAFETY: read-only mapping of a file this process does not modify while it is mapped.
         let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&weights], DType::F32, device) }
             .map_err(|e| Error::Model(format!("{}: {e}", weights.display())))?;
-        let student = Student::load(vb, &encoder, &config.spec)
+        let student = Student::load(vb, &encoder, &config.spec, Mode::Infer)
             .map_err(|e| Error::Model(format!("{}: {e}", weights.display())))?;
         let tokenizer = WordPieces::from_file(&dir.join(TOKENIZER_FILE))?;
         Ok(Self { dir: dir.to_path_buf(), config, student, tokenizer })

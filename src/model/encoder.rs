@@ -1,0 +1,213 @@
+//! A BERT encoder that can be fine-tuned: the student's backbone (all-MiniLM-L6-v2).
+//!
+//! candle-transformers' `BertModel` computes the same function, but its LayerNorm and softmax
+//! are candle's fused CPU kernels, which are applied without a backward pass
+//! (`apply_op3_no_bwd`): the autograd graph stops at every LayerNorm, so fine-tuning through it
+//! silently trains only the heads (we shipped that bug once: 2 of 105 variables got gradients).
+//! This module uses the fused kernels only when built for inference ([`Mode::Infer`]) and the
+//! differentiable compositions when training ([`Mode::Train`]); both give the same outputs
+//! (tested against `BertModel`).
+//!
+//! Variable names are the checkpoint's own (`embeddings.…`, `encoder.layer.N.…`).
+// https://github.com/huggingface/transformers/blob/v4.44.0/src/transformers/models/bert/modeling_bert.py
+
+use candle_core::{D, DType, Device, Module, Tensor};
+use candle_nn::{Embedding, Linear, VarBuilder, embedding, linear};
+use candle_transformers::models::bert::{Config, HiddenAct};
+
+use crate::error::Result;
+
+/// Whether the graph must be differentiable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Differentiable LayerNorm and softmax (slower).
+    Train,
+    /// candle's fused kernels, no autograd.
+    Infer,
+}
+
+/// LayerNorm that keeps the autograd graph in [`Mode::Train`].
+struct Norm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f32,
+    mode: Mode,
+}
+
+impl Norm {
+    fn load(vb: VarBuilder, config: &Config, mode: Mode) -> Result<Self> {
+        let weight = vb.get_with_hints(config.hidden_size, "weight", candle_nn::Init::Const(1.0))?;
+        let bias = vb.get_with_hints(config.hidden_size, "bias", candle_nn::Init::Const(0.0))?;
+        Ok(Self { weight, bias, eps: config.layer_norm_eps as f32, mode })
+    }
+
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        Ok(match self.mode {
+            Mode::Train => candle_nn::ops::layer_norm_slow(xs, &self.weight, &self.bias, self.eps)?,
+            Mode::Infer => candle_nn::ops::layer_norm(xs, &self.weight, &self.bias, self.eps)?,
+        })
+    }
+}
+
+struct Embeddings {
+    words: Embedding,
+    positions: Embedding,
+    token_types: Embedding,
+    norm: Norm,
+}
+
+impl Embeddings {
+    fn load(vb: VarBuilder, c: &Config, mode: Mode) -> Result<Self> {
+        Ok(Self {
+            words: embedding(c.vocab_size, c.hidden_size, vb.pp("word_embeddings"))?,
+            positions: embedding(c.max_position_embeddings, c.hidden_size, vb.pp("position_embeddings"))?,
+            token_types: embedding(c.type_vocab_size, c.hidden_size, vb.pp("token_type_embeddings"))?,
+            norm: Norm::load(vb.pp("LayerNorm"), c, mode)?,
+        })
+    }
+
+    fn forward(&self, ids: &Tensor, types: &Tensor) -> Result<Tensor> {
+        let (_, len) = ids.dims2()?;
+        let positions = Tensor::arange(0u32, len as u32, ids.device())?;
+        let xs = self.words.forward(ids)?.add(&self.token_types.forward(types)?)?;
+        let xs = xs.broadcast_add(&self.positions.forward(&positions)?)?;
+        self.norm.forward(&xs)
+    }
+}
+
+struct Layer {
+    query: Linear,
+    key: Linear,
+    value: Linear,
+    attention_out: Linear,
+    attention_norm: Norm,
+    intermediate: Linear,
+    output: Linear,
+    output_norm: Norm,
+    heads: usize,
+    act: HiddenAct,
+    mode: Mode,
+}
+
+impl Layer {
+    fn load(vb: VarBuilder, c: &Config, mode: Mode) -> Result<Self> {
+        let (h, i) = (c.hidden_size, c.intermediate_size);
+        let attention = vb.pp("attention");
+        let this = attention.pp("self");
+        Ok(Self {
+            query: linear(h, h, this.pp("query"))?,
+            key: linear(h, h, this.pp("key"))?,
+            value: linear(h, h, this.pp("value"))?,
+            attention_out: linear(h, h, attention.pp("output").pp("dense"))?,
+            attention_norm: Norm::load(attention.pp("output").pp("LayerNorm"), c, mode)?,
+            intermediate: linear(h, i, vb.pp("intermediate").pp("dense"))?,
+            output: linear(i, h, vb.pp("output").pp("dense"))?,
+            output_norm: Norm::load(vb.pp("output").pp("LayerNorm"), c, mode)?,
+            heads: c.num_attention_heads,
+            act: c.hidden_act,
+            mode,
+        })
+    }
+
+    /// `(batch, tokens, hidden)` -> `(batch, tokens, head, head_dim)` -> `(batch, head, tokens, head_dim)`.
+    fn split_heads(&self, xs: &Tensor) -> Result<Tensor> {
+        let (b, t, h) = xs.dims3()?;
+        Ok(xs.reshape((b, t, self.heads, h / self.heads))?.transpose(1, 2)?.contiguous()?)
+    }
+
+    /// `bias` is `(batch, 1, 1, tokens)`: 0 for real tokens, a large negative for padding.
+    fn forward(&self, xs: &Tensor, bias: &Tensor) -> Result<Tensor> {
+        let (b, t, h) = xs.dims3()?;
+        let scale = 1.0 / ((h / self.heads) as f64).sqrt();
+        let q = self.split_heads(&self.query.forward(xs)?)?;
+        let k = self.split_heads(&self.key.forward(xs)?)?;
+        let v = self.split_heads(&self.value.forward(xs)?)?;
+        let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(bias)?;
+        let probs = match self.mode {
+            Mode::Train => candle_nn::ops::softmax(&scores, D::Minus1)?,
+            Mode::Infer => candle_nn::ops::softmax_last_dim(&scores)?,
+        };
+        let context = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, h))?;
+        let xs = self.attention_norm.forward(&(self.attention_out.forward(&context)? + xs)?)?;
+        let inner = self.intermediate.forward(&xs)?;
+        let inner = match self.act {
+            HiddenAct::Gelu => inner.gelu_erf()?,
+            HiddenAct::GeluApproximate => inner.gelu()?,
+            HiddenAct::Relu => inner.relu()?,
+        };
+        self.output_norm.forward(&(self.output.forward(&inner)? + xs)?)
+    }
+}
+
+/// The BERT encoder: embeddings and transformer layers (no pooler).
+pub struct Encoder {
+    embeddings: Embeddings,
+    layers: Vec<Layer>,
+    pub device: Device,
+}
+
+impl Encoder {
+    pub fn load(vb: VarBuilder, config: &Config, mode: Mode) -> Result<Self> {
+        let embeddings = Embeddings::load(vb.pp("embeddings"), config, mode)?;
+        let layers = (0..config.num_hidden_layers)
+            .map(|i| Layer::load(vb.pp(format!("encoder.layer.{i}")), config, mode))
+            .collect::<Result<_>>()?;
+        Ok(Self { embeddings, layers, device: vb.device().clone() })
+    }
+
+    /// Hidden states `(batch, tokens, hidden)` of `ids`; `mask` is 1 for real tokens, 0 for padding.
+    pub fn forward(&self, ids: &Tensor, types: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        let mut xs = self.embeddings.forward(ids, types)?;
+        let (b, t) = mask.dims2()?;
+        // Large but finite, so a fully padded row still has a defined softmax.
+        let bias = ((mask.to_dtype(DType::F32)? - 1.0)? * 1e9)?.reshape((b, 1, 1, t))?;
+        for layer in &self.layers {
+            xs = layer.forward(&xs, &bias)?;
+        }
+        Ok(xs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_nn::VarMap;
+
+    use super::*;
+    use crate::model::student::testutil::tiny_bert;
+
+    fn tiny(mode: Mode, varmap: &VarMap) -> Encoder {
+        let vb = VarBuilder::from_varmap(varmap, DType::F32, &Device::Cpu);
+        Encoder::load(vb, &tiny_bert(30), mode).unwrap()
+    }
+
+    fn inputs() -> (Tensor, Tensor, Tensor) {
+        let ids = Tensor::new(&[[4u32, 10, 11, 5], [4, 12, 5, 0]], &Device::Cpu).unwrap();
+        let mask = Tensor::new(&[[1u32, 1, 1, 1], [1, 1, 1, 0]], &Device::Cpu).unwrap();
+        (ids.clone(), ids.zeros_like().unwrap(), mask)
+    }
+
+    #[test]
+    fn every_variable_gets_a_gradient_when_training() {
+        let varmap = VarMap::new();
+        let encoder = tiny(Mode::Train, &varmap);
+        crate::model::student::seeded_init(&varmap, 3, 0.02).unwrap();
+        let (ids, types, mask) = inputs();
+        let grads = encoder.forward(&ids, &types, &mask).unwrap().sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        let data = varmap.data().lock().unwrap();
+        let missing: Vec<&String> = data.iter().filter(|(_, v)| grads.get(v).is_none()).map(|(n, _)| n).collect();
+        assert!(missing.is_empty(), "no gradient for {missing:?}");
+    }
+
+    #[test]
+    fn train_and_infer_modes_compute_the_same_function() {
+        let varmap = VarMap::new();
+        let train = tiny(Mode::Train, &varmap);
+        let infer = tiny(Mode::Infer, &varmap);
+        crate::model::student::seeded_init(&varmap, 4, 0.02).unwrap();
+        let (ids, types, mask) = inputs();
+        let a = train.forward(&ids, &types, &mask).unwrap();
+        let b = infer.forward(&ids, &types, &mask).unwrap();
+        let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(diff < 1e-4, "max |diff| {diff}");
+    }
+}
