@@ -121,6 +121,19 @@ fn trains_on_silver_labels_and_extracts_to_every_table() {
         let versions = col::<StringArray>(batch, "model_version");
         assert!(versions.iter().all(|v| v.unwrap().starts_with("student-")));
     }
+    // Quality, not only shape: after overfitting, the trained pairs come back exactly (this
+    // failed while candle's BertModel silently kept the encoder frozen).
+    let found: std::collections::HashSet<(String, String)> = (0..ade.num_rows())
+        .map(|r| {
+            let text = |c: &str| col::<StringArray>(&ade, c).value(r).to_string();
+            (text("drug"), text("effect"))
+        })
+        .collect();
+    let trained: Vec<(String, String)> =
+        LABELS.iter().filter(|l| l.0 == "ade" && !l.6.is_empty()).map(|l| (l.4.to_string(), l.6.to_string())).collect();
+    let recovered = trained.iter().filter(|p| found.contains(*p)).count();
+    println!("ade pairs recovered: {recovered}/{} of {found:?}", trained.len());
+    assert_eq!(recovered, trained.len(), "recovered {recovered} of {trained:?} in {found:?}");
     let redacted = read(&run, table::REDACTED_DOCUMENTS, &schema::REDACTED_DOCUMENTS);
     assert_eq!(redacted.num_rows(), DOCS.len());
     let texts = col::<StringArray>(&redacted, "redacted_text");
@@ -202,7 +215,10 @@ fn student_encoder_matches_candle_bert_on_minilm() {
     let wp = WordPieces::from_file(&dir.join("tokenizer.json")).unwrap();
     let short = Example { ids: wp.encode("Aspirin caused nausea.").unwrap().ids, ..Default::default() };
     let long = Example {
-        ids: wp.encode("Although isradipine has been associated with hepatocellular injury, none was seen.").unwrap().ids,
+        ids: wp
+            .encode("Although isradipine has been associated with hepatocellular injury, none was seen.")
+            .unwrap()
+            .ids,
         ..Default::default()
     };
     let batch = Batch::new(&[&short, &long], wp.special());
