@@ -13,7 +13,7 @@ export BIODISTILL_INGEST_DATA_DIR ?= $(abspath $(DATA_DIR))
 BIN := $(CARGO_TARGET_DIR)/debug/biodistill
 CARGO_FLAGS ?= --locked
 
-.PHONY: setup models models-test models-pipeline build pipeline ingest sql test test-unit fmt lint bench bench-reference clean
+.PHONY: setup models models-test models-pipeline build pipeline ingest sql test test-unit fmt lint bench bench-reference learning-curve clean
 
 ## Set-up: every model weight file of ../shared/MODELS.md, fetched and sha256-verified.
 setup: models
@@ -60,6 +60,11 @@ bench: setup bench-reference
 	cargo bench $(CARGO_FLAGS) --profile dev
 bench-reference:
 	bash scripts/install_llama_cpp.sh
+	$(PYTHON) -m pip install --quiet onnxruntime onnx tokenizers numpy
+
+## Student F1 against silver-set size (TASK=ade SIZES="25 50 100 200 400"; see the script).
+learning-curve: models-pipeline build
+	bash scripts/learning_curve.sh
 
 clean:
 	rm -rf runs

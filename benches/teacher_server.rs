@@ -26,6 +26,8 @@ use biodistill::model::teacher_llm::chat::render_chatml;
 use biodistill::model::teacher_llm::{ChatMessage, GenerateRequest, Generation, Role, TeacherLlm, TeacherLlmConfig};
 use biodistill::serve::{DEFAULT_MAX_BATCH, ServeConfig, init_threads, spawn};
 
+/// Completion budget of an ADE answer, for us and for llama.cpp.
+const HTTP_MAX_TOKENS: u32 = 96;
 const DEFAULT_MODEL: &str = "models/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf";
 
 const SYSTEM: &str = "You extract adverse drug events from one sentence of a biomedical abstract. \
@@ -158,7 +160,7 @@ async fn http_sentences_per_hour(config: ServeConfig, sentences: &[&str], ground
                 })
                 .collect();
             let mut args = CreateChatCompletionRequestArgs::default();
-            args.model(model).messages(messages).temperature(0.0).max_completion_tokens(96u32);
+            args.model(model).messages(messages).temperature(0.0).max_completion_tokens(HTTP_MAX_TOKENS);
             if grounded {
                 args.metadata(serde_json::json!({ "biodistill_source_text": sentence }));
             }
@@ -172,8 +174,9 @@ async fn http_sentences_per_hour(config: ServeConfig, sentences: &[&str], ground
     (sentences.len() as f64 * 3600.0 / elapsed, tokens as f64 / sentences.len() as f64)
 }
 
-/// Figure 5: llama.cpp on the same prompt, through scripts/bench_llama_cpp.py.
-fn llama_cpp(model: &str, threads: usize, decode_tokens: usize) -> Option<serde_json::Value> {
+/// Figure 5: llama.cpp on the same prompt, through scripts/bench_llama_cpp.py; `sentences` are
+/// also labeled there (3-shot ADE, cached prefix, greedy, same max tokens) for sentences/hour.
+fn llama_cpp(model: &str, threads: usize, decode_tokens: usize, sentences: &[&str]) -> Option<serde_json::Value> {
     if env_flag("BIODISTILL_BENCH_SKIP_LLAMA_CPP") {
         return None;
     }
@@ -189,10 +192,16 @@ fn llama_cpp(model: &str, threads: usize, decode_tokens: usize) -> Option<serde_
         .iter()
         .map(|s| render_chatml(&[ChatMessage::new(Role::User, format!("Sentence: {s}"))]))
         .collect();
+    let label_suffixes: Vec<String> = sentences
+        .iter()
+        .map(|s| render_chatml(&[ChatMessage::new(Role::User, format!("Sentence: {s}"))]))
+        .collect();
     let spec = serde_json::json!({
         "prompt": render_chatml(&few_shot(3, SENTENCES[0])),
         "prefix": prefix,
         "suffixes": suffixes,
+        "label_suffixes": label_suffixes,
+        "max_tokens": HTTP_MAX_TOKENS,
     });
     let spec_path = std::env::temp_dir().join("biodistill_llama_cpp_prompt.json");
     std::fs::write(&spec_path, spec.to_string()).ok()?;
@@ -257,8 +266,12 @@ fn main() {
     let sentences = if quick { &SENTENCES[..4] } else { SENTENCES };
     let mut serve = ServeConfig::new(&model);
     serve.threads = None;
+    let mut plain_per_hour = 0.0;
     for grounded in [false, true] {
         let (per_hour, tokens) = runtime.block_on(http_sentences_per_hour(serve.clone(), sentences, grounded));
+        if !grounded {
+            plain_per_hour = per_hour;
+        }
         println!(
             "HTTP end to end (3-shot ADE, {} sentences, batch {}, grounded {grounded}): {per_hour:.0} sentences/hour, {tokens:.1} completion tokens/sentence",
             sentences.len(),
@@ -266,7 +279,7 @@ fn main() {
         );
     }
 
-    if let Some(reference) = llama_cpp(&model, threads, decode_tokens) {
+    if let Some(reference) = llama_cpp(&model, threads, decode_tokens, sentences) {
         let f = |k: &str| reference[k].as_f64().unwrap_or(f64::NAN);
         println!("\nllama.cpp {reference}");
         println!(
@@ -275,6 +288,12 @@ fn main() {
             one.decode_tps / f("decode_tokens_per_s"),
             DEFAULT_MAX_BATCH,
             default_tps / f("decode_tokens_per_s"),
+        );
+        println!(
+            "ratio candle/llama.cpp: ADE sentences/hour {:.2} (ours through HTTP at batch {}, ungrounded; llama.cpp one at a time, cached prefix, {:.1} completion tokens/sentence)",
+            plain_per_hour / f("label_sentences_per_hour"),
+            serve.max_batch,
+            f("label_completion_tokens_per_sentence"),
         );
     }
 }

@@ -6,7 +6,11 @@ Prints one JSON object: prefill and decode tokens/s, and the per-request prefill
 shared prompt prefix stays in llama.cpp's KV cache (its own prefix reuse).
 
 Usage: bench_llama_cpp.py MODEL PROMPT_JSON THREADS N_DECODE
-PROMPT_JSON: {"prompt": "<ChatML text>", "prefix": "<shared prefix text>", "suffixes": [...]}
+PROMPT_JSON: {"prompt": "<ChatML text>", "prefix": "<shared prefix text>", "suffixes": [...],
+              "label_suffixes": [...], "max_tokens": N}
+label_suffixes: one rendered user turn (ending in the assistant header) per ADE sentence; each is
+answered greedily from the cached prefix until <|im_end|> or max_tokens, one after the other
+(llama-cpp-python serves one sequence at a time): ADE sentences per hour, the goal's unit.
 """
 import json
 import sys
@@ -45,6 +49,21 @@ def main():
         llm.eval(ids)
         per_request.append(time.perf_counter() - t0)
 
+    # Labeled sentences per hour: prefix cached, each sentence decoded to the end of its answer.
+    end = tok("<|im_end|>")[0]
+    generated, t0 = 0, time.perf_counter()
+    for suffix in spec.get("label_suffixes", []):
+        llm.n_tokens = len(prefix)
+        llm.eval(tok(suffix))
+        for _ in range(spec.get("max_tokens", 96)):
+            next_id = int(llm.scores[llm.n_tokens - 1].argmax())
+            if next_id == end:
+                break
+            llm.eval([next_id])
+            generated += 1
+    label_s = time.perf_counter() - t0
+    labeled = len(spec.get("label_suffixes", []))
+
     print(json.dumps({
         "prompt_tokens": len(prompt),
         "prefill_tokens_per_s": len(prompt) / prefill_s,
@@ -52,6 +71,9 @@ def main():
         "decode_tokens_per_s": n_decode / decode_s,
         "prefix_tokens": len(prefix),
         "cached_prefix_prefill_s": sum(per_request) / len(per_request),
+        "label_sentences": labeled,
+        "label_sentences_per_hour": labeled * 3600 / label_s if labeled else None,
+        "label_completion_tokens_per_sentence": generated / labeled if labeled else None,
         "llama_cpp_python": llama_cpp.__version__,
     }))
 

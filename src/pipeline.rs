@@ -170,7 +170,7 @@ pub async fn run(cfg: &PipelineConfig, full_refresh: bool) -> Result<RunReport> 
     let trained = stages.time(
         "train",
         || crate::train::run(&train_cfg, &run_dir),
-        |r| r.tasks.iter().map(|t| (format!("{}_sentences", t.task), t.data.sentences)).collect(),
+        crate::train::TrainReport::counts,
     )?;
     let versions: BTreeMap<String, String> =
         trained.tasks.iter().map(|t| (t.task.as_str().to_string(), t.model_version.clone())).collect();
@@ -202,7 +202,7 @@ pub async fn run(cfg: &PipelineConfig, full_refresh: bool) -> Result<RunReport> 
         stages.time(
             "train_supervised_reference",
             || crate::train::run(&reference, &run_dir),
-            |r| r.tasks.iter().map(|t| (format!("{}_sentences", t.task), t.data.sentences)).collect(),
+            crate::train::TrainReport::counts,
         )?;
         let reference_extract =
             ExtractConfig { supervised_reference: true, only_documents: None, ..extract_cfg.clone() };

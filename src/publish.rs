@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, IoContext, Result};
 use crate::run_dir::RunDir;
 use crate::schema::table;
+use crate::train::columns::read_all;
 
 /// The symlink naming the live publication.
 pub const CURRENT: &str = "current";
@@ -160,24 +161,10 @@ const MIN_GATE_N: i64 = 20;
 /// `task/dataset/metric -> value` of the student's headline F1s on every dev sentence.
 fn student_f1s(run_dir: &RunDir) -> Result<BTreeMap<String, f64>> {
     let mut out = BTreeMap::new();
-    for batch in run_dir.read_table(crate::eval::table::EVAL_RESULTS)? {
-        let col = |n: &str| {
-            batch.column_by_name(n).ok_or_else(|| {
-                Error::input(run_dir.table_path(crate::eval::table::EVAL_RESULTS), format!("no column {n}"))
-            })
-        };
-        let (task, dataset, system, subset, metric) =
-            (col("task")?, col("dataset")?, col("system")?, col("subset")?, col("metric")?);
-        let (task, dataset, system, subset, metric) = (
-            task.as_string::<i32>(),
-            dataset.as_string::<i32>(),
-            system.as_string::<i32>(),
-            subset.as_string::<i32>(),
-            metric.as_string::<i32>(),
-        );
-        let value = col("value")?.as_primitive::<arrow::datatypes::Float64Type>();
-        let n = col("n")?.as_primitive::<arrow::datatypes::Int64Type>();
-        for i in 0..batch.num_rows() {
+    for cols in read_all(run_dir, crate::eval::table::EVAL_RESULTS)? {
+        let (task, dataset, system) = (cols.str("task")?, cols.str("dataset")?, cols.str("system")?);
+        let (subset, metric, value, n) = (cols.str("subset")?, cols.str("metric")?, cols.f64("value")?, cols.i64("n")?);
+        for i in 0..cols.len() {
             if system.value(i) == "student"
                 && subset.value(i) == "all"
                 && HEADLINE_F1.contains(&metric.value(i))

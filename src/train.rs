@@ -162,18 +162,29 @@ pub struct TrainReport {
     pub tasks: Vec<TaskReport>,
 }
 
+impl TrainReport {
+    /// Per-task counts for the run manifest: training sentences and optimizer steps.
+    pub fn counts(&self) -> std::collections::BTreeMap<String, usize> {
+        let per_task = |t: &TaskReport| {
+            [(format!("{}_sentences", t.task), t.data.sentences), (format!("{}_steps", t.task), t.fit.steps)]
+        };
+        self.tasks.iter().flat_map(per_task).collect()
+    }
+}
+
 impl fmt::Display for TrainReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for t in &self.tasks {
             let dev = t.fit.dev_losses.get(t.fit.best_epoch.saturating_sub(1)).map(|l| format!("{l:.4}"));
             writeln!(
                 f,
-                "{} [{}] {}: {} sentences ({} negatives, {} entities, {} pairs) -> {} train / {} dev windows; \
+                "{} [{}] {}: {} sentences of {} ({} negatives, {} entities, {} pairs) -> {} train / {} dev windows; \
                  {} steps, {} epochs (best {}{}), dev loss {}, {:.0} tokens/s, {:.1}s -> {}",
                 t.task,
                 t.label_source.version_prefix(),
                 t.model_version,
                 t.data.sentences,
+                t.data.available_sentences,
                 t.data.negatives,
                 t.data.entities,
                 t.data.pairs,
@@ -225,7 +236,7 @@ pub fn run(cfg: &TrainConfig, run_dir: &RunDir) -> Result<TrainReport> {
         if cfg.supervised_reference { LabelSource::GoldSupervisedReference } else { LabelSource::Teacher };
     let mut reports = Vec::new();
     for &task in &cfg.tasks {
-        let (sentences, data) = if cfg.supervised_reference {
+        let (sentences, mut data) = if cfg.supervised_reference {
             gold::gold(run_dir, task)?
         } else {
             data::silver(run_dir, task, &cfg.filters)?
@@ -233,7 +244,9 @@ pub fn run(cfg: &TrainConfig, run_dir: &RunDir) -> Result<TrainReport> {
         if sentences.is_empty() {
             return Err(Error::Config(format!("train {task}: no training sentences ({data:?})")));
         }
+        data.available_sentences = sentences.len();
         let sentences = data::cap(sentences, cfg.max_sentences, cfg.seed);
+        data::finish_stats(&mut data, &sentences);
         let (train_sentences, dev_sentences) = data::split_dev(sentences, cfg.seed, cfg.dev_fraction);
         let mut features = FeatureStats::default();
         let train = featurize(&train_sentences, task, &tokenizer, cfg.windowing(), &mut features)?;

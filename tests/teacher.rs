@@ -159,6 +159,24 @@ async fn server_errors_and_timeouts_are_retried_then_recorded_as_failures_not_ca
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_cut_at_max_tokens_is_not_reasked() {
+    let texts = vec!["CUT runs out of tokens".to_string(), "Plain answers well".into()];
+    let server = MockServer::start(
+        Duration::ZERO,
+        script(|r| if r.user.contains("CUT") { Action::Truncated } else { Action::Reply(r.plausible.clone()) }),
+    )
+    .await
+    .unwrap();
+    let (tmp, run) = run_dir_with(&texts);
+    let report = teacher::run(&config(&server, tmp.path()), &run).await.unwrap();
+    assert_eq!((report.ok, report.parse_errors, report.reasks), (1, 1, 0), "{report}");
+    assert_eq!(server.requests(), 2, "a re-ask with the same budget would be cut again");
+    let cut = &call_rows(&run)[0];
+    assert_eq!(cut.1, "parse_error");
+    assert!(cut.3.as_deref().unwrap().contains("max_tokens"), "{cut:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_json_is_reasked_once_then_counted() {
     let texts = vec![
         "GARBAGE always answers badly".to_string(),

@@ -31,6 +31,8 @@ pub enum Action {
     Reply(String),
     /// 200 whose content is not JSON.
     Malformed,
+    /// 200 with JSON cut off mid-way and `finish_reason: "length"` (the `max_tokens` budget ran out).
+    Truncated,
     /// An error status, optionally with `Retry-After` (seconds) or `retry-after-ms`.
     Status { code: u16, retry_after: Option<String>, retry_after_ms: Option<u64>, body: String },
     /// Wait this long, then answer 504 (the client should have given up by then).
@@ -193,9 +195,10 @@ async fn chat(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
     let (status, response) = match action {
         Action::Reply(content) => {
             stats.per_body.lock().unwrap().entry(hash).or_default().1 += 1;
-            (200, completion(&json, &content))
+            (200, completion(&json, &content, "stop"))
         }
-        Action::Malformed => (200, completion(&json, "Sure! Here are the entities: drugs = [aspirin")),
+        Action::Malformed => (200, completion(&json, "Sure! Here are the entities: drugs = [aspirin", "stop")),
+        Action::Truncated => (200, completion(&json, r#"{"pairs": [{"drug": "aspirin", "eff"#, "length")),
         Action::Status { code, retry_after, retry_after_ms, body } => {
             let mut headers = HeaderMap::new();
             if let Some(v) = retry_after.and_then(|v| HeaderValue::from_str(&v).ok()) {
@@ -216,7 +219,7 @@ async fn chat(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
     response
 }
 
-fn completion(request: &serde_json::Value, content: &str) -> Response {
+fn completion(request: &serde_json::Value, content: &str, finish_reason: &str) -> Response {
     let prompt_tokens = request.to_string().len() / 4;
     let completion_tokens = content.len() / 4 + 1;
     axum::Json(serde_json::json!({
@@ -224,7 +227,7 @@ fn completion(request: &serde_json::Value, content: &str) -> Response {
         "object": "chat.completion",
         "created": 0,
         "model": request["model"].as_str().unwrap_or("mock"),
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish_reason}],
         "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                   "total_tokens": prompt_tokens + completion_tokens},
     }))

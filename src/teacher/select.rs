@@ -7,14 +7,13 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use arrow::array::{Array, AsArray};
-use arrow::datatypes::Int32Type;
-use arrow::record_batch::RecordBatch;
+use arrow::array::Array;
 use sha2::{Digest, Sha256};
 
 use super::config::{LabelConfig, Task};
 use crate::error::{Error, Result};
 use crate::run_dir::RunDir;
+use crate::train::columns::{TableStream, read_all};
 use crate::schema::{split, table};
 
 /// One sentence to label.
@@ -25,26 +24,12 @@ pub struct Sentence {
     pub text: String,
 }
 
-fn string_column<'a>(
-    run_dir: &RunDir,
-    name: &str,
-    batch: &'a RecordBatch,
-    column: &str,
-) -> Result<&'a arrow::array::StringArray> {
-    batch
-        .column_by_name(column)
-        .and_then(|c| c.as_string_opt::<i32>())
-        .ok_or_else(|| Error::input(run_dir.table_path(name), format!("column `{column}` missing or not a string")))
-}
-
 /// `doc_id -> (source, split)` from the `documents` table.
 fn document_info(run_dir: &RunDir) -> Result<HashMap<String, (String, String)>> {
     let mut info = HashMap::new();
-    for batch in run_dir.read_table(table::DOCUMENTS)? {
-        let ids = string_column(run_dir, table::DOCUMENTS, &batch, "doc_id")?;
-        let sources = string_column(run_dir, table::DOCUMENTS, &batch, "source")?;
-        let splits = string_column(run_dir, table::DOCUMENTS, &batch, "split")?;
-        for i in 0..batch.num_rows() {
+    for cols in read_all(run_dir, table::DOCUMENTS)? {
+        let (ids, sources, splits) = (cols.str("doc_id")?, cols.str("source")?, cols.str("split")?);
+        for i in 0..cols.len() {
             info.insert(ids.value(i).to_string(), (sources.value(i).to_string(), splits.value(i).to_string()));
         }
     }
@@ -60,14 +45,10 @@ fn all_sentences(run_dir: &RunDir) -> Result<Vec<(Sentence, String, String)>> {
     }
     let documents = document_info(run_dir)?;
     let mut out = Vec::new();
-    for batch in run_dir.read_table(table::SENTENCES)? {
-        let ids = string_column(run_dir, table::SENTENCES, &batch, "doc_id")?;
-        let texts = string_column(run_dir, table::SENTENCES, &batch, "text")?;
-        let sent_ids =
-            batch.column_by_name("sent_id").and_then(|c| c.as_primitive_opt::<Int32Type>()).ok_or_else(|| {
-                Error::input(run_dir.table_path(table::SENTENCES), "column `sent_id` missing or not int32")
-            })?;
-        for i in 0..batch.num_rows() {
+    for cols in TableStream::open(run_dir, table::SENTENCES, 8192)? {
+        let cols = cols?;
+        let (ids, texts, sent_ids) = (cols.str("doc_id")?, cols.str("text")?, cols.i32("sent_id")?);
+        for i in 0..cols.len() {
             if sent_ids.is_null(i) || texts.value(i).trim().is_empty() {
                 continue;
             }

@@ -6,8 +6,8 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use arrow::array::{Array, AsArray, Int8Array, Int32Array, StringArray};
-use arrow::datatypes::Int32Type;
+use arrow::array::{Array, AsArray, Float64Array, Int8Array, Int32Array, Int64Array, StringArray};
+use arrow::datatypes::{Float64Type, Int32Type, Int64Type};
 use arrow::record_batch::RecordBatch;
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
 
@@ -94,6 +94,14 @@ impl Columns {
 
     pub fn i32(&self, name: &str) -> Result<&Int32Array> {
         self.column(name)?.as_primitive_opt::<Int32Type>().ok_or_else(|| self.wrong_type(name, "Int32"))
+    }
+
+    pub fn i64(&self, name: &str) -> Result<&Int64Array> {
+        self.column(name)?.as_primitive_opt::<Int64Type>().ok_or_else(|| self.wrong_type(name, "Int64"))
+    }
+
+    pub fn f64(&self, name: &str) -> Result<&Float64Array> {
+        self.column(name)?.as_primitive_opt::<Float64Type>().ok_or_else(|| self.wrong_type(name, "Float64"))
     }
 
     pub fn i8(&self, name: &str) -> Result<&Int8Array> {
