@@ -192,10 +192,8 @@ fn llama_cpp(model: &str, threads: usize, decode_tokens: usize, sentences: &[&st
         .iter()
         .map(|s| render_chatml(&[ChatMessage::new(Role::User, format!("Sentence: {s}"))]))
         .collect();
-    let label_suffixes: Vec<String> = sentences
-        .iter()
-        .map(|s| render_chatml(&[ChatMessage::new(Role::User, format!("Sentence: {s}"))]))
-        .collect();
+    let label_suffixes: Vec<String> =
+        sentences.iter().map(|s| render_chatml(&[ChatMessage::new(Role::User, format!("Sentence: {s}"))])).collect();
     let spec = serde_json::json!({
         "prompt": render_chatml(&few_shot(3, SENTENCES[0])),
         "prefix": prefix,

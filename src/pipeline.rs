@@ -167,11 +167,8 @@ pub async fn run(cfg: &PipelineConfig, full_refresh: bool) -> Result<RunReport> 
 
     // Train and extract the distilled student.
     let train_cfg = TrainConfig { supervised_reference: false, ..cfg.train.clone() };
-    let trained = stages.time(
-        "train",
-        || crate::train::run(&train_cfg, &run_dir),
-        crate::train::TrainReport::counts,
-    )?;
+    let trained =
+        stages.time("train", || crate::train::run(&train_cfg, &run_dir), crate::train::TrainReport::counts)?;
     let versions: BTreeMap<String, String> =
         trained.tasks.iter().map(|t| (t.task.as_str().to_string(), t.model_version.clone())).collect();
     m.student_versions = serde_json::to_string(&versions)?;

@@ -12,7 +12,7 @@ use candle_core::{D, Tensor};
 
 use crate::error::Result;
 use crate::model::batch::{Batch, Example};
-use crate::model::tags::decode_bio;
+use crate::model::tags::{decode_bio, snap_to_words};
 use crate::model::wordpiece::{self, Pieces};
 use crate::train::checkpoint::Checkpoint;
 
@@ -92,7 +92,8 @@ pub fn predict(checkpoint: &Checkpoint, sentences: &[SentenceRow], batch_size: u
         for (row, &(s, w)) in chunk.iter().enumerate() {
             let window = &windows[s][w];
             let n = window.len();
-            for span in decode_bio(&tags[row][1..=n]) {
+            let word_starts = &pieces[s].word_starts[window.clone()];
+            for span in decode_bio(&snap_to_words(&tags[row][1..=n], word_starts)) {
                 let first = window.start + span.pieces.start;
                 if wordpiece::owner(&windows[s], first) != w {
                     continue;
@@ -112,7 +113,8 @@ pub fn predict(checkpoint: &Checkpoint, sentences: &[SentenceRow], batch_size: u
         for (a, anchor) in anchors.into_iter().enumerate() {
             let (s, w) = chunk[batch.anchor_rows[a] as usize];
             let window = &windows[s][w];
-            for span in decode_bio(&rel_tags[a][1..=window.len()]) {
+            let word_starts = &pieces[s].word_starts[window.clone()];
+            for span in decode_bio(&snap_to_words(&rel_tags[a][1..=window.len()], word_starts)) {
                 let (start, end) =
                     pieces[s].char_span(window.start + span.pieces.start..window.start + span.pieces.end);
                 let score = anchor.score * mean(&rel_probs[a][1 + span.pieces.start..1 + span.pieces.end]);

@@ -138,9 +138,41 @@ pub fn decode_bio(tags: &[u32]) -> Vec<PieceSpan> {
     spans
 }
 
+/// Make every word's pieces carry the tag of its first piece (`B-X`/`I-X` continue as
+/// `I-X`), so decoded spans cover whole words: a tagger trained on pieces otherwise cuts words
+/// ("trigly" of "triglycerides"). The rule of Hugging Face's `aggregation_strategy="first"`.
+/// `word_starts[i]` says piece `i` begins a word; the first piece always does.
+pub fn snap_to_words(tags: &[u32], word_starts: &[bool]) -> Vec<u32> {
+    let mut out = Vec::with_capacity(tags.len());
+    let mut word_tag = OUTSIDE;
+    for (i, &tag) in tags.iter().enumerate() {
+        if i == 0 || word_starts.get(i).copied().unwrap_or(true) {
+            word_tag = tag;
+            out.push(tag);
+        } else {
+            // B-X ids are odd and I-X = B-X + 1: a continuation is I-X either way.
+            out.push(if word_tag == OUTSIDE { OUTSIDE } else { word_tag + word_tag % 2 });
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn spans_snap_to_whole_words_by_their_first_piece() {
+        // trigly ##ceri ##des | rose: B-1 on "trigly", O on "##des" -> the whole word.
+        let (b, i) = (3, 4);
+        let starts = [true, false, false, true];
+        assert_eq!(snap_to_words(&[b, OUTSIDE, OUTSIDE, OUTSIDE], &starts), vec![b, i, i, OUTSIDE]);
+        // A word whose first piece is O is O, whatever its continuations say.
+        assert_eq!(snap_to_words(&[OUTSIDE, b, i, OUTSIDE], &starts), vec![OUTSIDE; 4]);
+        // I-X continues as I-X; a span starting mid-window still starts at piece 0.
+        assert_eq!(snap_to_words(&[i, b, OUTSIDE, i], &starts), vec![i, i, i, i]);
+        assert_eq!(decode_bio(&snap_to_words(&[b, OUTSIDE, OUTSIDE, b], &starts)).len(), 2);
+    }
 
     #[test]
     fn bio_round_trips_and_refuses_overlaps() {

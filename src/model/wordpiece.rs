@@ -67,7 +67,13 @@ impl WordPieces {
     /// Word pieces of `text` without special tokens, with char offsets into `text`.
     pub fn encode(&self, text: &str) -> Result<Pieces> {
         let encoding = self.tokenizer.encode_char_offsets(text, false).map_err(|e| Error::Tokenizer(e.to_string()))?;
-        Ok(Pieces { ids: encoding.get_ids().to_vec(), offsets: encoding.get_offsets().to_vec() })
+        let word_starts = encoding
+            .get_word_ids()
+            .iter()
+            .enumerate()
+            .map(|(i, w)| i == 0 || w.is_none() || *w != encoding.get_word_ids()[i - 1])
+            .collect();
+        Ok(Pieces { ids: encoding.get_ids().to_vec(), offsets: encoding.get_offsets().to_vec(), word_starts })
     }
 }
 
@@ -77,6 +83,9 @@ pub struct Pieces {
     pub ids: Vec<u32>,
     /// `[start, end)` char offsets of each piece in the sentence.
     pub offsets: Vec<(usize, usize)>,
+    /// Whether each piece begins a word of the pre-tokenizer (not a `##` continuation):
+    /// predicted spans are snapped to whole words (see [`crate::model::tags::snap_to_words`]).
+    pub word_starts: Vec<bool>,
 }
 
 impl Pieces {
@@ -205,6 +214,8 @@ mod tests {
         let text = "The patient took aspirin and hepatotoxicity, rash.";
         let pieces = wp.encode(text).unwrap();
         assert_eq!(pieces.len(), 11, "hepato ##toxic ##ity is three pieces");
+        let starts: Vec<usize> = (0..pieces.len()).filter(|&i| pieces.word_starts[i]).collect();
+        assert_eq!(starts, [0, 1, 2, 3, 4, 5, 8, 9, 10], "continuations are not word starts; ',' and '.' are words");
         for span in ["aspirin", "hepatotoxicity", "rash", "patient took", "."] {
             assert_round_trips(&pieces, text, span);
         }

@@ -13,8 +13,8 @@ use sha2::{Digest, Sha256};
 use super::config::{LabelConfig, Task};
 use crate::error::{Error, Result};
 use crate::run_dir::RunDir;
-use crate::train::columns::{TableStream, read_all};
 use crate::schema::{split, table};
+use crate::train::columns::{TableStream, read_all};
 
 /// One sentence to label.
 #[derive(Debug, Clone, PartialEq, Eq)]
