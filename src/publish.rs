@@ -43,13 +43,16 @@ pub struct PublishConfig {
     /// Largest drop of any student F1 (eval_results, subset `all`) below the last
     /// publication's before the run is refused.
     pub max_f1_drop: f64,
+    /// Lowest student headline F1 (per task and dataset, at least 20 gold items) a run may
+    /// publish: the drop gate alone lets a first, useless student through. 0 disables.
+    pub min_f1: f64,
     /// Publications kept on disk besides the current one.
     pub keep: usize,
 }
 
 impl Default for PublishConfig {
     fn default() -> Self {
-        Self { dir: None, min_rows: 1, min_alignment_rate: 0.5, max_f1_drop: 0.05, keep: 3 }
+        Self { dir: None, min_rows: 1, min_alignment_rate: 0.5, max_f1_drop: 0.05, min_f1: 0.0, keep: 3 }
     }
 }
 
@@ -112,6 +115,15 @@ pub fn audit(cfg: &PublishConfig, run_dir: &RunDir, tables: &[String], previous:
             total > 0 && rate >= cfg.min_alignment_rate,
             format!("{aligned}/{total} spans aligned = {rate:.3} (min {})", cfg.min_alignment_rate),
         ));
+    }
+    if cfg.min_f1 > 0.0 && run_dir.has_table(crate::eval::table::EVAL_RESULTS) {
+        for (key, now) in student_f1s(run_dir)? {
+            gates.push(Gate::new(
+                format!("f1_floor:{key}"),
+                now >= cfg.min_f1,
+                format!("{now:.4} (min {})", cfg.min_f1),
+            ));
+        }
     }
     if let Some(previous) = previous.filter(|p| p.has_table(crate::eval::table::EVAL_RESULTS)) {
         if run_dir.has_table(crate::eval::table::EVAL_RESULTS) {
@@ -252,6 +264,59 @@ mod tests {
     fn touch(run_dir: &RunDir, name: &str, body: &str) -> PathBuf {
         fs::write(run_dir.root().join(name), body).unwrap();
         PathBuf::from(name)
+    }
+
+    /// An `eval_results`-shaped table of student headline F1s: `(task, dataset, value, n)`.
+    fn write_f1s(run_dir: &RunDir, rows: &[(&str, &str, f64, i64)]) {
+        use arrow::array::{ArrayRef, Float64Array, Int64Array, StringArray};
+        use arrow::datatypes::{DataType, Field, Schema};
+        let strings = |f: &dyn Fn(&(&str, &str, f64, i64)) -> String| -> ArrayRef {
+            std::sync::Arc::new(StringArray::from(rows.iter().map(f).collect::<Vec<_>>()))
+        };
+        let names = ["task", "dataset", "system", "subset", "metric"];
+        let mut fields: Vec<Field> = names.iter().map(|n| Field::new(*n, DataType::Utf8, false)).collect();
+        fields.push(Field::new("value", DataType::Float64, false));
+        fields.push(Field::new("n", DataType::Int64, false));
+        let columns = vec![
+            strings(&|r| r.0.into()),
+            strings(&|r| r.1.into()),
+            strings(&|_| "student".into()),
+            strings(&|_| "all".into()),
+            strings(&|_| "pair_strict_f1".into()),
+            std::sync::Arc::new(Float64Array::from(rows.iter().map(|r| r.2).collect::<Vec<_>>())),
+            std::sync::Arc::new(Int64Array::from(rows.iter().map(|r| r.3).collect::<Vec<_>>())),
+        ];
+        let schema = std::sync::Arc::new(Schema::new(fields));
+        let batch = crate::run_dir::batch(&schema, columns).unwrap();
+        run_dir.write_table(crate::eval::table::EVAL_RESULTS, schema, &[batch]).unwrap();
+    }
+
+    #[test]
+    fn the_f1_floor_refuses_a_useless_student_and_is_off_by_default() {
+        let tmp = tempfile::tempdir().unwrap();
+        let run_dir = RunDir::create(tmp.path().join("run")).unwrap();
+        // A good ADE score, a useless one, and one on too few gold items to judge.
+        write_f1s(
+            &run_dir,
+            &[("ade", "ade_corpus_v2", 0.4, 1099), ("gene_disease", "gad", 0.0, 567), ("phi", "x", 0.0, 5)],
+        );
+        let floor = |min_f1| {
+            let cfg = PublishConfig { min_f1, ..Default::default() };
+            audit(&cfg, &run_dir, &[], None)
+                .unwrap()
+                .into_iter()
+                .filter(|g| g.name.starts_with("f1_floor"))
+                .collect::<Vec<_>>()
+        };
+        assert!(floor(0.0).is_empty());
+        let verdicts: Vec<(String, bool)> = floor(0.1).into_iter().map(|g| (g.name, g.passed)).collect();
+        assert_eq!(
+            verdicts,
+            [
+                ("f1_floor:ade/ade_corpus_v2/pair_strict_f1".to_string(), true),
+                ("f1_floor:gene_disease/gad/pair_strict_f1".to_string(), false)
+            ]
+        );
     }
 
     #[test]
