@@ -135,7 +135,8 @@ pub fn fit(
     let mut optimizer = AdamW::new(vars.clone(), params)?;
     let mut rng = StdRng::seed_from_u64(cfg.seed ^ 0x5eed_ba7c);
     let batches_per_epoch = train.len().div_ceil(cfg.batch_size.max(1));
-    let total = cfg.max_steps.unwrap_or(usize::MAX).min(batches_per_epoch * cfg.epochs);
+    let epochs = cfg.epochs.max(cfg.min_steps.div_ceil(batches_per_epoch.max(1)));
+    let total = cfg.max_steps.unwrap_or(usize::MAX).min(batches_per_epoch * epochs);
     let warmup = (cfg.warmup_fraction * total as f64).ceil() as usize;
     let bar = if cfg.progress { ProgressBar::new(total as u64) } else { ProgressBar::hidden() };
     bar.set_style(
@@ -148,7 +149,7 @@ pub fn fit(
     let mut best: Option<(f64, Vec<Tensor>)> = None;
     let mut since_best = 0;
     let start = Instant::now();
-    'epochs: for epoch in 1..=cfg.epochs {
+    'epochs: for epoch in 1..=epochs {
         let (mut epoch_loss, mut epoch_batches) = (0f64, 0usize);
         for batch_indices in length_bucketed(train, cfg.batch_size.max(1), &mut rng) {
             if out.steps >= total {
