@@ -188,12 +188,9 @@ fn llama_cpp(model: &str, threads: usize, decode_tokens: usize, sentences: &[&st
     }
     let prefix = render_chatml(&few_shot(3, "")[..7]);
     let prefix = prefix.strip_suffix("<|im_start|>assistant\n").unwrap_or(&prefix).to_string();
-    let suffixes: Vec<String> = SENTENCES[8..12]
-        .iter()
-        .map(|s| render_chatml(&[ChatMessage::new(Role::User, format!("Sentence: {s}"))]))
-        .collect();
-    let label_suffixes: Vec<String> =
-        sentences.iter().map(|s| render_chatml(&[ChatMessage::new(Role::User, format!("Sentence: {s}"))])).collect();
+    let user_turn = |s: &&str| render_chatml(&[ChatMessage::new(Role::User, format!("Sentence: {s}"))]);
+    let suffixes: Vec<String> = SENTENCES[8..12].iter().map(user_turn).collect();
+    let label_suffixes: Vec<String> = sentences.iter().map(user_turn).collect();
     let spec = serde_json::json!({
         "prompt": render_chatml(&few_shot(3, SENTENCES[0])),
         "prefix": prefix,

@@ -12,7 +12,7 @@ use candle_core::{D, Tensor};
 
 use crate::error::Result;
 use crate::model::batch::{Batch, Example};
-use crate::model::tags::{decode_bio, snap_to_words};
+use crate::model::tags::{PieceSpan, decode_bio, snap_to_words};
 use crate::model::wordpiece::{self, Pieces};
 use crate::train::checkpoint::Checkpoint;
 
@@ -60,6 +60,11 @@ fn decode_logits(logits: &Tensor) -> Result<(Vec<Vec<u32>>, Vec<Vec<f32>>)> {
     Ok((probs.argmax(D::Minus1)?.to_vec2()?, probs.max(D::Minus1)?.to_vec2()?))
 }
 
+/// Spans of one padded row of tags (`[CLS]` first) over `window` of `pieces`, whole words only.
+fn word_spans(row: &[u32], pieces: &Pieces, window: &Range<usize>) -> Vec<PieceSpan> {
+    decode_bio(&snap_to_words(&row[1..=window.len()], &pieces.word_starts[window.clone()]))
+}
+
 fn mean(values: &[f32]) -> f32 {
     values.iter().sum::<f32>() / values.len().max(1) as f32
 }
@@ -91,9 +96,7 @@ pub fn predict(checkpoint: &Checkpoint, sentences: &[SentenceRow], batch_size: u
         let mut anchors = Vec::new();
         for (row, &(s, w)) in chunk.iter().enumerate() {
             let window = &windows[s][w];
-            let n = window.len();
-            let word_starts = &pieces[s].word_starts[window.clone()];
-            for span in decode_bio(&snap_to_words(&tags[row][1..=n], word_starts)) {
+            for span in word_spans(&tags[row], &pieces[s], window) {
                 let first = window.start + span.pieces.start;
                 if wordpiece::owner(&windows[s], first) != w {
                     continue;
@@ -113,8 +116,7 @@ pub fn predict(checkpoint: &Checkpoint, sentences: &[SentenceRow], batch_size: u
         for (a, anchor) in anchors.into_iter().enumerate() {
             let (s, w) = chunk[batch.anchor_rows[a] as usize];
             let window = &windows[s][w];
-            let word_starts = &pieces[s].word_starts[window.clone()];
-            for span in decode_bio(&snap_to_words(&rel_tags[a][1..=window.len()], word_starts)) {
+            for span in word_spans(&rel_tags[a], &pieces[s], window) {
                 let (start, end) =
                     pieces[s].char_span(window.start + span.pieces.start..window.start + span.pieces.end);
                 let score = anchor.score * mean(&rel_probs[a][1 + span.pieces.start..1 + span.pieces.end]);

@@ -67,12 +67,8 @@ impl WordPieces {
     /// Word pieces of `text` without special tokens, with char offsets into `text`.
     pub fn encode(&self, text: &str) -> Result<Pieces> {
         let encoding = self.tokenizer.encode_char_offsets(text, false).map_err(|e| Error::Tokenizer(e.to_string()))?;
-        let word_starts = encoding
-            .get_word_ids()
-            .iter()
-            .enumerate()
-            .map(|(i, w)| i == 0 || w.is_none() || *w != encoding.get_word_ids()[i - 1])
-            .collect();
+        let words = encoding.get_word_ids();
+        let word_starts = (0..words.len()).map(|i| i == 0 || words[i].is_none() || words[i] != words[i - 1]).collect();
         Ok(Pieces { ids: encoding.get_ids().to_vec(), offsets: encoding.get_offsets().to_vec(), word_starts })
     }
 }

@@ -163,7 +163,6 @@ pub fn silver(run_dir: &RunDir, task: Task, filters: &SilverFilters) -> Result<(
         }
     }
     let sentences: Vec<LabeledSentence> = ok.into_values().filter(|s| !s.text.is_empty()).collect();
-    finish_stats(&mut stats, &sentences);
     Ok((sentences, stats))
 }
 
@@ -282,6 +281,7 @@ fn fill_texts(run_dir: &RunDir, wanted: &mut BTreeMap<(String, i32), LabeledSent
     Ok(())
 }
 
+/// The sentence, negative, entity and pair counts of `stats`, for the sentences trained on.
 pub(super) fn finish_stats(stats: &mut DataStats, sentences: &[LabeledSentence]) {
     stats.sentences = sentences.len();
     stats.negatives = sentences.iter().filter(|s| s.entities.is_empty()).count();

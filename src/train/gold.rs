@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, HashSet};
 
 use super::columns::{opt_i32, read_all};
-use super::data::{CharSpan, DataStats, LabeledSentence, finish_stats, phi_type_from_gold, train_sentences_of};
+use super::data::{CharSpan, DataStats, LabeledSentence, phi_type_from_gold, train_sentences_of};
 use crate::error::Result;
 use crate::model::tags::Task;
 use crate::run_dir::RunDir;
@@ -22,7 +22,6 @@ pub fn gold(run_dir: &RunDir, task: Task) -> Result<(Vec<LabeledSentence>, DataS
         Task::GeneDisease => pairs(run_dir, task, table::GOLD_GENE_DISEASE, ("gene", "disease"), &mut stats)?,
         Task::Phi => phi(run_dir, &mut stats)?,
     };
-    finish_stats(&mut stats, &sentences);
     Ok((sentences, stats))
 }
 
