@@ -27,6 +27,9 @@ pub struct OpenAICompatChatRequest {
     /// OpenAI's free-form metadata; `biodistill_source_text` here turns grounding on, for
     /// typed clients such as `async-openai` that cannot add top-level fields.
     pub metadata: Option<serde_json::Value>,
+    /// `{"type": "json_schema", "json_schema": {"schema": ...}}`: its property names are the
+    /// only keys grounded decoding allows.
+    pub response_format: Option<serde_json::Value>,
 }
 
 /// Metadata key whose value is the grounding source text.
@@ -49,6 +52,29 @@ impl OpenAICompatChatRequest {
         }
         let text = self.metadata.as_ref()?.get(METADATA_SOURCE_TEXT)?.as_str()?;
         Some(text.to_string())
+    }
+
+    /// Every property name of the `response_format` JSON schema, at any depth, sorted.
+    pub fn schema_keys(&self) -> Vec<String> {
+        fn walk(schema: &serde_json::Value, keys: &mut Vec<String>) {
+            match schema {
+                serde_json::Value::Object(map) => {
+                    if let Some(serde_json::Value::Object(props)) = map.get("properties") {
+                        keys.extend(props.keys().cloned());
+                    }
+                    map.values().for_each(|v| walk(v, keys));
+                }
+                serde_json::Value::Array(items) => items.iter().for_each(|v| walk(v, keys)),
+                _ => {}
+            }
+        }
+        let mut keys = Vec::new();
+        if let Some(schema) = self.response_format.as_ref().and_then(|f| f.get("json_schema")?.get("schema")) {
+            walk(schema, &mut keys);
+        }
+        keys.sort();
+        keys.dedup();
+        keys
     }
 }
 
@@ -211,5 +237,15 @@ mod tests {
         let ext = r#"{"model":"m","messages":[],"biodistill":{"grounded":true,"source_text":"x"}}"#;
         let req: OpenAICompatChatRequest = serde_json::from_str(ext).unwrap();
         assert_eq!(req.grounded_source().as_deref(), Some("x"));
+        assert!(req.schema_keys().is_empty());
+    }
+
+    #[test]
+    fn schema_keys_are_every_property_name() {
+        let schema = crate::teacher::parse::json_schema(crate::teacher::Task::GeneDisease);
+        let body = serde_json::json!({"model": "m", "messages": [],
+            "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}});
+        let req: OpenAICompatChatRequest = serde_json::from_value(body).unwrap();
+        assert_eq!(req.schema_keys(), ["associations", "disease", "diseases", "gene", "genes"]);
     }
 }

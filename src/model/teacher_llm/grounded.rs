@@ -4,8 +4,9 @@
 //! At each step the generation loop offers candidate tokens (best logit first) and keeps only
 //! those whose bytes the automaton accepts, so the reply is always parseable JSON and every
 //! extracted span is copied from the input: no parse failures, no paraphrased or hallucinated
-//! spans. Object keys are free (the task prompt names them); the top level must be an object
-//! or an array; once it closes, only an end-of-turn token is allowed.
+//! spans. Object keys are the property names of the request's JSON schema when it sends one
+//! (free otherwise); the top level must be an object or an array; once it closes, only an
+//! end-of-turn token is allowed.
 //!
 //! Bytes, not chars: a byte-level BPE token may end inside a UTF-8 character, and a substring
 //! test on bytes is the same as on chars for valid UTF-8.
@@ -35,7 +36,8 @@ enum Mode {
     },
     Colon,
     /// Inside a string. For values, `starts` are the source offsets where the bytes so far
-    /// match and `len` how many bytes matched.
+    /// match; for keys with a schema, the indices of the allowed keys they match; `len` is how
+    /// many bytes matched.
     Str {
         key: bool,
         escape: bool,
@@ -89,6 +91,8 @@ impl Num {
 #[derive(Debug, Clone)]
 pub struct GroundedJson {
     source: Arc<str>,
+    /// Allowed object keys; empty means any printable-ASCII key.
+    keys: Arc<[String]>,
     stack: Vec<Container>,
     mode: Mode,
     whitespace_run: u8,
@@ -97,7 +101,20 @@ pub struct GroundedJson {
 impl GroundedJson {
     /// Start a document whose string values must occur in `source`.
     pub fn new(source: &str) -> Self {
-        Self { source: Arc::from(source), stack: Vec::new(), mode: Mode::Value { close_ok: false }, whitespace_run: 0 }
+        Self {
+            source: Arc::from(source),
+            keys: Arc::from([]),
+            stack: Vec::new(),
+            mode: Mode::Value { close_ok: false },
+            whitespace_run: 0,
+        }
+    }
+
+    /// Only accept object keys from `keys` (without it a model may echo schema words such as
+    /// `additionalProperties` as keys, and the reply fails to parse).
+    pub fn with_keys(mut self, keys: Vec<String>) -> Self {
+        self.keys = keys.into();
+        self
     }
 
     /// Whether the top-level value is complete (only end of turn may follow).
@@ -161,7 +178,8 @@ impl GroundedJson {
             },
             Mode::Key { close_ok } => match b {
                 b'"' => {
-                    self.mode = Mode::Str { key: true, escape: false, starts: Vec::new(), len: 0 };
+                    let starts = (0..self.keys.len()).collect();
+                    self.mode = Mode::Str { key: true, escape: false, starts, len: 0 };
                     true
                 }
                 b'}' if *close_ok => self.close(Container::Object),
@@ -183,6 +201,10 @@ impl GroundedJson {
                 } else {
                     match b {
                         b'"' if *key => {
+                            let complete = |&k: &usize| self.keys[k].len() == *len;
+                            if !self.keys.is_empty() && !starts.iter().any(complete) {
+                                return false;
+                            }
                             self.mode = Mode::Colon;
                             return true;
                         }
@@ -203,9 +225,14 @@ impl GroundedJson {
                         _ => b,
                     }
                 };
-                if *key {
+                if *key && self.keys.is_empty() {
                     // Keys name schema fields: printable ASCII keeps them valid UTF-8.
                     return (0x20..0x7f).contains(&literal);
+                }
+                if *key {
+                    starts.retain(|&k| self.keys[k].as_bytes().get(*len) == Some(&literal));
+                    *len += 1;
+                    return !starts.is_empty();
                 }
                 let source = self.source.as_bytes();
                 starts.retain(|&s| source.get(s + *len) == Some(&literal));
@@ -320,6 +347,18 @@ mod tests {
         let state = GroundedJson::new("café au lait");
         assert!(state.advanced("[\"café\"]".as_bytes()).is_some());
         assert!(state.advanced(&[b'[', b'"', b'c', b'a', b'f', 0xc3, b'"']).is_none());
+    }
+
+    #[test]
+    fn keys_come_from_the_schema_when_given() {
+        let keys = vec!["drugs".to_string(), "drug".to_string(), "adverse_events".to_string()];
+        let state = GroundedJson::new(SOURCE).with_keys(keys);
+        let doc = r#"{"drugs": [{"drug": "Ibuprofen", "adverse_events": ["gastric bleeding"]}]}"#;
+        assert!(state.advanced(doc.as_bytes()).unwrap().is_complete());
+        assert!(state.advanced(br#"{"dru"#).is_some(), "a prefix of a key");
+        for bad in [r#"{"additionalProperties""#, r#"{"dru":"#, r#"{"drugss""#] {
+            assert!(state.advanced(bad.as_bytes()).is_none(), "{bad}");
+        }
     }
 
     #[test]

@@ -28,6 +28,8 @@ pub struct GenerateRequest {
     pub stop: Vec<String>,
     /// Constrain the reply to JSON whose string values occur in this text.
     pub grounded_source: Option<String>,
+    /// With grounding: the only object keys allowed (empty: any).
+    pub grounded_keys: Vec<String>,
     /// Keep generating through end-of-turn tokens until `max_tokens` (benchmarks only).
     pub ignore_eos: bool,
 }
@@ -43,6 +45,7 @@ impl GenerateRequest {
             seed: 0,
             stop: Vec::new(),
             grounded_source: None,
+            grounded_keys: Vec::new(),
             ignore_eos: false,
         }
     }
@@ -135,7 +138,8 @@ impl Sequence {
             greedy,
             stop: request.stop.iter().filter(|s| !s.is_empty()).cloned().collect(),
             ignore_eos: request.ignore_eos,
-            grounded: request.grounded_source.as_deref().map(GroundedJson::new),
+            grounded: (request.grounded_source.as_deref())
+                .map(|source| GroundedJson::new(source).with_keys(request.grounded_keys.clone())),
             finish: if max_tokens == 0 { Some(FinishReason::Length) } else { None },
             text: None,
             cached_prompt_tokens: cached,
