@@ -367,7 +367,12 @@ mod tests {
 
     #[test]
     fn tiny_training_run_overfits_the_toy_set() {
-        let cfg = toy_config();
+        for arch in [Arch::Conditioned, Arch::Markers, Arch::Pairwise] {
+            overfits_the_toy_set(TrainConfig { arch, ..toy_config() });
+        }
+    }
+
+    fn overfits_the_toy_set(cfg: TrainConfig) {
         let examples = toy_set();
         let special = toy_tokenizer().special();
         let spec = StudentSpec { task: Task::Ade, arch: cfg.arch, dropout: 0.0 };
@@ -375,7 +380,7 @@ mod tests {
         let before = evaluate(&untrained, &examples, 4, special).unwrap();
         let (_, student, outcome) = train_toy(&cfg);
         let after = evaluate(&student, &examples, 4, special).unwrap();
-        assert!(after < 0.05 && after < before / 20.0, "loss {before} -> {after} ({outcome:?})");
+        assert!(after < 0.05 && after < before / 20.0, "{:?}: loss {before} -> {after} ({outcome:?})", cfg.arch);
         // Overfit: predictions reproduce every entity and relation tag of the training set.
         let refs: Vec<&Example> = examples.iter().collect();
         let batch = Batch::new(&refs, special);
@@ -389,7 +394,7 @@ mod tests {
             assert_eq!(&entity[row][1..=n], &example.entity_tags[..], "row {row}");
             assert_eq!(decode_bio(&entity[row][1..=n]), decode_bio(&example.entity_tags));
             for a in &example.anchors {
-                assert_eq!(&relation[anchor][1..=n], &a.related_tags[..], "anchor {anchor}");
+                assert_eq!(&relation[anchor][1..=n], &a.related_tags[..], "{:?} anchor {anchor}", cfg.arch);
                 anchor += 1;
             }
         }

@@ -60,9 +60,15 @@ fn decode_logits(logits: &Tensor) -> Result<(Vec<Vec<u32>>, Vec<Vec<f32>>)> {
     Ok((probs.argmax(D::Minus1)?.to_vec2()?, probs.max(D::Minus1)?.to_vec2()?))
 }
 
-/// Spans of one padded row of tags (`[CLS]` first) over `window` of `pieces`, whole words only.
+/// One padded row of tags (`[CLS]` first) over `window` of `pieces`, unpadded, each word
+/// tagged by its first piece.
+fn word_tags(row: &[u32], pieces: &Pieces, window: &Range<usize>) -> Vec<u32> {
+    snap_to_words(&row[1..=window.len()], &pieces.word_starts[window.clone()])
+}
+
+/// Spans of one padded row of tags over `window` of `pieces`, whole words only.
 fn word_spans(row: &[u32], pieces: &Pieces, window: &Range<usize>) -> Vec<PieceSpan> {
-    decode_bio(&snap_to_words(&row[1..=window.len()], &pieces.word_starts[window.clone()]))
+    decode_bio(&word_tags(row, pieces, window))
 }
 
 fn mean(values: &[f32]) -> f32 {
@@ -96,7 +102,10 @@ pub fn predict(checkpoint: &Checkpoint, sentences: &[SentenceRow], batch_size: u
         let mut anchors = Vec::new();
         for (row, &(s, w)) in chunk.iter().enumerate() {
             let window = &windows[s][w];
-            for span in word_spans(&tags[row], &pieces[s], window) {
+            let entity_tags = word_tags(&tags[row], &pieces[s], window);
+            // The pairwise head's candidates are the predicted spans.
+            batch.set_candidate_tags(row, &entity_tags);
+            for span in decode_bio(&entity_tags) {
                 let first = window.start + span.pieces.start;
                 if wordpiece::owner(&windows[s], first) != w {
                     continue;

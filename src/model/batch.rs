@@ -47,6 +47,9 @@ pub struct Batch {
     /// `(size, seq_len)` entity targets and `(anchors, seq_len)` relation targets.
     pub entity_targets: Vec<u32>,
     pub relation_targets: Vec<u32>,
+    /// `(size, seq_len)` entity tags whose related-type spans are the pairwise head's
+    /// candidates: the entity targets when training, predicted tags at extraction.
+    pub candidate_tags: Vec<u32>,
     pub special: SpecialIds,
 }
 
@@ -63,6 +66,7 @@ impl Batch {
             anchor_pieces: Vec::new(),
             entity_targets: vec![IGNORE; size * seq_len],
             relation_targets: Vec::new(),
+            candidate_tags: Vec::new(),
             special,
         };
         for (row, example) in examples.iter().enumerate() {
@@ -79,7 +83,15 @@ impl Batch {
                 batch.push_anchor(row, anchor.pieces.clone(), &anchor.related_tags);
             }
         }
+        batch.candidate_tags = batch.entity_targets.clone();
         batch
+    }
+
+    /// Use `tags` (one per piece of row `row`'s example, without `[CLS]`) as the row's
+    /// candidate tags.
+    pub fn set_candidate_tags(&mut self, row: usize, tags: &[u32]) {
+        let at = row * self.seq_len + 1;
+        self.candidate_tags[at..at + tags.len()].copy_from_slice(tags);
     }
 
     /// Add an anchor on row `row` (pieces index the row's example, without `[CLS]`).

@@ -2,6 +2,7 @@
 pub mod batch;
 pub mod encoder;
 pub mod gguf_tokenizer;
+pub mod pairwise;
 pub mod student;
 pub mod tags;
 pub mod teacher_llm;

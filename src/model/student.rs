@@ -10,8 +10,8 @@
 //!   O(M) cheap head calls for M anchors.
 //! - [`Arch::Markers`]: re-encode the sentence once per anchor with `[unused0]`/`[unused1]`
 //!   around it, then tag every token. O(M) encoder calls.
-//! - [`Arch::Pairwise`]: classify every (anchor, candidate) pair. Not implemented yet; choosing
-//!   it is a configuration error.
+//! - [`Arch::Pairwise`]: classify every (anchor, candidate span) pair, candidates being the
+//!   entity spans of the related type ([`super::pairwise`]). One encoder call, O(M×N) pairs.
 //!
 //! Variable names: the encoder's are the checkpoint's own (`embeddings.…`, `encoder.layer.N.…`,
 //! no `bert.` prefix), heads live under `heads.entity` and `heads.relation`.
@@ -29,8 +29,9 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use super::batch::Batch;
+use super::batch::{Batch, masked_cross_entropy};
 use super::encoder::{Encoder, Mode};
+use super::pairwise::PairwiseClassifier;
 use super::tags::{NUM_RELATION_TAGS, Task};
 use crate::error::{Error, Result};
 
@@ -182,6 +183,7 @@ impl MarkerTagger {
 enum RelationHead {
     Conditioned(ConditionedTagger),
     Markers(MarkerTagger),
+    Pairwise(PairwiseClassifier),
 }
 
 /// Encoder plus the heads of one task.
@@ -209,10 +211,9 @@ impl Student {
             (Some(_), Arch::Markers) => {
                 Some(RelationHead::Markers(MarkerTagger::load(heads.pp("relation"), hidden, NUM_RELATION_TAGS)?))
             }
-            (Some(_), Arch::Pairwise) => {
-                return Err(Error::Config(
-                    "arch \"pairwise\" is not implemented yet; use conditioned or markers".into(),
-                ));
+            (Some((_, related)), Arch::Pairwise) => {
+                let related = spec.task.type_index(related).expect("related type is an entity type");
+                Some(RelationHead::Pairwise(PairwiseClassifier::load(heads.pp("relation"), hidden, related)?))
             }
         };
         Ok(Self { encoder, entity, relation, spec: spec.clone() })
@@ -248,6 +249,19 @@ impl Student {
             None => Ok(None),
             Some(RelationHead::Conditioned(head)) => head.forward(hidden, batch, p, rng).map(Some),
             Some(RelationHead::Markers(head)) => head.forward(&self.encoder, batch, p, rng).map(Some),
+            Some(RelationHead::Pairwise(head)) => head.token_logits(hidden, batch).map(Some),
+        }
+    }
+
+    /// Training loss of the relation head: cross-entropy over relation tags, or over pairs for
+    /// [`Arch::Pairwise`]. `None` when nothing is scored.
+    pub fn relation_loss(&self, hidden: &Tensor, batch: &Batch, rng: Option<&mut StdRng>) -> Result<Option<Tensor>> {
+        if let Some(RelationHead::Pairwise(head)) = &self.relation {
+            return head.loss(hidden, batch, self.spec.dropout, rng);
+        }
+        match self.relation_logits(hidden, batch, rng)? {
+            Some(logits) => masked_cross_entropy(&logits, &batch.relation_targets),
+            None => Ok(None),
         }
     }
 }
@@ -355,7 +369,7 @@ mod tests {
 
     #[test]
     fn conditioned_head_outputs_anchors_by_tokens_by_tags() {
-        for arch in [Arch::Conditioned, Arch::Markers] {
+        for arch in [Arch::Conditioned, Arch::Markers, Arch::Pairwise] {
             let (_, student) = tiny_student(&spec(arch), 30, 1);
             let batch = batch();
             let hidden = student.encode(&batch).unwrap();
@@ -383,11 +397,7 @@ mod tests {
     }
 
     #[test]
-    fn pairwise_is_a_config_error_and_seeded_init_is_reproducible() {
-        let varmap = VarMap::new();
-        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
-        let err = Student::load(vb, &testutil::tiny_bert(30), &spec(Arch::Pairwise), Mode::Train).err().unwrap();
-        assert!(err.to_string().contains("pairwise"), "{err}");
+    fn seeded_init_is_reproducible() {
         let weights = |seed| {
             let (varmap, _) = tiny_student(&spec(Arch::Conditioned), 30, seed);
             let data = varmap.data().lock().unwrap();

@@ -51,13 +51,11 @@ pub fn batch_loss(student: &Student, batch: &Batch, mut rng: Option<&mut StdRng>
     let hidden = student.encode(batch)?;
     let entity = student.entity_logits(&hidden, rng.as_deref_mut())?;
     let mut loss = masked_cross_entropy(&entity, &batch.entity_targets)?;
-    if let Some(relation) = student.relation_logits(&hidden, batch, rng)? {
-        if let Some(r) = masked_cross_entropy(&relation, &batch.relation_targets)? {
-            loss = Some(match loss {
-                Some(l) => (l + r)?,
-                None => r,
-            });
-        }
+    if let Some(r) = student.relation_loss(&hidden, batch, rng)? {
+        loss = Some(match loss {
+            Some(l) => (l + r)?,
+            None => r,
+        });
     }
     Ok(loss)
 }
