@@ -13,7 +13,7 @@ export BIODISTILL_INGEST_DATA_DIR ?= $(abspath $(DATA_DIR))
 BIN := $(CARGO_TARGET_DIR)/debug/biodistill
 CARGO_FLAGS ?= --locked
 
-.PHONY: setup models models-test models-pipeline build pipeline ingest sql test test-unit fmt lint bench bench-reference learning-curve clean
+.PHONY: setup models models-test models-pipeline build pipeline ingest sql test test-unit fmt lint bench bench-reference learning-curve ablation clean
 
 ## Set-up: every model weight file of ../shared/MODELS.md, fetched and sha256-verified.
 setup: models
@@ -63,8 +63,12 @@ bench-reference:
 	$(PYTHON) -m pip install --quiet onnxruntime onnx tokenizers numpy
 
 ## Student F1 against silver-set size (TASK=ade SIZES="25 50 100 200 400"; see the script).
+SIZES ?= 25 50 100 200 400
 learning-curve: models-pipeline build
-	bash scripts/learning_curve.sh
+	PARAM=train.max_sentences VALUES="$(SIZES)" bash scripts/sweep.sh
+## The relation-head ablation (TASK=ade; SYSTEM=supervised_reference trains on gold instead).
+ablation: models-pipeline build
+	PARAM=train.arch VALUES='"conditioned" "markers" "pairwise"' bash scripts/sweep.sh
 
 clean:
 	rm -rf runs
