@@ -17,6 +17,7 @@ import sys
 import time
 
 import llama_cpp
+import numpy as np
 
 
 def main():
@@ -25,6 +26,10 @@ def main():
     llm = llama_cpp.Llama(model_path=model, n_ctx=4096, n_threads=threads, n_threads_batch=threads,
                           n_batch=512, verbose=False)
     tok = lambda text: llm.tokenize(text.encode(), add_bos=False, special=True)
+    n_vocab = llm.n_vocab()
+    # The last evaluated position's logits, straight from the context: `llm.scores` is not
+    # filled after rewinding `n_tokens` (it gave token 0, "!", forever, so replies never ended).
+    greedy = lambda: int(np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(n_vocab,)).argmax())
     prompt = tok(spec["prompt"])
 
     llm.reset()
@@ -33,8 +38,7 @@ def main():
     prefill_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     for _ in range(n_decode):
-        next_id = int(llm.scores[llm.n_tokens - 1].argmax())
-        llm.eval([next_id])
+        llm.eval([greedy()])
     decode_s = time.perf_counter() - t0
 
     # Prefix reuse: evaluate the shared prefix once, then each request's own tokens only.
@@ -56,7 +60,7 @@ def main():
         llm.n_tokens = len(prefix)
         llm.eval(tok(suffix))
         for _ in range(spec.get("max_tokens", 96)):
-            next_id = int(llm.scores[llm.n_tokens - 1].argmax())
+            next_id = greedy()
             if next_id == end:
                 break
             llm.eval([next_id])

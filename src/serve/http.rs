@@ -188,7 +188,7 @@ fn to_generate_request(state: &AppState, request: OpenAICompatChatRequest) -> Re
     if request.biodistill.as_ref().is_some_and(|e| e.grounded) && grounded_source.is_none() {
         return Err(ApiError::bad_request("grounded decoding needs `source_text`", "biodistill"));
     }
-    let grounded_keys = grounded_source.as_ref().map(|_| request.schema_keys()).unwrap_or_default();
+    let json_keys = request.json_keys();
     let messages = request
         .messages
         .iter()
@@ -204,7 +204,7 @@ fn to_generate_request(state: &AppState, request: OpenAICompatChatRequest) -> Re
         // Two's complement keeps negative seeds distinct.
         seed: request.seed.map_or(state.default_seed, |s| s as u64),
         stop: request.stop.map(OpenAICompatStop::into_vec).unwrap_or_default(),
-        grounded_keys,
+        json_keys,
         grounded_source,
         ignore_eos: false,
     })

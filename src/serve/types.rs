@@ -27,8 +27,8 @@ pub struct OpenAICompatChatRequest {
     /// OpenAI's free-form metadata; `biodistill_source_text` here turns grounding on, for
     /// typed clients such as `async-openai` that cannot add top-level fields.
     pub metadata: Option<serde_json::Value>,
-    /// `{"type": "json_schema", "json_schema": {"schema": ...}}`: its property names are the
-    /// only keys grounded decoding allows.
+    /// `{"type": "json_object"}` or `{"type": "json_schema", "json_schema": {"schema": ...}}`:
+    /// the reply is constrained to JSON, with the schema's property names as the only keys.
     pub response_format: Option<serde_json::Value>,
 }
 
@@ -54,8 +54,10 @@ impl OpenAICompatChatRequest {
         Some(text.to_string())
     }
 
-    /// Every property name of the `response_format` JSON schema, at any depth, sorted.
-    pub fn schema_keys(&self) -> Vec<String> {
+    /// Whether the reply must be JSON (`response_format` `json_object` or `json_schema`, or
+    /// grounding), and if so the keys it may use: every property name of the schema, at any
+    /// depth, sorted (empty: any key).
+    pub fn json_keys(&self) -> Option<Vec<String>> {
         fn walk(schema: &serde_json::Value, keys: &mut Vec<String>) {
             match schema {
                 serde_json::Value::Object(map) => {
@@ -68,13 +70,17 @@ impl OpenAICompatChatRequest {
                 _ => {}
             }
         }
+        let format = self.response_format.as_ref().and_then(|f| f.get("type")?.as_str());
+        if !matches!(format, Some("json_object" | "json_schema")) && self.grounded_source().is_none() {
+            return None;
+        }
         let mut keys = Vec::new();
         if let Some(schema) = self.response_format.as_ref().and_then(|f| f.get("json_schema")?.get("schema")) {
             walk(schema, &mut keys);
         }
         keys.sort();
         keys.dedup();
-        keys
+        Some(keys)
     }
 }
 
@@ -237,15 +243,18 @@ mod tests {
         let ext = r#"{"model":"m","messages":[],"biodistill":{"grounded":true,"source_text":"x"}}"#;
         let req: OpenAICompatChatRequest = serde_json::from_str(ext).unwrap();
         assert_eq!(req.grounded_source().as_deref(), Some("x"));
-        assert!(req.schema_keys().is_empty());
+        assert_eq!(req.json_keys(), Some(vec![]), "grounding implies JSON");
     }
 
     #[test]
-    fn schema_keys_are_every_property_name() {
+    fn json_keys_are_every_property_name_of_the_schema() {
         let schema = crate::teacher::parse::json_schema(crate::teacher::Task::GeneDisease);
         let body = serde_json::json!({"model": "m", "messages": [],
             "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}});
         let req: OpenAICompatChatRequest = serde_json::from_value(body).unwrap();
-        assert_eq!(req.schema_keys(), ["associations", "disease", "diseases", "gene", "genes"]);
+        let keys = req.json_keys().unwrap();
+        assert_eq!(keys, ["associations", "disease", "diseases", "gene", "genes"]);
+        let text: OpenAICompatChatRequest = serde_json::from_str(r#"{"model":"m","messages":[]}"#).unwrap();
+        assert_eq!(text.json_keys(), None, "no response_format, free text");
     }
 }

@@ -1,5 +1,6 @@
 //! Grounded decoding: a byte-level automaton that accepts exactly the prefixes of JSON
-//! documents whose string *values* are substrings of a source text.
+//! documents whose string *values* are substrings of a source text. Without a source it is
+//! plain JSON mode (OpenAI's `response_format`): any string values, keys still from the schema.
 //!
 //! At each step the generation loop offers candidate tokens (best logit first) and keeps only
 //! those whose bytes the automaton accepts, so the reply is always parseable JSON and every
@@ -90,7 +91,8 @@ impl Num {
 /// The automaton state. Cheap to clone for value strings over short sources.
 #[derive(Debug, Clone)]
 pub struct GroundedJson {
-    source: Arc<str>,
+    /// String values must be substrings of this; `None`: any string.
+    source: Option<Arc<str>>,
     /// Allowed object keys; empty means any printable-ASCII key.
     keys: Arc<[String]>,
     stack: Vec<Container>,
@@ -101,8 +103,13 @@ pub struct GroundedJson {
 impl GroundedJson {
     /// Start a document whose string values must occur in `source`.
     pub fn new(source: &str) -> Self {
+        Self { source: Some(Arc::from(source)), ..Self::json_only() }
+    }
+
+    /// Start a document of plain JSON: string values are free.
+    pub fn json_only() -> Self {
         Self {
-            source: Arc::from(source),
+            source: None,
             keys: Arc::from([]),
             stack: Vec::new(),
             mode: Mode::Value { close_ok: false },
@@ -155,7 +162,7 @@ impl GroundedJson {
                 _ if self.stack.is_empty() => false,
                 b']' if *close_ok => self.close(Container::Array),
                 b'"' => {
-                    let starts = (0..=self.source.len()).collect();
+                    let starts = self.source.as_ref().map_or(Vec::new(), |s| (0..=s.len()).collect());
                     self.mode = Mode::Str { key: false, escape: false, starts, len: 0 };
                     true
                 }
@@ -211,7 +218,9 @@ impl GroundedJson {
                         b'"' => {
                             // The span must end on a character boundary of the source.
                             let end = *len;
-                            if !starts.iter().any(|&s| self.source.is_char_boundary(s + end)) {
+                            if let Some(source) = &self.source
+                                && !starts.iter().any(|&s| source.is_char_boundary(s + end))
+                            {
                                 return false;
                             }
                             self.value_done();
@@ -234,7 +243,8 @@ impl GroundedJson {
                     *len += 1;
                     return !starts.is_empty();
                 }
-                let source = self.source.as_bytes();
+                let Some(source) = &self.source else { return true };
+                let source = source.as_bytes();
                 starts.retain(|&s| source.get(s + *len) == Some(&literal));
                 *len += 1;
                 !starts.is_empty()
@@ -357,6 +367,16 @@ mod tests {
         assert!(state.advanced(doc.as_bytes()).unwrap().is_complete());
         assert!(state.advanced(br#"{"dru"#).is_some(), "a prefix of a key");
         for bad in [r#"{"additionalProperties""#, r#"{"dru":"#, r#"{"drugss""#] {
+            assert!(state.advanced(bad.as_bytes()).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn json_only_frees_values_but_not_keys_or_syntax() {
+        let state = GroundedJson::json_only().with_keys(vec!["text".into(), "type".into()]);
+        let doc = r#"{"text": "Aspirin \"x\"", "type": "NAME"}"#;
+        assert!(state.advanced(doc.as_bytes()).unwrap().is_complete());
+        for bad in [r#"{"additionalProperties""#, "```json", r#"{"text": "a"}}"#] {
             assert!(state.advanced(bad.as_bytes()).is_none(), "{bad}");
         }
     }

@@ -28,8 +28,9 @@ pub struct GenerateRequest {
     pub stop: Vec<String>,
     /// Constrain the reply to JSON whose string values occur in this text.
     pub grounded_source: Option<String>,
-    /// With grounding: the only object keys allowed (empty: any).
-    pub grounded_keys: Vec<String>,
+    /// The reply must be JSON (OpenAI's `response_format`) whose object keys are these (empty:
+    /// any). Implied by `grounded_source`.
+    pub json_keys: Option<Vec<String>>,
     /// Keep generating through end-of-turn tokens until `max_tokens` (benchmarks only).
     pub ignore_eos: bool,
 }
@@ -45,7 +46,7 @@ impl GenerateRequest {
             seed: 0,
             stop: Vec::new(),
             grounded_source: None,
-            grounded_keys: Vec::new(),
+            json_keys: None,
             ignore_eos: false,
         }
     }
@@ -138,8 +139,11 @@ impl Sequence {
             greedy,
             stop: request.stop.iter().filter(|s| !s.is_empty()).cloned().collect(),
             ignore_eos: request.ignore_eos,
-            grounded: (request.grounded_source.as_deref())
-                .map(|source| GroundedJson::new(source).with_keys(request.grounded_keys.clone())),
+            grounded: match (&request.grounded_source, &request.json_keys) {
+                (Some(source), keys) => Some(GroundedJson::new(source).with_keys(keys.clone().unwrap_or_default())),
+                (None, Some(keys)) => Some(GroundedJson::json_only().with_keys(keys.clone())),
+                (None, None) => None,
+            },
             finish: if max_tokens == 0 { Some(FinishReason::Length) } else { None },
             text: None,
             cached_prompt_tokens: cached,
