@@ -227,8 +227,18 @@ impl GroundedJson {
                             return true;
                         }
                         b'\\' => {
+                            // Only when an escape can follow: a state with no continuation
+                            // would leave the sampler without an admissible token.
+                            let escapable = |b: Option<&u8>| matches!(b, Some(b'"' | b'\\' | b'/' | b'\n' | b'\t'));
+                            let possible = match (*key, &self.source) {
+                                (true, _) => self.keys.is_empty(),
+                                (false, None) => true,
+                                (false, Some(source)) => {
+                                    starts.iter().any(|&s| escapable(source.as_bytes().get(s + *len)))
+                                }
+                            };
                             *escape = true;
-                            return true;
+                            return possible;
                         }
                         0..0x20 => return false,
                         _ => b,
@@ -379,6 +389,15 @@ mod tests {
         for bad in [r#"{"additionalProperties""#, "```json", r#"{"text": "a"}}"#] {
             assert!(state.advanced(bad.as_bytes()).is_none(), "{bad}");
         }
+    }
+
+    #[test]
+    fn every_accepted_prefix_can_continue() {
+        // A backslash is only accepted where an escape sequence can follow it.
+        assert!(accepts(r#"{"a": "\""#).is_some(), "the source has a quote to escape");
+        assert!(GroundedJson::new("no quotes here").advanced(br#"["\"#).is_none());
+        let keyed = GroundedJson::new(SOURCE).with_keys(vec!["drug".into()]);
+        assert!(keyed.advanced(br#"{"\"#).is_none(), "schema keys have no escapes");
     }
 
     #[test]

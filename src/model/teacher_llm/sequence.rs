@@ -173,7 +173,16 @@ impl Sequence {
     /// Pick the next token from this sequence's `logits` row and decide whether to stop.
     pub(super) fn advance(&mut self, logits: Vec<f32>, table: &TokenTable, tokenizer: &Tokenizer) -> Result<()> {
         let token = match self.grounded.clone() {
-            Some(state) => self.sample_grounded(logits, state, table)?,
+            Some(state) => match self.sample_grounded(logits, state, table)? {
+                Some(token) => token,
+                None => {
+                    // The automaton admits no token (a bug in it, but this sequence's alone):
+                    // end the reply here, unfinished, instead of failing the whole batch.
+                    tracing::warn!("grounded decoding has no admissible token; ending the reply");
+                    self.finish = Some(FinishReason::Length);
+                    return Ok(());
+                }
+            },
             None => self.sample(logits)?,
         };
         self.generated.push(token);
@@ -205,7 +214,12 @@ impl Sequence {
     }
 
     /// Sample among the tokens the grounding automaton accepts (all others get -inf).
-    fn sample_grounded(&mut self, mut logits: Vec<f32>, state: GroundedJson, table: &TokenTable) -> Result<u32> {
+    fn sample_grounded(
+        &mut self,
+        mut logits: Vec<f32>,
+        state: GroundedJson,
+        table: &TokenTable,
+    ) -> Result<Option<u32>> {
         let allowed = |id: usize| -> bool {
             match table.bytes.get(id).and_then(|b| b.as_deref()) {
                 Some(bytes) => !state.is_complete() && state.advanced(bytes).is_some(),
@@ -224,17 +238,17 @@ impl Sequence {
             keep.extend(order.iter().copied().find(|&i| allowed(i)));
         }
         if keep.is_empty() {
-            return Err(Error::Internal("grounded decoding has no admissible token".into()));
+            return Ok(None);
         }
         if self.greedy {
-            return Ok(keep[0] as u32);
+            return Ok(Some(keep[0] as u32));
         }
         let mut masked = vec![f32::NEG_INFINITY; logits.len()];
         for i in keep {
             masked[i] = std::mem::take(&mut logits[i]);
         }
         let n = masked.len();
-        Ok(self.sampler.sample(&Tensor::from_vec(masked, n, &Device::Cpu)?)?)
+        Ok(Some(self.sampler.sample(&Tensor::from_vec(masked, n, &Device::Cpu)?)?))
     }
 
     fn decode(&self, tokenizer: &Tokenizer) -> Result<String> {
