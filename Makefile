@@ -13,10 +13,13 @@ export BIODISTILL_INGEST_DATA_DIR ?= $(abspath $(DATA_DIR))
 BIN := $(CARGO_TARGET_DIR)/debug/biodistill
 CARGO_FLAGS ?= --locked
 
-.PHONY: setup models models-test models-pipeline build pipeline ingest sql test test-unit fmt lint bench bench-reference learning-curve ablation clean
+.PHONY: deps setup models models-test models-pipeline build pipeline ingest sql test test-unit fmt lint bench bench-reference learning-curve ablation clean
 
-## Set-up: every model weight file of ../shared/MODELS.md, fetched and sha256-verified.
-setup: models
+## Set-up: build tools for llama.cpp (cmake, libclang), and every model weight file of
+## ../shared/MODELS.md, fetched and sha256-verified.
+setup: deps models
+deps:
+	bash scripts/install_build_deps.sh
 models:
 	$(PYTHON) scripts/fetch_models.py --dest models all
 # Only what the tests need (MiniLM student, SmolLM2-135M test LLM).
@@ -26,7 +29,7 @@ models-test:
 models-pipeline:
 	$(PYTHON) scripts/fetch_models.py --dest models pipeline
 
-build:
+build: deps
 	cargo build $(CARGO_FLAGS) --bin biodistill
 
 ## The main job: ingest, label (embedded teacher), train, extract, eval, publish.
@@ -41,11 +44,11 @@ sql: build
 	$(BIN) --config $(PIPELINE) sql $(if $(F),--file $(F),"$(Q)")
 
 ## Tests: formatting, unit and integration tests (real corpora, real model files).
-test: models-test
+test: deps models-test
 	cargo fmt --check
 	cargo test $(CARGO_FLAGS) --lib --bins --tests
 
-test-unit:
+test-unit: deps
 	cargo test $(CARGO_FLAGS) --lib
 
 fmt:

@@ -24,7 +24,7 @@ use async_openai::types::chat::{
 };
 use biodistill::model::teacher_llm::chat::render_chatml;
 use biodistill::model::teacher_llm::{ChatMessage, GenerateRequest, Generation, Role, TeacherLlm, TeacherLlmConfig};
-use biodistill::serve::{DEFAULT_MAX_BATCH, ServeConfig, init_threads, spawn};
+use biodistill::serve::{DEFAULT_MAX_BATCH, ServeConfig, spawn};
 
 /// Completion budget of an ADE answer, for us and for llama.cpp.
 const HTTP_MAX_TOKENS: u32 = 96;
@@ -217,12 +217,10 @@ fn llama_cpp(model: &str, threads: usize, decode_tokens: usize, sentences: &[&st
 }
 
 fn main() {
-    let threads = std::env::var("BIODISTILL_THREADS").ok().and_then(|t| t.parse().ok());
-    if let Some(n) = threads {
-        // SAFETY: first thing in main, before any other thread exists.
-        unsafe { init_threads(n) };
-    }
-    let threads = threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let threads = std::env::var("BIODISTILL_THREADS")
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(biodistill::model::teacher_llm::default_threads);
     let model = std::env::var("BIODISTILL_BENCH_MODEL").unwrap_or_else(|_| DEFAULT_MODEL.into());
     let model = Path::new(env!("CARGO_MANIFEST_DIR")).join(model).to_string_lossy().into_owned();
     let quick = env_flag("BIODISTILL_BENCH_QUICK");
@@ -230,6 +228,7 @@ fn main() {
     println!("# teacher_server bench: {model}, {threads} threads");
 
     let mut config = TeacherLlmConfig::new(&model);
+    config.threads = threads;
     config.prefix_cache_bytes = 0;
     let mut cold = TeacherLlm::load(&config).expect("model (make models)");
     let one = batch_one(&mut cold, decode_tokens);
@@ -239,7 +238,9 @@ fn main() {
     );
     drop(cold);
 
-    let mut teacher = TeacherLlm::load(&TeacherLlmConfig::new(&model)).expect("model");
+    config.prefix_cache_bytes = TeacherLlmConfig::new(&model).prefix_cache_bytes;
+    config.max_batch = 16; // the largest point of the batch curve
+    let mut teacher = TeacherLlm::load(&config).expect("model");
     println!(
         "\n| shots | prompt tokens | first request with this prefix, wall (s) | next request's prefill, prefix cached (s) |\n|---|---|---|---|"
     );
@@ -266,7 +267,7 @@ fn main() {
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     let sentences = if quick { &SENTENCES[..4] } else { SENTENCES };
     let mut serve = ServeConfig::new(&model);
-    serve.threads = None;
+    serve.threads = Some(threads);
     let mut plain_per_hour = 0.0;
     for grounded in [false, true] {
         let (per_hour, tokens) = runtime.block_on(http_sentences_per_hour(serve.clone(), sentences, grounded));
@@ -284,14 +285,14 @@ fn main() {
         let f = |k: &str| reference[k].as_f64().unwrap_or(f64::NAN);
         println!("\nllama.cpp {reference}");
         println!(
-            "ratio candle/llama.cpp: prefill {:.2}, decode batch 1 {:.2}, decode batch {} {:.2}",
+            "ratio ours/llama.cpp: prefill {:.2}, decode batch 1 {:.2}, decode batch {} {:.2}",
             one.prefill_tps / f("prefill_tokens_per_s"),
             one.decode_tps / f("decode_tokens_per_s"),
             DEFAULT_MAX_BATCH,
             default_tps / f("decode_tokens_per_s"),
         );
         println!(
-            "ratio candle/llama.cpp: ADE sentences/hour {:.2} (ours through HTTP at batch {}, ungrounded; llama.cpp one at a time, cached prefix, {:.1} completion tokens/sentence)",
+            "ratio ours/llama.cpp: ADE sentences/hour {:.2} (ours through HTTP at batch {}, ungrounded; llama.cpp one at a time, cached prefix, {:.1} completion tokens/sentence)",
             plain_per_hour / f("label_sentences_per_hour"),
             serve.max_batch,
             f("label_completion_tokens_per_sentence"),

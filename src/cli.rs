@@ -227,15 +227,6 @@ impl Cli {
         }
         Ok(cfg)
     }
-
-    /// CPU threads for candle, when the command runs the embedded teacher and says how many.
-    /// Applied by `main` before any thread exists (see [`crate::serve::init_threads`]).
-    pub fn threads(&self) -> Option<usize> {
-        match &self.command {
-            Command::ServeTeacher(a) => a.threads,
-            _ => None,
-        }
-    }
 }
 
 /// Run the command. Returns `Ok(false)` when it finished but some input was not processed

@@ -12,10 +12,6 @@ fn main() -> ExitCode {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
 
-    if let Some(threads) = cli.threads() {
-        // SAFETY: no other thread exists yet (logging is synchronous, the runtime not built).
-        unsafe { biodistill::serve::init_threads(threads) };
-    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -15,10 +15,6 @@
 //! Split as in TEI: [`types`] (wire types), [`http`] (axum handlers), [`backend`] (the model
 //! on its own thread, with continuous batching). The model itself is
 //! [`crate::model::teacher_llm`].
-//!
-//! Threads: candle sizes its CPU thread pools from `CANDLE_NUM_THREADS`/`RAYON_NUM_THREADS`
-//! once, on first use, for the whole process. So `--threads` is applied by [`init_threads`],
-//! which the binary calls at start-up before anything else runs.
 
 pub mod backend;
 pub mod http;
@@ -50,7 +46,7 @@ pub struct ServeConfig {
     pub host: String,
     /// Port to bind; 0 picks a free port (see [`RunningServer::base_url`]).
     pub port: u16,
-    /// CPU threads for the model; `None` uses every physical core. See [`init_threads`].
+    /// CPU threads for the model; `None` uses every core.
     pub threads: Option<usize>,
     /// Bearer token clients must send; `None` accepts any. Never serialized (manifests).
     #[serde(skip_serializing)]
@@ -116,22 +112,9 @@ impl ServeConfig {
             model: self.model.clone(),
             context_length: self.context_length,
             prefix_cache_bytes: self.prefix_cache_mib << 20,
+            max_batch: self.max_batch,
+            threads: self.threads.unwrap_or_else(crate::model::teacher_llm::default_threads),
         }
-    }
-}
-
-/// Size candle's CPU thread pools. Call once at start-up, before any model is loaded and
-/// before other threads exist (it sets process environment variables, which is only sound
-/// while the process is single-threaded).
-///
-/// # Safety
-/// No other thread may read or write the environment concurrently.
-pub unsafe fn init_threads(threads: usize) {
-    let n = threads.max(1).to_string();
-    // SAFETY: the caller guarantees no concurrent environment access.
-    unsafe {
-        std::env::set_var("CANDLE_NUM_THREADS", &n);
-        std::env::set_var("RAYON_NUM_THREADS", &n);
     }
 }
 
@@ -208,13 +191,6 @@ impl Drop for RunningServer {
 /// Load the model, bind the port and serve in the background. Returns once the model is
 /// loaded and the port accepts requests.
 pub async fn spawn(config: ServeConfig) -> Result<RunningServer> {
-    let requested = match &config.threads {
-        Some(n) if std::env::var("CANDLE_NUM_THREADS").ok() != Some(n.to_string()) => Some(*n),
-        _ => None,
-    };
-    if let Some(n) = requested {
-        tracing::warn!("threads = {n} ignored: call serve::init_threads at start-up to apply it");
-    }
     let bind = format!("{}:{}", config.host, config.port);
     let listener = tokio::net::TcpListener::bind(&bind)
         .await

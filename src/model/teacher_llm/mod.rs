@@ -1,8 +1,8 @@
 //! The embedded teacher LLM: a quantized GGUF chat model (Qwen2.5-Coder-1.5B-Instruct by
 //! default, SmolLM2-135M in tests) that answers ChatML prompts.
 //!
-//! - [`weights`]: the decoder, ported from candle's quantized qwen2/llama with an external,
-//!   per-sequence KV cache and a batched forward;
+//! - [`llama_cpp`]: the forward pass on llama.cpp, with per-sequence KV handles and a batched
+//!   forward;
 //! - [`chat`]: ChatML rendering and tokenization;
 //! - [`sequence`]: one request in flight (sampling, stop conditions, grounding);
 //! - [`prefix_cache`]: KV snapshots of shared prompt prefixes;
@@ -12,20 +12,18 @@
 //! its own thread. Requests are admitted with [`TeacherLlm::start`] and advanced together by
 //! [`TeacherLlm::step`], one forward per step for the whole batch (continuous batching: a new
 //! request's prefill joins the other sequences' decode step). [`TeacherLlm::generate`] does
-//! all of that for a single request. The generation loop follows candle's
-//! `candle-examples/examples/quantized-qwen2-instruct/main.rs`.
+//! all of that for a single request.
 
 pub mod chat;
 pub mod grounded;
+pub mod llama_cpp;
 pub mod prefix_cache;
 pub mod sequence;
-pub mod weights;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::quantized::gguf_file;
-use candle_core::{DType, Device};
 use tokenizers::Tokenizer;
 
 pub use chat::{ChatMessage, Role};
@@ -34,9 +32,9 @@ pub use sequence::{FinishReason, GenerateRequest, Generation, Sequence};
 use crate::error::IoContext;
 use crate::model::gguf_tokenizer::GgufVocab;
 use crate::{Error, Result};
+use llama_cpp::{DecoderParams, LlamaDecoder, MAX_SEQUENCES, SequenceInput};
 use prefix_cache::PrefixCache;
 use sequence::TokenTable;
-use weights::{QuantizedDecoder, SequenceInput};
 
 /// Shared prefixes shorter than this are not worth a cache entry.
 const MIN_CACHED_PREFIX: usize = 16;
@@ -50,17 +48,32 @@ pub struct TeacherLlmConfig {
     pub context_length: usize,
     /// Memory for prompt-prefix KV snapshots; 0 disables the prefix cache.
     pub prefix_cache_bytes: usize,
+    /// Most sequences decoded together (sizes the KV cells).
+    pub max_batch: usize,
+    /// CPU threads for the forward pass.
+    pub threads: usize,
 }
 
 impl TeacherLlmConfig {
     pub fn new(model: impl Into<PathBuf>) -> Self {
-        Self { model: model.into(), context_length: 4096, prefix_cache_bytes: 512 << 20 }
+        Self {
+            model: model.into(),
+            context_length: 4096,
+            prefix_cache_bytes: 512 << 20,
+            max_batch: crate::serve::DEFAULT_MAX_BATCH,
+            threads: default_threads(),
+        }
     }
+}
+
+/// Every core the process may use.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
 
 /// A loaded teacher model with its tokenizer and prefix cache.
 pub struct TeacherLlm {
-    decoder: QuantizedDecoder,
+    decoder: LlamaDecoder,
     tokenizer: Tokenizer,
     table: TokenTable,
     prefix_cache: PrefixCache,
@@ -78,10 +91,14 @@ impl TeacherLlm {
         let with_path = |e: Error| Error::Model(format!("{}: {e}", path.display()));
         let vocab = GgufVocab::from_gguf(&content).map_err(with_path)?;
         let tokenizer = vocab.tokenizer().map_err(with_path)?;
-        let trained = weights::DecoderConfig::from_gguf(&content).map_err(with_path)?.context_length;
-        let context_length = config.context_length.min(trained);
-        let decoder =
-            QuantizedDecoder::from_gguf(&content, &mut file, context_length, &Device::Cpu).map_err(with_path)?;
+        // Every running sequence may fill its context; prefix snapshots share their cells.
+        let params = DecoderParams {
+            context_length: config.context_length,
+            kv_cells: config.context_length * (config.max_batch.max(1) + 1),
+            threads: config.threads,
+        };
+        let decoder = LlamaDecoder::load(path, &params).map_err(with_path)?;
+        let context_length = decoder.context_length();
         let mut stop_ids: Vec<u32> = ["<|im_end|>", "<|endoftext|>"]
             .iter()
             .filter_map(|t| tokenizer.token_to_id(t))
@@ -97,7 +114,11 @@ impl TeacherLlm {
             decoder,
             tokenizer,
             table,
-            prefix_cache: PrefixCache::new(config.prefix_cache_bytes),
+            // Each snapshot holds a sequence id; the running batch and copies need the rest.
+            prefix_cache: PrefixCache::new(
+                config.prefix_cache_bytes,
+                MAX_SEQUENCES.saturating_sub(2 * config.max_batch + 2),
+            ),
             model_id: model_id(path),
             context_length,
         })
@@ -167,9 +188,8 @@ impl TeacherLlm {
             return Ok(());
         }
         let started = Instant::now();
-        let logits = self.decoder.forward(&mut inputs)?;
+        let rows = self.decoder.forward(&mut inputs)?;
         drop(inputs);
-        let rows: Vec<Vec<f32>> = logits.to_dtype(DType::F32)?.to_vec2()?;
         let elapsed = started.elapsed();
         let active = sequences.iter_mut().filter(|s| !s.is_finished());
         for (sequence, row) in active.zip(rows) {
@@ -236,7 +256,7 @@ mod tests {
     use super::*;
 
     fn smollm() -> TeacherLlm {
-        let mut config = TeacherLlmConfig::new(weights::tests::SMOLLM);
+        let mut config = TeacherLlmConfig::new(llama_cpp::tests::SMOLLM);
         config.context_length = 512;
         TeacherLlm::load(&config).expect("run `make models` first")
     }
@@ -272,10 +292,10 @@ mod tests {
         let mut teacher = smollm();
         let first = GenerateRequest::greedy(few_shot("Metformin caused lactic acidosis."), 12);
         let second = GenerateRequest::greedy(few_shot("Warfarin led to bleeding."), 12);
-        teacher.prefix_cache = PrefixCache::new(0); // disabled
+        teacher.prefix_cache = PrefixCache::new(0, 0); // disabled
         let cold = teacher.generate(&second).unwrap();
         assert_eq!((cold.cached_prompt_tokens, teacher.cached_prefixes()), (0, 0));
-        teacher.prefix_cache = PrefixCache::new(1 << 30);
+        teacher.prefix_cache = PrefixCache::new(1 << 30, 8);
         teacher.generate(&first).unwrap();
         assert_eq!(teacher.cached_prefixes(), 1);
         let warm = teacher.generate(&second).unwrap();

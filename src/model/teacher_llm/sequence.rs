@@ -10,7 +10,7 @@ use tokenizers::Tokenizer;
 
 use super::chat::ChatMessage;
 use super::grounded::GroundedJson;
-use super::weights::KvCache;
+use super::llama_cpp::KvCache;
 use crate::{Error, Result};
 
 /// What to generate.
