@@ -10,7 +10,8 @@
 //!
 //! Environment: `BIODISTILL_BENCH_MODEL` (default: the Qwen2.5-Coder-1.5B GGUF),
 //! `BIODISTILL_THREADS` (default: every physical core), `BIODISTILL_BENCH_SKIP_LLAMA_CPP=1`,
-//! `BIODISTILL_BENCH_QUICK=1` (fewer points, for a smoke run).
+//! `BIODISTILL_BENCH_QUICK=1` (fewer points, for a smoke run), `BIODISTILL_BENCH_BATCH` (the
+//! server's `max_batch` in the HTTP part; default [`DEFAULT_MAX_BATCH`]).
 
 use std::path::Path;
 use std::process::Command;
@@ -268,6 +269,8 @@ fn main() {
     let sentences = if quick { &SENTENCES[..4] } else { SENTENCES };
     let mut serve = ServeConfig::new(&model);
     serve.threads = Some(threads);
+    serve.max_batch =
+        std::env::var("BIODISTILL_BENCH_BATCH").ok().and_then(|b| b.parse().ok()).unwrap_or(DEFAULT_MAX_BATCH);
     let mut plain_per_hour = 0.0;
     for grounded in [false, true] {
         let (per_hour, tokens) = runtime.block_on(http_sentences_per_hour(serve.clone(), sentences, grounded));

@@ -99,7 +99,7 @@ impl std::fmt::Debug for ServeConfig {
 }
 
 /// Default batch size, chosen from `cargo bench --bench teacher_server` (see the README).
-pub const DEFAULT_MAX_BATCH: usize = 8;
+pub const DEFAULT_MAX_BATCH: usize = 16;
 
 impl ServeConfig {
     /// Defaults with `model` (free loopback port, key from the environment).
