@@ -6,8 +6,10 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = biodistill::cli::Cli::parse();
+    // llama.cpp logs through the `llama-cpp-2` target; its load-time warnings are model quirks.
     let default =
-        ["warn,biodistill=info", "info,biodistill=debug", "debug,biodistill=trace"][cli.verbose.min(2) as usize];
+        ["warn,biodistill=info,llama-cpp-2=error", "info,biodistill=debug,llama-cpp-2=warn", "debug,biodistill=trace"]
+            [cli.verbose.min(2) as usize];
     let filter = tracing_subscriber::EnvFilter::try_from_env("BIODISTILL_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();

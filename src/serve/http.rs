@@ -188,7 +188,7 @@ fn to_generate_request(state: &AppState, request: OpenAICompatChatRequest) -> Re
     if request.biodistill.as_ref().is_some_and(|e| e.grounded) && grounded_source.is_none() {
         return Err(ApiError::bad_request("grounded decoding needs `source_text`", "biodistill"));
     }
-    let json_keys = request.json_keys();
+    let json_schema = request.json_schema();
     let messages = request
         .messages
         .iter()
@@ -204,7 +204,7 @@ fn to_generate_request(state: &AppState, request: OpenAICompatChatRequest) -> Re
         // Two's complement keeps negative seeds distinct.
         seed: request.seed.map_or(state.default_seed, |s| s as u64),
         stop: request.stop.map(OpenAICompatStop::into_vec).unwrap_or_default(),
-        json_keys,
+        json_schema,
         grounded_source,
         ignore_eos: false,
     })

@@ -6,8 +6,14 @@
 //! those whose bytes the automaton accepts, so the reply is always parseable JSON and every
 //! extracted span is copied from the input: no parse failures, no paraphrased or hallucinated
 //! spans. Object keys are the property names of the request's JSON schema when it sends one
-//! (free otherwise); the top level must be an object or an array; once it closes, only an
+//! (free otherwise), and the value of a property whose schema has an `enum` of strings is one
+//! of those strings (it is not copied from the source); the top level must be an object or an array; once it closes, only an
 //! end-of-turn token is allowed.
+//!
+//! No repeats: an array element equal to an earlier element of the same array, or a key used
+//! twice in one object, is rejected at the byte that would complete it. A small teacher in a
+//! repetition loop otherwise lists the same span until `max_tokens` (4 of 140 ADE replies on
+//! 2026-12-02); now it must write something new or close the container.
 //!
 //! Bytes, not chars: a byte-level BPE token may end inside a UTF-8 character, and a substring
 //! test on bytes is the same as on chars for valid UTF-8.
@@ -36,11 +42,11 @@ enum Mode {
         close_ok: bool,
     },
     Colon,
-    /// Inside a string. For values, `starts` are the source offsets where the bytes so far
-    /// match; for keys with a schema, the indices of the allowed keys they match; `len` is how
-    /// many bytes matched.
+    /// Inside a string. For source values, `starts` are the source offsets where the bytes so
+    /// far match; for keys with a schema and enum values, the indices of the words they match;
+    /// `len` is how many bytes matched.
     Str {
-        key: bool,
+        kind: StrKind,
         escape: bool,
         starts: Vec<usize>,
         len: usize,
@@ -88,16 +94,60 @@ impl Num {
     }
 }
 
+/// The words of a response schema the automaton enforces.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SchemaWords {
+    /// Every property name; empty: any key.
+    pub keys: Vec<String>,
+    /// Properties whose value is one of a fixed set of strings (`"enum"`).
+    pub enums: Vec<(String, Vec<String>)>,
+}
+
+impl SchemaWords {
+    fn for_kind(&self, kind: StrKind) -> Option<&[String]> {
+        match kind {
+            StrKind::Key if !self.keys.is_empty() => Some(&self.keys),
+            StrKind::Enum(i) => Some(&self.enums[i].1),
+            _ => None,
+        }
+    }
+}
+
+/// What the bytes of the string being generated must spell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StrKind {
+    /// An object key (one of the schema's keys, if any).
+    Key,
+    /// A value from `enums[i]`.
+    Enum(usize),
+    /// A value copied from the source (any string without one).
+    Value,
+}
+
+/// An open object or array.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Frame {
+    container: Container,
+    /// Where the current element (array) or key (object) starts in [`GroundedJson::text`].
+    start: usize,
+    /// The earlier elements or keys, as ranges of `text`.
+    seen: Vec<(usize, usize)>,
+    /// Objects: the enum the current key's value must come from.
+    value_enum: Option<usize>,
+}
+
 /// The automaton state. Cheap to clone for value strings over short sources.
 #[derive(Debug, Clone)]
 pub struct GroundedJson {
     /// String values must be substrings of this; `None`: any string.
     source: Option<Arc<str>>,
-    /// Allowed object keys; empty means any printable-ASCII key.
-    keys: Arc<[String]>,
-    stack: Vec<Container>,
+    /// Allowed object keys (empty: any printable-ASCII key) and enum values.
+    words: Arc<SchemaWords>,
+    stack: Vec<Frame>,
     mode: Mode,
     whitespace_run: u8,
+    /// The accepted bytes without whitespace between tokens, to compare elements and keys.
+    text: Vec<u8>,
 }
 
 impl GroundedJson {
@@ -110,18 +160,25 @@ impl GroundedJson {
     pub fn json_only() -> Self {
         Self {
             source: None,
-            keys: Arc::from([]),
+            words: Arc::default(),
             stack: Vec::new(),
             mode: Mode::Value { close_ok: false },
             whitespace_run: 0,
+            text: Vec::new(),
         }
     }
 
-    /// Only accept object keys from `keys` (without it a model may echo schema words such as
-    /// `additionalProperties` as keys, and the reply fails to parse).
-    pub fn with_keys(mut self, keys: Vec<String>) -> Self {
-        self.keys = keys.into();
+    /// Only accept object keys and enum values from `words` (without it a model may echo
+    /// schema words such as `additionalProperties` as keys, or invent an enum value, and the
+    /// reply fails to parse).
+    pub fn with_schema(mut self, words: SchemaWords) -> Self {
+        self.words = Arc::new(words);
         self
+    }
+
+    /// The words string `kind` must spell, if it is not free or copied.
+    fn words(&self, kind: StrKind) -> Option<&[String]> {
+        self.words.for_kind(kind)
     }
 
     /// Whether the top-level value is complete (only end of turn may follow).
@@ -137,15 +194,24 @@ impl GroundedJson {
 
     /// Consume one byte; `false` means rejected (the state is then meaningless).
     fn feed(&mut self, b: u8) -> bool {
+        let between_tokens =
+            matches!(b, b' ' | b'\n' | b'\r' | b'\t') && !matches!(self.mode, Mode::Str { .. } | Mode::Literal(_));
+        let accepted = self.step(b);
+        if accepted && !between_tokens {
+            self.text.push(b);
+        }
+        accepted
+    }
+
+    fn step(&mut self, b: u8) -> bool {
         if let Mode::Number(num) = self.mode {
             if let Some(next) = num.next(b) {
                 self.mode = Mode::Number(next);
                 return true;
             }
-            if !num.can_end() {
+            if !num.can_end() || !self.value_done() {
                 return false;
             }
-            self.value_done();
         }
         let ws = matches!(b, b' ' | b'\n' | b'\r' | b'\t');
         let in_token = matches!(self.mode, Mode::Str { .. } | Mode::Literal(_));
@@ -156,14 +222,20 @@ impl GroundedJson {
             return !edge && self.whitespace_run <= MAX_WHITESPACE_RUN;
         }
         self.whitespace_run = 0;
+        let schema = Arc::clone(&self.words);
         match &mut self.mode {
             Mode::Value { close_ok } => match b {
                 b'{' | b'[' => self.open(b),
                 _ if self.stack.is_empty() => false,
                 b']' if *close_ok => self.close(Container::Array),
                 b'"' => {
-                    let starts = self.source.as_ref().map_or(Vec::new(), |s| (0..=s.len()).collect());
-                    self.mode = Mode::Str { key: false, escape: false, starts, len: 0 };
+                    let kind = self.stack.last().and_then(|f| f.value_enum).map_or(StrKind::Value, StrKind::Enum);
+                    let starts = match (self.words(kind), &self.source) {
+                        (Some(words), _) => (0..words.len()).collect(),
+                        (None, Some(source)) => (0..=source.len()).collect(),
+                        (None, None) => Vec::new(),
+                    };
+                    self.mode = Mode::Str { kind, escape: false, starts, len: 0 };
                     true
                 }
                 b'-' => {
@@ -185,8 +257,9 @@ impl GroundedJson {
             },
             Mode::Key { close_ok } => match b {
                 b'"' => {
-                    let starts = (0..self.keys.len()).collect();
-                    self.mode = Mode::Str { key: true, escape: false, starts, len: 0 };
+                    let starts = (0..self.words.keys.len()).collect();
+                    self.mode = Mode::Str { kind: StrKind::Key, escape: false, starts, len: 0 };
+                    self.mark_start();
                     true
                 }
                 b'}' if *close_ok => self.close(Container::Object),
@@ -196,7 +269,8 @@ impl GroundedJson {
                 self.mode = Mode::Value { close_ok: false };
                 b == b':'
             }
-            Mode::Str { key, escape, starts, len } => {
+            Mode::Str { kind, escape, starts, len } => {
+                let (kind, words) = (*kind, schema.for_kind(*kind));
                 let literal = if *escape {
                     *escape = false;
                     match b {
@@ -207,14 +281,14 @@ impl GroundedJson {
                     }
                 } else {
                     match b {
-                        b'"' if *key => {
-                            let complete = |&k: &usize| self.keys[k].len() == *len;
-                            if !self.keys.is_empty() && !starts.iter().any(complete) {
-                                return false;
-                            }
-                            self.mode = Mode::Colon;
-                            return true;
+                        b'"' if words.is_some_and(|w| !starts.iter().any(|&k| w[k].len() == *len)) => {
+                            return false;
                         }
+                        b'"' if kind == StrKind::Key => {
+                            self.mode = Mode::Colon;
+                            return self.key_done();
+                        }
+                        b'"' if words.is_some() => return self.value_done(),
                         b'"' => {
                             // The span must end on a character boundary of the source.
                             let end = *len;
@@ -223,17 +297,17 @@ impl GroundedJson {
                             {
                                 return false;
                             }
-                            self.value_done();
-                            return true;
+                            return self.value_done();
                         }
                         b'\\' => {
                             // Only when an escape can follow: a state with no continuation
                             // would leave the sampler without an admissible token.
                             let escapable = |b: Option<&u8>| matches!(b, Some(b'"' | b'\\' | b'/' | b'\n' | b'\t'));
-                            let possible = match (*key, &self.source) {
-                                (true, _) => self.keys.is_empty(),
-                                (false, None) => true,
-                                (false, Some(source)) => {
+                            let possible = match (words, &self.source) {
+                                (Some(words), _) => starts.iter().any(|&k| escapable(words[k].as_bytes().get(*len))),
+                                (None, _) if kind == StrKind::Key => true,
+                                (None, None) => true,
+                                (None, Some(source)) => {
                                     starts.iter().any(|&s| escapable(source.as_bytes().get(s + *len)))
                                 }
                             };
@@ -244,14 +318,14 @@ impl GroundedJson {
                         _ => b,
                     }
                 };
-                if *key && self.keys.is_empty() {
-                    // Keys name schema fields: printable ASCII keeps them valid UTF-8.
-                    return (0x20..0x7f).contains(&literal);
-                }
-                if *key {
-                    starts.retain(|&k| self.keys[k].as_bytes().get(*len) == Some(&literal));
+                if let Some(words) = words {
+                    starts.retain(|&k| words[k].as_bytes().get(*len) == Some(&literal));
                     *len += 1;
                     return !starts.is_empty();
+                }
+                if kind == StrKind::Key {
+                    // Keys name schema fields: printable ASCII keeps them valid UTF-8.
+                    return (0x20..0x7f).contains(&literal);
                 }
                 let Some(source) = &self.source else { return true };
                 let source = source.as_bytes();
@@ -262,20 +336,18 @@ impl GroundedJson {
             Mode::Literal(rest) => match rest.split_first() {
                 Some((&first, tail)) if first == b => {
                     *rest = tail;
-                    if tail.is_empty() {
-                        self.value_done();
-                    }
-                    true
+                    !tail.is_empty() || self.value_done()
                 }
                 _ => false,
             },
-            Mode::After => match (b, self.stack.last()) {
+            Mode::After => match (b, self.stack.last().map(|f| f.container)) {
                 (b',', Some(Container::Object)) => {
                     self.mode = Mode::Key { close_ok: false };
                     true
                 }
                 (b',', Some(Container::Array)) => {
                     self.mode = Mode::Value { close_ok: false };
+                    self.mark_start();
                     true
                 }
                 (b'}', Some(Container::Object)) => self.close(Container::Object),
@@ -291,22 +363,17 @@ impl GroundedJson {
         if self.stack.len() >= MAX_DEPTH {
             return false;
         }
-        if b == b'{' {
-            self.stack.push(Container::Object);
-            self.mode = Mode::Key { close_ok: true };
-        } else {
-            self.stack.push(Container::Array);
-            self.mode = Mode::Value { close_ok: true };
-        }
+        let container = if b == b'{' { Container::Object } else { Container::Array };
+        self.stack.push(Frame { container, start: self.text.len() + 1, seen: Vec::new(), value_enum: None });
+        self.mode = if b == b'{' { Mode::Key { close_ok: true } } else { Mode::Value { close_ok: true } };
         true
     }
 
     fn close(&mut self, container: Container) -> bool {
-        if self.stack.pop() != Some(container) {
+        if self.stack.pop().map(|f| f.container) != Some(container) {
             return false;
         }
-        self.value_done();
-        true
+        self.value_done()
     }
 
     fn literal(&mut self, rest: &'static [u8]) -> bool {
@@ -314,9 +381,45 @@ impl GroundedJson {
         true
     }
 
-    /// A value just ended: either the document is done or its container continues.
-    fn value_done(&mut self) {
+    /// A value just ended: either the document is done or its container continues. `false`
+    /// when it repeats an earlier element of its array.
+    fn value_done(&mut self) -> bool {
         self.mode = if self.stack.is_empty() { Mode::Done } else { Mode::After };
+        match self.stack.last() {
+            Some(frame) if frame.container == Container::Array => self.is_new(),
+            _ => true,
+        }
+    }
+
+    /// The current element or key (the bytes from the frame's start up to, not including, the
+    /// byte being fed) differs from every earlier one of its frame; it is recorded as seen.
+    fn is_new(&mut self) -> bool {
+        let Some(frame) = self.stack.last_mut() else { return true };
+        let current = &self.text[frame.start..];
+        if frame.seen.iter().any(|&(start, end)| &self.text[start..end] == current) {
+            return false;
+        }
+        frame.seen.push((frame.start, self.text.len()));
+        true
+    }
+
+    /// A key just ended: it must be new in its object; its value may have to be an enum's.
+    fn key_done(&mut self) -> bool {
+        if !self.is_new() {
+            return false;
+        }
+        let Some(frame) = self.stack.last_mut() else { return true };
+        let key = &self.text[frame.start..];
+        frame.value_enum = self.words.enums.iter().position(|(k, _)| k.as_bytes() == key);
+        true
+    }
+
+    /// The next byte starts an element (array) or a key (object) of the innermost frame.
+    fn mark_start(&mut self) {
+        let at = self.text.len() + 1;
+        if let Some(frame) = self.stack.last_mut() {
+            frame.start = at;
+        }
     }
 }
 
@@ -328,6 +431,25 @@ mod tests {
 
     fn accepts(text: &str) -> Option<GroundedJson> {
         GroundedJson::new(SOURCE).advanced(text.as_bytes())
+    }
+
+    fn words(keys: &[&str]) -> SchemaWords {
+        SchemaWords { keys: keys.iter().map(|k| k.to_string()).collect(), enums: vec![] }
+    }
+
+    #[test]
+    fn enum_values_come_from_the_schema_not_the_source() {
+        let mut schema = words(&["text", "type"]);
+        schema.enums.push(("type".into(), vec!["NAME".into(), "DATE".into(), "DATES".into()]));
+        for state in [GroundedJson::new(SOURCE), GroundedJson::json_only()] {
+            let state = state.with_schema(schema.clone());
+            let doc = r#"[{"text": "54-year-old", "type": "DATE"}, {"text": "man", "type": "DATES"}]"#;
+            assert!(state.advanced(doc.as_bytes()).unwrap().is_complete());
+            for bad in [r#"[{"type": "TIME""#, r#"[{"type": "DA""#, r#"[{"type": "\"#, r#"[{"text": "x"#] {
+                let grounded_text = bad.contains("\"text\"") && state.source.is_none();
+                assert_eq!(state.advanced(bad.as_bytes()).is_none(), !grounded_text, "{bad}");
+            }
+        }
     }
 
     #[test]
@@ -372,7 +494,7 @@ mod tests {
     #[test]
     fn keys_come_from_the_schema_when_given() {
         let keys = vec!["drugs".to_string(), "drug".to_string(), "adverse_events".to_string()];
-        let state = GroundedJson::new(SOURCE).with_keys(keys);
+        let state = GroundedJson::new(SOURCE).with_schema(SchemaWords { keys, enums: vec![] });
         let doc = r#"{"drugs": [{"drug": "Ibuprofen", "adverse_events": ["gastric bleeding"]}]}"#;
         assert!(state.advanced(doc.as_bytes()).unwrap().is_complete());
         assert!(state.advanced(br#"{"dru"#).is_some(), "a prefix of a key");
@@ -383,7 +505,7 @@ mod tests {
 
     #[test]
     fn json_only_frees_values_but_not_keys_or_syntax() {
-        let state = GroundedJson::json_only().with_keys(vec!["text".into(), "type".into()]);
+        let state = GroundedJson::json_only().with_schema(words(&["text", "type"]));
         let doc = r#"{"text": "Aspirin \"x\"", "type": "NAME"}"#;
         assert!(state.advanced(doc.as_bytes()).unwrap().is_complete());
         for bad in [r#"{"additionalProperties""#, "```json", r#"{"text": "a"}}"#] {
@@ -396,8 +518,28 @@ mod tests {
         // A backslash is only accepted where an escape sequence can follow it.
         assert!(accepts(r#"{"a": "\""#).is_some(), "the source has a quote to escape");
         assert!(GroundedJson::new("no quotes here").advanced(br#"["\"#).is_none());
-        let keyed = GroundedJson::new(SOURCE).with_keys(vec!["drug".into()]);
+        let keyed = GroundedJson::new(SOURCE).with_schema(words(&["drug"]));
         assert!(keyed.advanced(br#"{"\"#).is_none(), "schema keys have no escapes");
+    }
+
+    #[test]
+    fn repeated_elements_and_keys_are_rejected_where_they_complete() {
+        assert!(accepts(r#"["gastric bleeding", "gastric"#).is_some(), "a repeat in progress");
+        assert!(accepts(r#"["gastric bleeding", "gastric bleeding""#).is_none());
+        assert!(accepts(r#"["gastric", "gastric bleeding"]"#).unwrap().is_complete(), "a longer span");
+        let pair = r#"{"drug": "Ibuprofen", "effect": "gastric bleeding"}"#;
+        let doc = format!("[{pair}, {pair}");
+        for end in 0..doc.len() {
+            assert!(accepts(&doc[..end]).is_some(), "up to its last byte: {}", &doc[..end]);
+        }
+        assert!(accepts(&doc).is_none());
+        assert!(accepts(&format!(r#"[{pair},{{"drug":"Ibuprofen","effect":"gastric bleeding"}}]"#)).is_none());
+        assert!(accepts(&format!(r#"[{pair}, {{"drug": "Ibuprofen", "effect": "bleeding"}}]"#)).is_some());
+        assert!(accepts("[1, 2, [1], [2], true, null]").unwrap().is_complete());
+        assert!(accepts("[1, 1]").is_none() && accepts("[true, true]").is_none() && accepts("[[], []]").is_none());
+        assert!(accepts(r#"[["a"], ["a"]]"#).is_none(), "nested arrays compare whole");
+        assert!(accepts(r#"{"drug": "Ibuprofen", "drug""#).is_none(), "a key twice");
+        assert!(accepts(r#"[{"drug": "man"}, {"drug": "Ibuprofen"}]"#).unwrap().is_complete(), "keys per object");
     }
 
     #[test]

@@ -46,7 +46,7 @@ fn backend() -> Result<&'static LlamaBackend> {
     static BACKEND: OnceLock<std::result::Result<LlamaBackend, String>> = OnceLock::new();
     BACKEND
         .get_or_init(|| {
-            // llama.cpp logs every tensor at load; route it to tracing (`BIODISTILL_LOG=llama_cpp_2=info`).
+            // llama.cpp logs every tensor at load; route it to tracing (`BIODISTILL_LOG=llama-cpp-2=info`).
             llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default());
             LlamaBackend::init().map_err(|e| e.to_string())
         })

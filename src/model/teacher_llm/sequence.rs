@@ -9,7 +9,7 @@ use candle_transformers::generation::{LogitsProcessor, Sampling};
 use tokenizers::Tokenizer;
 
 use super::chat::ChatMessage;
-use super::grounded::GroundedJson;
+use super::grounded::{GroundedJson, SchemaWords};
 use super::llama_cpp::KvCache;
 use crate::{Error, Result};
 
@@ -28,9 +28,9 @@ pub struct GenerateRequest {
     pub stop: Vec<String>,
     /// Constrain the reply to JSON whose string values occur in this text.
     pub grounded_source: Option<String>,
-    /// The reply must be JSON (OpenAI's `response_format`) whose object keys are these (empty:
-    /// any). Implied by `grounded_source`.
-    pub json_keys: Option<Vec<String>>,
+    /// The reply must be JSON (OpenAI's `response_format`) whose object keys and enum values
+    /// are these (no keys: any). Implied by `grounded_source`.
+    pub json_schema: Option<SchemaWords>,
     /// Keep generating through end-of-turn tokens until `max_tokens` (benchmarks only).
     pub ignore_eos: bool,
 }
@@ -46,7 +46,7 @@ impl GenerateRequest {
             seed: 0,
             stop: Vec::new(),
             grounded_source: None,
-            json_keys: None,
+            json_schema: None,
             ignore_eos: false,
         }
     }
@@ -139,9 +139,9 @@ impl Sequence {
             greedy,
             stop: request.stop.iter().filter(|s| !s.is_empty()).cloned().collect(),
             ignore_eos: request.ignore_eos,
-            grounded: match (&request.grounded_source, &request.json_keys) {
-                (Some(source), keys) => Some(GroundedJson::new(source).with_keys(keys.clone().unwrap_or_default())),
-                (None, Some(keys)) => Some(GroundedJson::json_only().with_keys(keys.clone())),
+            grounded: match (&request.grounded_source, &request.json_schema) {
+                (Some(source), words) => Some(GroundedJson::new(source).with_schema(words.clone().unwrap_or_default())),
+                (None, Some(words)) => Some(GroundedJson::json_only().with_schema(words.clone())),
                 (None, None) => None,
             },
             finish: if max_tokens == 0 { Some(FinishReason::Length) } else { None },
