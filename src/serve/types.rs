@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::teacher_llm::grounded::SchemaWords;
+use crate::model::teacher_llm::schema::ResponseSchema;
 use crate::model::teacher_llm::{ChatMessage, FinishReason, Role};
 
 /// `POST /v1/chat/completions` body.
@@ -56,45 +56,14 @@ impl OpenAICompatChatRequest {
     }
 
     /// Whether the reply must be JSON (`response_format` `json_object` or `json_schema`, or
-    /// grounding), and if so the words it must use: every property name of the schema at any
-    /// depth, sorted (empty: any key), and the string values of `enum` properties.
-    pub fn json_schema(&self) -> Option<SchemaWords> {
-        fn walk(schema: &serde_json::Value, words: &mut SchemaWords) {
-            match schema {
-                serde_json::Value::Object(map) => {
-                    if let Some(serde_json::Value::Object(props)) = map.get("properties") {
-                        words.keys.extend(props.keys().cloned());
-                        for (key, prop) in props {
-                            let values = prop.get("enum").and_then(|e| e.as_array());
-                            let strings: Option<Vec<String>> =
-                                values.and_then(|v| v.iter().map(|x| x.as_str().map(str::to_string)).collect());
-                            if let Some(strings) = strings.filter(|s| !s.is_empty()) {
-                                words.enums.push((key.clone(), strings));
-                            }
-                        }
-                    }
-                    map.values().for_each(|v| walk(v, words));
-                }
-                serde_json::Value::Array(items) => items.iter().for_each(|v| walk(v, words)),
-                _ => {}
-            }
-        }
+    /// grounding), and if so the schema it must follow (none sent: any JSON).
+    pub fn json_schema(&self) -> Option<ResponseSchema> {
         let format = self.response_format.as_ref().and_then(|f| f.get("type")?.as_str());
         if !matches!(format, Some("json_object" | "json_schema")) && self.grounded_source().is_none() {
             return None;
         }
-        let mut words = SchemaWords::default();
-        if let Some(schema) = self.response_format.as_ref().and_then(|f| f.get("json_schema")?.get("schema")) {
-            walk(schema, &mut words);
-        }
-        words.keys.sort();
-        words.keys.dedup();
-        // The same property name with two different enums: neither can be enforced.
-        words.enums.sort();
-        words.enums.dedup();
-        let names: Vec<String> = words.enums.iter().map(|(k, _)| k.clone()).collect();
-        words.enums.retain(|(k, _)| names.iter().filter(|n| *n == k).count() == 1);
-        Some(words)
+        let schema = self.response_format.as_ref().and_then(|f| f.get("json_schema")?.get("schema"));
+        Some(schema.map(ResponseSchema::from_json_schema).unwrap_or_default())
     }
 }
 
@@ -257,26 +226,19 @@ mod tests {
         let ext = r#"{"model":"m","messages":[],"biodistill":{"grounded":true,"source_text":"x"}}"#;
         let req: OpenAICompatChatRequest = serde_json::from_str(ext).unwrap();
         assert_eq!(req.grounded_source().as_deref(), Some("x"));
-        assert_eq!(req.json_schema(), Some(SchemaWords::default()), "grounding implies JSON");
+        assert_eq!(req.json_schema(), Some(ResponseSchema::default()), "grounding implies JSON");
     }
 
     #[test]
-    fn schema_words_are_every_property_name_and_enum() {
+    fn the_response_format_schema_is_followed() {
+        use crate::model::teacher_llm::schema::Node;
         let schema = crate::teacher::parse::json_schema(crate::teacher::Task::GeneDisease);
         let body = serde_json::json!({"model": "m", "messages": [],
             "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}});
         let req: OpenAICompatChatRequest = serde_json::from_value(body).unwrap();
-        let words = req.json_schema().unwrap();
-        assert_eq!(words.keys, ["associations", "disease", "diseases", "gene", "genes"]);
-        assert!(words.enums.is_empty());
-        let schema = crate::teacher::parse::json_schema(crate::teacher::Task::Phi);
-        let body = serde_json::json!({"model": "m", "messages": [],
-            "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}});
-        let req: OpenAICompatChatRequest = serde_json::from_value(body).unwrap();
-        let enums = req.json_schema().unwrap().enums;
-        assert_eq!(enums.len(), 1);
-        assert_eq!(enums[0].0, "type");
-        assert!(enums[0].1.iter().any(|t| t == "NAME"));
+        let schema = req.json_schema().unwrap();
+        assert_eq!(schema.all_keys(), ["associations", "disease", "diseases", "gene", "genes"]);
+        assert!(matches!(schema.node(ResponseSchema::ROOT), Node::Object { required, .. } if required.len() == 3));
         let text: OpenAICompatChatRequest = serde_json::from_str(r#"{"model":"m","messages":[]}"#).unwrap();
         assert_eq!(text.json_schema(), None, "no response_format, free text");
     }

@@ -5,9 +5,9 @@
 //! At each step the generation loop offers candidate tokens (best logit first) and keeps only
 //! those whose bytes the automaton accepts, so the reply is always parseable JSON and every
 //! extracted span is copied from the input: no parse failures, no paraphrased or hallucinated
-//! spans. Object keys are the property names of the request's JSON schema when it sends one
-//! (free otherwise), and the value of a property whose schema has an `enum` of strings is one
-//! of those strings (it is not copied from the source); the top level must be an object or an array; once it closes, only an
+//! spans. With a JSON schema ([`ResponseSchema`]) each object's keys are its own properties,
+//! it cannot close before its required keys are written, a string-typed value is a string and
+//! an `enum` value is one of its strings (not copied from the source); the top level must be an object or an array; once it closes, only an
 //! end-of-turn token is allowed.
 //!
 //! No repeats: an array element equal to an earlier element of the same array, or a key used
@@ -19,6 +19,8 @@
 //! test on bytes is the same as on chars for valid UTF-8.
 
 use std::sync::Arc;
+
+use super::schema::{Node, NodeId, ResponseSchema};
 
 /// Deepest nesting accepted (a task schema needs 3; this stops runaway `[[[[`).
 const MAX_DEPTH: usize = 8;
@@ -94,34 +96,29 @@ impl Num {
     }
 }
 
-/// The words of a response schema the automaton enforces.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SchemaWords {
-    /// Every property name; empty: any key.
-    pub keys: Vec<String>,
-    /// Properties whose value is one of a fixed set of strings (`"enum"`).
-    pub enums: Vec<(String, Vec<String>)>,
-}
-
-impl SchemaWords {
-    fn for_kind(&self, kind: StrKind) -> Option<&[String]> {
-        match kind {
-            StrKind::Key if !self.keys.is_empty() => Some(&self.keys),
-            StrKind::Enum(i) => Some(&self.enums[i].1),
-            _ => None,
-        }
-    }
-}
-
 /// What the bytes of the string being generated must spell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum StrKind {
-    /// An object key (one of the schema's keys, if any).
+    /// An object key (one of its schema's keys, if any).
     Key,
-    /// A value from `enums[i]`.
-    Enum(usize),
+    /// A value of this [`Node::Enum`].
+    Enum(NodeId),
     /// A value copied from the source (any string without one).
     Value,
+}
+
+/// The words string `kind` must spell inside `frame`, if it is not free or copied.
+fn words<'a>(schema: &'a ResponseSchema, kind: StrKind, frame: Option<&Frame>) -> Option<&'a [String]> {
+    let node = match kind {
+        StrKind::Key => schema.node(frame?.node),
+        StrKind::Enum(id) => schema.node(id),
+        StrKind::Value => return None,
+    };
+    match node {
+        Node::Object { keys, .. } if !keys.is_empty() => Some(keys),
+        Node::Enum(values) => Some(values),
+        _ => None,
+    }
 }
 
 /// An open object or array.
@@ -132,8 +129,10 @@ struct Frame {
     start: usize,
     /// The earlier elements or keys, as ranges of `text`.
     seen: Vec<(usize, usize)>,
-    /// Objects: the enum the current key's value must come from.
-    value_enum: Option<usize>,
+    /// This container's schema node.
+    node: NodeId,
+    /// The node of the next value: arrays, their items; objects, the current key's value.
+    value_node: NodeId,
 }
 
 /// The automaton state. Cheap to clone for value strings over short sources.
@@ -141,8 +140,8 @@ struct Frame {
 pub struct GroundedJson {
     /// String values must be substrings of this; `None`: any string.
     source: Option<Arc<str>>,
-    /// Allowed object keys (empty: any printable-ASCII key) and enum values.
-    words: Arc<SchemaWords>,
+    /// What the document must match (default: anything).
+    schema: Arc<ResponseSchema>,
     stack: Vec<Frame>,
     mode: Mode,
     whitespace_run: u8,
@@ -160,7 +159,7 @@ impl GroundedJson {
     pub fn json_only() -> Self {
         Self {
             source: None,
-            words: Arc::default(),
+            schema: Arc::default(),
             stack: Vec::new(),
             mode: Mode::Value { close_ok: false },
             whitespace_run: 0,
@@ -168,17 +167,17 @@ impl GroundedJson {
         }
     }
 
-    /// Only accept object keys and enum values from `words` (without it a model may echo
-    /// schema words such as `additionalProperties` as keys, or invent an enum value, and the
-    /// reply fails to parse).
-    pub fn with_schema(mut self, words: SchemaWords) -> Self {
-        self.words = Arc::new(words);
+    /// Only accept documents of `schema` (without it a model may echo schema words such as
+    /// `additionalProperties` as keys, put a key in the wrong object, or invent an enum value,
+    /// and the reply fails to parse).
+    pub fn with_schema(mut self, schema: ResponseSchema) -> Self {
+        self.schema = Arc::new(schema);
         self
     }
 
-    /// The words string `kind` must spell, if it is not free or copied.
-    fn words(&self, kind: StrKind) -> Option<&[String]> {
-        self.words.for_kind(kind)
+    /// The node the next value must match.
+    fn next_node(&self) -> NodeId {
+        self.stack.last().map_or(ResponseSchema::ROOT, |f| f.value_node)
     }
 
     /// Whether the top-level value is complete (only end of turn may follow).
@@ -222,15 +221,20 @@ impl GroundedJson {
             return !edge && self.whitespace_run <= MAX_WHITESPACE_RUN;
         }
         self.whitespace_run = 0;
-        let schema = Arc::clone(&self.words);
+        let schema = Arc::clone(&self.schema);
+        let next = schema.node(self.next_node());
         match &mut self.mode {
             Mode::Value { close_ok } => match b {
-                b'{' | b'[' => self.open(b),
-                _ if self.stack.is_empty() => false,
                 b']' if *close_ok => self.close(Container::Array),
-                b'"' => {
-                    let kind = self.stack.last().and_then(|f| f.value_enum).map_or(StrKind::Value, StrKind::Enum);
-                    let starts = match (self.words(kind), &self.source) {
+                b'{' if matches!(next, Node::Any | Node::Object { .. }) => self.open(b),
+                b'[' if matches!(next, Node::Any | Node::Array { .. }) => self.open(b),
+                _ if self.stack.is_empty() => false,
+                b'"' if matches!(next, Node::Any | Node::String | Node::Enum(_)) => {
+                    let kind = match next {
+                        Node::Enum(_) => StrKind::Enum(self.next_node()),
+                        _ => StrKind::Value,
+                    };
+                    let starts = match (words(&schema, kind, None), &self.source) {
                         (Some(words), _) => (0..words.len()).collect(),
                         (None, Some(source)) => (0..=source.len()).collect(),
                         (None, None) => Vec::new(),
@@ -238,6 +242,7 @@ impl GroundedJson {
                     self.mode = Mode::Str { kind, escape: false, starts, len: 0 };
                     true
                 }
+                _ if *next != Node::Any => false,
                 b'-' => {
                     self.mode = Mode::Number(Num::Minus);
                     true
@@ -257,7 +262,8 @@ impl GroundedJson {
             },
             Mode::Key { close_ok } => match b {
                 b'"' => {
-                    let starts = (0..self.words.keys.len()).collect();
+                    let keys = words(&schema, StrKind::Key, self.stack.last()).map_or(0, <[String]>::len);
+                    let starts = (0..keys).collect();
                     self.mode = Mode::Str { kind: StrKind::Key, escape: false, starts, len: 0 };
                     self.mark_start();
                     true
@@ -270,7 +276,7 @@ impl GroundedJson {
                 b == b':'
             }
             Mode::Str { kind, escape, starts, len } => {
-                let (kind, words) = (*kind, schema.for_kind(*kind));
+                let (kind, words) = (*kind, words(&schema, *kind, self.stack.last()));
                 let literal = if *escape {
                     *escape = false;
                     match b {
@@ -364,14 +370,26 @@ impl GroundedJson {
             return false;
         }
         let container = if b == b'{' { Container::Object } else { Container::Array };
-        self.stack.push(Frame { container, start: self.text.len() + 1, seen: Vec::new(), value_enum: None });
+        let node = self.next_node();
+        let value_node = match self.schema.node(node) {
+            Node::Array { items } => *items,
+            _ => ResponseSchema::ANY,
+        };
+        self.stack.push(Frame { container, start: self.text.len() + 1, seen: Vec::new(), node, value_node });
         self.mode = if b == b'{' { Mode::Key { close_ok: true } } else { Mode::Value { close_ok: true } };
         true
     }
 
     fn close(&mut self, container: Container) -> bool {
-        if self.stack.pop().map(|f| f.container) != Some(container) {
+        let Some(frame) = self.stack.pop() else { return false };
+        if frame.container != container {
             return false;
+        }
+        if let Node::Object { keys, required, .. } = self.schema.node(frame.node) {
+            let written = |key: &String| frame.seen.iter().any(|&(s, e)| &self.text[s..e] == key.as_bytes());
+            if !required.iter().all(|&r| written(&keys[r])) {
+                return false;
+            }
         }
         self.value_done()
     }
@@ -410,7 +428,12 @@ impl GroundedJson {
         }
         let Some(frame) = self.stack.last_mut() else { return true };
         let key = &self.text[frame.start..];
-        frame.value_enum = self.words.enums.iter().position(|(k, _)| k.as_bytes() == key);
+        frame.value_node = match self.schema.node(frame.node) {
+            Node::Object { keys, values, .. } => {
+                keys.iter().position(|k| k.as_bytes() == key).map_or(ResponseSchema::ANY, |i| values[i])
+            }
+            _ => ResponseSchema::ANY,
+        };
         true
     }
 
@@ -433,16 +456,24 @@ mod tests {
         GroundedJson::new(SOURCE).advanced(text.as_bytes())
     }
 
-    fn words(keys: &[&str]) -> SchemaWords {
-        SchemaWords { keys: keys.iter().map(|k| k.to_string()).collect(), enums: vec![] }
+    /// An object schema with string properties `keys`, all required.
+    fn object(keys: &[&str]) -> serde_json::Value {
+        let props: serde_json::Map<String, serde_json::Value> =
+            keys.iter().map(|k| (k.to_string(), serde_json::json!({"type": "string"}))).collect();
+        serde_json::json!({"type": "object", "properties": props, "required": keys})
+    }
+
+    fn schema(value: serde_json::Value) -> ResponseSchema {
+        ResponseSchema::from_json_schema(&value)
     }
 
     #[test]
     fn enum_values_come_from_the_schema_not_the_source() {
-        let mut schema = words(&["text", "type"]);
-        schema.enums.push(("type".into(), vec!["NAME".into(), "DATE".into(), "DATES".into()]));
+        let mut item = object(&["text", "type"]);
+        item["properties"]["type"]["enum"] = serde_json::json!(["NAME", "DATE", "DATES"]);
+        let entities = schema(serde_json::json!({"type": "array", "items": item}));
         for state in [GroundedJson::new(SOURCE), GroundedJson::json_only()] {
-            let state = state.with_schema(schema.clone());
+            let state = state.with_schema(entities.clone());
             let doc = r#"[{"text": "54-year-old", "type": "DATE"}, {"text": "man", "type": "DATES"}]"#;
             assert!(state.advanced(doc.as_bytes()).unwrap().is_complete());
             for bad in [r#"[{"type": "TIME""#, r#"[{"type": "DA""#, r#"[{"type": "\"#, r#"[{"text": "x"#] {
@@ -493,19 +524,28 @@ mod tests {
 
     #[test]
     fn keys_come_from_the_schema_when_given() {
-        let keys = vec!["drugs".to_string(), "drug".to_string(), "adverse_events".to_string()];
-        let state = GroundedJson::new(SOURCE).with_schema(SchemaWords { keys, enums: vec![] });
+        let ade = crate::teacher::parse::json_schema(crate::teacher::Task::Ade);
+        let state = GroundedJson::new(SOURCE).with_schema(schema(ade));
         let doc = r#"{"drugs": [{"drug": "Ibuprofen", "adverse_events": ["gastric bleeding"]}]}"#;
         assert!(state.advanced(doc.as_bytes()).unwrap().is_complete());
         assert!(state.advanced(br#"{"dru"#).is_some(), "a prefix of a key");
-        for bad in [r#"{"additionalProperties""#, r#"{"dru":"#, r#"{"drugss""#] {
+        for bad in [
+            r#"{"additionalProperties""#,
+            r#"{"dru":"#,
+            r#"{"drugss""#,
+            r#"{"drugs": [{"drugs""#,                            // a key of another object
+            r#"{"drugs": [{"drug": "Ibuprofen"}"#,               // closed without a required key
+            r#"{"drugs": [{"drug": ["#,                          // not a string
+            r#"{"drugs": [{"drug": "man", "adverse_events": 1"#, // not an array
+            r#"{}"#,
+        ] {
             assert!(state.advanced(bad.as_bytes()).is_none(), "{bad}");
         }
     }
 
     #[test]
     fn json_only_frees_values_but_not_keys_or_syntax() {
-        let state = GroundedJson::json_only().with_schema(words(&["text", "type"]));
+        let state = GroundedJson::json_only().with_schema(schema(object(&["text", "type"])));
         let doc = r#"{"text": "Aspirin \"x\"", "type": "NAME"}"#;
         assert!(state.advanced(doc.as_bytes()).unwrap().is_complete());
         for bad in [r#"{"additionalProperties""#, "```json", r#"{"text": "a"}}"#] {
@@ -518,7 +558,7 @@ mod tests {
         // A backslash is only accepted where an escape sequence can follow it.
         assert!(accepts(r#"{"a": "\""#).is_some(), "the source has a quote to escape");
         assert!(GroundedJson::new("no quotes here").advanced(br#"["\"#).is_none());
-        let keyed = GroundedJson::new(SOURCE).with_schema(words(&["drug"]));
+        let keyed = GroundedJson::new(SOURCE).with_schema(schema(object(&["drug"])));
         assert!(keyed.advanced(br#"{"\"#).is_none(), "schema keys have no escapes");
     }
 

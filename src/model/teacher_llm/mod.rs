@@ -6,7 +6,8 @@
 //! - [`chat`]: ChatML rendering and tokenization;
 //! - [`sequence`]: one request in flight (sampling, stop conditions, grounding);
 //! - [`prefix_cache`]: KV snapshots of shared prompt prefixes;
-//! - [`grounded`]: the JSON-with-copied-spans automaton.
+//! - [`grounded`]: the JSON-with-copied-spans automaton, and [`schema`], the response schema
+//!   it follows.
 //!
 //! [`TeacherLlm`] ties them together. It is synchronous and `&mut self`: the server runs it on
 //! its own thread. Requests are admitted with [`TeacherLlm::start`] and advanced together by
@@ -18,6 +19,7 @@ pub mod chat;
 pub mod grounded;
 pub mod llama_cpp;
 pub mod prefix_cache;
+pub mod schema;
 pub mod sequence;
 
 use std::path::{Path, PathBuf};

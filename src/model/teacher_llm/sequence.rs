@@ -9,8 +9,9 @@ use candle_transformers::generation::{LogitsProcessor, Sampling};
 use tokenizers::Tokenizer;
 
 use super::chat::ChatMessage;
-use super::grounded::{GroundedJson, SchemaWords};
+use super::grounded::GroundedJson;
 use super::llama_cpp::KvCache;
+use super::schema::ResponseSchema;
 use crate::{Error, Result};
 
 /// What to generate.
@@ -28,9 +29,9 @@ pub struct GenerateRequest {
     pub stop: Vec<String>,
     /// Constrain the reply to JSON whose string values occur in this text.
     pub grounded_source: Option<String>,
-    /// The reply must be JSON (OpenAI's `response_format`) whose object keys and enum values
-    /// are these (no keys: any). Implied by `grounded_source`.
-    pub json_schema: Option<SchemaWords>,
+    /// The reply must be JSON (OpenAI's `response_format`) of this schema (the default: any
+    /// JSON). Implied by `grounded_source`.
+    pub json_schema: Option<ResponseSchema>,
     /// Keep generating through end-of-turn tokens until `max_tokens` (benchmarks only).
     pub ignore_eos: bool,
 }
