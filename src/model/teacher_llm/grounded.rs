@@ -121,6 +121,14 @@ fn words<'a>(schema: &'a ResponseSchema, kind: StrKind, frame: Option<&Frame>) -
     }
 }
 
+/// The schema keys of `frame` (an object) not written yet; `None` when its keys are free.
+fn unused_keys(schema: &ResponseSchema, frame: Option<&Frame>, text: &[u8]) -> Option<Vec<usize>> {
+    let frame = frame?;
+    let keys = words(schema, StrKind::Key, Some(frame))?;
+    let written = |k: &String| frame.seen.iter().any(|&(s, e)| &text[s..e] == k.as_bytes());
+    Some((0..keys.len()).filter(|&i| !written(&keys[i])).collect())
+}
+
 /// An open object or array.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Frame {
@@ -262,8 +270,10 @@ impl GroundedJson {
             },
             Mode::Key { close_ok } => match b {
                 b'"' => {
-                    let keys = words(&schema, StrKind::Key, self.stack.last()).map_or(0, <[String]>::len);
-                    let starts = (0..keys).collect();
+                    let starts = match unused_keys(&schema, self.stack.last(), &self.text) {
+                        Some(keys) if keys.is_empty() => return false,
+                        keys => keys.unwrap_or_default(),
+                    };
                     self.mode = Mode::Str { kind: StrKind::Key, escape: false, starts, len: 0 };
                     self.mark_start();
                     true
@@ -348,8 +358,9 @@ impl GroundedJson {
             },
             Mode::After => match (b, self.stack.last().map(|f| f.container)) {
                 (b',', Some(Container::Object)) => {
+                    // Only if a key is left to write: a prefix must always be able to continue.
                     self.mode = Mode::Key { close_ok: false };
-                    true
+                    unused_keys(&schema, self.stack.last(), &self.text).is_none_or(|keys| !keys.is_empty())
                 }
                 (b',', Some(Container::Array)) => {
                     self.mode = Mode::Value { close_ok: false };
@@ -385,11 +396,11 @@ impl GroundedJson {
         if frame.container != container {
             return false;
         }
-        if let Node::Object { keys, required, .. } = self.schema.node(frame.node) {
-            let written = |key: &String| frame.seen.iter().any(|&(s, e)| &self.text[s..e] == key.as_bytes());
-            if !required.iter().all(|&r| written(&keys[r])) {
-                return false;
-            }
+        if let (Node::Object { required, .. }, Some(unused)) =
+            (self.schema.node(frame.node), unused_keys(&self.schema, Some(&frame), &self.text))
+            && required.iter().any(|r| unused.contains(r))
+        {
+            return false;
         }
         self.value_done()
     }
@@ -538,6 +549,8 @@ mod tests {
             r#"{"drugs": [{"drug": ["#,                          // not a string
             r#"{"drugs": [{"drug": "man", "adverse_events": 1"#, // not an array
             r#"{}"#,
+            r#"{"drugs": [], ""#, // no key left to write
+            r#"{"drugs": [],"#,
         ] {
             assert!(state.advanced(bad.as_bytes()).is_none(), "{bad}");
         }
