@@ -7,8 +7,8 @@
 //! extracted span is copied from the input: no parse failures, no paraphrased or hallucinated
 //! spans. With a JSON schema ([`ResponseSchema`]) each object's keys are its own properties,
 //! it cannot close before its required keys are written, a string-typed value is a string and
-//! an `enum` value is one of its strings (not copied from the source); the top level must be an object or an array; once it closes, only an
-//! end-of-turn token is allowed.
+//! an `enum` value is one of its strings (not copied from the source); the top level must be an
+//! object or an array; once it closes, only an end-of-turn token is allowed.
 //!
 //! No repeats: an array element equal to an earlier element of the same array, or a key used
 //! twice in one object, is rejected at the byte that would complete it. A small teacher in a

@@ -15,6 +15,7 @@
 
 use std::num::NonZeroU32;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use llama_cpp_2::context::LlamaContext;
@@ -66,7 +67,7 @@ struct IdPool {
 struct SeqId {
     id: i32,
     /// Positions actually stored under this id (a handle may cover fewer).
-    filled: Mutex<usize>,
+    filled: AtomicUsize,
     pool: Arc<Mutex<IdPool>>,
 }
 
@@ -239,7 +240,7 @@ impl LlamaDecoder {
             *row = logits.to_vec();
             input.cache.len += input.tokens.len();
             let seq = input.cache.seq.as_ref().expect("made writable above");
-            *seq.filled.lock().map_err(poisoned)? = input.cache.len;
+            seq.filled.store(input.cache.len, Ordering::Relaxed);
         }
         Ok(())
     }
@@ -260,16 +261,15 @@ impl LlamaDecoder {
             self.context
                 .copy_kv_cache_seq(seq.id, fresh.id, Some(0), Some(cache.len as u32))
                 .map_err(|e| Error::Internal(format!("llama.cpp seq_cp: {e}")))?;
-            *fresh.filled.lock().map_err(poisoned)? = cache.len;
+            fresh.filled.store(cache.len, Ordering::Relaxed);
             cache.seq = Some(fresh);
             return Ok(());
         }
-        let mut filled = seq.filled.lock().map_err(poisoned)?;
-        if *filled > cache.len {
+        if seq.filled.load(Ordering::Relaxed) > cache.len {
             self.context
                 .clear_kv_cache_seq(Some(seq.id as u32), Some(cache.len as u32), None)
                 .map_err(|e| Error::Internal(format!("llama.cpp seq_rm: {e}")))?;
-            *filled = cache.len;
+            seq.filled.store(cache.len, Ordering::Relaxed);
         }
         Ok(())
     }
@@ -279,7 +279,7 @@ impl LlamaDecoder {
         let id = self.pool.lock().map_err(poisoned)?.free.pop().ok_or_else(|| {
             Error::Internal(format!("all {MAX_SEQUENCES} KV sequence ids are in use (batch + prefix cache too large)"))
         })?;
-        Ok(Arc::new(SeqId { id, filled: Mutex::new(0), pool: self.pool.clone() }))
+        Ok(Arc::new(SeqId { id, filled: AtomicUsize::new(0), pool: self.pool.clone() }))
     }
 
     /// Clear the cells of ids whose handles are gone and make the ids available again.
