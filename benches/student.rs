@@ -1,7 +1,9 @@
 //! Student throughput on 2 cores: training tokens/s, extraction sentences/s, and the same
 //! MiniLM weights' sentences/s in ONNX Runtime (`benches/reference_minilm.py`) as a ratio.
 //!
-//! `cargo bench --bench student` (or `make bench`). Needs `models/all-MiniLM-L6-v2`; the
+//! Training is measured twice in child processes, for the ratio of running tasks side by side
+//! on single-threaded ops (the binary's way, [`biodistill::parallel`]) to candle's intra-op
+//! threads. `cargo bench --bench student` (or `make bench`). Needs `models/all-MiniLM-L6-v2`; the
 //! reference needs `pip install onnxruntime onnx numpy tokenizers` and is skipped, with a note,
 //! without them. Sentences are synthetic ADE-style sentences of ~30–60 word pieces; the
 //! reference gets the very same sentences and batch size.
@@ -52,18 +54,21 @@ fn model_dir() -> PathBuf {
     dir
 }
 
-/// Sentences/s of the bare candle encoder (no heads) over `texts`, batched like the reference.
+/// Sentences/s of the bare encoder (no heads) over `texts`, batched like the reference.
 fn candle_encoder_rate(checkpoint: &Checkpoint, texts: &[String]) -> f64 {
     let mut examples: Vec<Example> = texts
         .iter()
         .map(|t| Example { ids: checkpoint.tokenizer.encode(t).unwrap().ids, ..Default::default() })
         .collect();
     examples.sort_by_key(|e| e.ids.len());
+    // Batches side by side, as extraction runs them.
+    let batches: Vec<&[Example]> = examples.chunks(BATCH_SIZE).collect();
     let start = Instant::now();
-    for chunk in examples.chunks(BATCH_SIZE) {
+    biodistill::parallel::map(&batches, biodistill::parallel::available_threads(), |chunk| {
         let refs: Vec<&Example> = chunk.iter().collect();
-        checkpoint.student.encode(&Batch::new(&refs, checkpoint.tokenizer.special())).unwrap();
-    }
+        checkpoint.student.encode(&Batch::new(&refs, checkpoint.tokenizer.special()))
+    })
+    .unwrap();
     texts.len() as f64 / start.elapsed().as_secs_f64()
 }
 
@@ -85,10 +90,13 @@ fn cosine(a: &[f32], b: &[f32]) -> f32 {
     dot / (norm(a) * norm(b))
 }
 
-fn main() {
-    let model = model_dir();
-    let tmp = tempfile::tempdir().unwrap();
-    let run = RunDir::create(tmp.path()).unwrap();
+/// Set in a child process of this bench: train two tasks in the mode it names, print JSON.
+const CHILD_MODE: &str = "BIODISTILL_BENCH_TRAIN_MODE";
+
+/// The synthetic silver run: every sentence labeled for every task, ADE pairs on the first
+/// `TRAIN_DOCS` (gene–disease and PHI see only negatives: same sentences, same cost).
+fn silver_run(dir: &Path) -> (RunDir, Vec<(String, String)>) {
+    let run = RunDir::create(dir).unwrap();
     let texts: Vec<(String, String)> =
         (0..EXTRACT_SENTENCES.max(TRAIN_DOCS)).map(|i| (format!("bench:{i}"), sentence(i).0)).collect();
     let docs: Vec<(&str, &str)> = texts.iter().map(|(d, t)| (d.as_str(), t.as_str())).collect();
@@ -98,19 +106,67 @@ fn main() {
             ("ade", docs[i].0, 0, "DRUG", drug, "ADVERSE_EVENT", event)
         })
         .collect();
-    // Lower-case drug names in labels: the teacher copies spans verbatim, so align exactly.
     silver::write_silver_run(&run, &docs, &labels);
+    (run, texts)
+}
 
-    let train_cfg = TrainConfig {
-        model_dir: model.clone(),
-        tasks: vec![Task::Ade],
+fn train_config(tasks: Vec<Task>, threads: usize) -> TrainConfig {
+    TrainConfig {
+        model_dir: model_dir(),
+        tasks,
         max_steps: Some(TRAIN_STEPS),
         batch_size: BATCH_SIZE,
         dev_fraction: 0.0,
         progress: false,
+        threads,
         ..Default::default()
-    };
-    let report = train::run(&train_cfg, &run).unwrap();
+    }
+}
+
+/// Child process: train ADE and gene–disease, one after the other with candle's own intra-op
+/// threads (`ops`, biodistill before 2026-12-02) or side by side with single-threaded ops
+/// (`jobs`, what the binary does now); print tokens and wall seconds.
+fn train_child(mode: &str) {
+    let tmp = tempfile::tempdir().unwrap();
+    let (run, _) = silver_run(tmp.path());
+    let threads = if mode == "jobs" { 2 } else { 1 };
+    let start = Instant::now();
+    let report = train::run(&train_config(vec![Task::Ade, Task::GeneDisease], threads), &run).unwrap();
+    let tokens: usize = report.tasks.iter().map(|t| t.fit.tokens).sum();
+    println!("{}", serde_json::json!({"tokens": tokens, "seconds": start.elapsed().as_secs_f64()}));
+}
+
+/// Tokens/s of [`train_child`] in `mode`, in a fresh process (candle reads its thread count once).
+fn train_in_child(mode: &str) -> f64 {
+    let threads = if mode == "jobs" { 1 } else { biodistill::parallel::available_threads() }.to_string();
+    let out = Command::new(std::env::current_exe().unwrap())
+        .env(CHILD_MODE, mode)
+        .env("CANDLE_NUM_THREADS", &threads)
+        .env("RAYON_NUM_THREADS", &threads)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    result["tokens"].as_f64().unwrap() / result["seconds"].as_f64().unwrap()
+}
+
+fn main() {
+    if let Ok(mode) = std::env::var(CHILD_MODE) {
+        return train_child(&mode);
+    }
+    let ops = train_in_child("ops");
+    let jobs = train_in_child("jobs");
+    println!(
+        "train 2 tasks {jobs:>6.0} tokens/s side by side, single-threaded ops; {ops:.0} tokens/s one after the \
+         other, candle intra-op threads; ratio {:.2}",
+        jobs / ops
+    );
+    // The rest runs as the binary does.
+    biodistill::parallel::init_single_threaded_ops();
+    let model = model_dir();
+    let tmp = tempfile::tempdir().unwrap();
+    let (run, texts) = silver_run(tmp.path());
+    let report = train::run(&train_config(vec![Task::Ade], 1), &run).unwrap();
     let fit = &report.tasks[0].fit;
     println!(
         "train   {:>8.0} tokens/s  ({} steps x batch {BATCH_SIZE}, {} tokens, {:.1}s)",
@@ -129,7 +185,7 @@ fn main() {
     let sentences: Vec<String> = texts.iter().map(|(_, t)| t.clone()).collect();
     candle_encoder_rate(&checkpoint, &sentences[..BATCH_SIZE]); // warm-up
     let encoder_rate = candle_encoder_rate(&checkpoint, &sentences);
-    println!("encoder {encoder_rate:>8.1} sentences/s (candle BertModel alone, same batches)");
+    println!("encoder {encoder_rate:>8.1} sentences/s (the encoder alone, no heads, same batches side by side)");
 
     let file = tmp.path().join("sentences.txt");
     std::fs::write(&file, sentences.join("\n")).unwrap();

@@ -250,7 +250,7 @@ pub async fn execute(cli: Cli) -> Result<bool> {
         Command::Eval => {
             let run_dir = RunDir::open(&cfg.run.dir)?;
             let run_id = crate::pipeline::run_id_of(&run_dir);
-            let report = crate::eval::run(&cfg.eval, &run_dir, &run_id)?;
+            let report = crate::eval::run(&cfg.eval_config(), &run_dir, &run_id)?;
             print!("{report}");
             Ok(true)
         }

@@ -102,6 +102,15 @@ impl PipelineConfig {
         LabelConfig { teacher: self.teacher.clone(), ..self.label.clone() }
     }
 
+    /// The `eval` stage's configuration: `[eval]` with what `[extract]` ran the students over.
+    pub fn eval_config(&self) -> EvalConfig {
+        EvalConfig {
+            extracted_sources: self.extract.sources.iter().map(|(t, s)| (t.as_str().to_string(), s.clone())).collect(),
+            extracted_splits: self.extract.splits.clone(),
+            ..self.eval.clone()
+        }
+    }
+
     /// A short stable hash of the resolved configuration, for run manifests.
     pub fn hash(&self) -> String {
         let text = toml::to_string(self).expect("a config that deserialized serializes");

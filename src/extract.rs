@@ -58,6 +58,10 @@ pub struct ExtractConfig {
     pub batch_size: usize,
     /// Sentences read and processed per chunk (bounds memory).
     pub read_rows: usize,
+    /// Encoder batches run side by side (one thread each); 0 = every core. Not
+    /// serialized: it changes neither the outputs nor the config hash.
+    #[serde(skip_serializing)]
+    pub threads: usize,
     /// `run_id` column; default the run directory's name.
     pub run_id: Option<String>,
     pub progress: bool,
@@ -78,6 +82,7 @@ impl Default for ExtractConfig {
             tasks: Task::ALL.to_vec(),
             batch_size: 16,
             read_rows: 1024,
+            threads: 0,
             run_id: None,
             progress: true,
             splits: Vec::new(),
@@ -202,6 +207,7 @@ pub fn run(cfg: &ExtractConfig, run_dir: &RunDir) -> Result<ExtractReport> {
         outputs.push(TaskOutput { checkpoint, sink, schema });
     }
 
+    let threads = crate::parallel::threads_or_all(cfg.threads);
     let selected = cfg.selected_documents(run_dir)?;
     let stream = TableStream::open(run_dir, table::SENTENCES, cfg.read_rows)?;
     let bar = if cfg.progress { ProgressBar::new(stream.num_rows() as u64) } else { ProgressBar::hidden() };
@@ -237,7 +243,7 @@ pub fn run(cfg: &ExtractConfig, run_dir: &RunDir) -> Result<ExtractReport> {
                 }
                 _ => &chunk,
             };
-            let predictions = predict(&output.checkpoint, chunk, cfg.batch_size)?;
+            let predictions = predict(&output.checkpoint, chunk, cfg.batch_size, threads)?;
             windows += predictions.windows;
             let version = &output.checkpoint.config.model_version;
             let columns = match task {

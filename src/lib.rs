@@ -22,6 +22,7 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod ingest;
+pub mod parallel;
 pub mod run_dir;
 pub mod schema;
 pub mod sql;

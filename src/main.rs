@@ -5,6 +5,8 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    // Before any thread starts (see `parallel`): jobs run side by side, each op on one thread.
+    biodistill::parallel::init_single_threaded_ops();
     let cli = biodistill::cli::Cli::parse();
     // llama.cpp logs through the `llama-cpp-2` target; its load-time warnings are model quirks.
     let default =

@@ -223,7 +223,7 @@ pub async fn run(cfg: &PipelineConfig, full_refresh: bool) -> Result<RunReport> 
     );
     let eval = stages.time(
         "eval",
-        || crate::eval::run_with_context(&cfg.eval, &run_dir, &run_id, &[("Run".to_string(), timings)]),
+        || crate::eval::run_with_context(&cfg.eval_config(), &run_dir, &run_id, &[("Run".to_string(), timings)]),
         |r| BTreeMap::from([("results".to_string(), r.rows.len())]),
     )?;
 

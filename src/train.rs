@@ -14,6 +14,7 @@ pub mod columns;
 pub mod data;
 pub mod features;
 pub mod fit;
+pub mod frozen;
 pub mod gold;
 
 use std::fmt;
@@ -23,6 +24,7 @@ use std::path::PathBuf;
 use candle_core::{DType, Device};
 use candle_nn::{VarBuilder, VarMap};
 use candle_transformers::models::bert::Config as BertConfig;
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget};
 use serde::{Deserialize, Serialize};
 
 use self::checkpoint::{CheckpointConfig, LabelSource};
@@ -64,6 +66,14 @@ pub struct TrainConfig {
     /// the supervised reference's time on a CPU (the gold train splits are large).
     pub max_sentences: usize,
     pub batch_size: usize,
+    /// Keep the embeddings and this many bottom encoder layers (of MiniLM's 6) at their
+    /// pretrained weights: their output is computed once per sentence ([`frozen`]) and each
+    /// step trains only the layers above. 0 fine-tunes the whole encoder.
+    pub frozen_layers: usize,
+    /// Tasks trained side by side (one thread each); 0 = every core. Not
+    /// serialized: it changes neither the outputs nor the config hash.
+    #[serde(skip_serializing)]
+    pub threads: usize,
     pub lr: f64,
     pub weight_decay: f64,
     /// Share of steps spent warming the learning rate up linearly.
@@ -103,6 +113,8 @@ impl Default for TrainConfig {
             max_steps: None,
             max_sentences: 0,
             batch_size: 16,
+            frozen_layers: 0,
+            threads: 0,
             lr: 5e-5,
             weight_decay: 0.01,
             warmup_fraction: 0.1,
@@ -232,10 +244,19 @@ impl fmt::Display for TrainReport {
     }
 }
 
-/// Train one student per configured task and write their checkpoints.
+/// What every task's training shares: the pretrained encoder's tokenizer and config.
+struct Pretrained {
+    tokenizer: WordPieces,
+    tokenizer_path: PathBuf,
+    encoder: BertConfig,
+    encoder_json: serde_json::Value,
+}
+
+/// Train one student per configured task and write their checkpoints. Tasks train side by
+/// side on `train.threads` threads ([`crate::parallel`]); each is seeded on its own, so the
+/// weights do not depend on the thread count.
 pub fn run(cfg: &TrainConfig, run_dir: &RunDir) -> Result<TrainReport> {
     cfg.validate()?;
-    let device = Device::Cpu;
     let tokenizer_path = cfg.model_dir.join(checkpoint::TOKENIZER_FILE);
     let tokenizer = WordPieces::from_file(&tokenizer_path)?;
     let encoder_path = cfg.model_dir.join("config.json");
@@ -243,69 +264,88 @@ pub fn run(cfg: &TrainConfig, run_dir: &RunDir) -> Result<TrainReport> {
         .map_err(|e| Error::input(&encoder_path, format!("not JSON: {e}")))?;
     let encoder: BertConfig = serde_json::from_value(encoder_json.clone())
         .map_err(|e| Error::input(&encoder_path, format!("not a BERT config: {e}")))?;
+    if cfg.frozen_layers > encoder.num_hidden_layers {
+        return Err(Error::Config(format!(
+            "train.frozen_layers {} exceeds the encoder's {} layers",
+            cfg.frozen_layers, encoder.num_hidden_layers
+        )));
+    }
+    let pretrained = Pretrained { tokenizer, tokenizer_path, encoder, encoder_json };
+    let bars =
+        if cfg.progress { MultiProgress::new() } else { MultiProgress::with_draw_target(ProgressDrawTarget::hidden()) };
+    let threads = crate::parallel::threads_or_all(cfg.threads);
+    let tasks = crate::parallel::map(&cfg.tasks, threads, |&task| train_task(cfg, run_dir, task, &pretrained, &bars))?;
+    Ok(TrainReport { tasks })
+}
+
+/// Train and save `task`'s student.
+fn train_task(
+    cfg: &TrainConfig,
+    run_dir: &RunDir,
+    task: Task,
+    pretrained: &Pretrained,
+    bars: &MultiProgress,
+) -> Result<TaskReport> {
+    let Pretrained { tokenizer, tokenizer_path, encoder, encoder_json } = pretrained;
     let label_source =
         if cfg.supervised_reference { LabelSource::GoldSupervisedReference } else { LabelSource::Teacher };
-    let mut reports = Vec::new();
-    for &task in &cfg.tasks {
-        let (sentences, mut data) = if cfg.supervised_reference {
-            gold::gold(run_dir, task)?
-        } else {
-            data::silver(run_dir, task, &cfg.filters)?
-        };
-        if sentences.is_empty() {
-            return Err(Error::Config(format!("train {task}: no training sentences ({data:?})")));
-        }
-        data.available_sentences = sentences.len();
-        let sentences = data::cap(sentences, cfg.max_sentences, cfg.seed);
-        data::finish_stats(&mut data, &sentences);
-        let (mut train_sentences, mut dev_sentences) = data::split_dev(sentences, cfg.seed, cfg.dev_fraction);
-        if !dev_sentences.is_empty() && dev_sentences.len() < cfg.min_dev_sentences {
-            tracing::info!(
-                "train {task}: dev split of {} sentences is below train.min_dev_sentences ({}); training on it \
-                 too, without early stopping",
-                dev_sentences.len(),
-                cfg.min_dev_sentences
-            );
-            train_sentences.append(&mut dev_sentences);
-        }
-        let mut features = FeatureStats::default();
-        let train = featurize(&train_sentences, task, &tokenizer, cfg.windowing(), &mut features)?;
-        let dev = featurize(&dev_sentences, task, &tokenizer, cfg.windowing(), &mut features)?;
-
-        let spec = StudentSpec { task, arch: cfg.arch, dropout: cfg.dropout };
-        let varmap = VarMap::new();
-        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device);
-        let student = Student::load(vb, &encoder, &spec, Mode::Train)?;
-        seeded_init(&varmap, cfg.seed, encoder.initializer_range)?;
-        load_encoder_weights(&varmap, &cfg.model_dir.join(checkpoint::WEIGHTS_FILE))?;
-        let fit = fit::fit(cfg, &student, &varmap, &train, &dev, tokenizer.special(), task.as_str())?;
-
-        let dir = cfg.checkpoint_root(run_dir).join(task.as_str());
-        let config = CheckpointConfig {
-            model_version: String::new(),
-            label_source,
-            spec,
-            max_pieces: cfg.windowing().max_pieces,
-            window_overlap: cfg.window_overlap,
-            encoder: encoder_json.clone(),
-            base_model: cfg.model_dir.display().to_string(),
-            train: serde_json::to_value(cfg)?,
-        };
-        let saved = checkpoint::save(&dir, &varmap, config, &tokenizer_path)?;
-        tracing::info!(task = %task, model_version = %saved.model_version, "checkpoint written to {}", dir.display());
-        reports.push(TaskReport {
-            task,
-            label_source,
-            checkpoint: dir,
-            model_version: saved.model_version,
-            data,
-            features,
-            train_examples: train.len(),
-            dev_examples: dev.len(),
-            fit,
-        });
+    let (sentences, mut data) =
+        if cfg.supervised_reference { gold::gold(run_dir, task)? } else { data::silver(run_dir, task, &cfg.filters)? };
+    if sentences.is_empty() {
+        return Err(Error::Config(format!("train {task}: no training sentences ({data:?})")));
     }
-    Ok(TrainReport { tasks: reports })
+    data.available_sentences = sentences.len();
+    let sentences = data::cap(sentences, cfg.max_sentences, cfg.seed);
+    data::finish_stats(&mut data, &sentences);
+    let (mut train_sentences, mut dev_sentences) = data::split_dev(sentences, cfg.seed, cfg.dev_fraction);
+    if !dev_sentences.is_empty() && dev_sentences.len() < cfg.min_dev_sentences {
+        tracing::info!(
+            "train {task}: dev split of {} sentences is below train.min_dev_sentences ({}); training on it \
+             too, without early stopping",
+            dev_sentences.len(),
+            cfg.min_dev_sentences
+        );
+        train_sentences.append(&mut dev_sentences);
+    }
+    let mut features = FeatureStats::default();
+    let train = featurize(&train_sentences, task, tokenizer, cfg.windowing(), &mut features)?;
+    let dev = featurize(&dev_sentences, task, tokenizer, cfg.windowing(), &mut features)?;
+
+    let spec = StudentSpec { task, arch: cfg.arch, dropout: cfg.dropout };
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+    let mut student = Student::load(vb, encoder, &spec, Mode::Train)?;
+    student.set_frozen_layers(cfg.frozen_layers)?;
+    seeded_init(&varmap, cfg.seed, encoder.initializer_range)?;
+    load_encoder_weights(&varmap, &cfg.model_dir.join(checkpoint::WEIGHTS_FILE))?;
+    let bar = bars.add(ProgressBar::no_length());
+    bar.set_prefix(task.as_str());
+    let fit = fit::fit(cfg, &student, &varmap, &train, &dev, tokenizer.special(), &bar)?;
+
+    let dir = cfg.checkpoint_root(run_dir).join(task.as_str());
+    let config = CheckpointConfig {
+        model_version: String::new(),
+        label_source,
+        spec,
+        max_pieces: cfg.windowing().max_pieces,
+        window_overlap: cfg.window_overlap,
+        encoder: encoder_json.clone(),
+        base_model: cfg.model_dir.display().to_string(),
+        train: serde_json::to_value(cfg)?,
+    };
+    let saved = checkpoint::save(&dir, &varmap, config, tokenizer_path)?;
+    tracing::info!(task = %task, model_version = %saved.model_version, "checkpoint written to {}", dir.display());
+    Ok(TaskReport {
+        task,
+        label_source,
+        checkpoint: dir,
+        model_version: saved.model_version,
+        data,
+        features,
+        train_examples: train.len(),
+        dev_examples: dev.len(),
+        fit,
+    })
 }
 
 #[cfg(test)]
@@ -359,9 +399,11 @@ mod tests {
 
     fn train_toy(cfg: &TrainConfig) -> (VarMap, Student, FitOutcome) {
         let spec = StudentSpec { task: Task::Ade, arch: cfg.arch, dropout: cfg.dropout };
-        let (varmap, student) = tiny_student(&spec, toy_vocab_size(), cfg.seed);
+        let (varmap, mut student) = tiny_student(&spec, toy_vocab_size(), cfg.seed);
+        student.set_frozen_layers(cfg.frozen_layers).unwrap();
         let examples = toy_set();
-        let outcome = fit(cfg, &student, &varmap, &examples, &[], toy_tokenizer().special(), "toy").unwrap();
+        let outcome =
+            fit(cfg, &student, &varmap, &examples, &[], toy_tokenizer().special(), &ProgressBar::hidden()).unwrap();
         (varmap, student, outcome)
     }
 
@@ -377,9 +419,9 @@ mod tests {
         let special = toy_tokenizer().special();
         let spec = StudentSpec { task: Task::Ade, arch: cfg.arch, dropout: 0.0 };
         let (_, untrained) = tiny_student(&spec, toy_vocab_size(), cfg.seed);
-        let before = evaluate(&untrained, &examples, 4, special).unwrap();
+        let before = evaluate(&untrained, &examples, None, 4, special).unwrap();
         let (_, student, outcome) = train_toy(&cfg);
-        let after = evaluate(&student, &examples, 4, special).unwrap();
+        let after = evaluate(&student, &examples, None, 4, special).unwrap();
         assert!(after < 0.05 && after < before / 20.0, "{:?}: loss {before} -> {after} ({outcome:?})", cfg.arch);
         // Overfit: predictions reproduce every entity and relation tag of the training set.
         let refs: Vec<&Example> = examples.iter().collect();
@@ -398,6 +440,29 @@ mod tests {
                 anchor += 1;
             }
         }
+    }
+
+    #[test]
+    fn frozen_layers_keep_their_weights_and_the_layers_above_still_learn() {
+        let cfg = TrainConfig { frozen_layers: 1, ..toy_config() };
+        let spec = StudentSpec { task: Task::Ade, arch: cfg.arch, dropout: 0.0 };
+        let (init, _) = tiny_student(&spec, toy_vocab_size(), cfg.seed);
+        let (trained, _, _) = train_toy(&cfg);
+        let (init, trained) = (init.data().lock().unwrap(), trained.data().lock().unwrap());
+        let values = |v: &candle_core::Var| v.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let mut changed: Vec<&str> = Vec::new();
+        for (name, var) in trained.iter() {
+            if values(var) != values(&init[name]) {
+                changed.push(name);
+            }
+        }
+        assert!(!changed.is_empty());
+        for name in &changed {
+            assert!(name.starts_with("encoder.layer.1.") || name.starts_with("heads."), "{name} is frozen");
+        }
+        assert!(changed.iter().any(|n| n.starts_with("encoder.layer.1.")), "{changed:?}");
+        // The toy set is still learned, from cached frozen-layer outputs.
+        overfits_the_toy_set(cfg);
     }
 
     #[test]

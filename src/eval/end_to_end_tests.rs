@@ -296,3 +296,27 @@ fn without_the_teacher_only_the_all_subset_is_computed() {
     assert_metric(&report, ("ade", "ade_corpus_v2", "student", "all"), "pair_strict_f1", (0.4, 2));
     assert!(report.notes.iter().any(|n| n.contains("teacher_calls")));
 }
+
+#[test]
+fn a_dataset_the_students_were_not_run_over_is_not_scored_for_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let run_dir = RunDir::create(dir.path()).unwrap();
+    corpus(&run_dir);
+    student(&run_dir);
+    teacher(&run_dir);
+    let cfg = EvalConfig {
+        report: false,
+        extracted_sources: BTreeMap::from([("phi".to_string(), vec!["presidio".to_string()])]),
+        ..EvalConfig::default()
+    };
+    let report = run(&cfg, &run_dir, "r").unwrap();
+    let meddocan = |system: &str| report.rows.iter().filter(|r| r.dataset == "meddocan" && r.system == system).count();
+    assert_eq!(meddocan("student"), 0, "the student never read meddocan: no zero F1 for it");
+    assert!(meddocan("teacher") > 0, "the teacher's own sample is still scored");
+    assert!(report.rows.iter().any(|r| r.dataset == "ade_corpus_v2" && r.system == "student"), "ade is not filtered");
+    assert!(report.notes.iter().any(|n| n.contains("phi/meddocan")), "{:?}", report.notes);
+
+    let cfg = EvalConfig { report: false, extracted_splits: vec!["train".into()], ..EvalConfig::default() };
+    let report = run(&cfg, &run_dir, "r").unwrap();
+    assert!(!report.rows.iter().any(|r| r.system == "student"), "the students never read the dev split");
+}

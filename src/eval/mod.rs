@@ -86,11 +86,33 @@ pub struct EvalConfig {
     pub split: String,
     /// Write `report.md` and `report.html`.
     pub report: bool,
+    /// Per task, the sources the students were run over (from `[extract]`; a task missing
+    /// here: every source). A gold dataset they never read would score 0 for them, so it is
+    /// not scored for them (the teacher's own sample still is).
+    #[serde(skip)]
+    pub extracted_sources: BTreeMap<String, Vec<String>>,
+    /// The splits the students were run over (empty: every split).
+    #[serde(skip)]
+    pub extracted_splits: Vec<String>,
 }
 
 impl Default for EvalConfig {
     fn default() -> Self {
-        Self { tasks: TASKS.iter().map(|t| t.to_string()).collect(), split: "dev".into(), report: true }
+        Self {
+            tasks: TASKS.iter().map(|t| t.to_string()).collect(),
+            split: "dev".into(),
+            report: true,
+            extracted_sources: BTreeMap::new(),
+            extracted_splits: Vec::new(),
+        }
+    }
+}
+
+impl EvalConfig {
+    /// Whether the students' outputs cover `dataset` of `task` on the evaluated split.
+    fn extracted(&self, task: &str, dataset: &str) -> bool {
+        (self.extracted_splits.is_empty() || self.extracted_splits.contains(&self.split))
+            && self.extracted_sources.get(task).is_none_or(|sources| sources.iter().any(|s| s == dataset))
     }
 }
 
@@ -224,6 +246,7 @@ pub fn run_with_context(
     }
 
     let mut rows = Vec::new();
+    let mut not_extracted = BTreeSet::new();
     for (task, gold) in &golds {
         let task_calls: Option<&TeacherCalls> = calls.as_ref().and_then(|c| c.get(*task));
         if calls.is_some() && task_calls.is_none() {
@@ -249,12 +272,20 @@ pub fn run_with_context(
             }
             for (subset, scope) in subsets {
                 for (dataset, metrics) in evaluate(gold, &preds, &sentences, scope) {
+                    if system != System::Teacher && !cfg.extracted(task, &dataset) {
+                        not_extracted.insert(format!("{task}/{dataset}"));
+                        continue;
+                    }
                     rows.extend(metrics.into_iter().map(|m| EvalRow::new(task, &dataset, system.as_str(), subset, m)));
                 }
             }
         }
     }
 
+    if !not_extracted.is_empty() {
+        let list = not_extracted.into_iter().collect::<Vec<_>>().join(", ");
+        note(format!("not extracted by the students (see [extract]), so not scored for them: {list}"));
+    }
     let report = EvalReport {
         run_id: run_id.to_string(),
         split: split.to_string(),

@@ -75,11 +75,15 @@ fn mean(values: &[f32]) -> f32 {
     values.iter().sum::<f32>() / values.len().max(1) as f32
 }
 
-/// Run `checkpoint` over `sentences`, `batch_size` windows per encoder call.
-pub fn predict(checkpoint: &Checkpoint, sentences: &[SentenceRow], batch_size: usize) -> Result<Predictions> {
-    let (student, config) = (&checkpoint.student, &checkpoint.config);
-    let task = config.spec.task;
-    let anchor_type = task.relation().map(|(a, _)| task.type_index(a).expect("anchor type is an entity type"));
+/// Run `checkpoint` over `sentences`, `batch_size` windows per encoder call, batches side by
+/// side on `threads` threads. The output is the same for any thread count.
+pub fn predict(
+    checkpoint: &Checkpoint,
+    sentences: &[SentenceRow],
+    batch_size: usize,
+    threads: usize,
+) -> Result<Predictions> {
+    let config = &checkpoint.config;
     let pieces: Vec<Pieces> = sentences.iter().map(|s| checkpoint.tokenizer.encode(&s.text)).collect::<Result<_>>()?;
     let windows: Vec<Vec<Range<usize>>> = pieces
         .iter()
@@ -89,48 +93,65 @@ pub fn predict(checkpoint: &Checkpoint, sentences: &[SentenceRow], batch_size: u
     let mut items: Vec<(usize, usize)> =
         windows.iter().enumerate().flat_map(|(s, ws)| (0..ws.len()).map(move |w| (s, w))).collect();
     items.sort_by_key(|&(s, w)| windows[s][w].len());
+    let batches: Vec<&[(usize, usize)]> = items.chunks(batch_size.max(1)).collect();
+    let parts = crate::parallel::map(&batches, threads, |chunk| predict_batch(checkpoint, &pieces, &windows, chunk))?;
     let mut out = Predictions { windows: items.len(), ..Default::default() };
-    for chunk in items.chunks(batch_size.max(1)) {
-        let examples: Vec<Example> = chunk
-            .iter()
-            .map(|&(s, w)| Example { ids: pieces[s].ids[windows[s][w].clone()].to_vec(), ..Default::default() })
-            .collect();
-        let refs: Vec<&Example> = examples.iter().collect();
-        let mut batch = Batch::new(&refs, checkpoint.tokenizer.special());
-        let hidden = student.encode(&batch)?;
-        let (tags, probs) = decode_logits(&student.entity_logits(&hidden, None)?)?;
-        let mut anchors = Vec::new();
-        for (row, &(s, w)) in chunk.iter().enumerate() {
-            let window = &windows[s][w];
-            let entity_tags = word_tags(&tags[row], &pieces[s], window);
-            // The pairwise head's candidates are the predicted spans.
-            batch.set_candidate_tags(row, &entity_tags);
-            for span in decode_bio(&entity_tags) {
-                let first = window.start + span.pieces.start;
-                if wordpiece::owner(&windows[s], first) != w {
-                    continue;
-                }
-                let (start, end) = pieces[s].char_span(first..window.start + span.pieces.end);
-                let score = mean(&probs[row][1 + span.pieces.start..1 + span.pieces.end]);
-                let entity = EntityPrediction { sentence: s, start, end, type_index: span.type_index, score };
-                if Some(span.type_index) == anchor_type {
-                    batch.push_anchor(row, span.pieces.clone(), &[]);
-                    anchors.push(entity.clone());
-                }
-                out.entities.push(entity);
+    for part in parts {
+        out.entities.extend(part.entities);
+        out.pairs.extend(part.pairs);
+    }
+    Ok(out)
+}
+
+/// Entities and pairs of one batch of `(sentence, window)` items.
+fn predict_batch(
+    checkpoint: &Checkpoint,
+    pieces: &[Pieces],
+    windows: &[Vec<Range<usize>>],
+    chunk: &[(usize, usize)],
+) -> Result<Predictions> {
+    let student = &checkpoint.student;
+    let task = checkpoint.config.spec.task;
+    let anchor_type = task.relation().map(|(a, _)| task.type_index(a).expect("anchor type is an entity type"));
+    let mut out = Predictions::default();
+    let examples: Vec<Example> = chunk
+        .iter()
+        .map(|&(s, w)| Example { ids: pieces[s].ids[windows[s][w].clone()].to_vec(), ..Default::default() })
+        .collect();
+    let refs: Vec<&Example> = examples.iter().collect();
+    let mut batch = Batch::new(&refs, checkpoint.tokenizer.special());
+    let hidden = student.encode(&batch)?;
+    let (tags, probs) = decode_logits(&student.entity_logits(&hidden, None)?)?;
+    let mut anchors = Vec::new();
+    for (row, &(s, w)) in chunk.iter().enumerate() {
+        let window = &windows[s][w];
+        let entity_tags = word_tags(&tags[row], &pieces[s], window);
+        // The pairwise head's candidates are the predicted spans.
+        batch.set_candidate_tags(row, &entity_tags);
+        for span in decode_bio(&entity_tags) {
+            let first = window.start + span.pieces.start;
+            if wordpiece::owner(&windows[s], first) != w {
+                continue;
             }
+            let (start, end) = pieces[s].char_span(first..window.start + span.pieces.end);
+            let score = mean(&probs[row][1 + span.pieces.start..1 + span.pieces.end]);
+            let entity = EntityPrediction { sentence: s, start, end, type_index: span.type_index, score };
+            if Some(span.type_index) == anchor_type {
+                batch.push_anchor(row, span.pieces.clone(), &[]);
+                anchors.push(entity.clone());
+            }
+            out.entities.push(entity);
         }
-        let Some(relation) = student.relation_logits(&hidden, &batch, None)? else { continue };
-        let (rel_tags, rel_probs) = decode_logits(&relation)?;
-        for (a, anchor) in anchors.into_iter().enumerate() {
-            let (s, w) = chunk[batch.anchor_rows[a] as usize];
-            let window = &windows[s][w];
-            for span in word_spans(&rel_tags[a], &pieces[s], window) {
-                let (start, end) =
-                    pieces[s].char_span(window.start + span.pieces.start..window.start + span.pieces.end);
-                let score = anchor.score * mean(&rel_probs[a][1 + span.pieces.start..1 + span.pieces.end]);
-                out.pairs.push(PairPrediction { anchor: anchor.clone(), start, end, score });
-            }
+    }
+    let Some(relation) = student.relation_logits(&hidden, &batch, None)? else { return Ok(out) };
+    let (rel_tags, rel_probs) = decode_logits(&relation)?;
+    for (a, anchor) in anchors.into_iter().enumerate() {
+        let (s, w) = chunk[batch.anchor_rows[a] as usize];
+        let window = &windows[s][w];
+        for span in word_spans(&rel_tags[a], &pieces[s], window) {
+            let (start, end) = pieces[s].char_span(window.start + span.pieces.start..window.start + span.pieces.end);
+            let score = anchor.score * mean(&rel_probs[a][1 + span.pieces.start..1 + span.pieces.end]);
+            out.pairs.push(PairPrediction { anchor: anchor.clone(), start, end, score });
         }
     }
     Ok(out)

@@ -15,7 +15,7 @@ use candle_core::{D, DType, Device, Module, Tensor};
 use candle_nn::{Embedding, Linear, VarBuilder, embedding};
 use candle_transformers::models::bert::{Config, HiddenAct};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// Whether the graph must be differentiable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -168,6 +168,10 @@ impl Layer {
 pub struct Encoder {
     embeddings: Embeddings,
     layers: Vec<Layer>,
+    /// The embeddings and this many bottom layers keep their pretrained weights while
+    /// training: [`Encoder::forward`] detaches their output, so backward stops there, and
+    /// their output can be computed once per sentence ([`Encoder::lower`]) and reused.
+    frozen: usize,
     pub device: Device,
 }
 
@@ -177,20 +181,63 @@ impl Encoder {
         let layers = (0..config.num_hidden_layers)
             .map(|i| Layer::load(vb.pp(format!("encoder.layer.{i}")), config, mode))
             .collect::<Result<_>>()?;
-        Ok(Self { embeddings, layers, device: vb.device().clone() })
+        Ok(Self { embeddings, layers, frozen: 0, device: vb.device().clone() })
+    }
+
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// Freeze the embeddings and the bottom `layers` layers (see [`Encoder::frozen`]).
+    pub fn set_frozen_layers(&mut self, layers: usize) -> Result<()> {
+        if layers > self.layers.len() {
+            return Err(Error::Config(format!(
+                "train.frozen_layers {layers} exceeds the encoder's {} layers",
+                self.layers.len()
+            )));
+        }
+        self.frozen = layers;
+        Ok(())
+    }
+
+    pub fn frozen_layers(&self) -> usize {
+        self.frozen
     }
 
     /// Hidden states `(batch, tokens, hidden)` of `ids`; `mask` is 1 for real tokens, 0 for padding.
     pub fn forward(&self, ids: &Tensor, types: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        let lower = self.lower(ids, types, mask)?;
+        self.upper(&lower, mask)
+    }
+
+    /// Output of the embeddings and the frozen layers, detached from the autograd graph. A
+    /// token's output does not depend on padding (padded keys are masked out), so a sentence
+    /// encoded alone gives the rows it would get inside any padded batch.
+    pub fn lower(&self, ids: &Tensor, types: &Tensor, mask: &Tensor) -> Result<Tensor> {
         let mut xs = self.embeddings.forward(ids, types)?;
-        let (b, t) = mask.dims2()?;
-        // Large but finite, so a fully padded row still has a defined softmax.
-        let bias = ((mask.to_dtype(DType::F32)? - 1.0)? * 1e9)?.reshape((b, 1, 1, t))?;
-        for layer in &self.layers {
+        let bias = attention_bias(mask)?;
+        for layer in &self.layers[..self.frozen] {
+            xs = layer.forward(&xs, &bias)?;
+        }
+        Ok(if self.frozen > 0 { xs.detach() } else { xs })
+    }
+
+    /// The trainable layers over `lower` (the output of [`Encoder::lower`], padded to `mask`).
+    pub fn upper(&self, lower: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        let bias = attention_bias(mask)?;
+        let mut xs = lower.clone();
+        for layer in &self.layers[self.frozen..] {
             xs = layer.forward(&xs, &bias)?;
         }
         Ok(xs)
     }
+}
+
+/// `(batch, 1, 1, tokens)` attention bias: 0 for real tokens, a large negative for padding.
+/// Large but finite, so a fully padded row still has a defined softmax.
+fn attention_bias(mask: &Tensor) -> Result<Tensor> {
+    let (b, t) = mask.dims2()?;
+    Ok(((mask.to_dtype(DType::F32)? - 1.0)? * 1e9)?.reshape((b, 1, 1, t))?)
 }
 
 #[cfg(test)]

@@ -192,6 +192,7 @@ pub struct Student {
     entity: TokenHead,
     relation: Option<RelationHead>,
     spec: StudentSpec,
+    hidden_size: usize,
 }
 
 impl Student {
@@ -216,7 +217,7 @@ impl Student {
                 Some(RelationHead::Pairwise(PairwiseClassifier::load(heads.pp("relation"), hidden, related)?))
             }
         };
-        Ok(Self { encoder, entity, relation, spec: spec.clone() })
+        Ok(Self { encoder, entity, relation, spec: spec.clone(), hidden_size: hidden })
     }
 
     pub fn spec(&self) -> &StudentSpec {
@@ -227,10 +228,38 @@ impl Student {
         &self.encoder.device
     }
 
+    pub fn hidden_size(&self) -> usize {
+        self.hidden_size
+    }
+
     /// Hidden states `(batch, tokens, hidden)`.
     pub fn encode(&self, batch: &Batch) -> Result<Tensor> {
         let (ids, types, mask) = batch.inputs(self.device())?;
         self.encoder.forward(&ids, &types, &mask)
+    }
+
+    /// Keep the embeddings and the bottom `layers` encoder layers at their pretrained weights.
+    pub fn set_frozen_layers(&mut self, layers: usize) -> Result<()> {
+        self.encoder.set_frozen_layers(layers)
+    }
+
+    /// Whether a sentence's hidden states can be computed from its cached frozen-layer output
+    /// ([`Student::encode_upper`]): some layers are frozen, and the relation head does not
+    /// re-encode the sentence with markers.
+    pub fn reuses_frozen_output(&self) -> bool {
+        self.encoder.frozen_layers() > 0 && !matches!(self.relation, Some(RelationHead::Markers(_)))
+    }
+
+    /// Output of the frozen part of the encoder for `batch` (see [`Encoder::lower`]).
+    pub fn encode_lower(&self, batch: &Batch) -> Result<Tensor> {
+        let (ids, types, mask) = batch.inputs(self.device())?;
+        self.encoder.lower(&ids, &types, &mask)
+    }
+
+    /// Hidden states of `batch` from its frozen-layer output `lower` (`(batch, tokens, hidden)`).
+    pub fn encode_upper(&self, lower: &Tensor, batch: &Batch) -> Result<Tensor> {
+        let mask = Tensor::from_slice(&batch.mask, (batch.size, batch.seq_len), self.device())?;
+        self.encoder.upper(lower, &mask)
     }
 
     /// Entity logits `(batch, tokens, entity tags)`; dropout when `rng` is given.

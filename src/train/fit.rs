@@ -16,6 +16,7 @@ use rand::seq::SliceRandom;
 use serde::Serialize;
 
 use super::TrainConfig;
+use super::frozen::{self, FrozenOutputs};
 use crate::error::{Error, Result};
 use crate::model::batch::{Batch, Example, masked_cross_entropy};
 use crate::model::student::Student;
@@ -47,8 +48,17 @@ fn sorted_vars(varmap: &VarMap) -> Result<Vec<Var>> {
 }
 
 /// Loss of one batch: entity tagging plus relation tagging. Dropout when `rng` is given.
-pub fn batch_loss(student: &Student, batch: &Batch, mut rng: Option<&mut StdRng>) -> Result<Option<Tensor>> {
-    let hidden = student.encode(batch)?;
+/// `lower` is the batch's cached frozen-layer output, if any.
+pub fn batch_loss(
+    student: &Student,
+    batch: &Batch,
+    lower: Option<Tensor>,
+    mut rng: Option<&mut StdRng>,
+) -> Result<Option<Tensor>> {
+    let hidden = match lower {
+        Some(lower) => student.encode_upper(&lower, batch)?,
+        None => student.encode(batch)?,
+    };
     let entity = student.entity_logits(&hidden, rng.as_deref_mut())?;
     let mut loss = masked_cross_entropy(&entity, &batch.entity_targets)?;
     if let Some(r) = student.relation_loss(&hidden, batch, rng)? {
@@ -103,22 +113,42 @@ fn clip_gradients(grads: &mut candle_core::backprop::GradStore, vars: &[Var], ma
     Ok(norm)
 }
 
+/// The batch of `examples[indices]`, and its frozen-layer output when `frozen` caches it.
+fn make_batch(
+    examples: &[Example],
+    indices: &[usize],
+    frozen: Option<&FrozenOutputs>,
+    special: SpecialIds,
+) -> Result<(Batch, Option<Tensor>)> {
+    let refs: Vec<&Example> = indices.iter().map(|&i| &examples[i]).collect();
+    let batch = Batch::new(&refs, special);
+    let lower = frozen.map(|f| f.batch(indices, &batch)).transpose()?;
+    Ok((batch, lower))
+}
+
 /// Mean loss over `examples` without dropout.
-pub fn evaluate(student: &Student, examples: &[Example], batch_size: usize, special: SpecialIds) -> Result<f64> {
+pub fn evaluate(
+    student: &Student,
+    examples: &[Example],
+    frozen: Option<&FrozenOutputs>,
+    batch_size: usize,
+    special: SpecialIds,
+) -> Result<f64> {
     let mut order: Vec<usize> = (0..examples.len()).collect();
     order.sort_by_key(|&i| examples[i].ids.len());
     let (mut total, mut weight) = (0f64, 0usize);
     for chunk in order.chunks(batch_size) {
-        let refs: Vec<&Example> = chunk.iter().map(|&i| &examples[i]).collect();
-        if let Some(loss) = batch_loss(student, &Batch::new(&refs, special), None)? {
-            total += loss.to_scalar::<f32>()? as f64 * refs.len() as f64;
-            weight += refs.len();
+        let (batch, lower) = make_batch(examples, chunk, frozen, special)?;
+        if let Some(loss) = batch_loss(student, &batch, lower, None)? {
+            total += loss.to_scalar::<f32>()? as f64 * chunk.len() as f64;
+            weight += chunk.len();
         }
     }
     Ok(if weight == 0 { f64::NAN } else { total / weight as f64 })
 }
 
 /// Train `student` (whose variables are `varmap`) on `train`, early-stopping on `dev`.
+/// `bar` shows progress; its prefix names the run in errors.
 pub fn fit(
     cfg: &TrainConfig,
     student: &Student,
@@ -126,8 +156,9 @@ pub fn fit(
     train: &[Example],
     dev: &[Example],
     special: SpecialIds,
-    label: &str,
+    bar: &ProgressBar,
 ) -> Result<FitOutcome> {
+    let label = bar.prefix();
     let vars = sorted_vars(varmap)?;
     let params = ParamsAdamW { lr: cfg.lr, weight_decay: cfg.weight_decay, ..Default::default() };
     let mut optimizer = AdamW::new(vars.clone(), params)?;
@@ -136,12 +167,14 @@ pub fn fit(
     let epochs = cfg.epochs.max(cfg.min_steps.div_ceil(batches_per_epoch.max(1)));
     let total = cfg.max_steps.unwrap_or(usize::MAX).min(batches_per_epoch * epochs);
     let warmup = (cfg.warmup_fraction * total as f64).ceil() as usize;
-    let bar = if cfg.progress { ProgressBar::new(total as u64) } else { ProgressBar::hidden() };
+    let frozen =
+        |examples: &[Example]| FrozenOutputs::compute(student, examples, cfg.batch_size, special, frozen::MAX_BYTES);
+    let (frozen_train, frozen_dev) = (frozen(train)?, frozen(dev)?);
+    bar.set_length(total as u64);
     bar.set_style(
-        ProgressStyle::with_template("{prefix} {bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}")
+        ProgressStyle::with_template("{prefix:12} {bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}")
             .expect("static template is valid"),
     );
-    bar.set_prefix(label.to_string());
 
     let mut out = FitOutcome::default();
     let mut best: Option<(f64, Vec<Tensor>)> = None;
@@ -153,9 +186,8 @@ pub fn fit(
             if out.steps >= total {
                 break;
             }
-            let refs: Vec<&Example> = batch_indices.iter().map(|&i| &train[i]).collect();
-            let batch = Batch::new(&refs, special);
-            let Some(loss) = batch_loss(student, &batch, Some(&mut rng))? else { continue };
+            let (batch, lower) = make_batch(train, &batch_indices, frozen_train.as_ref(), special)?;
+            let Some(loss) = batch_loss(student, &batch, lower, Some(&mut rng))? else { continue };
             optimizer.set_learning_rate(learning_rate(cfg.lr, out.steps, warmup, total));
             let mut grads = loss.backward()?;
             clip_gradients(&mut grads, &vars, cfg.max_grad_norm)?;
@@ -177,7 +209,7 @@ pub fn fit(
         if dev.is_empty() {
             out.best_epoch = epoch;
         } else {
-            let dev_loss = evaluate(student, dev, cfg.batch_size.max(1), special)?;
+            let dev_loss = evaluate(student, dev, frozen_dev.as_ref(), cfg.batch_size.max(1), special)?;
             out.dev_losses.push(dev_loss);
             if best.as_ref().is_none_or(|(b, _)| dev_loss < *b) {
                 let snapshot = vars.iter().map(|v| v.as_tensor().copy()).collect::<candle_core::Result<_>>()?;

@@ -10,10 +10,13 @@
 //! an `enum` value is one of its strings (not copied from the source); the top level must be an
 //! object or an array; once it closes, only an end-of-turn token is allowed.
 //!
-//! No repeats: an array element equal to an earlier element of the same array, or a key used
-//! twice in one object, is rejected at the byte that would complete it. A small teacher in a
-//! repetition loop otherwise lists the same span until `max_tokens` (4 of 140 ADE replies on
-//! 2026-12-02); now it must write something new or close the container.
+//! No repetition loops: an array element equal to an earlier element of the same array is
+//! accepted, but then the array must close; a key used twice in one object is rejected at the
+//! byte that would complete it. A small teacher in a repetition loop otherwise lists the same
+//! span until `max_tokens` (4 of 140 ADE replies on 2026-12-02). Rejecting the repeat instead
+//! (as before) left dead ends: an element that could only complete as a repeat, e.g. an object
+//! whose keys were all written, had no admissible continuation (2 of 240 replies). The reply
+//! parser drops the duplicate.
 //!
 //! Bytes, not chars: a byte-level BPE token may end inside a UTF-8 character, and a substring
 //! test on bytes is the same as on chars for valid UTF-8.
@@ -141,6 +144,8 @@ struct Frame {
     node: NodeId,
     /// The node of the next value: arrays, their items; objects, the current key's value.
     value_node: NodeId,
+    /// An array whose last element repeated an earlier one: it may only close.
+    must_close: bool,
 }
 
 /// The automaton state. Cheap to clone for value strings over short sources.
@@ -363,6 +368,9 @@ impl GroundedJson {
                     unused_keys(&schema, self.stack.last(), &self.text).is_none_or(|keys| !keys.is_empty())
                 }
                 (b',', Some(Container::Array)) => {
+                    if self.stack.last().is_some_and(|f| f.must_close) {
+                        return false;
+                    }
                     self.mode = Mode::Value { close_ok: false };
                     self.mark_start();
                     true
@@ -386,7 +394,8 @@ impl GroundedJson {
             Node::Array { items } => *items,
             _ => ResponseSchema::ANY,
         };
-        self.stack.push(Frame { container, start: self.text.len() + 1, seen: Vec::new(), node, value_node });
+        let start = self.text.len() + 1;
+        self.stack.push(Frame { container, start, seen: Vec::new(), node, value_node, must_close: false });
         self.mode = if b == b'{' { Mode::Key { close_ok: true } } else { Mode::Value { close_ok: true } };
         true
     }
@@ -410,18 +419,18 @@ impl GroundedJson {
         true
     }
 
-    /// A value just ended: either the document is done or its container continues. `false`
-    /// when it repeats an earlier element of its array.
+    /// A value just ended: either the document is done or its container continues. An array
+    /// element that repeats an earlier one ends its array.
     fn value_done(&mut self) -> bool {
         self.mode = if self.stack.is_empty() { Mode::Done } else { Mode::After };
-        match self.stack.last() {
-            Some(frame) if frame.container == Container::Array => self.is_new(),
-            _ => true,
+        if self.stack.last().is_some_and(|f| f.container == Container::Array) && !self.is_new() {
+            self.stack.last_mut().expect("checked above").must_close = true;
         }
+        true
     }
 
     /// The current element or key (the bytes from the frame's start up to, not including, the
-    /// byte being fed) differs from every earlier one of its frame; it is recorded as seen.
+    /// byte being fed) differs from every earlier one of its frame; if so it is recorded as seen.
     fn is_new(&mut self) -> bool {
         let Some(frame) = self.stack.last_mut() else { return true };
         let current = &self.text[frame.start..];
@@ -576,21 +585,28 @@ mod tests {
     }
 
     #[test]
-    fn repeated_elements_and_keys_are_rejected_where_they_complete() {
+    fn a_repeated_element_closes_its_array_and_a_repeated_key_is_rejected() {
         assert!(accepts(r#"["gastric bleeding", "gastric"#).is_some(), "a repeat in progress");
-        assert!(accepts(r#"["gastric bleeding", "gastric bleeding""#).is_none());
-        assert!(accepts(r#"["gastric", "gastric bleeding"]"#).unwrap().is_complete(), "a longer span");
+        let repeat = accepts(r#"["gastric bleeding", "gastric bleeding""#).expect("a repeat is accepted");
+        assert!(repeat.advanced(b",").is_none() && repeat.advanced(b" ,").is_none(), "but nothing may follow it");
+        assert!(repeat.advanced(b" ]").unwrap().is_complete(), "except the array's end");
+        assert!(accepts(r#"["gastric", "gastric bleeding", "gastric"]"#).unwrap().is_complete(), "a longer span");
+        assert!(accepts(r#"["gastric", "gastric bleeding", "gastric", "x"#).is_none());
+        // The dead end this replaced: an object element with every key written that can only
+        // complete as a repeat. Every prefix continues, and the array ends after it.
         let pair = r#"{"drug": "Ibuprofen", "effect": "gastric bleeding"}"#;
         let doc = format!("[{pair}, {pair}");
-        for end in 0..doc.len() {
-            assert!(accepts(&doc[..end]).is_some(), "up to its last byte: {}", &doc[..end]);
+        for end in 0..=doc.len() {
+            assert!(accepts(&doc[..end]).is_some(), "every prefix continues: {}", &doc[..end]);
         }
-        assert!(accepts(&doc).is_none());
-        assert!(accepts(&format!(r#"[{pair},{{"drug":"Ibuprofen","effect":"gastric bleeding"}}]"#)).is_none());
-        assert!(accepts(&format!(r#"[{pair}, {{"drug": "Ibuprofen", "effect": "bleeding"}}]"#)).is_some());
+        assert!(accepts(&format!("{doc}]")).unwrap().is_complete());
+        assert!(accepts(&format!("{doc}, {pair}")).is_none());
+        assert!(accepts(&format!(r#"[{pair}, {{"drug": "Ibuprofen", "effect": "bleeding"}}, {pair}]"#)).is_some());
         assert!(accepts("[1, 2, [1], [2], true, null]").unwrap().is_complete());
-        assert!(accepts("[1, 1]").is_none() && accepts("[true, true]").is_none() && accepts("[[], []]").is_none());
-        assert!(accepts(r#"[["a"], ["a"]]"#).is_none(), "nested arrays compare whole");
+        for repeated in ["[1, 1, 2", "[true, true, false", "[[], [], [1]", r#"[["a"], ["a"], ["b"]"#] {
+            assert!(accepts(repeated).is_none(), "{repeated}");
+            assert!(accepts(&format!("{}]", &repeated[..repeated.rfind(',').unwrap()])).is_some(), "{repeated}");
+        }
         assert!(accepts(r#"{"drug": "Ibuprofen", "drug""#).is_none(), "a key twice");
         assert!(accepts(r#"[{"drug": "man"}, {"drug": "Ibuprofen"}]"#).unwrap().is_complete(), "keys per object");
     }
