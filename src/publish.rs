@@ -266,11 +266,14 @@ mod tests {
         PathBuf::from(name)
     }
 
-    /// An `eval_results`-shaped table of student headline F1s: `(task, dataset, value, n)`.
-    fn write_f1s(run_dir: &RunDir, rows: &[(&str, &str, f64, i64)]) {
+    /// `(task, dataset, value, n)`.
+    type F1Row<'a> = (&'a str, &'a str, f64, i64);
+
+    /// An `eval_results`-shaped table of student headline F1s.
+    fn write_f1s(run_dir: &RunDir, rows: &[F1Row]) {
         use arrow::array::{ArrayRef, Float64Array, Int64Array, StringArray};
         use arrow::datatypes::{DataType, Field, Schema};
-        let strings = |f: &dyn Fn(&(&str, &str, f64, i64)) -> String| -> ArrayRef {
+        let strings = |f: &dyn Fn(&F1Row) -> String| -> ArrayRef {
             std::sync::Arc::new(StringArray::from(rows.iter().map(f).collect::<Vec<_>>()))
         };
         let names = ["task", "dataset", "system", "subset", "metric"];
@@ -325,15 +328,15 @@ mod tests {
         let run_dir = RunDir::create(tmp.path().join("run")).unwrap();
         let cfg = PublishConfig { keep: 1, ..Default::default() };
         let a = touch(&run_dir, "a.txt", "first");
-        publish(&cfg, &run_dir, "r1", &[a.clone()]).unwrap();
+        publish(&cfg, &run_dir, "r1", std::slice::from_ref(&a)).unwrap();
         let dir = cfg.dir(&run_dir);
         assert_eq!(fs::read_to_string(current(&dir).unwrap().join("a.txt")).unwrap(), "first");
         assert!(was_published(&cfg, &run_dir, "r1"));
         // The same run id cannot publish again; the live publication is untouched.
         touch(&run_dir, "a.txt", "second");
-        assert!(publish(&cfg, &run_dir, "r1", &[a.clone()]).is_err());
+        assert!(publish(&cfg, &run_dir, "r1", std::slice::from_ref(&a)).is_err());
         assert_eq!(fs::read_to_string(current(&dir).unwrap().join("a.txt")).unwrap(), "first");
-        publish(&cfg, &run_dir, "r2", &[a.clone()]).unwrap();
+        publish(&cfg, &run_dir, "r2", std::slice::from_ref(&a)).unwrap();
         assert_eq!(fs::read_to_string(current(&dir).unwrap().join("a.txt")).unwrap(), "second");
         // keep = 1: r1 is kept as the one older publication; a third run prunes it.
         publish(&cfg, &run_dir, "r3", &[a]).unwrap();

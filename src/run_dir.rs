@@ -155,7 +155,7 @@ mod tests {
         let b =
             batch(&schema, vec![Arc::new(Int32Array::from(vec![1, 2])), Arc::new(StringArray::from(vec!["a", "é"]))])
                 .unwrap();
-        assert_eq!(run.write_table("t", schema.clone(), &[b.clone()]).unwrap(), 2);
+        assert_eq!(run.write_table("t", schema.clone(), std::slice::from_ref(&b)).unwrap(), 2);
         assert_eq!(run.tables().unwrap(), vec!["t".to_string()]);
         let back = run.read_table("t").unwrap();
         assert_eq!(concat(&schema, &back).unwrap(), b);

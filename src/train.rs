@@ -350,8 +350,6 @@ fn train_task(
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeSet;
-
     use super::data::{CharSpan, LabeledSentence};
     use super::fit::{evaluate, fit, learning_rate};
     use super::*;
@@ -370,7 +368,7 @@ mod tests {
                 doc_id: text.into(),
                 text: text.into(),
                 entities: drug.iter().copied().chain(events.iter().copied()).collect(),
-                pairs: drug.map(|d| events.iter().map(|e| (d, *e)).collect()).unwrap_or_else(BTreeSet::new),
+                pairs: drug.map(|d| events.iter().map(|e| (d, *e)).collect()).unwrap_or_default(),
                 ..Default::default()
             }
         };

@@ -217,7 +217,7 @@ fn kill_9_mid_run_then_rerun_equals_an_uninterrupted_run() {
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     let asked_before_kill = server.requests();
-    assert!(asked_before_kill >= 6 && asked_before_kill < 24, "killed after {asked_before_kill} requests");
+    assert!((6..24).contains(&asked_before_kill), "killed after {asked_before_kill} requests");
     assert!(publish::current(&killed.path().join("run/published")).is_none(), "published before the kill");
 
     let out = biodistill(killed.path(), &["run", file_arg]);

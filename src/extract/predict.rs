@@ -54,8 +54,11 @@ pub struct Predictions {
     pub windows: usize,
 }
 
+/// Per row, per position: the argmax tag, and its probability.
+type TagsAndProbs = (Vec<Vec<u32>>, Vec<Vec<f32>>);
+
 /// Per-position `(argmax tag, its probability)` of logits `(rows, tokens, tags)`.
-fn decode_logits(logits: &Tensor) -> Result<(Vec<Vec<u32>>, Vec<Vec<f32>>)> {
+fn decode_logits(logits: &Tensor) -> Result<TagsAndProbs> {
     let probs = candle_nn::ops::softmax_last_dim(logits)?;
     Ok((probs.argmax(D::Minus1)?.to_vec2()?, probs.max(D::Minus1)?.to_vec2()?))
 }

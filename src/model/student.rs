@@ -393,7 +393,10 @@ mod tests {
         assert_eq!(selected.dims(), &[3, 6, 3]);
         let pooled: Vec<Vec<f32>> = pooled.to_vec2().unwrap();
         assert_eq!(pooled, vec![vec![1.5; 3], vec![102.0; 3], vec![4.5; 3]]);
-        assert!(mean_pool(&hidden, &[0], &[5..7]).is_err(), "out-of-range pieces are a bug, not a panic");
+        assert!(
+            mean_pool(&hidden, &[0], std::slice::from_ref(&(5..7))).is_err(),
+            "out-of-range pieces are a bug, not a panic"
+        );
     }
 
     #[test]

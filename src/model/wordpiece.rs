@@ -117,7 +117,7 @@ impl Pieces {
 pub fn windows(len: usize, max_pieces: usize, overlap: usize) -> Vec<Range<usize>> {
     let max_pieces = max_pieces.max(1);
     if len <= max_pieces {
-        return vec![0..len];
+        return std::iter::once(0..len).collect();
     }
     let step = max_pieces - overlap.min(max_pieces - 1);
     let mut out = Vec::new();

@@ -108,7 +108,7 @@ impl TeacherConfig {
         if self.concurrency == 0 {
             return bad("concurrency must be at least 1");
         }
-        if !(self.timeout_secs > 0.0) {
+        if self.timeout_secs.is_nan() || self.timeout_secs <= 0.0 {
             return bad("timeout_secs must be positive");
         }
         if !(self.fuzzy_threshold > 0.0 && self.fuzzy_threshold <= 1.0) {

@@ -201,7 +201,7 @@ impl<'a> Grounder<'a> {
         spans
             .iter()
             .copied()
-            .filter(|&(s, e)| !(s > 0 && is_word(s - 1) && is_word(s)) && !(is_word(e) && e > 0 && is_word(e - 1)))
+            .filter(|&(s, e)| !(s > 0 && is_word(s - 1) && is_word(s) || is_word(e) && e > 0 && is_word(e - 1)))
             .collect()
     }
 

@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use async_openai::types::chat::{CreateChatCompletionRequest, ResponseFormat, ResponseFormatJsonSchema};
-use tokio::sync::OnceCell;
+use tokio::sync::{OnceCell, Semaphore};
 
 use super::cache::{self, Cache, CachedReply};
 use super::client::TeacherClient;
@@ -14,7 +14,7 @@ use super::ground::{Alignment, Grounder, Grounding, nearest_pair};
 use super::parse::{self, Mention, TaskOutput};
 use super::prompt::{self, Message, Prompt};
 use super::select::Sentence;
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// Final status of one (task, sentence), as stored in `teacher_calls.status`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -94,6 +94,11 @@ pub struct Labeler<'a> {
     pub client: &'a TeacherClient,
     /// Identical requests in flight at once are sent once (single flight).
     in_run: Mutex<HashMap<String, Arc<OnceCell<Asked>>>>,
+    /// Requests paid for but not yet committed to the cache, at most `teacher.concurrency`:
+    /// a slot is held from sending until the reply is on disk, so a `kill -9` loses (and a
+    /// rerun pays again) no more than that. The client's own slots end with the HTTP reply,
+    /// and under load the commits behind it lagged (a crash test saw more than 4 lost).
+    unstored: Semaphore,
 }
 
 /// The request body for `messages` about `sentence`, as sent and as hashed into the cache key.
@@ -147,7 +152,8 @@ impl<'a> Labeler<'a> {
         cache: &'a Cache,
         client: &'a TeacherClient,
     ) -> Self {
-        Labeler { cfg, prompts, cache, client, in_run: Mutex::new(HashMap::new()) }
+        let unstored = Semaphore::new(cfg.concurrency.max(1));
+        Labeler { cfg, prompts, cache, client, in_run: Mutex::new(HashMap::new()), unstored }
     }
 
     async fn ask(&self, task: Task, messages: &[Message], sentence: &str) -> Result<Asked> {
@@ -177,6 +183,7 @@ impl<'a> Labeler<'a> {
             return Ok(Asked { key, reply: Ok(reply), cached: true, retries: 0, latency_ms: 0.0 });
         }
         let estimate = prompt::estimate_tokens(messages) + u64::from(self.cfg.max_tokens);
+        let _unstored = self.unstored.acquire().await.map_err(|_| Error::Internal("label slots closed".into()))?;
         let call = self.client.complete(request, estimate).await;
         if let Ok(reply) = &call.reply {
             self.cache.put(&key, reply).await?;

@@ -102,6 +102,10 @@ pub struct DataStats {
 
 /// One teacher label as a comparable key (for agreement between passes).
 type LabelKey = (Option<CharSpan>, CharSpan);
+/// A sentence: `(doc_id, sent_id)`.
+type SentKey = (String, i32);
+/// A labeling pass: `(teacher model, prompt version)`.
+type PassKey = (String, String);
 
 /// Silver sentences of `task`.
 pub fn silver(run_dir: &RunDir, task: Task, filters: &SilverFilters) -> Result<(Vec<LabeledSentence>, DataStats)> {
@@ -123,7 +127,7 @@ pub fn silver(run_dir: &RunDir, task: Task, filters: &SilverFilters) -> Result<(
     stats.dropped_dev_sentences = before - ok.len();
     fill_texts(run_dir, &mut ok)?;
     // Labels per sentence per pass, so agreement can be checked before merging.
-    let mut passes: HashMap<(String, i32), BTreeMap<(String, String), BTreeSet<LabelKey>>> = HashMap::new();
+    let mut passes: HashMap<SentKey, BTreeMap<PassKey, BTreeSet<LabelKey>>> = HashMap::new();
     for cols in read_all(run_dir, table::TEACHER_LABELS)? {
         let c = SilverColumns::new(&cols)?;
         for row in 0..cols.len() {
