@@ -264,12 +264,6 @@ pub fn run(cfg: &TrainConfig, run_dir: &RunDir) -> Result<TrainReport> {
         .map_err(|e| Error::input(&encoder_path, format!("not JSON: {e}")))?;
     let encoder: BertConfig = serde_json::from_value(encoder_json.clone())
         .map_err(|e| Error::input(&encoder_path, format!("not a BERT config: {e}")))?;
-    if cfg.frozen_layers > encoder.num_hidden_layers {
-        return Err(Error::Config(format!(
-            "train.frozen_layers {} exceeds the encoder's {} layers",
-            cfg.frozen_layers, encoder.num_hidden_layers
-        )));
-    }
     let pretrained = Pretrained { tokenizer, tokenizer_path, encoder, encoder_json };
     let bars =
         if cfg.progress { MultiProgress::new() } else { MultiProgress::with_draw_target(ProgressDrawTarget::hidden()) };

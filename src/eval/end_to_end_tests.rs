@@ -201,13 +201,19 @@ fn assert_metric(report: &EvalReport, key: (&str, &str, &str, &str), metric: &st
     assert!((got.0 - expected.0).abs() < 1e-12 && got.1 == expected.1, "{key:?} {metric}: {got:?} != {expected:?}");
 }
 
-#[test]
-fn three_systems_on_a_tiny_run_directory() {
+/// A run directory with the corpus, the student's tables and the teacher's (no reference).
+fn three_systems() -> (tempfile::TempDir, RunDir) {
     let dir = tempfile::tempdir().unwrap();
     let run_dir = RunDir::create(dir.path()).unwrap();
     corpus(&run_dir);
     student(&run_dir);
     teacher(&run_dir);
+    (dir, run_dir)
+}
+
+#[test]
+fn three_systems_on_a_tiny_run_directory() {
+    let (dir, run_dir) = three_systems();
     let extra = [("Stage timings".to_string(), "| stage | s |\n|---|---|\n| eval | 0.1 |".to_string())];
     let report = run_with_context(&EvalConfig::default(), &run_dir, "run-1", &extra).unwrap();
 
@@ -299,11 +305,7 @@ fn without_the_teacher_only_the_all_subset_is_computed() {
 
 #[test]
 fn a_dataset_the_students_were_not_run_over_is_not_scored_for_them() {
-    let dir = tempfile::tempdir().unwrap();
-    let run_dir = RunDir::create(dir.path()).unwrap();
-    corpus(&run_dir);
-    student(&run_dir);
-    teacher(&run_dir);
+    let (_dir, run_dir) = three_systems();
     let cfg = EvalConfig {
         report: false,
         extracted_sources: BTreeMap::from([("phi".to_string(), vec!["presidio".to_string()])]),

@@ -184,10 +184,6 @@ impl Encoder {
         Ok(Self { embeddings, layers, frozen: 0, device: vb.device().clone() })
     }
 
-    pub fn num_layers(&self) -> usize {
-        self.layers.len()
-    }
-
     /// Freeze the embeddings and the bottom `layers` layers (see [`Encoder::frozen`]).
     pub fn set_frozen_layers(&mut self, layers: usize) -> Result<()> {
         if layers > self.layers.len() {
@@ -206,31 +202,38 @@ impl Encoder {
 
     /// Hidden states `(batch, tokens, hidden)` of `ids`; `mask` is 1 for real tokens, 0 for padding.
     pub fn forward(&self, ids: &Tensor, types: &Tensor, mask: &Tensor) -> Result<Tensor> {
-        let lower = self.lower(ids, types, mask)?;
-        self.upper(&lower, mask)
+        let bias = attention_bias(mask)?;
+        let lower = self.lower_biased(ids, types, &bias)?;
+        self.upper_biased(lower, &bias)
     }
 
     /// Output of the embeddings and the frozen layers, detached from the autograd graph. A
     /// token's output does not depend on padding (padded keys are masked out), so a sentence
     /// encoded alone gives the rows it would get inside any padded batch.
     pub fn lower(&self, ids: &Tensor, types: &Tensor, mask: &Tensor) -> Result<Tensor> {
-        let mut xs = self.embeddings.forward(ids, types)?;
-        let bias = attention_bias(mask)?;
-        for layer in &self.layers[..self.frozen] {
-            xs = layer.forward(&xs, &bias)?;
-        }
-        Ok(if self.frozen > 0 { xs.detach() } else { xs })
+        self.lower_biased(ids, types, &attention_bias(mask)?)
     }
 
     /// The trainable layers over `lower` (the output of [`Encoder::lower`], padded to `mask`).
     pub fn upper(&self, lower: &Tensor, mask: &Tensor) -> Result<Tensor> {
-        let bias = attention_bias(mask)?;
-        let mut xs = lower.clone();
-        for layer in &self.layers[self.frozen..] {
-            xs = layer.forward(&xs, &bias)?;
-        }
-        Ok(xs)
+        self.upper_biased(lower.clone(), &attention_bias(mask)?)
     }
+
+    fn lower_biased(&self, ids: &Tensor, types: &Tensor, bias: &Tensor) -> Result<Tensor> {
+        let xs = run_layers(self.embeddings.forward(ids, types)?, &self.layers[..self.frozen], bias)?;
+        Ok(if self.frozen > 0 { xs.detach() } else { xs })
+    }
+
+    fn upper_biased(&self, lower: Tensor, bias: &Tensor) -> Result<Tensor> {
+        run_layers(lower, &self.layers[self.frozen..], bias)
+    }
+}
+
+fn run_layers(mut xs: Tensor, layers: &[Layer], bias: &Tensor) -> Result<Tensor> {
+    for layer in layers {
+        xs = layer.forward(&xs, bias)?;
+    }
+    Ok(xs)
 }
 
 /// `(batch, 1, 1, tokens)` attention bias: 0 for real tokens, a large negative for padding.
