@@ -57,8 +57,9 @@ pub struct PipelineConfig {
 /// The sections a `BIODISTILL_<SECTION>_<KEY>` variable can address.
 const SECTIONS: &[&str] = &["run", "ingest", "label", "teacher", "serve", "train", "extract", "eval", "publish"];
 
-/// Environment variables that are not config overrides.
-const NOT_OVERRIDES: &[&str] = &["BIODISTILL_CONFIG", "BIODISTILL_LOG"];
+/// Environment variables that are not config overrides: the pipeline file, the log filter and
+/// the embedded server's bearer token (which would otherwise read as `teacher.api_key`).
+const NOT_OVERRIDES: &[&str] = &["BIODISTILL_CONFIG", "BIODISTILL_LOG", crate::serve::API_KEY_ENV];
 
 impl PipelineConfig {
     /// Load `file` (or the defaults when `None`), then apply `env` overrides, then `sets`
@@ -155,6 +156,22 @@ mod tests {
         assert_eq!(cfg.ingest.data_dir, PathBuf::from("/data"));
         assert_eq!(cfg.ingest.dev_fraction, 0.1);
         assert_eq!(cfg.ingest.corpora, vec!["gad".to_string()]);
+    }
+
+    /// `BIODISTILL_TEACHER_API_KEY` is the embedded server's token, not `teacher.api_key`.
+    #[test]
+    fn documented_non_override_variables_are_not_config_keys() {
+        let env = vec![
+            ("BIODISTILL_TEACHER_API_KEY".to_string(), "sk-secret".to_string()),
+            ("BIODISTILL_LOG".to_string(), "debug".to_string()),
+            ("BIODISTILL_CONFIG".to_string(), "p.toml".to_string()),
+            ("BIODISTILL_RUN_DIR".to_string(), "runs/x".to_string()),
+            ("BIODISTILL_INGEST_DATA_DIR".to_string(), "/data".to_string()),
+        ];
+        let cfg = PipelineConfig::load(None, env, &[]).unwrap();
+        assert_eq!(cfg.run.dir, PathBuf::from("runs/x"));
+        assert_eq!(cfg.ingest.data_dir, PathBuf::from("/data"));
+        assert!(!toml::to_string(&cfg).unwrap().contains("sk-secret"));
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use arrow::array::{Int64Array, StringArray};
 use arrow::datatypes::{Field, Schema};
 
-use crate::util::{biodistill, stderr, stdout};
+use crate::util::{biodistill, biodistill_env, stderr, stdout};
 
 fn parquet(path: &Path, columns: Vec<(&str, arrow::array::ArrayRef)>) {
     let schema = Arc::new(Schema::new(
@@ -134,4 +134,16 @@ fn shipped_sql_files_run_on_an_ingested_corpus() {
         let csv = crate::util::sql_csv(run, &sql);
         assert!(csv.lines().count() > 1, "{name} returned no rows");
     }
+}
+
+/// The README's bearer-token variable is not read as a `teacher.api_key` config override.
+#[test]
+fn teacher_api_key_variable_does_not_break_commands() {
+    let tmp = tempfile::tempdir().unwrap();
+    fs::write(tmp.path().join("docs.csv"), "id,text\n1,One sentence. Two sentences.\n").unwrap();
+    let env = [("BIODISTILL_TEACHER_API_KEY", "sk-test"), ("BIODISTILL_RUN_DIR", "run")];
+    let out = biodistill_env(tmp.path(), &["ingest", "--corpus", "none", "--input", "docs.csv"], &env);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = biodistill_env(tmp.path(), &["sql", "--format", "csv", "SELECT count(*) AS n FROM sentences"], &env);
+    assert_eq!(stdout(&out), "n\n2\n", "{}", stderr(&out));
 }

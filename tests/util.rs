@@ -40,14 +40,27 @@ pub fn sql_csv(run: &RunDir, query: &str) -> String {
 
 /// Run the `biodistill` binary with `args` in `cwd`, with no config inherited from the caller.
 pub fn biodistill(cwd: &Path, args: &[&str]) -> Output {
+    biodistill_cmd(cwd, args).output().unwrap()
+}
+
+/// Like [`biodistill`], with `env` set in the child's environment.
+pub fn biodistill_env(cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = biodistill_cmd(cwd, args);
+    cmd.envs(env.iter().copied());
+    cmd.output().unwrap()
+}
+
+/// The `biodistill` command with `args` in `cwd`, with no `BIODISTILL_*` variable (nor
+/// `NO_COLOR`) inherited from the caller.
+pub fn biodistill_cmd(cwd: &Path, args: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_biodistill"));
     cmd.current_dir(cwd).args(args);
     for (k, _) in std::env::vars() {
-        if k.starts_with("BIODISTILL_") {
+        if k.starts_with("BIODISTILL_") || k == "NO_COLOR" {
             cmd.env_remove(k);
         }
     }
-    cmd.output().unwrap()
+    cmd
 }
 
 pub fn stdout(o: &Output) -> String {
