@@ -100,15 +100,19 @@ pub struct ServeArgs {
     /// Address to bind (default 127.0.0.1).
     #[arg(long)]
     pub host: Option<String>,
-    /// Port (default 8080 here; 0 picks a free one).
-    #[arg(long, default_value_t = 8080)]
-    pub port: u16,
+    /// Port (overrides `serve.port`; 0 picks a free one).
+    #[arg(long)]
+    pub port: Option<u16>,
     /// CPU threads (default: every core).
     #[arg(long)]
     pub threads: Option<usize>,
     /// Most requests decoded together.
     #[arg(long)]
     pub max_batch: Option<usize>,
+    /// Serve on a non-loopback --host without a token (refused otherwise; set
+    /// `BIODISTILL_TEACHER_API_KEY` to require one instead).
+    #[arg(long)]
+    pub insecure_no_token: bool,
 }
 
 /// `biodistill ingest`
@@ -219,9 +223,10 @@ impl Cli {
             Command::ServeTeacher(a) => {
                 cfg.serve.model = a.model.clone().unwrap_or(cfg.serve.model);
                 cfg.serve.host = a.host.clone().unwrap_or(cfg.serve.host);
-                cfg.serve.port = a.port;
+                cfg.serve.port = a.port.unwrap_or(cfg.serve.port);
                 cfg.serve.threads = a.threads.or(cfg.serve.threads);
                 cfg.serve.max_batch = a.max_batch.unwrap_or(cfg.serve.max_batch);
+                cfg.serve.insecure_no_token |= a.insecure_no_token;
             }
             _ => {}
         }
@@ -303,5 +308,25 @@ async fn sql(cfg: &PipelineConfig, args: SqlArgs) -> Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn serve_config(args: &[&str]) -> crate::serve::ServeConfig {
+        let argv: Vec<&str> = std::iter::once("biodistill").chain(args.iter().copied()).collect();
+        Cli::try_parse_from(argv).unwrap().config().unwrap().serve
+    }
+
+    /// `[serve].port` holds unless `--port` is given.
+    #[test]
+    fn serve_port_flag_only_overrides_when_given() {
+        assert_eq!(serve_config(&["--set", "serve.port=9001", "serve-teacher"]).port, 9001);
+        assert_eq!(serve_config(&["--set", "serve.port=9001", "serve-teacher", "--port", "9002"]).port, 9002);
+        assert_eq!(serve_config(&["serve-teacher"]).port, crate::serve::ServeConfig::default().port);
+        assert!(!serve_config(&["serve-teacher"]).insecure_no_token);
+        assert!(serve_config(&["serve-teacher", "--insecure-no-token"]).insecure_no_token);
     }
 }

@@ -38,7 +38,7 @@ pub const API_KEY_ENV: &str = "BIODISTILL_TEACHER_API_KEY";
 
 /// How to run the teacher server. `serve-teacher` flags map one to one onto these fields.
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct ServeConfig {
     /// GGUF model file (qwen2 or llama architecture, ChatML).
     pub model: PathBuf,
@@ -61,6 +61,11 @@ pub struct ServeConfig {
     pub seed: u64,
     /// Memory for prompt-prefix KV snapshots, in MiB; 0 disables the prefix cache.
     pub prefix_cache_mib: usize,
+    /// Serve on a non-loopback address without a token (`--insecure-no-token`); otherwise
+    /// [`spawn`] refuses to (see [`check_exposure`]). Not serialized when off, so it leaves
+    /// config hashes alone.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub insecure_no_token: bool,
 }
 
 impl Default for ServeConfig {
@@ -76,6 +81,7 @@ impl Default for ServeConfig {
             context_length: 4096,
             seed: 0,
             prefix_cache_mib: 512,
+            insecure_no_token: false,
         }
     }
 }
@@ -94,6 +100,7 @@ impl std::fmt::Debug for ServeConfig {
             .field("context_length", &self.context_length)
             .field("seed", &self.seed)
             .field("prefix_cache_mib", &self.prefix_cache_mib)
+            .field("insecure_no_token", &self.insecure_no_token)
             .finish()
     }
 }
@@ -188,9 +195,39 @@ impl Drop for RunningServer {
     }
 }
 
+/// Whether `host` only accepts connections from this machine (`127.0.0.0/8`, `::1`,
+/// `localhost`). Any other name or address may be reachable from outside.
+pub fn is_loopback_host(host: &str) -> bool {
+    let host = host.trim().trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback() || ip.to_canonical().is_loopback())
+}
+
+/// Refuse to serve the model on a non-loopback `host` without a bearer token, unless
+/// `insecure_no_token` says so explicitly. `Ok(Some(warning))` when serving exposed anyway.
+pub fn check_exposure(host: &str, has_api_key: bool, insecure_no_token: bool) -> Result<Option<String>> {
+    if has_api_key || is_loopback_host(host) {
+        return Ok(None);
+    }
+    if insecure_no_token {
+        return Ok(Some(format!(
+            "serving on {host} WITHOUT a token (--insecure-no-token): anyone who can reach this address can use \
+             the model; set {API_KEY_ENV} to require one"
+        )));
+    }
+    Err(Error::Config(format!(
+        "refusing to serve on non-loopback host {host} without a token: set {API_KEY_ENV}, bind 127.0.0.1, or pass \
+         --insecure-no-token (serve.insecure_no_token = true) to serve without one"
+    )))
+}
+
 /// Load the model, bind the port and serve in the background. Returns once the model is
-/// loaded and the port accepts requests.
+/// loaded and the port accepts requests. Refuses a non-loopback host without a token (see
+/// [`check_exposure`]).
 pub async fn spawn(config: ServeConfig) -> Result<RunningServer> {
+    if let Some(warning) = check_exposure(&config.host, config.api_key.is_some(), config.insecure_no_token)? {
+        tracing::warn!("{warning}");
+    }
     let bind = format!("{}:{}", config.host, config.port);
     let listener = tokio::net::TcpListener::bind(&bind)
         .await
@@ -224,4 +261,33 @@ pub async fn spawn(config: ServeConfig) -> Result<RunningServer> {
 pub async fn run(config: ServeConfig) -> Result<()> {
     tracing::info!("serve-teacher config: {config:?}");
     spawn(config).await?.until_ctrl_c().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn non_loopback_hosts_need_a_token_or_an_explicit_opt_out() {
+        for host in ["127.0.0.1", "127.0.0.2", "localhost", "::1", "[::1]", "::ffff:127.0.0.1"] {
+            assert!(is_loopback_host(host), "{host}");
+            assert_eq!(check_exposure(host, false, false).unwrap(), None, "{host}");
+        }
+        for host in ["0.0.0.0", "::", "192.168.1.5", "example.org"] {
+            assert!(!is_loopback_host(host), "{host}");
+            let err = check_exposure(host, false, false).unwrap_err().to_string();
+            assert!(err.contains(API_KEY_ENV) && err.contains("--insecure-no-token") && err.contains(host), "{err}");
+            assert_eq!(check_exposure(host, true, false).unwrap(), None, "a token makes {host} fine");
+            let warning = check_exposure(host, false, true).unwrap().expect("a warning");
+            assert!(warning.contains("WITHOUT a token") && warning.contains(API_KEY_ENV), "{warning}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_and_the_opt_out_stays_out_of_hashes() {
+        assert!(toml::from_str::<ServeConfig>("prot = 1\n").is_err());
+        let cfg: ServeConfig = toml::from_str("port = 9000\n").unwrap();
+        assert_eq!(cfg.port, 9000);
+        assert!(!toml::to_string(&cfg).unwrap().contains("insecure_no_token"));
+    }
 }
