@@ -244,26 +244,23 @@ pub async fn execute(cli: Cli) -> Result<bool> {
         Command::Label(a) => label(&cfg, a.plan).await.map(|()| true),
         Command::Train(_) => {
             let report = crate::train::run(&cfg.train, &RunDir::open(&cfg.run.dir)?)?;
-            print!("{report}");
-            Ok(true)
+            print_stdout(&report.to_string()).map(|()| true)
         }
         Command::Extract(_) => {
             let report = crate::extract::run(&cfg.extract, &RunDir::open(&cfg.run.dir)?)?;
-            print!("{report}");
-            Ok(true)
+            print_stdout(&report.to_string()).map(|()| true)
         }
         Command::Eval => {
             let run_dir = RunDir::open(&cfg.run.dir)?;
             let run_id = crate::pipeline::run_id_of(&run_dir);
             let report = crate::eval::run(&cfg.eval_config(), &run_dir, &run_id)?;
-            print!("{report}");
-            Ok(true)
+            print_stdout(&report.to_string()).map(|()| true)
         }
         Command::ServeTeacher(_) => crate::serve::run(cfg.serve).await.map(|()| true),
-        Command::Run(a) => crate::pipeline::run(&cfg, a.full_refresh).await.map(|report| {
-            print!("{report}");
-            true
-        }),
+        Command::Run(a) => {
+            let report = crate::pipeline::run(&cfg, a.full_refresh).await?;
+            print_stdout(&report.to_string()).map(|()| true)
+        }
         Command::Sql(args) => sql(&cfg, args).await.map(|()| true),
     }
 }
@@ -272,17 +269,29 @@ async fn label(cfg: &PipelineConfig, plan: bool) -> Result<()> {
     let run_dir = RunDir::open(&cfg.run.dir)?;
     let label = cfg.label_config();
     if plan {
-        print!("{}", crate::teacher::plan(&label, &run_dir)?);
+        print_stdout(&crate::teacher::plan(&label, &run_dir)?.to_string())
     } else {
-        print!("{}", crate::teacher::run_embedded_or_remote(&label, &cfg.serve, &run_dir).await?);
+        print_stdout(&crate::teacher::run_embedded_or_remote(&label, &cfg.serve, &run_dir).await?.to_string())
     }
-    Ok(())
+}
+
+/// Write `text` to standard output. A closed pipe (`biodistill sql ... | head -1`) is not an
+/// error: the reader took what it wanted, so the rest is dropped quietly (exit 0).
+fn print_stdout(text: &str) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(Error::Io { path: PathBuf::from("<standard output>"), source: e })
+        }
+        _ => Ok(()),
+    }
 }
 
 fn ingest(cfg: &PipelineConfig) -> Result<bool> {
     let run_dir = RunDir::create(&cfg.run.dir)?;
     let report = crate::ingest::run(&cfg.ingest, &run_dir)?;
-    println!("{report} -> {}", run_dir.root().display());
+    print_stdout(&format!("{report} -> {}\n", run_dir.root().display()))?;
     Ok(report.failed_files.is_empty())
 }
 
@@ -302,11 +311,11 @@ async fn sql(cfg: &PipelineConfig, args: SqlArgs) -> Result<()> {
     match &args.output {
         Some(path) => crate::sql::write(&batches, args.format, path),
         None => {
-            print!("{}", crate::sql::render(&batches, args.format)?);
+            let mut text = crate::sql::render(&batches, args.format)?;
             if args.format == OutputFormat::Table {
-                println!();
+                text.push('\n');
             }
-            Ok(())
+            print_stdout(&text)
         }
     }
 }

@@ -147,3 +147,28 @@ fn teacher_api_key_variable_does_not_break_commands() {
     let out = biodistill_env(tmp.path(), &["sql", "--format", "csv", "SELECT count(*) AS n FROM sentences"], &env);
     assert_eq!(stdout(&out), "n\n2\n", "{}", stderr(&out));
 }
+
+/// `biodistill sql ... | head -1`: the reader closing the pipe early is not a crash.
+#[test]
+fn sql_into_a_closed_pipe_exits_quietly() {
+    use std::io::{BufRead, BufReader};
+    let tmp = tempfile::tempdir().unwrap();
+    fs::create_dir(tmp.path().join("run")).unwrap();
+    let query = "SELECT value FROM generate_series(1, 200000)";
+    for format in ["csv", "table"] {
+        let mut child =
+            crate::util::biodistill_cmd(tmp.path(), &["--run-dir", "run", "sql", "--format", format, query])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+        // `head -1`: read one line, then close the pipe (far more than a pipe buffer is left).
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        assert!(!line.is_empty());
+        let out = child.wait_with_output().unwrap();
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(0), "{format}: {err}");
+        assert!(!err.contains("panicked") && !err.contains("error"), "{format}: {err}");
+    }
+}
