@@ -150,8 +150,7 @@ fn read_parquet(corpus: &UserCorpus, path: &Path, c: &mut Collector, add: &mut A
             let have: Vec<_> = schema.fields().iter().map(|f| f.name().as_str()).collect();
             Error::input(path, format!("missing column '{name}' (columns: {})", have.join(", ")))
         })?;
-        let ok = matches!(field.data_type(), DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View)
-            || (allow_numbers && field.data_type().is_integer());
+        let ok = is_string_type(field.data_type()) || (allow_numbers && field.data_type().is_integer());
         if !ok {
             return Err(Error::input(
                 path,
@@ -179,6 +178,16 @@ fn read_parquet(corpus: &UserCorpus, path: &Path, c: &mut Collector, add: &mut A
         }
     }
     Ok(())
+}
+
+/// Any Arrow encoding of strings: Utf8, LargeUtf8, Utf8View, or a dictionary of them (what
+/// pandas writes for a categorical column). All cast to Utf8.
+fn is_string_type(t: &DataType) -> bool {
+    match t {
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => true,
+        DataType::Dictionary(_, values) => is_string_type(values),
+        _ => false,
+    }
 }
 
 fn read_jsonl(corpus: &UserCorpus, path: &Path, c: &mut Collector, add: &mut AddRow) -> Result<()> {

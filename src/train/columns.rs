@@ -1,13 +1,15 @@
 //! Typed column access and streaming reads over run-directory tables (shared with extract).
 //!
 //! Every missing or mistyped column is an input error naming the table file, so a table written
-//! by another stage with the wrong schema fails loudly instead of training on nothing.
+//! by another stage with the wrong schema fails loudly instead of training on nothing. String
+//! columns in another Arrow encoding (LargeUtf8, Utf8View, dictionary-encoded) are cast to Utf8
+//! as they are read, so [`Columns::str`] reads them all.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use arrow::array::{Array, AsArray, Float64Array, Int8Array, Int32Array, Int64Array, StringArray};
-use arrow::datatypes::{Float64Type, Int32Type, Int64Type};
+use arrow::datatypes::{DataType, Field, Float64Type, Int32Type, Int64Type, Schema};
 use arrow::record_batch::RecordBatch;
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
 
@@ -51,8 +53,8 @@ impl Iterator for TableStream {
         let batch = self.reader.next()?;
         Some(
             batch
-                .map(|batch| Columns { batch, path: self.path.clone() })
-                .map_err(|e| Error::input(&self.path, format!("corrupt Parquet data: {e}"))),
+                .map_err(|e| Error::input(&self.path, format!("corrupt Parquet data: {e}")))
+                .and_then(|batch| Columns::new(batch, self.path.clone())),
         )
     }
 }
@@ -68,7 +70,44 @@ pub struct Columns {
     pub path: PathBuf,
 }
 
+/// A string type other than Utf8: LargeUtf8, Utf8View, or a dictionary of strings.
+fn is_other_string(t: &DataType) -> bool {
+    match t {
+        DataType::LargeUtf8 | DataType::Utf8View => true,
+        DataType::Dictionary(_, values) => matches!(**values, DataType::Utf8) || is_other_string(values),
+        _ => false,
+    }
+}
+
+/// `batch` with its string columns in other encodings cast to Utf8 (unchanged when none is).
+pub fn utf8_strings(batch: RecordBatch) -> Result<RecordBatch> {
+    let schema = batch.schema();
+    if !schema.fields().iter().any(|f| is_other_string(f.data_type())) {
+        return Ok(batch);
+    }
+    let mut fields = Vec::with_capacity(schema.fields().len());
+    let mut columns = Vec::with_capacity(fields.capacity());
+    for (field, column) in schema.fields().iter().zip(batch.columns()) {
+        if is_other_string(field.data_type()) {
+            columns.push(arrow::compute::cast(column, &DataType::Utf8)?);
+            fields.push(
+                Field::new(field.name(), DataType::Utf8, field.is_nullable()).with_metadata(field.metadata().clone()),
+            );
+        } else {
+            columns.push(column.clone());
+            fields.push(field.as_ref().clone());
+        }
+    }
+    let schema = Schema::new_with_metadata(fields, schema.metadata().clone());
+    Ok(RecordBatch::try_new(std::sync::Arc::new(schema), columns)?)
+}
+
 impl Columns {
+    /// `batch` read from `path`, string columns cast to Utf8 (see [`utf8_strings`]).
+    pub fn new(batch: RecordBatch, path: PathBuf) -> Result<Self> {
+        Ok(Self { batch: utf8_strings(batch)?, path })
+    }
+
     pub fn len(&self) -> usize {
         self.batch.num_rows()
     }
@@ -117,4 +156,43 @@ pub fn opt_i32(array: &Int32Array, row: usize) -> Option<i32> {
 /// Value of a nullable string column at `row`.
 pub fn opt_str(array: &StringArray, row: usize) -> Option<&str> {
     array.is_valid(row).then(|| array.value(row))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow::array::{ArrayRef, DictionaryArray, LargeStringArray, StringViewArray};
+    use arrow::datatypes::{Int8Type, Int32Type};
+
+    use super::*;
+
+    /// `str()` reads dictionary-encoded, large and view string columns of a stored table.
+    #[test]
+    fn str_reads_every_string_encoding() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::create(dir.path()).unwrap();
+        let values = vec![Some("alpha"), None, Some("beta")];
+        let columns: Vec<(&str, ArrayRef)> = vec![
+            ("utf8", Arc::new(StringArray::from(values.clone()))),
+            ("dict8", Arc::new(values.iter().copied().collect::<DictionaryArray<Int8Type>>())),
+            ("dict32", Arc::new(values.iter().copied().collect::<DictionaryArray<Int32Type>>())),
+            ("large", Arc::new(LargeStringArray::from(values.clone()))),
+            ("view", Arc::new(StringViewArray::from(values.clone()))),
+            ("n", Arc::new(Int32Array::from(vec![1, 2, 3]))),
+        ];
+        let schema = Arc::new(Schema::new(
+            columns.iter().map(|(n, a)| Field::new(*n, a.data_type().clone(), true)).collect::<Vec<_>>(),
+        ));
+        let batch = RecordBatch::try_new(schema.clone(), columns.into_iter().map(|(_, a)| a).collect()).unwrap();
+        run.write_table("t", schema, &[batch]).unwrap();
+        let tables = read_all(&run, "t").unwrap();
+        for name in ["utf8", "dict8", "dict32", "large", "view"] {
+            let s = tables[0].str(name).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let got: Vec<_> = (0..3).map(|r| opt_str(s, r)).collect();
+            assert_eq!(got, values, "{name}");
+        }
+        assert_eq!(tables[0].i32("n").unwrap().value(2), 3);
+        assert!(tables[0].str("n").is_err(), "an integer column is still not a string");
+    }
 }
