@@ -8,6 +8,12 @@
 //! Decimals ("2.5 mg") never split because no space follows the period. Closing brackets and
 //! quotes after the terminator stay with the sentence they close.
 //!
+//! Other scripts: the Chinese/Japanese full stop, exclamation and question marks (`。`, `！`,
+//! `？`, `｡`) always end a sentence (those scripts put no space after them); the Arabic
+//! question mark `؟` and the Urdu full stop `۔` are terminators like `?`; and after a
+//! terminator and white space, a letter of a script without case (Arabic, Hebrew, CJK, …)
+//! starts a sentence as an upper-case letter does.
+//!
 //! Spans are char offsets (see [`crate::text`]), trimmed of surrounding white space; empty
 //! sentences are never produced.
 
@@ -40,13 +46,14 @@ pub fn split(text: &str) -> Vec<Span> {
         let c = chars[i];
         let boundary_end = if c == '\n' || c == '\r' {
             Some(i)
-        } else if matches!(c, '.' | '!' | '?') {
+        } else if is_terminator(c) {
             // Extend over repeated terminators and closing brackets/quotes: "...)." or '."'
             let mut j = i + 1;
-            while j < chars.len() && (matches!(chars[j], '.' | '!' | '?') || is_closer(chars[j])) {
+            while j < chars.len() && (is_terminator(chars[j]) || is_closer(chars[j])) {
                 j += 1;
             }
-            if ends_sentence(&chars, start, i, j) { Some(j) } else { None }
+            let cjk = chars[i..j].iter().any(|&t| is_cjk_terminator(t));
+            if cjk || ends_sentence(&chars, start, i, j) { Some(j) } else { None }
         } else {
             None
         };
@@ -62,12 +69,28 @@ pub fn split(text: &str) -> Vec<Span> {
     spans
 }
 
+/// `.`, `!`, `?`, the CJK ones and the Arabic-script question mark and full stop.
+fn is_terminator(c: char) -> bool {
+    matches!(c, '.' | '!' | '?' | '؟' | '۔') || is_cjk_terminator(c)
+}
+
+/// Chinese/Japanese terminators: no space follows them, so they end a sentence outright.
+fn is_cjk_terminator(c: char) -> bool {
+    matches!(c, '。' | '！' | '？' | '｡')
+}
+
 fn is_closer(c: char) -> bool {
-    matches!(c, ')' | ']' | '}' | '"' | '\'' | '”' | '’' | '»')
+    matches!(c, ')' | ']' | '}' | '"' | '\'' | '”' | '’' | '»' | '」' | '』' | '）' | '】' | '》' | '〉' | '〕' | '］')
 }
 
 fn is_opener(c: char) -> bool {
-    matches!(c, '(' | '[' | '{' | '"' | '\'' | '“' | '‘' | '«' | '¿' | '¡')
+    matches!(c, '(' | '[' | '{' | '"' | '\'' | '“' | '‘' | '«' | '¿' | '¡' | '「' | '『' | '（' | '【' | '《' | '〈')
+}
+
+/// A letter of a script without upper and lower case (Arabic, Hebrew, CJK, Thai, …): it can
+/// start a sentence though it is not upper case.
+fn is_caseless_letter(c: char) -> bool {
+    c.is_alphabetic() && !c.is_uppercase() && !c.is_lowercase()
 }
 
 /// Whether the terminator at `term` (with closers up to `after`) ends the sentence begun at
@@ -85,7 +108,7 @@ fn ends_sentence(chars: &[char], sent_start: usize, term: usize, after: usize) -
         return true;
     }
     let next = chars[k];
-    if !(next.is_uppercase() || next.is_ascii_digit() || is_opener(next)) {
+    if !(next.is_uppercase() || next.is_numeric() || is_opener(next) || is_caseless_letter(next)) {
         return false;
     }
     if chars[term] != '.' {
@@ -201,6 +224,26 @@ mod tests {
         assert_eq!(spans[1].start, 47);
         assert_eq!(char_slice(text, spans[1].start, spans[1].end), Some("Presentó náuseas – 5 µg/día."));
         assert_eq!(spans[1].end, text.chars().count());
+    }
+
+    /// Chinese/Japanese, Arabic and Hebrew sentences split, with char offsets.
+    #[test]
+    fn cjk_arabic_and_hebrew_terminators_split() {
+        let spans = |text: &str| split(text).iter().map(|s| (s.start, s.end)).collect::<Vec<_>>();
+        let zh = "患者出现皮疹。停药后好转！是否复发？否。";
+        assert_eq!(spans(zh), vec![(0, 7), (7, 13), (13, 18), (18, 20)]);
+        assert_eq!(sents(zh), vec!["患者出现皮疹。", "停药后好转！", "是否复发？", "否。"]);
+        let ja = "発疹が出た。「薬を止めた。」その後回復した。";
+        assert_eq!(spans(ja), vec![(0, 6), (6, 14), (14, 22)]);
+        assert_eq!(sents(ja)[1], "「薬を止めた。」");
+        let ar = "ظهر طفح جلدي. توقف الدواء؟ نعم.";
+        assert_eq!(spans(ar), vec![(0, 13), (14, 26), (27, 31)]);
+        assert_eq!(sents(ar), vec!["ظهر طفح جلدي.", "توقف الدواء؟", "نعم."]);
+        let he = "הופיעה פריחה. התרופה הופסקה! האם חזרה? לא.";
+        assert_eq!(spans(he), vec![(0, 13), (14, 28), (29, 38), (39, 42)]);
+        assert_eq!(sents(he)[2], "האם חזרה?");
+        // A lower-case (cased) letter still does not start a sentence; decimals still hold.
+        assert_eq!(sents("Dosis 2.5 mg. después bien"), vec!["Dosis 2.5 mg. después bien"]);
     }
 
     #[test]
