@@ -216,3 +216,14 @@ fn parquet_string_columns_in_other_encodings_ingest() {
     }
     assert_eq!(stdout(&q), expected, "{}", stderr(&q));
 }
+
+/// Logs to a file or pipe (stderr not a terminal) carry no terminal colour codes.
+#[test]
+fn logs_to_a_pipe_have_no_colour_codes() {
+    let tmp = tempfile::tempdir().unwrap();
+    fs::write(tmp.path().join("docs.csv"), "id,text\n1,One sentence.\n1,A duplicate.\n").unwrap();
+    let out = biodistill(tmp.path(), &["--run-dir", "run", "ingest", "--corpus", "none", "--input", "docs.csv"]);
+    let err = stderr(&out);
+    assert!(err.contains("WARN") && err.contains("quarantined"), "a warning is logged: {err}");
+    assert!(!err.contains('\x1b'), "colour codes in a non-terminal log: {err:?}");
+}
