@@ -8,11 +8,12 @@
 use std::collections::{BTreeMap, HashSet};
 
 use super::columns::{opt_i32, read_all};
-use super::data::{CharSpan, DataStats, LabeledSentence, phi_type_from_gold, train_sentences_of};
+use super::data::{CharSpan, DataStats, LabeledSentence, train_sentences_of};
 use crate::error::Result;
 use crate::model::tags::Task;
 use crate::run_dir::RunDir;
 use crate::schema::{split, table};
+use crate::teacher::phi::{PhiType, from_gold};
 
 /// Gold training sentences of `task`.
 pub fn gold(run_dir: &RunDir, task: Task) -> Result<(Vec<LabeledSentence>, DataStats)> {
@@ -121,15 +122,16 @@ fn phi(run_dir: &RunDir, stats: &mut DataStats) -> Result<Vec<LabeledSentence>> 
     }
     starts.values_mut().for_each(|list| list.sort_unstable());
     for cols in &tables {
-        let (doc, split_col) = (cols.str("doc_id")?, cols.str("split")?);
+        let (dataset, doc, split_col) = (cols.str("dataset")?, cols.str("doc_id")?, cols.str("split")?);
         let (start, end, phi_type) = (cols.i32("start")?, cols.i32("end")?, cols.str("phi_type")?);
         for row in 0..cols.len() {
             if split_col.value(row) != split::TRAIN {
                 continue;
             }
             let (s, e) = (start.value(row).max(0) as usize, end.value(row).max(0) as usize);
-            let type_index =
-                Task::Phi.type_index(phi_type_from_gold(phi_type.value(row))).expect("mapped to a PHI type");
+            let type_index = Task::Phi
+                .type_index(gold_phi_type(dataset.value(row), phi_type.value(row)).as_str())
+                .expect("every PhiType is a phi entity type");
             let holder = starts.get(doc.value(row)).and_then(|list| list.iter().rev().find(|(st, _)| *st <= s));
             let Some(&(sent_start, sent_id)) = holder else {
                 stats.dropped_not_sentence_level += 1;
@@ -144,4 +146,107 @@ fn phi(run_dir: &RunDir, stats: &mut DataStats) -> Result<Vec<LabeledSentence>> 
         }
     }
     Ok(sentences.into_values().map(|(_, s)| s).collect())
+}
+
+/// A `gold_phi` type as training sees it: the mapping evaluation scores with
+/// ([`from_gold`]), so the supervised reference learns the types it is scored on. A type that
+/// mapping does not know (evaluation leaves those out) is still PHI: OTHER.
+pub fn gold_phi_type(dataset: &str, label: &str) -> PhiType {
+    from_gold(dataset, label).unwrap_or(PhiType::Other)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow::array::{ArrayRef, Int32Array, StringArray};
+
+    use super::*;
+    use crate::schema;
+
+    fn strings(v: &[&str]) -> ArrayRef {
+        Arc::new(StringArray::from(v.to_vec()))
+    }
+
+    /// Training maps gold PHI types exactly as scoring does (issue 15, item 7): MEDDOCAN's
+    /// Spanish names and presidio's EMAIL_ADDRESS were OTHER/LOCATION in training before.
+    #[test]
+    fn gold_phi_types_match_the_scoring_mapping() {
+        let cases = [
+            ("meddocan", "FECHAS", PhiType::Date),
+            ("meddocan", "PAIS", PhiType::Location),
+            ("meddocan", "EDAD_SUJETO_ASISTENCIA", PhiType::Age),
+            ("meddocan", "NOMBRE_SUJETO_ASISTENCIA", PhiType::Name),
+            ("meddocan", "HOSPITAL", PhiType::Organization),
+            ("presidio", "EMAIL_ADDRESS", PhiType::Contact),
+        ];
+        let text = "abcdefghijklmnopqrstuvwxyz";
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::create(dir.path()).unwrap();
+        let docs = schema::DOCUMENTS.clone();
+        let documents = crate::run_dir::batch(
+            &docs,
+            vec![
+                strings(&["d"]),
+                strings(&["x"]),
+                strings(&["train"]),
+                strings(&["t"]),
+                strings(&[text]),
+                strings(&["h"]),
+            ],
+        )
+        .unwrap();
+        run.write_table(table::DOCUMENTS, docs, &[documents]).unwrap();
+        let sents = schema::SENTENCES.clone();
+        let n = text.len() as i32;
+        let sentences = crate::run_dir::batch(
+            &sents,
+            vec![
+                strings(&["d"]),
+                Arc::new(Int32Array::from(vec![0])),
+                Arc::new(Int32Array::from(vec![0])),
+                Arc::new(Int32Array::from(vec![n])),
+                strings(&[text]),
+            ],
+        )
+        .unwrap();
+        run.write_table(table::SENTENCES, sents, &[sentences]).unwrap();
+        // One span per case, at (2i, 2i + 1).
+        let k = cases.len();
+        let gold_schema = schema::GOLD_PHI.clone();
+        let gold = crate::run_dir::batch(
+            &gold_schema,
+            vec![
+                strings(&cases.map(|c| c.0)),
+                strings(&vec!["d"; k]),
+                strings(&vec!["train"; k]),
+                Arc::new(Int32Array::from((0..k as i32).map(|i| 2 * i).collect::<Vec<_>>())),
+                Arc::new(Int32Array::from((0..k as i32).map(|i| 2 * i + 1).collect::<Vec<_>>())),
+                strings(&cases.map(|c| c.1)),
+                strings(&vec!["a"; k]),
+            ],
+        )
+        .unwrap();
+        run.write_table(table::GOLD_PHI, gold_schema, &[gold]).unwrap();
+
+        let (sentences, _) = super::gold(&run, Task::Phi).unwrap();
+        assert_eq!(sentences.len(), 1);
+        let mut entities: Vec<_> = sentences[0].entities.iter().copied().collect();
+        entities.sort_by_key(|e| e.start);
+        assert_eq!(entities.len(), k);
+        for (i, (dataset, label, expected)) in cases.into_iter().enumerate() {
+            let scored = from_gold(dataset, label).expect("scoring maps it");
+            assert_eq!(scored, expected, "{dataset} {label}");
+            assert_eq!(entities[i].start, 2 * i);
+            assert_eq!(
+                Task::Phi.entity_types()[entities[i].type_index],
+                scored.as_str(),
+                "{dataset} {label}: training and scoring disagree"
+            );
+        }
+        assert_eq!(gold_phi_type("meddocan", "NOT_A_TYPE"), PhiType::Other);
+        for t in PhiType::ALL {
+            assert!(Task::Phi.type_index(t.as_str()).is_some(), "{t} is a student PHI type");
+        }
+    }
 }
