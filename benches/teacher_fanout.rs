@@ -28,7 +28,7 @@ fn config(server: &MockServer, dir: &Path, concurrency: usize) -> LabelConfig {
             ..Default::default()
         },
         tasks: vec![Task::Ade],
-        sample: None,
+        budget: usize::MAX,
         ..Default::default()
     }
 }

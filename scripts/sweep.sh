@@ -8,7 +8,8 @@
 # In its own run directory (the default run's tables are never touched), sharing the default
 # run's teacher cache so sentences labeled before cost nothing:
 #   1. ingest, then label LABEL_SAMPLE sentences of TASK with the pipeline's teacher (the largest
-#      numeric VALUE for a learning curve; the config's label.sample otherwise);
+#      numeric VALUE for a learning curve, added to what the cache already holds; the config's
+#      label.budget otherwise);
 #   2. for each value, train the student with `--set PARAM=value` (`train.max_sentences` keeps
 #      whole documents in one seeded order, so each sample contains the smaller ones), extract
 #      the gold dev documents, and evaluate;
@@ -56,7 +57,7 @@ bd() { "$BIN" --config "$CONFIG" --run-dir "$1" "${@:2}"; }
 mkdir -p "$RUN"
 bd "$RUN" ingest
 if [ "$SYSTEM" = student ]; then
-  bd "$RUN" --set "teacher.cache_path=\"$CACHE\"" label --task "$TASK" ${LABEL_SAMPLE:+--sample "$LABEL_SAMPLE"}
+  bd "$RUN" --set "teacher.cache_path=\"$CACHE\"" label --task "$TASK" ${LABEL_SAMPLE:+--budget "$LABEL_SAMPLE"}
 fi
 
 csv="$RUN/sweep.csv"

@@ -38,7 +38,8 @@ pub struct Cli {
 pub enum Command {
     /// Read raw corpora into documents, sentences and gold tables.
     Ingest(IngestArgs),
-    /// Ask the teacher LLM to label a sample of sentences (teacher_labels, teacher_calls).
+    /// Grow the silver set: ask the teacher about up to `label.budget` new sentences per task
+    /// (teacher_labels, teacher_calls hold every cached answer).
     Label(LabelArgs),
     /// Train the student on the teacher's labels (or the gold train split, as a reference).
     Train(TrainArgs),
@@ -63,9 +64,16 @@ pub struct LabelArgs {
     /// Tasks to label (repeatable; overrides `label.tasks`).
     #[arg(long = "task", value_name = "TASK")]
     pub tasks: Vec<crate::teacher::Task>,
-    /// Training sentences per task (overrides `label.sample`).
+    /// New training sentences per task this run (overrides `label.budget`).
     #[arg(long)]
-    pub sample: Option<usize>,
+    pub budget: Option<usize>,
+    /// How new sentences are picked (overrides `label.select`).
+    #[arg(long)]
+    pub select: Option<crate::teacher::Selection>,
+    /// Send nothing: write the cached answers behind this run directory's `teacher_calls` to
+    /// FILE (Parquet), for `label.shipped` on another machine.
+    #[arg(long, value_name = "FILE", conflicts_with = "plan")]
+    pub export: Option<PathBuf>,
 }
 
 /// `biodistill train` and the stage flags it shares with `extract`.
@@ -210,9 +218,8 @@ impl Cli {
                 if !a.tasks.is_empty() {
                     cfg.label.tasks = a.tasks.clone();
                 }
-                if a.sample.is_some() {
-                    cfg.label.sample = a.sample;
-                }
+                cfg.label.budget = a.budget.unwrap_or(cfg.label.budget);
+                cfg.label.select = a.select.unwrap_or(cfg.label.select);
             }
             Command::Train(a) => {
                 cfg.train.supervised_reference |= a.supervised_reference;
@@ -241,7 +248,7 @@ pub async fn execute(cli: Cli) -> Result<bool> {
     tracing::debug!(?cfg, "resolved configuration");
     match cli.command {
         Command::Ingest(_) => ingest(&cfg),
-        Command::Label(a) => label(&cfg, a.plan).await.map(|()| true),
+        Command::Label(a) => label(&cfg, a.plan, a.export.as_deref()).await.map(|()| true),
         Command::Train(_) => {
             let report = crate::train::run(&cfg.train, &RunDir::open(&cfg.run.dir)?)?;
             print_stdout(&report.to_string()).map(|()| true)
@@ -265,10 +272,14 @@ pub async fn execute(cli: Cli) -> Result<bool> {
     }
 }
 
-async fn label(cfg: &PipelineConfig, plan: bool) -> Result<()> {
+async fn label(cfg: &PipelineConfig, plan: bool, export: Option<&std::path::Path>) -> Result<()> {
     let run_dir = RunDir::open(&cfg.run.dir)?;
     let label = cfg.label_config();
-    if plan {
+    if let Some(file) = export {
+        let cache = crate::teacher::cache::Cache::open(&crate::teacher::cache_path(&label.teacher, &run_dir))?;
+        let rows = crate::teacher::shipped::export(&cache, &run_dir, file)?;
+        print_stdout(&format!("wrote {rows} teacher answers to {}\n", file.display()))
+    } else if plan {
         print_stdout(&crate::teacher::plan(&label, &run_dir)?.to_string())
     } else {
         print_stdout(&crate::teacher::run_embedded_or_remote(&label, &cfg.serve, &run_dir).await?.to_string())

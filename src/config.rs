@@ -99,8 +99,14 @@ impl PipelineConfig {
     }
 
     /// The `label` stage's configuration: `[label]` with `[teacher]`'s endpoint.
+    /// The `label` stage's configuration. With the embedded teacher, `teacher.model` is the
+    /// name its server answers to (the GGUF file name), as in every cache key it writes.
     pub fn label_config(&self) -> LabelConfig {
-        LabelConfig { teacher: self.teacher.clone(), ..self.label.clone() }
+        let mut teacher = self.teacher.clone();
+        if teacher.base_url == crate::teacher::EMBEDDED {
+            teacher.model = crate::model::teacher_llm::model_id(&self.serve.model);
+        }
+        LabelConfig { teacher, ..self.label.clone() }
     }
 
     /// The `eval` stage's configuration: `[eval]` with what `[extract]` ran the students over.

@@ -30,7 +30,7 @@ use candle_core::Device;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
-pub use self::predict::{PairPrediction, Predictions, SentenceRow, predict};
+pub use self::predict::{EntityPrediction, PairPrediction, Predictions, SentenceRow, predict};
 use self::sink::TableSink;
 use crate::error::{Error, Result};
 use crate::model::tags::Task;

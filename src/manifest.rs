@@ -63,6 +63,8 @@ pub struct Manifest {
     pub cost_usd: f64,
     /// JSON: the quality gates' verdicts.
     pub gates: String,
+    /// JSON: task -> how its silver set grew this run ([`crate::teacher::SilverGrowth`]).
+    pub silver: String,
 }
 
 /// Schema of `run_manifest`.
@@ -93,6 +95,7 @@ pub static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
         i("completion_tokens"),
         f("cost_usd"),
         s("gates"),
+        s("silver"),
     ]))
 });
 
@@ -126,18 +129,39 @@ impl Manifest {
                 i(self.completion_tokens),
                 f(self.cost_usd),
                 s(&self.gates),
+                s(&self.silver),
             ],
         )
     }
 
     /// Append this row to the run directory's `run_manifest` (rewritten atomically).
     pub fn append(&self, run_dir: &RunDir) -> Result<()> {
-        let mut batches = if run_dir.has_table(RUN_MANIFEST) { run_dir.read_table(RUN_MANIFEST)? } else { vec![] };
+        let old = if run_dir.has_table(RUN_MANIFEST) { run_dir.read_table(RUN_MANIFEST)? } else { vec![] };
+        let mut batches = old.iter().map(widen).collect::<Result<Vec<_>>>()?;
         batches.push(self.to_batch()?);
         let all = concat(&SCHEMA, &batches)?;
         run_dir.write_table(RUN_MANIFEST, SCHEMA.clone(), &[all])?;
         Ok(())
     }
+}
+
+/// A `run_manifest` batch written before a text column existed, with that column empty.
+fn widen(old: &arrow::record_batch::RecordBatch) -> Result<arrow::record_batch::RecordBatch> {
+    if old.schema().fields().len() == SCHEMA.fields().len() {
+        return Ok(old.clone());
+    }
+    let columns = SCHEMA
+        .fields()
+        .iter()
+        .map(|field| match old.column_by_name(field.name()) {
+            Some(column) => Ok(Arc::clone(column)),
+            None if field.data_type() == &DataType::Utf8 => {
+                Ok(Arc::new(StringArray::from(vec![""; old.num_rows()])) as ArrayRef)
+            }
+            None => Err(crate::error::Error::Internal(format!("run_manifest lacks column {}", field.name()))),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    batch(&SCHEMA, columns)
 }
 
 /// Peak resident set size of this process in MiB (0 where `/proc` is unavailable).
@@ -176,5 +200,20 @@ mod tests {
         let batches = run_dir.read_table(RUN_MANIFEST).unwrap();
         assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 2);
         assert!(peak_rss_mib() > 0.0);
+    }
+
+    #[test]
+    fn a_manifest_written_before_the_silver_column_still_takes_new_rows() {
+        let tmp = tempfile::tempdir().unwrap();
+        let run_dir = RunDir::create(tmp.path()).unwrap();
+        let row = Manifest { run_id: "old".into(), ..Default::default() }.to_batch().unwrap();
+        let keep: Vec<usize> = (0..row.num_columns()).filter(|&i| SCHEMA.field(i).name() != "silver").collect();
+        let old = row.project(&keep).unwrap();
+        run_dir.write_table(RUN_MANIFEST, old.schema(), &[old]).unwrap();
+        let m = Manifest { run_id: "new".into(), silver: "{\"ade\":1}".into(), ..Default::default() };
+        m.append(&run_dir).unwrap();
+        let all = concat(&SCHEMA, &run_dir.read_table(RUN_MANIFEST).unwrap()).unwrap();
+        let silver = all.column_by_name("silver").unwrap().as_any().downcast_ref::<StringArray>().unwrap();
+        assert_eq!((silver.value(0), silver.value(1)), ("", "{\"ade\":1}"));
     }
 }

@@ -119,7 +119,11 @@ pub async fn run(cfg: &PipelineConfig, full_refresh: bool) -> Result<RunReport> 
     let documents = document_versions(&run_dir, table::DOCUMENTS)?;
     let git_sha = manifest::git_sha();
     let input_hash = hash_documents(&documents);
-    let run_id = run_id(&cfg.hash(), &input_hash, &git_sha, full_refresh);
+    // The silver set is an input too: a run whose budget can still add sentences is a new run.
+    let mut label_cfg = cfg.label_config();
+    let silver_state = silver_state(&crate::teacher::plan(&label_cfg, &run_dir)?);
+    let run_id = run_id(&cfg.hash(), &format!("{input_hash}/{silver_state}"), &git_sha, full_refresh);
+    label_cfg.run_id = run_id.clone();
     let mut m = Manifest {
         run_id: run_id.clone(),
         started_at,
@@ -145,7 +149,7 @@ pub async fn run(cfg: &PipelineConfig, full_refresh: bool) -> Result<RunReport> 
     // Label: the teacher cache makes every sentence it has seen free.
     let start = Instant::now();
     tracing::info!("stage label");
-    let label = crate::teacher::run_embedded_or_remote(&cfg.label_config(), &cfg.serve, &run_dir).await?;
+    let label = crate::teacher::run_embedded_or_remote(&label_cfg, &cfg.serve, &run_dir).await?;
     stages.0.push(StageRecord {
         stage: "label".into(),
         seconds: start.elapsed().as_secs_f64(),
@@ -155,8 +159,10 @@ pub async fn run(cfg: &PipelineConfig, full_refresh: bool) -> Result<RunReport> 
             ("requests".into(), label.cache_misses),
             ("cache_hits".into(), label.cache_hits),
             ("teacher_labels".into(), label.labels),
+            ("silver_added".into(), label.silver.values().map(|g| g.added).sum()),
         ]),
     });
+    m.silver = serde_json::to_string(&label.silver)?;
     m.teacher_model = label.model.clone();
     m.prompt_versions = serde_json::to_string(&label.prompt_versions)?;
     m.cache_hits = label.cache_hits as i64;
@@ -212,9 +218,27 @@ pub async fn run(cfg: &PipelineConfig, full_refresh: bool) -> Result<RunReport> 
     }
 
     let stage_lines: Vec<String> = stages.0.iter().map(|s| format!("| {} | {:.1} |", s.stage, s.seconds)).collect();
+    let silver_lines: Vec<String> = label
+        .silver
+        .iter()
+        .map(|(t, g)| {
+            format!(
+                "| {t} | {} | +{} of {} asked | {} | {} | {} |",
+                g.silver_ok,
+                g.added,
+                g.asked,
+                g.after(),
+                g.remaining,
+                g.policy
+            )
+        })
+        .collect();
     let timings = format!(
-        "| stage | seconds |\n|---|---|\n{}\n\nTeacher: {} requests paid, {} cache hits, {} prompt + {} completion tokens, ${:.4}.\n",
+        "| stage | seconds |\n|---|---|\n{}\n\nSilver set (training sentences with a parseable teacher answer):\n\n\
+         | task | before | this run | after | candidates left | selection |\n|---|---|---|---|---|---|\n{}\n\n\
+         Teacher: {} requests paid, {} cache hits, {} prompt + {} completion tokens, ${:.4}.\n",
         stage_lines.join("\n"),
+        silver_lines.join("\n"),
         m.requests,
         m.cache_hits,
         m.prompt_tokens,
@@ -271,6 +295,14 @@ fn finish(
     m.gates = serde_json::to_string(&gates)?;
     m.append(run_dir)?;
     Ok(RunReport { run_id: m.run_id.clone(), status: status.into(), stages, eval, gates, published, manifest: m })
+}
+
+/// Which teacher answers the label stage will hold, per task (the plan's request digests):
+/// unchanged between two runs only when the second can add nothing, and changed by any prompt
+/// or sampling edit (the digest covers every request's cache key).
+fn silver_state(plan: &crate::teacher::LabelPlan) -> String {
+    let parts: Vec<String> = plan.tasks.iter().map(|t| format!("{}:{}", t.task, t.requests_digest)).collect();
+    parts.join(",")
 }
 
 /// The run id for a standalone stage (`biodistill eval`): the run directory's name.

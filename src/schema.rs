@@ -168,10 +168,12 @@ pub static TEACHER_LABELS: LazyLock<SchemaRef> = LazyLock::new(|| {
         utf8("model"),
         utf8("prompt_version"),
         utf8("cache_key"),
+        int32("pass"),
+        utf8_null("first_run"),
     ]))
 });
 
-/// `teacher_calls`: one row per (task, sentence) request: its cache key, whether it was served
+/// `teacher_calls`: one row per (task, sentence, pass) of the silver set and dev sample: its cache key, whether it was served
 /// from the cache, latency, tokens, cost, retries and final `status` (`ok`, `parse_error`,
 /// `failed`) with the error message when not ok.
 pub static TEACHER_CALLS: LazyLock<SchemaRef> = LazyLock::new(|| {
@@ -190,6 +192,8 @@ pub static TEACHER_CALLS: LazyLock<SchemaRef> = LazyLock::new(|| {
         utf8_null("error"),
         utf8("model"),
         utf8("prompt_version"),
+        int32("pass"),
+        utf8_null("first_run"),
     ]))
 });
 

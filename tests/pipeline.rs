@@ -53,7 +53,7 @@ prompts_dir = "{prompts}"
 cache_path = "{cache}"
 [label]
 tasks = ["ade"]
-sample = 0
+budget = 1_000_000_000
 splits = ["unlabeled"]
 [train]
 model_dir = "{model}"
@@ -108,9 +108,9 @@ fn published(run: &Path) -> BTreeMap<String, Vec<String>> {
 }
 
 fn render(batch: &RecordBatch) -> Vec<String> {
-    // Provenance that differs between two runs by design: run id (config path), cache key
-    // (endpoint URL), timings.
-    let skip = ["run_id", "cache_key", "latency_ms", "cached", "retries"];
+    // Provenance that differs between two runs by design: run id (config path) and the run
+    // that paid for an answer, cache key (endpoint URL), timings.
+    let skip = ["run_id", "first_run", "cache_key", "latency_ms", "cached", "retries"];
     let keep: Vec<usize> =
         (0..batch.num_columns()).filter(|&i| !skip.contains(&batch.schema().field(i).name().as_str())).collect();
     let batch = batch.project(&keep).unwrap();

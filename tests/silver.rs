@@ -113,6 +113,8 @@ pub fn write_silver_run(run: &RunDir, docs: &[(&str, &str)], labels: &[Label]) {
             strings(vec!["toy-teacher"; n]),
             strings(vec!["v1"; n]),
             strings(vec!["key"; n]),
+            ints(vec![0; n]),
+            opt_strings(vec![Some("toy-run"); n]),
         ],
     )
     .unwrap();
@@ -138,6 +140,8 @@ pub fn write_silver_run(run: &RunDir, docs: &[(&str, &str)], labels: &[Label]) {
             opt_strings(vec![None; n]),
             strings(vec!["toy-teacher"; n]),
             strings(vec!["v1"; n]),
+            ints(vec![0; n]),
+            opt_strings(vec![Some("toy-run"); n]),
         ],
     )
     .unwrap();

@@ -139,6 +139,30 @@ fn trains_on_silver_labels_and_extracts_to_every_table() {
     let texts = col::<StringArray>(&redacted, "redacted_text");
     let john = (0..redacted.num_rows()).find(|&r| col::<StringArray>(&redacted, "doc_id").value(r) == "toy:6").unwrap();
     assert!(texts.value(john).contains('['), "PHI replaced by [TYPE]: {}", texts.value(john));
+
+    // Informative selection with this student: sentences where it expects pairs rank first;
+    // without a checkpoint it falls back to random.
+    use biodistill::teacher::select::{Candidates, Sentence, choose};
+    use biodistill::teacher::{LabelConfig, Selection, informative};
+    let pool: Vec<Sentence> = sentences(DOCS)
+        .iter()
+        .map(|s| Sentence { doc_id: s.0.to_string(), sent_id: s.1, text: s.3.to_string() })
+        .collect();
+    let student_dir = run.root().join(train::STUDENT_DIR).join("ade");
+    let scores = informative::score_with(&student_dir, Task::Ade, &pool).unwrap().expect("a trained student scores");
+    let top = (0..pool.len()).max_by(|&a, &b| scores[a].total_cmp(&scores[b])).unwrap();
+    assert!(["toy:1", "toy:2", "toy:3"].contains(&pool[top].doc_id.as_str()), "{:?} {scores:?}", pool[top]);
+    let cfg = |select| LabelConfig { select, budget: 2, explore: 0.0, pool_factor: 100, ..Default::default() };
+    let none = vec![false; pool.len()];
+    let pick = |select, dir: &Path| {
+        let candidates = Candidates { train: pool.clone(), dev: vec![] };
+        choose(&cfg(select), Task::Ade, candidates, &none, &mut |t, s| informative::score_with(dir, t, s)).unwrap()
+    };
+    let (informed, random) = (pick(Selection::Informative, &student_dir), pick(Selection::Random, &student_dir));
+    assert_ne!(informed.new, random.new, "the student changes the pick");
+    assert!(informed.new.iter().all(|s| scores[pool.iter().position(|p| p == s).unwrap()] > 0.0));
+    let fallback = pick(Selection::Informative, &tmp.path().join("no-student"));
+    assert_eq!((fallback.new, fallback.policy.starts_with("random")), (random.new, true));
 }
 
 #[test]

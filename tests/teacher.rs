@@ -46,7 +46,7 @@ fn config(server: &MockServer, tmp: &Path) -> LabelConfig {
             ..Default::default()
         },
         tasks: vec![Task::Ade],
-        sample: None,
+        budget: 1_000,
         ..Default::default()
     }
 }
@@ -251,6 +251,81 @@ async fn rerun_asks_nothing_and_a_one_character_prompt_change_asks_everything() 
     let third = teacher::run(&cfg, &run).await.unwrap();
     assert_eq!((server.requests(), third.cache_misses), (30, 30));
     assert_ne!(third.prompt_versions["ade"], first.prompt_versions["ade"]);
+    assert_eq!(third.silver["ade"].before, 0, "a changed prompt starts a new silver set");
+}
+
+/// `first_run` of every `teacher_calls` row, counted.
+fn first_runs(run: &RunDir) -> std::collections::BTreeMap<String, usize> {
+    let b = calls(run);
+    let col = b.column_by_name("first_run").unwrap().as_string::<i32>().clone();
+    let mut out = std::collections::BTreeMap::new();
+    for i in 0..b.num_rows() {
+        *out.entry(col.value(i).to_string()).or_default() += 1;
+    }
+    out
+}
+
+/// Nightly runs on an unchanged corpus: each sends exactly `label.budget` requests and grows
+/// the silver set by that, until the candidates run out; the tables hold the whole set, each
+/// answer with the run that paid for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_silver_set_grows_by_the_budget_each_run() {
+    let server = MockServer::start(Duration::ZERO, always_ok()).await.unwrap();
+    let (tmp, run) = run_dir_with(&numbered(25));
+    let mut cfg = config(&server, tmp.path());
+    cfg.budget = 10;
+    let mut grown = Vec::new();
+    for night in ["night1", "night2", "night3", "night4"] {
+        cfg.run_id = night.into();
+        server.reset_counts();
+        let report = teacher::run(&cfg, &run).await.unwrap();
+        let g = &report.silver["ade"];
+        grown.push((server.requests(), g.before, g.added, g.after(), g.remaining));
+        assert_eq!(calls(&run).num_rows(), g.after(), "teacher_calls is the whole silver set");
+    }
+    assert_eq!(grown, [(10, 0, 10, 10, 15), (10, 10, 10, 20, 5), (5, 20, 5, 25, 0), (0, 25, 0, 25, 0)]);
+    let expected: std::collections::BTreeMap<String, usize> =
+        [("night1", 10), ("night2", 10), ("night3", 5)].map(|(r, n)| (r.to_string(), n)).into();
+    assert_eq!(first_runs(&run), expected);
+    assert_eq!(server.max_successes_per_body(), 1, "nothing asked twice");
+}
+
+/// `label.passes = 2` asks each new sentence twice (a second, sampled request) and records
+/// the pass; the silver set counts sentences, not passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passes_ask_each_new_sentence_once_per_pass() {
+    let server = MockServer::start(Duration::ZERO, always_ok()).await.unwrap();
+    let (tmp, run) = run_dir_with(&numbered(12));
+    let mut cfg = config(&server, tmp.path());
+    cfg.budget = 5;
+    cfg.passes = 2;
+    let report = teacher::run(&cfg, &run).await.unwrap();
+    assert_eq!((server.requests(), report.silver["ade"].after()), (10, 5), "{report}");
+    let b = calls(&run);
+    let pass = b.column_by_name("pass").unwrap().as_primitive::<Int32Type>();
+    assert_eq!((0..b.num_rows()).filter(|&i| pass.value(i) == 1).count(), 5);
+    // Pass 0 is the configured request: back to one pass, those answers are the silver set.
+    cfg.passes = 1;
+    server.reset_counts();
+    let one = teacher::run(&cfg, &run).await.unwrap();
+    assert_eq!((server.requests(), one.silver["ade"].before), (5, 5));
+}
+
+/// `label.budget_minutes` spent: nothing more is sent, cached answers still count, and the
+/// report says how many requests wait for the next run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spent_time_budget_sends_nothing_more() {
+    let server = MockServer::start(Duration::ZERO, always_ok()).await.unwrap();
+    let (tmp, run) = run_dir_with(&numbered(8));
+    let mut cfg = config(&server, tmp.path());
+    cfg.budget = 3;
+    teacher::run(&cfg, &run).await.unwrap();
+    server.reset_counts();
+    // A deadline a nanosecond after the start has passed before the first request.
+    cfg.budget_minutes = 1e-12;
+    let report = teacher::run(&cfg, &run).await.unwrap();
+    assert_eq!((server.requests(), report.unsent, report.silver["ade"].after()), (0, 3, 3), "{report}");
+    assert_eq!(calls(&run).num_rows(), 3);
 }
 
 /// Under 30% injected faults over 500 inputs every input ends labeled or recorded as failed,
@@ -297,4 +372,45 @@ async fn thirty_percent_faults_over_500_requests() {
         report.failed
     );
     assert_eq!(server.max_successes_per_body(), 1, "the rerun re-sent a request that had succeeded");
+}
+
+/// Two passes and `train.filters.require_agreement`: a label stays only when both answering
+/// passes gave it. Pass 1 agrees on even-numbered sentences and names another event on odd
+/// ones, so each odd sentence loses its two events and both pairs (4 labels) and keeps the drug.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agreement_between_passes_keeps_what_both_said() {
+    use biodistill::train::data::{SilverFilters, silver};
+    let server = MockServer::start(Duration::ZERO, always_ok()).await.unwrap();
+    let (tmp, run) = run_dir_with(&numbered(4));
+    let mut cfg = config(&server, tmp.path());
+    teacher::run(&cfg, &run).await.unwrap();
+    // Only pass 1 is asked now (pass 0 is cached): it disagrees on odd sentences.
+    server.set_script(script(|r| {
+        let i: usize = r
+            .user
+            .split("Drug")
+            .nth(1)
+            .unwrap()
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect::<String>()
+            .parse()
+            .unwrap();
+        if i % 2 == 0 {
+            Action::Reply(r.plausible.clone())
+        } else {
+            Action::Reply(format!(r#"{{"drugs":[{{"drug":"Drug{i}","adverse_events":["rash{i}"]}}]}}"#))
+        }
+    }));
+    server.reset_counts();
+    cfg.passes = 2;
+    teacher::run(&cfg, &run).await.unwrap();
+    assert_eq!(server.requests(), 4, "one request per sentence for pass 1");
+    let pairs = |agree: bool| {
+        let filters = SilverFilters { require_agreement: agree, ..Default::default() };
+        let (sentences, stats) = silver(&run, Task::Ade, &filters).unwrap();
+        (sentences.iter().map(|s| s.pairs.len()).sum::<usize>(), stats.dropped_disagreement)
+    };
+    assert_eq!(pairs(false), (6, 0), "2 agreeing sentences x 1 pair + 2 disagreeing x 2 pairs");
+    assert_eq!(pairs(true), (2, 8), "the agreeing pairs; 4 labels dropped per odd sentence");
 }

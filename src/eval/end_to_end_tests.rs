@@ -165,6 +165,8 @@ fn teacher(run_dir: &RunDir) {
             os(&[None, Some("timeout"), None]),
             s(&["m"; 3]),
             s(&["p"; 3]),
+            i(&[0, 0, 0]),
+            os(&[Some("r0"); 3]),
         ],
     );
     // Rows: the right pair in doc 1 s0; a drug span (not a pair, ignored for pairs); a pair in
@@ -191,6 +193,8 @@ fn teacher(run_dir: &RunDir) {
             s(&["m"; 4]),
             s(&["p"; 4]),
             s(&["k1", "k1", "k2", "k3"]),
+            i(&[0; 4]),
+            os(&[Some("r0"); 4]),
         ],
     );
 }
@@ -238,6 +242,13 @@ fn three_systems_on_a_tiny_run_directory() {
     assert_metric(&report, ade("teacher", "teacher_sample"), "pair_strict_precision", (1.0, 1));
     assert_metric(&report, ade("teacher", "teacher_sample"), "pair_strict_recall", (1.0, 1));
     assert!(report.get("ade", "ade_corpus_v2", "teacher", "all", "pair_strict_f1").is_none());
+    // Student − teacher on the same two sentences: pooled per-sentence counts give the
+    // teacher_sample F1s, 2/3 (1 hit, 2 predicted, 1 gold) and 1.
+    let diff = ade(crate::eval::paired::SYSTEM, "teacher_sample");
+    assert_metric(&report, diff, "pair_strict_f1_diff", (2.0 / 3.0 - 1.0, 2));
+    let (low, _) = report.get(diff.0, diff.1, diff.2, diff.3, "pair_strict_f1_diff_ci_low").unwrap();
+    let (high, _) = report.get(diff.0, diff.1, diff.2, diff.3, "pair_strict_f1_diff_ci_high").unwrap();
+    assert!(low <= 2.0 / 3.0 - 1.0 && 2.0 / 3.0 - 1.0 <= high && high <= 0.0, "[{low}, {high}]");
 
     let phi = |system, subset| ("phi", "meddocan", system, subset);
     // Student, all: gold NAME (9,19) + LOCATION (36,42); predicted NAME (9,13).
@@ -250,6 +261,7 @@ fn three_systems_on_a_tiny_run_directory() {
     assert_metric(&report, phi("teacher", "teacher_sample"), "strict_f1", (1.0, 1));
     assert_metric(&report, phi("student", "teacher_sample"), "strict_recall", (0.0, 1));
     assert_metric(&report, phi("student", "teacher_sample"), "token_recall", (0.5, 2));
+    assert_metric(&report, phi(crate::eval::paired::SYSTEM, "teacher_sample"), "strict_f1_diff", (-1.0, 1));
 
     // Missing inputs are skipped and said so.
     assert!(!report.rows.iter().any(|r| r.system == "supervised_reference"));
@@ -266,6 +278,7 @@ fn three_systems_on_a_tiny_run_directory() {
     let md = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
     assert!(md.contains("all-MiniLM-L6-v2") && md.contains("GPT-4"));
     assert!(md.contains("## ade") && md.contains("## phi") && md.contains("## Stage timings"));
+    assert!(md.contains("| ade | ade_corpus_v2 | pair_strict_f1 | -0.333 |"), "{md}");
     assert!(md.contains("| ade | ade_corpus_v2 | student | all | pair_strict | 0.333 | 0.500 | 0.400 | 2 |"), "{md}");
     let html = std::fs::read_to_string(dir.path().join("report.html")).unwrap();
     assert!(html.contains("<svg") && html.contains("Stage timings") && !html.contains("<script"));

@@ -20,6 +20,7 @@ pub mod ade;
 pub mod gene_disease;
 pub mod load;
 pub mod metrics;
+pub mod paired;
 pub mod phi;
 mod render;
 pub mod report;
@@ -247,7 +248,9 @@ pub fn run_with_context(
 
     let mut rows = Vec::new();
     let mut not_extracted = BTreeSet::new();
+    let mut differences = Vec::new();
     for (task, gold) in &golds {
+        let mut scored: BTreeMap<&str, Preds> = BTreeMap::new();
         let task_calls: Option<&TeacherCalls> = calls.as_ref().and_then(|c| c.get(*task));
         if calls.is_some() && task_calls.is_none() {
             note(format!("{task}: the teacher labeled no sentence; teacher and {SUBSET_TEACHER_SAMPLE} skipped"));
@@ -279,20 +282,50 @@ pub fn run_with_context(
                     rows.extend(metrics.into_iter().map(|m| EvalRow::new(task, &dataset, system.as_str(), subset, m)));
                 }
             }
+            scored.insert(system.as_str(), preds);
         }
+        if let (Some(c), Some(student), Some(teacher)) =
+            (task_calls, scored.get(System::Student.as_str()), scored.get(System::Teacher.as_str()))
+        {
+            for (dataset, d) in student_minus_teacher(gold, student, teacher, &sentences, &c.labeled) {
+                if !cfg.extracted(task, &dataset) {
+                    continue;
+                }
+                let family = report::headline_family(task, &dataset);
+                rows.extend(
+                    paired::metrics(family, &d)
+                        .into_iter()
+                        .map(|m| EvalRow::new(task, &dataset, paired::SYSTEM, SUBSET_TEACHER_SAMPLE, m)),
+                );
+                differences.push(format!(
+                    "| {task} | {dataset} | {family}_f1 | {:+.3} | [{:+.3}, {:+.3}] | {} |",
+                    d.diff, d.low, d.high, d.units
+                ));
+            }
+        }
+    }
+    let mut extra = extra_markdown.to_vec();
+    if !differences.is_empty() {
+        extra.insert(
+            0,
+            (
+                "Student − teacher on the same sentences".to_string(),
+                format!(
+                    "Paired bootstrap over the teacher's sentences ({} draws); an interval that excludes 0 \
+                     separates the two.\n\n| task | dataset | metric | student − teacher | 95% interval | \
+                     sentences |\n|---|---|---|---|---|---|\n{}\n",
+                    paired::DRAWS,
+                    differences.join("\n")
+                ),
+            ),
+        );
     }
 
     if !not_extracted.is_empty() {
         let list = not_extracted.into_iter().collect::<Vec<_>>().join(", ");
         note(format!("not extracted by the students (see [extract]), so not scored for them: {list}"));
     }
-    let report = EvalReport {
-        run_id: run_id.to_string(),
-        split: split.to_string(),
-        rows,
-        notes,
-        extra: extra_markdown.to_vec(),
-    };
+    let report = EvalReport { run_id: run_id.to_string(), split: split.to_string(), rows, notes, extra };
     run_dir.write_table(table::EVAL_RESULTS, EVAL_RESULTS.clone(), &[report.batch()?])?;
     if cfg.report {
         report.write_reports(run_dir.root())?;
@@ -331,6 +364,44 @@ fn predictions(
         "gene_disease" => systems::system_pairs(run_dir, &name, "gene", "disease", sentences)?.map(Preds::Pairs),
         _ => systems::system_phi(run_dir, &name, sentences)?.map(Preds::Spans),
     })
+}
+
+/// Per dataset, student − teacher headline F1 over the teacher's `labeled` sentences, each
+/// sentence scored alone for both systems (see [`paired`]). Every labeled sentence is a unit
+/// of every dataset (the teacher's dev sample comes from one gold set per task).
+fn student_minus_teacher(
+    gold: &Gold,
+    student: &Preds,
+    teacher: &Preds,
+    sentences: &Sentences,
+    labeled: &HashSet<SentKey>,
+) -> Vec<(String, paired::Difference)> {
+    let mut units: BTreeMap<String, Vec<(paired::Counts, paired::Counts)>> = BTreeMap::new();
+    let mut ordered: Vec<&SentKey> = labeled.iter().collect();
+    ordered.sort();
+    for unit in ordered {
+        let one = HashSet::from([unit.clone()]);
+        let scope = Scope::Labeled { sentences: &one, index: sentences };
+        let teacher_metrics: BTreeMap<String, Vec<Metric>> =
+            evaluate(gold, teacher, sentences, scope).into_iter().collect();
+        for (dataset, metrics) in evaluate(gold, student, sentences, scope) {
+            let family = report::headline_family(gold_task(gold), &dataset);
+            let Some(t) = teacher_metrics.get(&dataset).and_then(|m| paired::Counts::from_metrics(m, family)) else {
+                continue;
+            };
+            let Some(s) = paired::Counts::from_metrics(&metrics, family) else { continue };
+            units.entry(dataset).or_default().push((s, t));
+        }
+    }
+    units.into_iter().filter_map(|(dataset, u)| Some((dataset, paired::difference(&u, paired::DRAWS, 0)?))).collect()
+}
+
+fn gold_task(gold: &Gold) -> &'static str {
+    match gold {
+        Gold::Ade(_) => "ade",
+        Gold::GeneDisease(_) => "gene_disease",
+        Gold::Phi(_) => "phi",
+    }
 }
 
 fn evaluate(gold: &Gold, preds: &Preds, sentences: &Sentences, scope: Scope<'_>) -> Vec<(String, Vec<Metric>)> {

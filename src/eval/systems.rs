@@ -57,7 +57,9 @@ pub fn teacher_calls(run_dir: &RunDir) -> Result<Option<HashMap<String, TeacherC
     let mut out: HashMap<String, TeacherCalls> = HashMap::new();
     for c in &batches {
         let (task, doc, sent, status) = (c.str("task")?, c.str("doc_id")?, c.i32("sent_id")?, c.str("status")?);
-        for i in 0..c.len() {
+        let pass = c.i32("pass")?;
+        // The teacher as configured is pass 0; later passes only feed the agreement filter.
+        for i in (0..c.len()).filter(|&i| pass.value(i) == 0) {
             let calls = out.entry(task.value(i).to_string()).or_default();
             let key = (doc.value(i).to_string(), sent.value(i));
             if status.value(i) == "ok" {
@@ -90,7 +92,8 @@ pub fn teacher_labels(run_dir: &RunDir) -> Result<Option<Vec<TeacherLabel>>> {
         let (subject_type, subject, ss, se) =
             (c.str("subject_type")?, c.str("subject")?, c.i32("subject_start")?, c.i32("subject_end")?);
         let (object, os, oe) = (c.str("object")?, c.i32("object_start")?, c.i32("object_end")?);
-        for i in 0..c.len() {
+        let pass = c.i32("pass")?;
+        for i in (0..c.len()).filter(|&i| pass.value(i) == 0) {
             let span = |s: &Int32Array, e: &Int32Array, i| opt_i32(s, i).zip(opt_i32(e, i));
             let object = match (kind.value(i), opt_str(object, i)) {
                 ("pair", Some(text)) => Some(Mention::new(span(os, oe, i), text)),

@@ -20,6 +20,29 @@ pub fn cost(price: Option<Price>, prompt_tokens: u64, completion_tokens: u64) ->
         .map_or(0.0, |p| (prompt_tokens as f64 * p.input_per_mtok + completion_tokens as f64 * p.output_per_mtok) / 1e6)
 }
 
+/// How one task's silver set grew in a run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct SilverGrowth {
+    /// Training sentences the cache already answered when the run began.
+    pub before: usize,
+    /// Of those, answers that parse (pass 0): the silver set the student had before.
+    pub silver_ok: usize,
+    /// New training sentences picked this run, and how many of them got an answer that parses.
+    pub asked: usize,
+    pub added: usize,
+    /// Unanswered candidates left for later runs.
+    pub remaining: usize,
+    /// The selection policy that picked them.
+    pub policy: String,
+}
+
+impl SilverGrowth {
+    /// Parseable silver sentences after the run.
+    pub fn after(&self) -> usize {
+        self.silver_ok + self.added
+    }
+}
+
 /// The result of `biodistill label` (goes into the run manifest).
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct LabelReport {
@@ -55,6 +78,10 @@ pub struct LabelReport {
     pub parse_rate: f64,
     pub aligned_rate: f64,
     pub wall_secs: f64,
+    /// Task -> how its silver set grew.
+    pub silver: BTreeMap<String, SilverGrowth>,
+    /// New requests not sent because `label.budget_minutes` ran out.
+    pub unsent: usize,
 }
 
 impl LabelReport {
@@ -112,6 +139,21 @@ impl fmt::Display for LabelReport {
             "tokens paid: {} in, {} out; cost ${:.4}{price}",
             self.prompt_tokens, self.completion_tokens, self.cost_usd
         )?;
+        for (task, g) in &self.silver {
+            writeln!(
+                f,
+                "silver {task}: {} -> {} sentences (+{} of {} asked, {}; {} candidates left)",
+                g.silver_ok,
+                g.after(),
+                g.added,
+                g.asked,
+                g.policy,
+                g.remaining
+            )?;
+        }
+        if self.unsent > 0 {
+            writeln!(f, "time budget spent: {} new requests left for the next run", self.unsent)?;
+        }
         let alignment: Vec<String> = Alignment::ALL
             .iter()
             .map(|a| format!("{} {}", a.as_str(), self.alignment.get(a.as_str()).copied().unwrap_or(0)))
@@ -133,9 +175,17 @@ pub struct TaskPlan {
     pub task: String,
     pub prompt_version: String,
     pub sentences: usize,
-    /// Sentences whose first request is already cached.
+    /// Requests (first asks, every pass) already cached.
     pub cached: usize,
     pub calls: usize,
+    /// Training sentences the cache answers (the silver set), and unanswered ones left after
+    /// this run's budget.
+    pub silver: usize,
+    pub remaining: usize,
+    /// sha256 (16 hex) of the sorted cache keys of every request whose answer the run's tables
+    /// will hold: the silver set, this run's new sentences and the dev sample. Two runs with
+    /// the same digest label exactly the same.
+    pub requests_digest: String,
     pub est_prompt_tokens: u64,
     pub est_completion_tokens: u64,
 }
@@ -165,6 +215,11 @@ impl fmt::Display for LabelPlan {
                 f,
                 "  {:<13} {:>7} sentences, {:>7} cached, {:>7} calls, ~{} prompt + ~{} completion tokens  [{}]",
                 t.task, t.sentences, t.cached, t.calls, t.est_prompt_tokens, t.est_completion_tokens, t.prompt_version
+            )?;
+            writeln!(
+                f,
+                "  {:<13} silver set {} sentences, {} candidates left after this run",
+                "", t.silver, t.remaining
             )?;
         }
         let cost =

@@ -40,6 +40,9 @@ pub struct CachedReply {
     pub finish_reason: Option<String>,
     /// Wall time of the successful attempt.
     pub latency_ms: f64,
+    /// The run that paid for this reply (absent in replies stored before runs were recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_run: Option<String>,
 }
 
 /// The cache key of a request body sent to `endpoint`.
@@ -125,6 +128,13 @@ impl Cache {
         committed.await.map_err(|_| Error::Internal("teacher cache writer thread stopped".into()))?
     }
 
+    /// Which of `keys` are stored (one read transaction for all of them).
+    pub fn contains(&self, keys: &[String]) -> Result<Vec<bool>> {
+        let txn = self.db.begin_read().map_err(|e| db_error(&self.path, e))?;
+        let table = txn.open_table(REPLIES).map_err(|e| db_error(&self.path, e))?;
+        keys.iter().map(|key| Ok(table.get(key.as_str()).map_err(|e| db_error(&self.path, e))?.is_some())).collect()
+    }
+
     /// Number of stored replies.
     pub fn len(&self) -> Result<u64> {
         use redb::ReadableTableMetadata;
@@ -178,8 +188,22 @@ pub fn stored(path: &Path, keys: &[String]) -> Result<Vec<bool>> {
     if !path.exists() {
         return Ok(vec![false; keys.len()]);
     }
-    let db = redb::ReadOnlyDatabase::open(path).map_err(|e| db_error(path, e))?;
-    let txn = db.begin_read().map_err(|e| db_error(path, e))?;
+    // Both handles must outlive the transaction.
+    let (read_only, writable);
+    let txn = match redb::ReadOnlyDatabase::open(path) {
+        Ok(db) => {
+            read_only = db;
+            read_only.begin_read()
+        }
+        // A writer killed mid-run leaves a file that needs repair, which only a writable open
+        // does (the next label run would do the same).
+        Err(redb::DatabaseError::RepairAborted) => {
+            writable = Database::open(path).map_err(|e| db_error(path, e))?;
+            writable.begin_read()
+        }
+        Err(e) => return Err(db_error(path, e)),
+    }
+    .map_err(|e| db_error(path, e))?;
     let table = match txn.open_table(REPLIES) {
         Ok(t) => t,
         Err(redb::TableError::TableDoesNotExist(_)) => return Ok(vec![false; keys.len()]),
@@ -200,6 +224,7 @@ mod tests {
             model: "m".into(),
             finish_reason: Some("stop".into()),
             latency_ms: 1.0,
+            first_run: None,
         }
     }
 
@@ -228,6 +253,7 @@ mod tests {
         }
         assert_eq!(stored(&path, &[k.clone(), "nope".into()]).unwrap(), vec![true, false]);
         let cache = Cache::open(&path).unwrap();
+        assert_eq!(cache.contains(&[k.clone(), "nope".into()]).unwrap(), vec![true, false]);
         assert_eq!(cache.get(&k).unwrap(), Some(reply("{}")));
         assert_eq!(cache.len().unwrap(), 21);
     }

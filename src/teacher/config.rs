@@ -139,17 +139,56 @@ impl TeacherConfig {
     }
 }
 
+/// How a run picks the new sentences it asks the teacher about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Selection {
+    /// A seeded pseudo-random order (sha256 of the sentence id and `label.seed`).
+    #[default]
+    Random,
+    /// Rank a pool of candidates with the run directory's current student: sentences where it
+    /// expects entities or relations and is unsure of them first (random without a student).
+    Informative,
+}
+
 /// What to label.
+///
+/// The **silver set** of a task is every teacher answer the cache holds for a candidate
+/// sentence of the current corpus under the current endpoint, model, prompt and sampling; a
+/// run adds up to `budget` new sentences per task to it (and stops adding once
+/// `budget_minutes` of teacher time are spent), so labels accumulate run after run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LabelConfig {
     /// The endpoint: the pipeline file's `[teacher]` section, not part of `[label]`.
     #[serde(skip)]
     pub teacher: TeacherConfig,
+    /// Written to `teacher_labels.first_run` for every answer paid this run.
+    #[serde(skip)]
+    pub run_id: String,
     /// Tasks to label.
     pub tasks: Vec<Task>,
-    /// Training sentences per task (after filtering); 0 = all of them.
+    /// Replaced by `budget` (kept only to reject it with a message that says so).
+    #[serde(skip_serializing)]
     pub sample: Option<usize>,
+    /// New training sentences per task this run asks the teacher about (cached ones are
+    /// free and always part of the silver set); 0 = none (re-label from the cache only).
+    pub budget: usize,
+    /// Stop sending new requests after this many minutes of labeling; 0 = no limit.
+    pub budget_minutes: f64,
+    /// How the new sentences are picked.
+    pub select: Selection,
+    /// Informative selection: share of the budget still picked at random (exploration).
+    pub explore: f64,
+    /// Informative selection: candidates scored by the student per sentence of budget.
+    pub pool_factor: usize,
+    /// Salts the random order; 0 keeps the order earlier runs used.
+    pub seed: u64,
+    /// Answers asked per sentence: pass 0 as `[teacher]` says, pass i > 0 sampled at
+    /// `pass_temperature` with seed `teacher.seed + i`. `train.filters.require_agreement` keeps the
+    /// labels at least two passes agree on.
+    pub passes: usize,
+    pub pass_temperature: f32,
     /// Document splits to draw training sentences from (`documents.split`). Never `dev`:
     /// dev text is only labeled to score the teacher (`dev_sample`).
     pub splits: Vec<String>,
@@ -161,14 +200,26 @@ pub struct LabelConfig {
     pub dev_sample: usize,
     /// Gold sets the dev sentences of each task come from.
     pub dev_sources: BTreeMap<Task, Vec<String>>,
+    /// Shipped teacher answers (`biodistill label --export`) copied into the cache before
+    /// selection; answers for another prompt, teacher or corpus are ignored.
+    pub shipped: Option<PathBuf>,
 }
 
 impl Default for LabelConfig {
     fn default() -> Self {
         Self {
             teacher: TeacherConfig::default(),
+            run_id: String::new(),
             tasks: Task::ALL.to_vec(),
-            sample: Some(200),
+            sample: None,
+            budget: 200,
+            budget_minutes: 0.0,
+            select: Selection::Random,
+            explore: 0.2,
+            pool_factor: 10,
+            seed: 0,
+            passes: 1,
+            pass_temperature: 0.7,
             splits: vec![crate::schema::split::UNLABELED.to_string(), crate::schema::split::TRAIN.to_string()],
             sources: BTreeMap::new(),
             dev_sample: 0,
@@ -177,7 +228,38 @@ impl Default for LabelConfig {
                 (Task::GeneDisease, vec!["gad".to_string()]),
                 (Task::Phi, vec!["presidio".to_string()]),
             ]),
+            shipped: None,
         }
+    }
+}
+
+impl LabelConfig {
+    /// Checks that cannot wait until the first request.
+    pub fn validate(&self) -> Result<()> {
+        if let Some(n) = self.sample {
+            return Err(Error::Config(format!(
+                "label.sample = {n} is no longer read: the silver set is now every cached teacher answer for \
+                 the corpus, and label.budget is how many new sentences per task a run asks for; \
+                 write `budget = {n}` instead"
+            )));
+        }
+        if self.passes == 0 {
+            return Err(Error::Config("label.passes must be at least 1".into()));
+        }
+        if !(0.0..=1.0).contains(&self.explore) {
+            return Err(Error::Config("label.explore must be in [0, 1]".into()));
+        }
+        if self.budget_minutes.is_nan() || self.budget_minutes < 0.0 {
+            return Err(Error::Config("label.budget_minutes must be 0 (no limit) or positive".into()));
+        }
+        if self.splits.iter().any(|s| s == crate::schema::split::DEV) {
+            return Err(Error::Config(
+                "label.splits must not include \"dev\": dev text is labeled only to score the teacher \
+                 (label.dev_sample)"
+                    .into(),
+            ));
+        }
+        self.teacher.validate()
     }
 }
 
@@ -192,6 +274,10 @@ mod tests {
         let back: LabelConfig = toml::from_str(&text).unwrap();
         assert_eq!(back, cfg);
         let partial: LabelConfig = toml::from_str("tasks = [\"phi\"]\ndev_sample = 3\n").unwrap();
+        partial.validate().unwrap();
+        let old: LabelConfig = toml::from_str("sample = 60\n").unwrap();
+        let err = old.validate().unwrap_err().to_string();
+        assert!(err.contains("label.budget") && err.contains("budget = 60"), "{err}");
         assert_eq!(partial.tasks, vec![Task::Phi]);
         assert_eq!(partial.dev_sample, 3);
         assert!(toml::from_str::<TeacherConfig>("api_key = \"sk-\"\n").is_err());

@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use async_openai::types::chat::{CreateChatCompletionRequest, ResponseFormat, ResponseFormatJsonSchema};
 use tokio::sync::{OnceCell, Semaphore};
@@ -57,7 +58,12 @@ pub struct Outcome {
     pub task: Task,
     pub doc_id: String,
     pub sent_id: i32,
+    /// Which look at the sentence this is (`label.passes`; 0 for the first).
+    pub pass: usize,
     pub cache_key: String,
+    /// The run that paid for the first request's reply (`None` for replies stored before
+    /// runs were recorded).
+    pub first_run: Option<String>,
     pub status: Status,
     /// Every request it needed was answered from the cache (nothing paid this run).
     pub cached: bool,
@@ -86,9 +92,25 @@ struct Asked {
     latency_ms: f64,
 }
 
+/// The teacher settings of each pass: pass 0 as configured, pass i > 0 sampled at
+/// `temperature` with seed `seed + i` (so each pass is its own cached request).
+pub fn pass_configs(cfg: &TeacherConfig, passes: usize, temperature: f32) -> Vec<TeacherConfig> {
+    (0..passes.max(1))
+        .map(|i| match i {
+            0 => cfg.clone(),
+            i => TeacherConfig { temperature, seed: Some(cfg.seed.unwrap_or(0) + i as i64), ..cfg.clone() },
+        })
+        .collect()
+}
+
 /// Labels sentences for every task of a run; shared by all concurrent jobs.
 pub struct Labeler<'a> {
-    pub cfg: &'a TeacherConfig,
+    /// One per pass ([`pass_configs`]).
+    pub passes: Vec<TeacherConfig>,
+    /// Recorded as `first_run` in every reply paid for here.
+    pub run_id: String,
+    /// No request is sent after this (`label.budget_minutes`); cached answers still count.
+    pub deadline: Option<Instant>,
     pub prompts: &'a BTreeMap<Task, Prompt>,
     pub cache: &'a Cache,
     pub client: &'a TeacherClient,
@@ -139,6 +161,13 @@ pub fn build_request(
     }
 }
 
+/// The cache key of the first request of every pass over `sentence`: the sentence belongs to
+/// the silver set when the cache holds them all.
+pub fn sentence_keys(passes: &[TeacherConfig], prompt: &Prompt, task: Task, sentence: &str) -> Vec<String> {
+    let messages = prompt.messages(sentence);
+    passes.iter().map(|cfg| request_key(cfg, &build_request(cfg, task, &messages, sentence))).collect()
+}
+
 /// The cache key of `request` (see [`cache::key`]).
 pub fn request_key(cfg: &TeacherConfig, request: &CreateChatCompletionRequest) -> String {
     let body = serde_json::to_value(request).expect("a chat request always serializes");
@@ -147,18 +176,23 @@ pub fn request_key(cfg: &TeacherConfig, request: &CreateChatCompletionRequest) -
 
 impl<'a> Labeler<'a> {
     pub fn new(
-        cfg: &'a TeacherConfig,
+        passes: Vec<TeacherConfig>,
+        run_id: String,
         prompts: &'a BTreeMap<Task, Prompt>,
         cache: &'a Cache,
         client: &'a TeacherClient,
     ) -> Self {
-        let unstored = Semaphore::new(cfg.concurrency.max(1));
-        Labeler { cfg, prompts, cache, client, in_run: Mutex::new(HashMap::new()), unstored }
+        assert!(!passes.is_empty(), "at least one pass");
+        let unstored = Semaphore::new(passes[0].concurrency.max(1));
+        Labeler { passes, run_id, deadline: None, prompts, cache, client, in_run: Mutex::new(HashMap::new()), unstored }
     }
 
-    async fn ask(&self, task: Task, messages: &[Message], sentence: &str) -> Result<Asked> {
-        let request = build_request(self.cfg, task, messages, sentence);
-        let key = request_key(self.cfg, &request);
+    /// The answer to one request, or `None` when it is not cached and the time budget is
+    /// spent (nothing was sent).
+    async fn ask(&self, task: Task, pass: usize, messages: &[Message], sentence: &str) -> Result<Option<Asked>> {
+        let cfg = &self.passes[pass];
+        let request = build_request(cfg, task, messages, sentence);
+        let key = request_key(cfg, &request);
         let cell = {
             let mut in_run = self.in_run.lock().expect("no panics under the single-flight lock");
             Arc::clone(in_run.entry(key.clone()).or_default())
@@ -167,10 +201,25 @@ impl<'a> Labeler<'a> {
         let asked = cell
             .get_or_try_init(|| {
                 first = true;
-                self.ask_uncached(key, &request, messages)
+                async {
+                    match self.ask_uncached(key, &request, messages, cfg.max_tokens).await {
+                        Ok(Some(asked)) => Ok(asked),
+                        Ok(None) => Err(None),
+                        Err(e) => Err(Some(e)),
+                    }
+                }
             })
-            .await?;
-        Ok(if first { asked.clone() } else { Asked { cached: true, retries: 0, latency_ms: 0.0, ..asked.clone() } })
+            .await;
+        let asked = match asked {
+            Ok(asked) => asked,
+            Err(None) => return Ok(None),
+            Err(Some(e)) => return Err(e),
+        };
+        Ok(Some(if first {
+            asked.clone()
+        } else {
+            Asked { cached: true, retries: 0, latency_ms: 0.0, ..asked.clone() }
+        }))
     }
 
     async fn ask_uncached(
@@ -178,35 +227,46 @@ impl<'a> Labeler<'a> {
         key: String,
         request: &CreateChatCompletionRequest,
         messages: &[Message],
-    ) -> Result<Asked> {
+        max_tokens: u32,
+    ) -> Result<Option<Asked>> {
         if let Some(reply) = self.cache.get(&key)? {
-            return Ok(Asked { key, reply: Ok(reply), cached: true, retries: 0, latency_ms: 0.0 });
+            return Ok(Some(Asked { key, reply: Ok(reply), cached: true, retries: 0, latency_ms: 0.0 }));
         }
-        let estimate = prompt::estimate_tokens(messages) + u64::from(self.cfg.max_tokens);
+        let estimate = prompt::estimate_tokens(messages) + u64::from(max_tokens);
         let _unstored = self.unstored.acquire().await.map_err(|_| Error::Internal("label slots closed".into()))?;
-        let call = self.client.complete(request, estimate).await;
-        if let Ok(reply) = &call.reply {
+        // Checked once a slot is free, so at most `concurrency` requests start after it.
+        if self.deadline.is_some_and(|d| Instant::now() >= d) {
+            return Ok(None);
+        }
+        let mut call = self.client.complete(request, estimate).await;
+        if let Ok(reply) = &mut call.reply {
+            reply.first_run = Some(self.run_id.clone());
             self.cache.put(&key, reply).await?;
         }
-        Ok(Asked {
+        Ok(Some(Asked {
             key,
             reply: call.reply,
             cached: false,
             retries: call.retries,
             latency_ms: call.latency.as_secs_f64() * 1000.0,
-        })
+        }))
     }
 
-    /// Label one sentence for one task. Teacher failures become the outcome's status; only
-    /// local failures (the cache file) are errors.
-    pub async fn label(&self, task: Task, sentence: &Sentence) -> Result<Outcome> {
+    /// Label one sentence for one task in one pass. Teacher failures become the outcome's
+    /// status; only local failures (the cache file) are errors. `None`: not cached, and the
+    /// time budget was spent before it could be asked.
+    pub async fn label(&self, task: Task, sentence: &Sentence, pass: usize) -> Result<Option<Outcome>> {
         let prompt = &self.prompts[&task];
-        let first = self.ask(task, &prompt.messages(&sentence.text), &sentence.text).await?;
+        let Some(first) = self.ask(task, pass, &prompt.messages(&sentence.text), &sentence.text).await? else {
+            return Ok(None);
+        };
         let mut outcome = Outcome {
             task,
             doc_id: sentence.doc_id.clone(),
             sent_id: sentence.sent_id,
+            pass,
             cache_key: first.key.clone(),
+            first_run: first.reply.as_ref().ok().and_then(|r| r.first_run.clone()),
             status: Status::Failed,
             cached: first.cached,
             latency_ms: 0.0,
@@ -223,38 +283,44 @@ impl<'a> Labeler<'a> {
         };
         let reply = match outcome.absorb(&first) {
             Ok(reply) => reply,
-            Err(e) => return Ok(outcome.fail(Status::Failed, e.to_string())),
+            Err(e) => return Ok(Some(outcome.fail(Status::Failed, e.to_string()))),
         };
         let parsed = match parse::parse(task, &reply.content) {
             Ok(parsed) => parsed,
             Err(problem) if reply.finish_reason.as_deref() == Some("length") => {
                 // Cut at max_tokens: a re-ask (longer prompt, same budget) would be cut again.
                 let error = TeacherError::Unparseable(format!("{problem}; the reply reached max_tokens"));
-                return Ok(outcome.fail(Status::ParseError, error.to_string()));
+                return Ok(Some(outcome.fail(Status::ParseError, error.to_string())));
             }
             Err(problem) => {
                 outcome.reasked = true;
                 let again = self
-                    .ask(task, &prompt.reask_messages(&sentence.text, &reply.content, &problem), &sentence.text)
+                    .ask(task, pass, &prompt.reask_messages(&sentence.text, &reply.content, &problem), &sentence.text)
                     .await?;
+                let Some(again) = again else {
+                    let error = format!("{problem}; the time budget ran out before the re-ask");
+                    return Ok(Some(outcome.fail(Status::ParseError, error)));
+                };
                 let second = match outcome.absorb(&again) {
                     Ok(reply) => reply,
-                    Err(e) => return Ok(outcome.fail(Status::Failed, format!("re-ask after a parse error: {e}"))),
+                    Err(e) => {
+                        return Ok(Some(outcome.fail(Status::Failed, format!("re-ask after a parse error: {e}"))));
+                    }
                 };
                 match parse::parse(task, &second.content) {
                     Ok(parsed) => parsed,
                     Err(problem) => {
                         let error =
                             TeacherError::Unparseable(format!("{problem}; reply: {}", snippet(&second.content)));
-                        return Ok(outcome.fail(Status::ParseError, error.to_string()));
+                        return Ok(Some(outcome.fail(Status::ParseError, error.to_string())));
                     }
                 }
             }
         };
         outcome.fenced = parsed.fenced;
         outcome.status = Status::Ok;
-        outcome.rows = ground_output(&parsed.output, &sentence.text, self.cfg.fuzzy_threshold);
-        Ok(outcome)
+        outcome.rows = ground_output(&parsed.output, &sentence.text, self.passes[pass].fuzzy_threshold);
+        Ok(Some(outcome))
     }
 }
 

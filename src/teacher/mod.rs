@@ -4,7 +4,9 @@
 //! (`pipelines/prompts/<task>.toml`), an OpenAI-compatible endpoint (OpenAI, vLLM, llama.cpp
 //! or the project's embedded server: all are just a base URL).
 //! **Out**: `teacher_labels` (grounded spans and pairs) and `teacher_calls` (one row per
-//! (task, sentence) with its status, tokens, cost and retries), written atomically at the end.
+//! (task, sentence, pass) with its status, tokens, cost and retries), written atomically at
+//! the end. Both hold the whole silver set: every cached answer for a candidate sentence,
+//! plus this run's `label.budget` new ones ([`select`]), each with the run that paid for it.
 //!
 //! **Reruns**: every reply is stored in the cache ([`cache`]) as it arrives, keyed on the
 //! exact request. A rerun over the same input sends nothing and rewrites the same tables; a
@@ -21,6 +23,7 @@ pub mod client;
 pub mod config;
 pub mod error;
 pub mod ground;
+pub mod informative;
 pub mod label;
 pub mod limiter;
 pub mod mock_server;
@@ -28,6 +31,7 @@ pub mod parse;
 pub mod phi;
 pub mod prompt;
 pub mod select;
+pub mod shipped;
 pub mod tables;
 
 use std::collections::BTreeMap;
@@ -36,8 +40,8 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 
-pub use accounting::{LabelPlan, LabelReport, TaskPlan};
-pub use config::{EMBEDDED, LabelConfig, Price, Task, TeacherConfig};
+pub use accounting::{LabelPlan, LabelReport, SilverGrowth, TaskPlan};
+pub use config::{EMBEDDED, LabelConfig, Price, Selection, Task, TeacherConfig};
 pub use error::TeacherError;
 pub use phi::PhiType;
 
@@ -48,6 +52,7 @@ use cache::Cache;
 use client::{ClientSettings, TeacherClient};
 use label::{Labeler, Outcome};
 use prompt::Prompt;
+use select::TaskSelection;
 
 /// Where the cache lives: `teacher.cache_path`, else `teacher_cache.redb` in the run directory.
 pub fn cache_path(cfg: &TeacherConfig, run_dir: &RunDir) -> PathBuf {
@@ -104,15 +109,100 @@ pub async fn run_embedded_or_remote(
     labeled
 }
 
+/// Each task's selection for this run (see [`select`]): the silver set the cache holds, this
+/// run's new sentences and the dev sample. `contains` says which cache keys are stored;
+/// `scorer` ranks candidates for informative selection.
+pub fn select_sentences(
+    cfg: &LabelConfig,
+    run_dir: &RunDir,
+    prompts: &BTreeMap<Task, Prompt>,
+    contains: &dyn Fn(&[String]) -> Result<Vec<bool>>,
+    scorer: &mut select::Scorer,
+) -> Result<BTreeMap<Task, TaskSelection>> {
+    let passes = label::pass_configs(&cfg.teacher, cfg.passes, cfg.pass_temperature);
+    let mut out = BTreeMap::new();
+    for (task, candidates) in select::candidates(cfg, run_dir)? {
+        let keys: Vec<String> = candidates
+            .train
+            .iter()
+            .flat_map(|s| label::sentence_keys(&passes, &prompts[&task], task, &s.text))
+            .collect();
+        let cached: Vec<bool> = contains(&keys)?.chunks(passes.len()).map(|c| c.iter().all(|&hit| hit)).collect();
+        let dev_keys: Vec<String> =
+            candidates.dev.iter().flat_map(|s| label::sentence_keys(&passes, &prompts[&task], task, &s.text)).collect();
+        let dev_cached = contains(&dev_keys)?.iter().filter(|&&hit| hit).count();
+        let mut selection = select::choose(cfg, task, candidates, &cached, scorer)?;
+        selection.dev_cached = dev_cached;
+        out.insert(task, selection);
+    }
+    Ok(out)
+}
+
+/// What a job is for: growth of the silver set is counted from these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Silver,
+    New,
+    Dev,
+}
+
+/// Every (task, sentence, pass) job of a selection: cached and dev ones first, then the new
+/// ones round-robin over tasks, so a time budget that runs out is shared between tasks.
+fn jobs(selected: &BTreeMap<Task, TaskSelection>, passes: usize) -> Vec<(Task, &select::Sentence, usize, Role)> {
+    let mut out = Vec::new();
+    for (&task, sel) in selected {
+        let fixed = sel.silver.iter().map(|s| (s, Role::Silver)).chain(sel.dev.iter().map(|s| (s, Role::Dev)));
+        for (s, role) in fixed {
+            out.extend((0..passes).map(|p| (task, s, p, role)));
+        }
+    }
+    let longest = selected.values().map(|s| s.new.len()).max().unwrap_or(0);
+    for i in 0..longest {
+        for (&task, sel) in selected {
+            if let Some(s) = sel.new.get(i) {
+                out.extend((0..passes).map(|p| (task, s, p, Role::New)));
+            }
+        }
+    }
+    out
+}
+
 /// Label, sending requests to `base_url` (the cache key still uses `cfg.teacher.base_url`, so
 /// the embedded server's changing port does not invalidate the cache).
 pub async fn run_with_endpoint(cfg: &LabelConfig, run_dir: &RunDir, base_url: &str) -> Result<LabelReport> {
     let started = Instant::now();
     let teacher = &cfg.teacher;
-    teacher.validate()?;
+    cfg.validate()?;
     let prompts = load_prompts(cfg)?;
-    let selected = select::select(cfg, run_dir)?;
     let cache = Cache::open(&cache_path(teacher, run_dir))?;
+    let shipped = match &cfg.shipped {
+        Some(path) => {
+            let imported = shipped::import(&cache, path).await?;
+            tracing::info!(
+                "{}: {} shipped answers, {} new to the cache",
+                path.display(),
+                imported.keys.len(),
+                imported.inserted
+            );
+            imported.keys
+        }
+        None => Default::default(),
+    };
+    let mut scorer = informative::scorer(run_dir);
+    let used = std::cell::Cell::new(0usize);
+    let contains = |keys: &[String]| {
+        let hits = cache.contains(keys)?;
+        used.set(used.get() + keys.iter().zip(&hits).filter(|(k, hit)| **hit && shipped.contains(*k)).count());
+        Ok(hits)
+    };
+    let selected = select_sentences(cfg, run_dir, &prompts, &contains, &mut scorer)?;
+    if used.get() < shipped.len() {
+        tracing::warn!(
+            "{} of {} shipped teacher answers match no current request (another prompt, teacher or corpus): ignored",
+            shipped.len() - used.get(),
+            shipped.len()
+        );
+    }
     let client = TeacherClient::new(
         base_url,
         teacher.api_key(),
@@ -126,36 +216,76 @@ pub async fn run_with_endpoint(cfg: &LabelConfig, run_dir: &RunDir, base_url: &s
             backoff_max: Duration::from_millis(teacher.backoff_max_ms),
         },
     );
-    let labeler = Labeler::new(teacher, &prompts, &cache, &client);
-    let jobs: Vec<(Task, &select::Sentence)> =
-        selected.iter().flat_map(|(&task, sentences)| sentences.iter().map(move |s| (task, s))).collect();
+    let passes = label::pass_configs(teacher, cfg.passes, cfg.pass_temperature);
+    let run_id = if cfg.run_id.is_empty() { adhoc_run_id() } else { cfg.run_id.clone() };
+    let mut labeler = Labeler::new(passes, run_id, &prompts, &cache, &client);
+    labeler.deadline = (cfg.budget_minutes > 0.0).then(|| started + Duration::from_secs_f64(cfg.budget_minutes * 60.0));
+    let jobs = jobs(&selected, cfg.passes);
     let price = teacher.price();
     let mut report = LabelReport {
         endpoint: teacher.base_url.clone(),
         model: teacher.model.clone(),
         prompt_versions: prompts.iter().map(|(t, p)| (t.to_string(), p.version.clone())).collect(),
         price_known: price.is_some(),
+        silver: selected
+            .iter()
+            .map(|(t, sel)| {
+                let growth = SilverGrowth {
+                    before: sel.silver.len(),
+                    asked: sel.new.len(),
+                    remaining: sel.remaining,
+                    policy: sel.policy.clone(),
+                    ..Default::default()
+                };
+                (t.to_string(), growth)
+            })
+            .collect(),
         ..Default::default()
     };
+    for (task, sel) in &selected {
+        tracing::info!(
+            "{task}: silver set {} cached, asking about {} new ({}), {} left for later runs, {} dev",
+            sel.silver.len(),
+            sel.new.len(),
+            sel.policy,
+            sel.remaining,
+            sel.dev.len()
+        );
+    }
     let bar = accounting::progress_bar(jobs.len(), teacher.progress);
     // Cache hits finish at once, so keep more jobs in hand than requests in flight.
     let in_hand = (teacher.concurrency * 4).clamp(16, 1024);
     let mut outcomes: Vec<Outcome> = Vec::with_capacity(jobs.len());
     let log_every = (jobs.len() / 10).max(1);
-    let mut finished =
-        futures::stream::iter(jobs.iter().map(|&(task, s)| labeler.label(task, s))).buffer_unordered(in_hand);
+    let mut finished = futures::stream::iter(jobs.iter().map(|&(task, s, pass, role)| {
+        let labeler = &labeler;
+        async move { Ok::<_, Error>(labeler.label(task, s, pass).await?.map(|o| (o, role))) }
+    }))
+    .buffer_unordered(in_hand);
+    let mut done = 0;
     while let Some(outcome) = finished.next().await {
-        let outcome = outcome?;
-        report.add(&outcome, price);
+        done += 1;
         bar.inc(1);
+        let Some((outcome, role)) = outcome? else {
+            report.unsent += 1;
+            continue;
+        };
+        report.add(&outcome, price);
+        if outcome.pass == 0 && outcome.status == label::Status::Ok {
+            let growth = report.silver.entry(outcome.task.to_string()).or_default();
+            match role {
+                Role::Silver => growth.silver_ok += 1,
+                Role::New => growth.added += 1,
+                Role::Dev => {}
+            }
+        }
         bar.set_message(accounting::progress_message(&report));
         // Without a terminal (cron, CI, logs) the bar is hidden: log every tenth instead.
-        if !std::io::IsTerminal::is_terminal(&std::io::stderr()) && report.inputs % log_every == 0 {
+        if !std::io::IsTerminal::is_terminal(&std::io::stderr()) && done % log_every == 0 {
             tracing::info!(
-                "label: {}/{} ({:.1}/s) {}",
-                report.inputs,
+                "label: {done}/{} ({:.1}/s) {}",
                 jobs.len(),
-                report.inputs as f64 / started.elapsed().as_secs_f64().max(1e-9),
+                done as f64 / started.elapsed().as_secs_f64().max(1e-9),
                 accounting::progress_message(&report)
             );
         }
@@ -163,7 +293,14 @@ pub async fn run_with_endpoint(cfg: &LabelConfig, run_dir: &RunDir, base_url: &s
     }
     drop(finished);
     bar.finish_and_clear();
-    outcomes.sort_by(|a, b| (a.task, &a.doc_id, a.sent_id).cmp(&(b.task, &b.doc_id, b.sent_id)));
+    if report.unsent > 0 {
+        tracing::warn!(
+            "label.budget_minutes = {} spent: {} new requests left for the next run",
+            cfg.budget_minutes,
+            report.unsent
+        );
+    }
+    outcomes.sort_by(|a, b| (a.task, &a.doc_id, a.sent_id, a.pass).cmp(&(b.task, &b.doc_id, b.sent_id, b.pass)));
     run_dir.write_table(
         table::TEACHER_LABELS,
         schema::TEACHER_LABELS.clone(),
@@ -181,32 +318,59 @@ pub async fn run_with_endpoint(cfg: &LabelConfig, run_dir: &RunDir, base_url: &s
     Ok(report)
 }
 
+/// The run id recorded for replies paid by a standalone `biodistill label`.
+fn adhoc_run_id() -> String {
+    format!("label-{}", chrono::Utc::now().format("%Y%m%dT%H%M%SZ"))
+}
+
 /// Estimate calls, tokens and cost without sending anything (reads the cache, read-only).
+/// Informative selection is planned as random (the student is not run for a plan).
 pub fn plan(cfg: &LabelConfig, run_dir: &RunDir) -> Result<LabelPlan> {
     let teacher = &cfg.teacher;
-    teacher.validate()?;
+    cfg.validate()?;
     let prompts = load_prompts(cfg)?;
-    let selected = select::select(cfg, run_dir)?;
     let path = cache_path(teacher, run_dir);
+    let shipped = match &cfg.shipped {
+        Some(file) => shipped::keys(file)?,
+        None => Default::default(),
+    };
+    let contains = |keys: &[String]| {
+        let stored = cache::stored(&path, keys)?;
+        Ok(keys.iter().zip(stored).map(|(k, hit)| hit || shipped.contains(k)).collect())
+    };
+    let selected = select_sentences(cfg, run_dir, &prompts, &contains, &mut |_, _| Ok(None))?;
+    let passes = label::pass_configs(teacher, cfg.passes, cfg.pass_temperature);
     let mut tasks = Vec::new();
-    for (task, sentences) in &selected {
+    for (task, sel) in &selected {
         let prompt = &prompts[task];
-        let mut keys = Vec::with_capacity(sentences.len());
-        let mut prompt_tokens = Vec::with_capacity(sentences.len());
-        for s in sentences {
-            let messages = prompt.messages(&s.text);
-            keys.push(label::request_key(teacher, &label::build_request(teacher, *task, &messages, &s.text)));
-            prompt_tokens.push(prompt::estimate_tokens(&messages));
-        }
-        let stored = cache::stored(&path, &keys)?;
+        let asked: Vec<&select::Sentence> = sel.new.iter().chain(&sel.dev).collect();
+        let keys: Vec<String> =
+            asked.iter().flat_map(|s| label::sentence_keys(&passes, prompt, *task, &s.text)).collect();
+        let stored = contains(&keys)?;
+        let prompt_tokens: Vec<u64> = asked
+            .iter()
+            .flat_map(|s| std::iter::repeat_n(prompt::estimate_tokens(&prompt.messages(&s.text)), passes.len()))
+            .collect();
         let calls = stored.iter().filter(|&&hit| !hit).count();
         let reply_tokens = prompt.typical_reply_tokens().min(u64::from(teacher.max_tokens));
+        // Every request whose answer this run's tables will hold, in a fixed order.
+        let mut all_keys: Vec<String> =
+            sel.silver.iter().flat_map(|s| label::sentence_keys(&passes, prompt, *task, &s.text)).collect();
+        all_keys.extend(keys.iter().cloned());
+        all_keys.sort_unstable();
+        let mut digest = <sha2::Sha256 as sha2::Digest>::new();
+        for key in &all_keys {
+            sha2::Digest::update(&mut digest, key.as_bytes());
+        }
         tasks.push(TaskPlan {
             task: task.to_string(),
             prompt_version: prompt.version.clone(),
-            sentences: sentences.len(),
-            cached: sentences.len() - calls,
+            sentences: sel.silver.len() + asked.len(),
+            cached: sel.silver.len() * passes.len() + (keys.len() - calls),
             calls,
+            silver: sel.silver.len(),
+            remaining: sel.remaining,
+            requests_digest: hex::encode(&sha2::Digest::finalize(digest)[..8]),
             est_prompt_tokens: prompt_tokens.iter().zip(&stored).filter(|(_, hit)| !**hit).map(|(t, _)| t).sum(),
             est_completion_tokens: reply_tokens * calls as u64,
         });

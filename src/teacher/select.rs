@@ -1,16 +1,22 @@
-//! Which sentences each task sends to the teacher.
+//! Which sentences each task sends to the teacher, and which cached answers form its silver set.
 //!
-//! Deliberately simple and replaceable: sentences whose document is in one of the configured
-//! splits (and, per task, sources), in a deterministic pseudo-random order (sha256 of
-//! `doc_id` and `sent_id`), the first `sample` of them. The order does not depend on which
-//! other documents exist, so growing the corpus keeps earlier picks (and their cache entries).
+//! A task's **candidates** are the sentences whose document is in one of `label.splits` (and,
+//! per task, `label.sources`), in a seeded pseudo-random order: sha256 of `doc_id`, `sent_id`
+//! and `label.seed`. The order of two sentences does not depend on which other documents
+//! exist, so a growing corpus keeps earlier picks (and their cache entries).
+//!
+//! Candidates the cache already answers (under the current request: endpoint, model, prompt,
+//! sampling) are the **silver set**, free. Of the rest, a run asks about `label.budget`: the
+//! first ones in random order, or ([`Selection::Informative`]) the ones the current student
+//! finds most informative within a pool, with a random share kept for exploration. Dev
+//! sentences (`dev_sample`, from `dev_sources`) are labeled only to score the teacher.
 
 use std::collections::{BTreeMap, HashMap};
 
 use arrow::array::Array;
 use sha2::{Digest, Sha256};
 
-use super::config::{LabelConfig, Task};
+use super::config::{LabelConfig, Selection, Task};
 use crate::error::{Error, Result};
 use crate::run_dir::RunDir;
 use crate::schema::{split, table};
@@ -22,6 +28,32 @@ pub struct Sentence {
     pub doc_id: String,
     pub sent_id: i32,
     pub text: String,
+}
+
+/// One task's candidate sentences, each list in random order.
+#[derive(Debug, Clone, Default)]
+pub struct Candidates {
+    /// Training candidates (never `dev`).
+    pub train: Vec<Sentence>,
+    /// The first `dev_sample` dev sentences of `dev_sources`.
+    pub dev: Vec<Sentence>,
+}
+
+/// What one task labels in a run.
+#[derive(Debug, Clone, Default)]
+pub struct TaskSelection {
+    /// Training candidates the cache already answers: free, and part of the silver set.
+    pub silver: Vec<Sentence>,
+    /// Training candidates this run asks about (at most `label.budget`).
+    pub new: Vec<Sentence>,
+    /// Dev sentences, to score the teacher (cached or not).
+    pub dev: Vec<Sentence>,
+    /// Of those, already answered by the cache.
+    pub dev_cached: usize,
+    /// Unanswered training candidates left for later runs.
+    pub remaining: usize,
+    /// The policy that picked `new` (`random`, `informative`, or why it fell back to random).
+    pub policy: String,
 }
 
 /// `doc_id -> (source, split)` from the `documents` table.
@@ -62,26 +94,25 @@ fn all_sentences(run_dir: &RunDir) -> Result<Vec<(Sentence, String, String)>> {
     Ok(out)
 }
 
-fn order_key(s: &Sentence) -> [u8; 32] {
+/// The random order: sha256 of the sentence id, salted by `seed` unless it is 0 (the order
+/// of runs before the salt existed, so their cache entries keep their places).
+fn order_key(s: &Sentence, seed: u64) -> [u8; 32] {
     let mut hasher = Sha256::new();
     hasher.update(s.doc_id.as_bytes());
     hasher.update([0]);
     hasher.update(s.sent_id.to_le_bytes());
+    if seed != 0 {
+        hasher.update(seed.to_le_bytes());
+    }
     hasher.finalize().into()
 }
 
-/// The sentences each configured task will label: `sample` training sentences from `splits`
-/// (never `dev`), then `dev_sample` gold dev sentences from `dev_sources` to score the teacher.
-pub fn select(cfg: &LabelConfig, run_dir: &RunDir) -> Result<BTreeMap<Task, Vec<Sentence>>> {
-    if cfg.splits.iter().any(|s| s == split::DEV) {
-        return Err(Error::Config(
-            "label.splits must not include \"dev\": dev text is labeled only to score the teacher (label.dev_sample)"
-                .into(),
-        ));
-    }
+/// Each configured task's candidates (see the module docs).
+pub fn candidates(cfg: &LabelConfig, run_dir: &RunDir) -> Result<BTreeMap<Task, Candidates>> {
+    cfg.validate()?;
     let mut sentences = all_sentences(run_dir)?;
-    sentences.sort_by_cached_key(|(s, _, _)| order_key(s));
-    let mut picked = BTreeMap::new();
+    sentences.sort_by_cached_key(|(s, _, _)| order_key(s, cfg.seed));
+    let mut out = BTreeMap::new();
     for &task in &cfg.tasks {
         let sources = cfg.sources.get(&task);
         let train = sentences
@@ -89,13 +120,153 @@ pub fn select(cfg: &LabelConfig, run_dir: &RunDir) -> Result<BTreeMap<Task, Vec<
             .filter(|(_, source, split)| {
                 cfg.splits.iter().any(|s| s == split) && sources.is_none_or(|allowed| allowed.contains(source))
             })
-            .take(cfg.sample.filter(|&n| n > 0).unwrap_or(usize::MAX));
+            .map(|(s, _, _)| s.clone())
+            .collect();
         let dev_sources = cfg.dev_sources.get(&task);
         let dev = sentences
             .iter()
             .filter(|(_, source, split)| split == split::DEV && dev_sources.is_some_and(|d| d.contains(source)))
-            .take(cfg.dev_sample);
-        picked.insert(task, train.chain(dev).map(|(s, _, _)| s.clone()).collect());
+            .take(cfg.dev_sample)
+            .map(|(s, _, _)| s.clone())
+            .collect();
+        out.insert(task, Candidates { train, dev });
     }
-    Ok(picked)
+    Ok(out)
+}
+
+/// Scores candidate sentences for [`Selection::Informative`] (higher = ask first); `None`
+/// when there is no student to score with yet.
+pub type Scorer<'a> = dyn FnMut(Task, &[Sentence]) -> Result<Option<Vec<f32>>> + 'a;
+
+/// Split `candidates` into the silver set (`cached[i]`) and this run's picks.
+pub fn choose(
+    cfg: &LabelConfig,
+    task: Task,
+    candidates: Candidates,
+    cached: &[bool],
+    scorer: &mut Scorer,
+) -> Result<TaskSelection> {
+    debug_assert_eq!(cached.len(), candidates.train.len());
+    let (mut silver, mut unasked) = (Vec::new(), Vec::new());
+    for (s, &hit) in candidates.train.into_iter().zip(cached) {
+        if hit { silver.push(s) } else { unasked.push(s) }
+    }
+    let budget = cfg.budget.min(unasked.len());
+    let (picked, policy) = match cfg.select {
+        Selection::Random => ((0..budget).collect(), "random".to_string()),
+        Selection::Informative if budget == 0 => (vec![], "informative".to_string()),
+        Selection::Informative => {
+            let pool = &unasked[..unasked.len().min(budget.saturating_mul(cfg.pool_factor.max(1)))];
+            match scorer(task, pool)? {
+                Some(scores) => (informative(&scores, budget, cfg.explore), "informative".to_string()),
+                None => ((0..budget).collect(), "random (informative: no student yet)".to_string()),
+            }
+        }
+    };
+    let mut new = Vec::with_capacity(picked.len());
+    let mut keep = vec![false; unasked.len()];
+    for i in picked {
+        keep[i] = true;
+    }
+    let mut remaining = 0;
+    for (s, keep) in unasked.into_iter().zip(keep) {
+        if keep {
+            new.push(s);
+        } else {
+            remaining += 1;
+        }
+    }
+    silver.shrink_to_fit();
+    Ok(TaskSelection { silver, new, dev: candidates.dev, dev_cached: 0, remaining, policy })
+}
+
+/// Indices of `budget` pool items: the first `explore` share in pool (random) order, the rest
+/// by descending score (ties in pool order).
+fn informative(scores: &[f32], budget: usize, explore: f64) -> Vec<usize> {
+    let budget = budget.min(scores.len());
+    let explored = ((budget as f64 * explore).round() as usize).min(budget);
+    let mut ranked: Vec<usize> = (explored..scores.len()).collect();
+    ranked.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
+    let mut picked: Vec<usize> = (0..explored).chain(ranked.into_iter().take(budget - explored)).collect();
+    picked.sort_unstable();
+    picked
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sentences(n: usize) -> Vec<Sentence> {
+        (0..n).map(|i| Sentence { doc_id: format!("d{i}"), sent_id: 0, text: format!("sentence {i}") }).collect()
+    }
+
+    fn cfg(select: Selection, budget: usize) -> LabelConfig {
+        LabelConfig { select, budget, explore: 0.25, pool_factor: 3, ..Default::default() }
+    }
+
+    #[test]
+    fn cached_candidates_are_silver_and_the_budget_takes_the_next_unasked() {
+        let train = sentences(10);
+        let cached: Vec<bool> = (0..10).map(|i| i % 3 == 0).collect(); // 0, 3, 6, 9
+        let candidates = Candidates { train: train.clone(), dev: vec![] };
+        let picked =
+            choose(&cfg(Selection::Random, 4), Task::Ade, candidates, &cached, &mut |_, _| unreachable!()).unwrap();
+        let ids = |v: &[Sentence]| v.iter().map(|s| s.doc_id.clone()).collect::<Vec<_>>();
+        assert_eq!(ids(&picked.silver), ["d0", "d3", "d6", "d9"]);
+        assert_eq!(ids(&picked.new), ["d1", "d2", "d4", "d5"], "the first unasked, in random order");
+        assert_eq!(picked.remaining, 2);
+        let all = choose(
+            &cfg(Selection::Random, 100),
+            Task::Ade,
+            Candidates { train, dev: vec![] },
+            &cached,
+            &mut |_, _| unreachable!(),
+        )
+        .unwrap();
+        assert_eq!((all.new.len(), all.remaining), (6, 0), "a budget past the pool takes what is left");
+    }
+
+    #[test]
+    fn informative_ranks_a_pool_keeps_an_exploration_share_and_falls_back_without_a_student() {
+        let train = sentences(20);
+        let none = vec![false; 20];
+        let mut pools = Vec::new();
+        // Scores rise with the index: the last of the pool (3 x budget 4 = 12) are the best.
+        let mut scorer = |_: Task, pool: &[Sentence]| {
+            pools.push(pool.len());
+            Ok(Some((0..pool.len()).map(|i| i as f32).collect()))
+        };
+        let candidates = Candidates { train: train.clone(), dev: vec![] };
+        let picked = choose(&cfg(Selection::Informative, 4), Task::Ade, candidates, &none, &mut scorer).unwrap();
+        let ids: Vec<&str> = picked.new.iter().map(|s| s.doc_id.as_str()).collect();
+        assert_eq!(ids, ["d0", "d9", "d10", "d11"], "one explored (25%), three best of the pool");
+        assert_eq!(pools, [12]);
+        assert_eq!(picked.policy, "informative");
+        let random = choose(
+            &cfg(Selection::Random, 4),
+            Task::Ade,
+            Candidates { train: train.clone(), dev: vec![] },
+            &none,
+            &mut |_, _| unreachable!(),
+        )
+        .unwrap();
+        assert_ne!(random.new, picked.new, "informative differs from random");
+        let fallback = choose(
+            &cfg(Selection::Informative, 4),
+            Task::Ade,
+            Candidates { train, dev: vec![] },
+            &none,
+            &mut |_, _| Ok(None),
+        )
+        .unwrap();
+        assert_eq!(fallback.new, random.new, "no student: random");
+        assert!(fallback.policy.starts_with("random"), "{}", fallback.policy);
+    }
+
+    #[test]
+    fn the_random_order_is_stable_unsalted_and_changes_with_a_seed() {
+        let s = &sentences(1)[0];
+        assert_eq!(order_key(s, 0), order_key(s, 0));
+        assert_ne!(order_key(s, 0), order_key(s, 1));
+    }
 }

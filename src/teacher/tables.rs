@@ -50,6 +50,8 @@ pub fn labels(outcomes: &[Outcome], model: &str) -> Result<RecordBatch> {
         strings(rows.iter().map(|_| model)),
         strings(rows.iter().map(|(o, _, _)| o.prompt_version.as_str())),
         strings(rows.iter().map(|(o, _, _)| o.cache_key.as_str())),
+        Arc::new(Int32Array::from_iter_values(rows.iter().map(|(o, _, _)| o.pass as i32))),
+        opt_strings(rows.iter().map(|(o, _, _)| o.first_run.as_deref())),
     ];
     batch(&schema::TEACHER_LABELS, columns)
 }
@@ -75,6 +77,8 @@ pub fn calls(outcomes: &[Outcome], model: &str, price: Option<Price>) -> Result<
         opt_strings(outcomes.iter().map(|o| o.error.as_deref())),
         strings(outcomes.iter().map(|_| model)),
         strings(outcomes.iter().map(|o| o.prompt_version.as_str())),
+        Arc::new(Int32Array::from_iter_values(outcomes.iter().map(|o| o.pass as i32))),
+        opt_strings(outcomes.iter().map(|o| o.first_run.as_deref())),
     ];
     batch(&schema::TEACHER_CALLS, columns)
 }

@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 
 use super::columns::{TableStream, opt_i32, opt_str, read_all};
 use crate::error::Result;
-use crate::model::tags::{PHI_TYPES, Task};
+use crate::model::tags::Task;
 use crate::run_dir::RunDir;
 use crate::schema::{split, table};
 
@@ -67,7 +67,7 @@ impl MinAlignment {
 pub struct SilverFilters {
     /// Weakest alignment kept (`unaligned` spans have no offsets and are always dropped).
     pub min_alignment: MinAlignment,
-    /// When a sentence was labeled by two or more (model, prompt version) passes, keep only the
+    /// When a sentence was answered by two or more (model, prompt version, pass) passes, keep only the
     /// labels at least two passes agree on. Sentences with a single pass are kept as they are.
     pub require_agreement: bool,
 }
@@ -104,19 +104,26 @@ pub struct DataStats {
 type LabelKey = (Option<CharSpan>, CharSpan);
 /// A sentence: `(doc_id, sent_id)`.
 type SentKey = (String, i32);
-/// A labeling pass: `(teacher model, prompt version)`.
-type PassKey = (String, String);
+/// A labeling pass: `(teacher model, prompt version, label.passes index)`.
+type PassKey = (String, String, i32);
 
 /// Silver sentences of `task`.
 pub fn silver(run_dir: &RunDir, task: Task, filters: &SilverFilters) -> Result<(Vec<LabeledSentence>, DataStats)> {
     let mut stats = DataStats::default();
     let mut ok: BTreeMap<(String, i32), LabeledSentence> = BTreeMap::new();
+    // The passes that answered each sentence: agreement is out of these, so a pass that
+    // answered "nothing here" votes against every label it did not give.
+    let mut answered: HashMap<SentKey, BTreeSet<PassKey>> = HashMap::new();
     for cols in read_all(run_dir, table::TEACHER_CALLS)? {
         let (t, doc, sent, status) =
             (cols.str("task")?, cols.str("doc_id")?, cols.i32("sent_id")?, cols.str("status")?);
+        let (model, prompt, pass) = (cols.str("model")?, cols.str("prompt_version")?, cols.i32("pass")?);
         for row in 0..cols.len() {
             if t.value(row) == task.as_str() && status.value(row) == "ok" {
-                ok.entry((doc.value(row).to_string(), sent.value(row))).or_default();
+                let key = (doc.value(row).to_string(), sent.value(row));
+                let pass_key = (model.value(row).to_string(), prompt.value(row).to_string(), pass.value(row));
+                answered.entry(key.clone()).or_default().insert(pass_key);
+                ok.entry(key).or_default();
             }
         }
     }
@@ -137,7 +144,7 @@ pub fn silver(run_dir: &RunDir, task: Task, filters: &SilverFilters) -> Result<(
             let key = (c.doc.value(row).to_string(), c.sent.value(row));
             let Some(sentence) = ok.get(&key) else { continue };
             let Some(label) = c.label(row, task, filters, sentence.text.chars().count(), &mut stats) else { continue };
-            let pass = (c.model.value(row).to_string(), c.prompt.value(row).to_string());
+            let pass = (c.model.value(row).to_string(), c.prompt.value(row).to_string(), c.pass.value(row));
             passes.entry(key).or_default().entry(pass).or_default().insert(label);
         }
     }
@@ -148,7 +155,8 @@ pub fn silver(run_dir: &RunDir, task: Task, filters: &SilverFilters) -> Result<(
                 *votes.entry(*label).or_default() += 1;
             }
         }
-        let needed = if filters.require_agreement && by_pass.len() >= 2 { 2 } else { 1 };
+        let passes = answered.get(&key).map_or(by_pass.len(), BTreeSet::len);
+        let needed = if filters.require_agreement && passes >= 2 { 2 } else { 1 };
         let sentence = ok.get_mut(&key).expect("passes only holds keys of `ok`");
         for (label, count) in votes {
             if count < needed {
@@ -178,6 +186,7 @@ struct SilverColumns<'a> {
     kind: &'a arrow::array::StringArray,
     model: &'a arrow::array::StringArray,
     prompt: &'a arrow::array::StringArray,
+    pass: &'a arrow::array::Int32Array,
     sides: [SideColumns<'a>; 2],
 }
 
@@ -206,6 +215,7 @@ impl<'a> SilverColumns<'a> {
             kind: cols.str("kind")?,
             model: cols.str("model")?,
             prompt: cols.str("prompt_version")?,
+            pass: cols.i32("pass")?,
             sides: [side("subject")?, side("object")?],
         })
     }
@@ -291,31 +301,6 @@ pub(super) fn finish_stats(stats: &mut DataStats, sentences: &[LabeledSentence])
     stats.negatives = sentences.iter().filter(|s| s.entities.is_empty()).count();
     stats.entities = sentences.iter().map(|s| s.entities.len()).sum();
     stats.pairs = sentences.iter().map(|s| s.pairs.len()).sum();
-}
-
-/// Our PHI type for a gold set's own type name (presidio, i2b2 style names).
-pub fn phi_type_from_gold(name: &str) -> &'static str {
-    let upper = name.to_ascii_uppercase();
-    let has = |keys: &[&str]| keys.iter().any(|k| upper.contains(k));
-    if let Some(t) = PHI_TYPES.iter().find(|t| **t == upper) {
-        t
-    } else if has(&["PERSON", "NAME", "DOCTOR", "PATIENT"]) {
-        "NAME"
-    } else if has(&["DATE", "TIME"]) {
-        "DATE"
-    } else if has(&["LOCATION", "ADDRESS", "CITY", "STREET", "COUNTRY", "STATE", "ZIP", "HOSPITAL", "GPE"]) {
-        "LOCATION"
-    } else if has(&["PHONE", "EMAIL", "URL", "FAX", "CONTACT", "IP_ADDRESS"]) {
-        "CONTACT"
-    } else if has(&["ID", "SSN", "NUMBER", "CARD", "IBAN", "LICENSE", "PASSPORT", "RECORD"]) {
-        "ID"
-    } else if has(&["ORG", "COMPANY"]) {
-        "ORGANIZATION"
-    } else if has(&["PROFESSION", "TITLE", "OCCUPATION"]) {
-        "PROFESSION"
-    } else {
-        "OTHER"
-    }
 }
 
 /// Whether `doc_id` falls in the silver dev split: a stable hash of (seed, document), so all

@@ -248,8 +248,9 @@ impl TeacherLlm {
     }
 }
 
-/// File name without the `.gguf` extension.
-fn model_id(path: &Path) -> String {
+/// The model name the embedded server answers to: the file name without `.gguf` (known
+/// without loading the model, so cache keys can be computed before the server starts).
+pub fn model_id(path: &Path) -> String {
     path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "teacher".into())
 }
 
