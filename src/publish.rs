@@ -88,9 +88,17 @@ pub fn current_tables(cfg: &PublishConfig, run_dir: &RunDir) -> Option<RunDir> {
     current(&cfg.dir(run_dir)).and_then(|d| RunDir::open(d).ok())
 }
 
-/// Whether `run_id` was ever published (its directory exists complete).
+/// Whether `run_id` is the live publication: its directory exists and `current` points at
+/// it. A directory `current` does not name (a run killed between the rename and the swap, or a
+/// superseded publication) does not count: the rerun publishes it again and swaps `current`.
 pub fn was_published(cfg: &PublishConfig, run_dir: &RunDir, run_id: &str) -> bool {
-    cfg.dir(run_dir).join(run_id).is_dir()
+    let dir = cfg.dir(run_dir);
+    dir.join(run_id).is_dir() && is_current(&dir, run_id)
+}
+
+/// Whether `current` in `dir` names `run_id`.
+fn is_current(dir: &Path, run_id: &str) -> bool {
+    fs::read_link(dir.join(CURRENT)).is_ok_and(|t| t.as_os_str() == run_id)
 }
 
 /// Run the quality gates over the staged tables of `run_dir`.
@@ -191,12 +199,13 @@ fn student_f1s(run_dir: &RunDir) -> Result<BTreeMap<String, f64>> {
 
 /// Publish `files` (paths relative to the run directory) as `run_id`: copy them into a
 /// staging directory, rename it to `<dir>/<run_id>`, then swap `current` to it. Refuses a
-/// run id that was already published. Returns the publication's directory.
+/// run id that is the live publication; a `<dir>/<run_id>` that `current` does not name (left
+/// by a crash before the swap, or superseded) is replaced. Returns the publication's directory.
 pub fn publish(cfg: &PublishConfig, run_dir: &RunDir, run_id: &str, files: &[PathBuf]) -> Result<PathBuf> {
     let dir = cfg.dir(run_dir);
     fs::create_dir_all(&dir).with_path(&dir)?;
     let target = dir.join(run_id);
-    if target.exists() {
+    if target.exists() && is_current(&dir, run_id) {
         return Err(Error::Config(format!(
             "run {run_id} is already published at {}; a run publishes once",
             target.display()
@@ -213,6 +222,11 @@ pub fn publish(cfg: &PublishConfig, run_dir: &RunDir, run_id: &str, files: &[Pat
         let to = staging.join(file.file_name().unwrap_or(file.as_os_str()));
         fs::copy(&from, &to).with_path(&from)?;
         fs::File::open(&to).and_then(|f| f.sync_all()).with_path(&to)?;
+    }
+    if target.exists() {
+        // Not live (checked above): readers never see it, so it can go before the rename.
+        tracing::info!("{} was left without `current` pointing at it; publishing it again", target.display());
+        fs::remove_dir_all(&target).with_path(&target)?;
     }
     fs::rename(&staging, &target).with_path(&target)?;
     swap_current(&dir, run_id)?;
@@ -341,6 +355,28 @@ mod tests {
         // keep = 1: r1 is kept as the one older publication; a third run prunes it.
         publish(&cfg, &run_dir, "r3", &[a]).unwrap();
         assert!(!dir.join("r1").exists() && dir.join("r2").exists() && dir.join("r3").exists());
+    }
+
+    /// A crash after the rename and before the swap leaves `<run_id>/` complete but `current`
+    /// on the previous run: that run is not published, and publishing it again swaps `current`.
+    #[test]
+    fn a_crash_before_the_swap_does_not_count_as_published() {
+        let tmp = tempfile::tempdir().unwrap();
+        let run_dir = RunDir::create(tmp.path().join("run")).unwrap();
+        let cfg = PublishConfig::default();
+        let dir = cfg.dir(&run_dir);
+        let a = touch(&run_dir, "a.txt", "old");
+        publish(&cfg, &run_dir, "r1", std::slice::from_ref(&a)).unwrap();
+        // r2 renamed into place, then killed: current still names r1.
+        fs::create_dir_all(dir.join("r2")).unwrap();
+        fs::write(dir.join("r2/a.txt"), "new").unwrap();
+        assert!(!was_published(&cfg, &run_dir, "r2"));
+        assert!(was_published(&cfg, &run_dir, "r1"));
+        touch(&run_dir, "a.txt", "new");
+        publish(&cfg, &run_dir, "r2", std::slice::from_ref(&a)).unwrap();
+        assert_eq!(current(&dir).unwrap(), dir.join("r2"));
+        assert!(was_published(&cfg, &run_dir, "r2") && !was_published(&cfg, &run_dir, "r1"));
+        assert_eq!(fs::read_to_string(current(&dir).unwrap().join("a.txt")).unwrap(), "new");
     }
 
     #[test]
