@@ -266,7 +266,8 @@ pub async fn execute(cli: Cli) -> Result<bool> {
         Command::ServeTeacher(_) => crate::serve::run(cfg.serve).await.map(|()| true),
         Command::Run(a) => {
             let report = crate::pipeline::run(&cfg, a.full_refresh).await?;
-            print_stdout(&report.to_string()).map(|()| true)
+            // Like `ingest`: finished, but an input file was not read (exit 1).
+            print_stdout(&report.to_string()).map(|()| report.manifest.failed_inputs == 0)
         }
         Command::Sql(args) => sql(&cfg, args).await.map(|()| true),
     }

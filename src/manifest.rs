@@ -45,6 +45,8 @@ pub struct Manifest {
     /// sha256 over every (doc_id, content_hash) of `documents`.
     pub input_hash: String,
     pub documents: i64,
+    /// Input files ingest could not read (the run goes on without them and exits 1).
+    pub failed_inputs: i64,
     /// Documents new or changed since the last publication (all of them on a full refresh).
     pub changed_documents: i64,
     pub teacher_endpoint: String,
@@ -65,6 +67,8 @@ pub struct Manifest {
     pub gates: String,
     /// JSON: task -> how its silver set grew this run ([`crate::teacher::SilverGrowth`]).
     pub silver: String,
+    /// What stopped a `failed` run (the stage and the error); empty otherwise.
+    pub error: String,
 }
 
 /// Schema of `run_manifest`.
@@ -96,6 +100,8 @@ pub static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
         f("cost_usd"),
         s("gates"),
         s("silver"),
+        i("failed_inputs"),
+        s("error"),
     ]))
 });
 
@@ -130,6 +136,8 @@ impl Manifest {
                 f(self.cost_usd),
                 s(&self.gates),
                 s(&self.silver),
+                i(self.failed_inputs),
+                s(&self.error),
             ],
         )
     }
@@ -145,7 +153,7 @@ impl Manifest {
     }
 }
 
-/// A `run_manifest` batch written before a text column existed, with that column empty.
+/// A `run_manifest` batch written before a column existed, with that column empty (text) or 0.
 fn widen(old: &arrow::record_batch::RecordBatch) -> Result<arrow::record_batch::RecordBatch> {
     if old.schema().fields().len() == SCHEMA.fields().len() {
         return Ok(old.clone());
@@ -157,6 +165,9 @@ fn widen(old: &arrow::record_batch::RecordBatch) -> Result<arrow::record_batch::
             Some(column) => Ok(Arc::clone(column)),
             None if field.data_type() == &DataType::Utf8 => {
                 Ok(Arc::new(StringArray::from(vec![""; old.num_rows()])) as ArrayRef)
+            }
+            None if field.data_type() == &DataType::Int64 => {
+                Ok(Arc::new(Int64Array::from(vec![0; old.num_rows()])) as ArrayRef)
             }
             None => Err(crate::error::Error::Internal(format!("run_manifest lacks column {}", field.name()))),
         })
@@ -207,7 +218,9 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let run_dir = RunDir::create(tmp.path()).unwrap();
         let row = Manifest { run_id: "old".into(), ..Default::default() }.to_batch().unwrap();
-        let keep: Vec<usize> = (0..row.num_columns()).filter(|&i| SCHEMA.field(i).name() != "silver").collect();
+        let keep: Vec<usize> = (0..row.num_columns())
+            .filter(|&i| !["silver", "failed_inputs", "error"].contains(&SCHEMA.field(i).name().as_str()))
+            .collect();
         let old = row.project(&keep).unwrap();
         run_dir.write_table(RUN_MANIFEST, old.schema(), &[old]).unwrap();
         let m = Manifest { run_id: "new".into(), silver: "{\"ade\":1}".into(), ..Default::default() };

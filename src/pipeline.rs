@@ -80,12 +80,15 @@ impl fmt::Display for RunReport {
         if let Some(p) = &self.published {
             writeln!(f, "  published: {}", p.display())?;
         }
+        if m.failed_inputs > 0 {
+            writeln!(f, "  {} input files could not be read (see the log): exit status 1", m.failed_inputs)?;
+        }
         Ok(())
     }
 }
 
-/// Times one stage and records it.
-struct Stages(Vec<StageRecord>);
+/// Times one stage and records it; `.1` names the stage running (so a failure names it).
+struct Stages(Vec<StageRecord>, Option<String>);
 
 impl Stages {
     fn time<T>(
@@ -96,18 +99,23 @@ impl Stages {
     ) -> Result<T> {
         let start = Instant::now();
         tracing::info!("stage {stage}");
+        self.1 = Some(stage.into());
         let out = f()?;
+        self.1 = None;
         self.0.push(StageRecord { stage: stage.into(), seconds: start.elapsed().as_secs_f64(), counts: counts(&out) });
         Ok(out)
     }
 }
 
 /// Run the pipeline `cfg` describes (see the module docs).
+///
+/// Every run that got as far as its run id leaves one `run_manifest` row: `published`,
+/// `already_published`, `gate_failed`, or `failed` with the error that stopped it.
 pub async fn run(cfg: &PipelineConfig, full_refresh: bool) -> Result<RunReport> {
     let started = Instant::now();
     let started_at = chrono::Utc::now().to_rfc3339();
     let run_dir = RunDir::create(&cfg.run.dir)?;
-    let mut stages = Stages(Vec::new());
+    let mut stages = Stages(Vec::new(), None);
     let ingest =
         stages.time("ingest", || crate::ingest::run(&cfg.ingest, &run_dir), |r| r.tables.iter().cloned().collect())?;
     if !ingest.failed_files.is_empty() {
@@ -131,17 +139,54 @@ pub async fn run(cfg: &PipelineConfig, full_refresh: bool) -> Result<RunReport> 
         config_hash: cfg.hash(),
         input_hash,
         documents: documents.len() as i64,
+        failed_inputs: ingest.failed_files.len() as i64,
         teacher_endpoint: cfg.teacher.base_url.clone(),
         teacher_model: cfg.teacher.model.clone(),
         ..Default::default()
     };
-    let previous = publish::current_tables(&cfg.publish, &run_dir);
-    if publish::was_published(&cfg.publish, &run_dir, &run_id) {
+    let outcome = stages_after_ingest(cfg, &run_dir, &label_cfg, &documents, full_refresh, &mut m, &mut stages).await;
+    let (status, eval, gates, published) = match outcome {
+        Ok(outcome) => outcome,
+        Err(e) => {
+            let stage = stages.1.take().map(|s| format!("stage {s}: ")).unwrap_or_default();
+            m.error = format!("{stage}{e}").replace('\n', " ");
+            tracing::error!("run {run_id} failed: {}", m.error);
+            if let Err(written) = finish(&run_dir, m, "failed", stages.0, None, vec![], None, started) {
+                tracing::error!("the run_manifest row of the failed run was not written: {written}");
+            }
+            return Err(e);
+        }
+    };
+    let report = finish(&run_dir, m, status, stages.0, eval, gates, published, started)?;
+    if status == "gate_failed" {
+        print!("{report}");
+        let failed = report.gates.iter().find(|g| !g.passed).map(|g| format!("{}: {}", g.name, g.detail));
+        return Err(Error::GateFailed(failed.unwrap_or_default()));
+    }
+    Ok(report)
+}
+
+/// A run's status, evaluation, gate verdicts and publication.
+type Outcome = (&'static str, Option<EvalReport>, Vec<Gate>, Option<PathBuf>);
+
+/// Everything after the run id is known: label, train, extract, eval, audit, publish.
+async fn stages_after_ingest(
+    cfg: &PipelineConfig,
+    run_dir: &RunDir,
+    label_cfg: &crate::teacher::LabelConfig,
+    documents: &BTreeMap<String, String>,
+    full_refresh: bool,
+    m: &mut Manifest,
+    stages: &mut Stages,
+) -> Result<Outcome> {
+    let run_id = m.run_id.clone();
+    let previous = publish::current_tables(&cfg.publish, run_dir);
+    if publish::was_published(&cfg.publish, run_dir, &run_id) {
         tracing::info!("run {run_id} (same configuration, inputs and code) is already published; nothing to do");
-        return finish(&run_dir, m, "already_published", stages.0, None, vec![], None, started);
+        return Ok(("already_published", None, vec![], None));
     }
     let changed = match (&previous, full_refresh) {
-        (Some(prev), false) if prev.has_table(DOCUMENT_VERSIONS) => Some(changed_documents(&documents, prev)?),
+        (Some(prev), false) if prev.has_table(DOCUMENT_VERSIONS) => Some(changed_documents(documents, prev)?),
         _ => None,
     };
     m.changed_documents = changed.as_ref().map_or(documents.len(), HashSet::len) as i64;
@@ -149,7 +194,9 @@ pub async fn run(cfg: &PipelineConfig, full_refresh: bool) -> Result<RunReport> 
     // Label: the teacher cache makes every sentence it has seen free.
     let start = Instant::now();
     tracing::info!("stage label");
-    let label = crate::teacher::run_embedded_or_remote(&label_cfg, &cfg.serve, &run_dir).await?;
+    stages.1 = Some("label".into());
+    let label = crate::teacher::run_embedded_or_remote(label_cfg, &cfg.serve, run_dir).await?;
+    stages.1 = None;
     stages.0.push(StageRecord {
         stage: "label".into(),
         seconds: start.elapsed().as_secs_f64(),
@@ -173,8 +220,7 @@ pub async fn run(cfg: &PipelineConfig, full_refresh: bool) -> Result<RunReport> 
 
     // Train and extract the distilled student.
     let train_cfg = TrainConfig { supervised_reference: false, ..cfg.train.clone() };
-    let trained =
-        stages.time("train", || crate::train::run(&train_cfg, &run_dir), crate::train::TrainReport::counts)?;
+    let trained = stages.time("train", || crate::train::run(&train_cfg, run_dir), crate::train::TrainReport::counts)?;
     let versions: BTreeMap<String, String> =
         trained.tasks.iter().map(|t| (t.task.as_str().to_string(), t.model_version.clone())).collect();
     m.student_versions = serde_json::to_string(&versions)?;
@@ -191,11 +237,11 @@ pub async fn run(cfg: &PipelineConfig, full_refresh: bool) -> Result<RunReport> 
         only_documents: if incremental { changed.clone() } else { None },
         ..cfg.extract.clone()
     };
-    stages.time("extract", || crate::extract::run(&extract_cfg, &run_dir), |r| r.tables.clone())?;
+    stages.time("extract", || crate::extract::run(&extract_cfg, run_dir), |r| r.tables.clone())?;
     let mut outputs = output_tables(&extract_cfg);
     if let (true, Some(changed), Some(prev)) = (incremental, &changed, &previous) {
         for name in &outputs {
-            merge_previous(&run_dir, prev, name, changed, &documents)?;
+            merge_previous(run_dir, prev, name, changed, documents)?;
         }
     }
 
@@ -204,14 +250,14 @@ pub async fn run(cfg: &PipelineConfig, full_refresh: bool) -> Result<RunReport> 
         let reference = TrainConfig { supervised_reference: true, ..cfg.train.clone() };
         stages.time(
             "train_supervised_reference",
-            || crate::train::run(&reference, &run_dir),
+            || crate::train::run(&reference, run_dir),
             crate::train::TrainReport::counts,
         )?;
         let reference_extract =
             ExtractConfig { supervised_reference: true, only_documents: None, ..extract_cfg.clone() };
         stages.time(
             "extract_supervised_reference",
-            || crate::extract::run(&reference_extract, &run_dir),
+            || crate::extract::run(&reference_extract, run_dir),
             |r| r.tables.clone(),
         )?;
         outputs.extend(output_tables(&reference_extract));
@@ -247,20 +293,18 @@ pub async fn run(cfg: &PipelineConfig, full_refresh: bool) -> Result<RunReport> 
     );
     let eval = stages.time(
         "eval",
-        || crate::eval::run_with_context(&cfg.eval_config(), &run_dir, &run_id, &[("Run".to_string(), timings)]),
+        || crate::eval::run_with_context(&cfg.eval_config(), run_dir, &run_id, &[("Run".to_string(), timings)]),
         |r| BTreeMap::from([("results".to_string(), r.rows.len())]),
     )?;
 
     // Audit, then publish.
-    write_document_versions(&run_dir, &documents)?;
+    write_document_versions(run_dir, documents)?;
     let required: Vec<String> =
         output_tables(&extract_cfg).into_iter().filter(|t| t != table::REDACTED_DOCUMENTS).collect();
-    let gates = publish::audit(&cfg.publish, &run_dir, &required, previous.as_ref())?;
-    if let Some(failed) = gates.iter().find(|g| !g.passed).cloned() {
+    let gates = publish::audit(&cfg.publish, run_dir, &required, previous.as_ref())?;
+    if let Some(failed) = gates.iter().find(|g| !g.passed) {
         tracing::error!("quality gate {} failed: {}; the last publication stays", failed.name, failed.detail);
-        let report = finish(&run_dir, m, "gate_failed", stages.0, Some(eval), gates, None, started)?;
-        print!("{report}");
-        return Err(Error::GateFailed(format!("{}: {}", failed.name, failed.detail)));
+        return Ok(("gate_failed", Some(eval), gates, None));
     }
     let tables = [table::TEACHER_LABELS, table::TEACHER_CALLS, crate::eval::table::EVAL_RESULTS, DOCUMENT_VERSIONS];
     let files: Vec<PathBuf> = outputs
@@ -272,8 +316,10 @@ pub async fn run(cfg: &PipelineConfig, full_refresh: bool) -> Result<RunReport> 
         .map(PathBuf::from)
         .filter(|f| run_dir.root().join(f).is_file())
         .collect();
-    let target = publish::publish(&cfg.publish, &run_dir, &run_id, &files)?;
-    finish(&run_dir, m, "published", stages.0, Some(eval), gates, Some(target), started)
+    stages.1 = Some("publish".into());
+    let target = publish::publish(&cfg.publish, run_dir, &run_id, &files)?;
+    stages.1 = None;
+    Ok(("published", Some(eval), gates, Some(target)))
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -238,3 +238,49 @@ fn kill_9_mid_run_then_rerun_equals_an_uninterrupted_run() {
         assert_eq!(a.get(name), b.get(name), "{name} differs");
     }
 }
+
+/// Every column `name` of `run_manifest`, in order.
+fn manifest_column(run: &Path, name: &str) -> Vec<String> {
+    let manifest = RunDir::open(run).unwrap().read_table("run_manifest").unwrap();
+    manifest
+        .iter()
+        .flat_map(|b| {
+            let c = arrow::compute::cast(b.column_by_name(name).unwrap(), &arrow::datatypes::DataType::Utf8).unwrap();
+            let c = c.as_string::<i32>().clone();
+            (0..c.len()).map(move |i| c.value(i).to_string())
+        })
+        .collect()
+}
+
+/// A run that stops with an error after its run id is known leaves a `failed` row naming the
+/// stage and the error (issue 15 #6).
+#[test]
+fn a_failed_run_writes_a_failed_manifest_row() {
+    let (rt, _server, tmp, mut cfg) = fixture();
+    cfg.train.model_dir = tmp.path().join("no-such-model");
+    let err = rt.block_on(pipeline::run(&cfg, false)).unwrap_err();
+    let run = tmp.path().join("run");
+    assert_eq!(manifest_column(&run, "status"), ["failed"]);
+    let error = &manifest_column(&run, "error")[0];
+    assert!(error.starts_with("stage train: ") && error.contains(&err.to_string()), "{error} / {err}");
+    assert!(publish::current(&run.join("published")).is_none());
+}
+
+/// `biodistill run` exits 1, like `ingest`, when an input file could not be read, though the
+/// rest is processed and published (issue 15 #6).
+#[test]
+fn run_exits_1_when_an_input_file_failed_to_ingest() {
+    let rt = runtime();
+    let server = rt.block_on(MockServer::start(Duration::ZERO, always_ok())).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    write_corpus(&tmp.path().join("corpus.jsonl"), DOCS);
+    std::fs::write(tmp.path().join("broken.parquet"), b"PAR1 not really parquet").unwrap();
+    let extra = format!("[[ingest.user_corpora]]\npath = \"{}\"\n", tmp.path().join("broken.parquet").display());
+    let file = pipeline_file(tmp.path(), &server.base_url(), &extra);
+    let out = biodistill(tmp.path(), &["run", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}\n{}", stdout(&out), stderr(&out));
+    assert!(stdout(&out).contains("1 input files could not be read"), "{}", stdout(&out));
+    let run = tmp.path().join("run");
+    assert_eq!(manifest_column(&run, "status"), ["published"]);
+    assert_eq!(manifest_column(&run, "failed_inputs"), ["1"]);
+}
