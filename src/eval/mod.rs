@@ -287,7 +287,7 @@ pub fn run_with_context(
         if let (Some(c), Some(student), Some(teacher)) =
             (task_calls, scored.get(System::Student.as_str()), scored.get(System::Teacher.as_str()))
         {
-            for (dataset, d) in student_minus_teacher(gold, student, teacher, &sentences, &c.labeled) {
+            for (dataset, d) in student_minus_teacher(task, gold, student, teacher, &sentences, &c.labeled) {
                 if !cfg.extracted(task, &dataset) {
                     continue;
                 }
@@ -370,6 +370,7 @@ fn predictions(
 /// sentence scored alone for both systems (see [`paired`]). Every labeled sentence is a unit
 /// of every dataset (the teacher's dev sample comes from one gold set per task).
 fn student_minus_teacher(
+    task: &str,
     gold: &Gold,
     student: &Preds,
     teacher: &Preds,
@@ -385,7 +386,7 @@ fn student_minus_teacher(
         let teacher_metrics: BTreeMap<String, Vec<Metric>> =
             evaluate(gold, teacher, sentences, scope).into_iter().collect();
         for (dataset, metrics) in evaluate(gold, student, sentences, scope) {
-            let family = report::headline_family(gold_task(gold), &dataset);
+            let family = report::headline_family(task, &dataset);
             let Some(t) = teacher_metrics.get(&dataset).and_then(|m| paired::Counts::from_metrics(m, family)) else {
                 continue;
             };
@@ -394,14 +395,6 @@ fn student_minus_teacher(
         }
     }
     units.into_iter().filter_map(|(dataset, u)| Some((dataset, paired::difference(&u, paired::DRAWS, 0)?))).collect()
-}
-
-fn gold_task(gold: &Gold) -> &'static str {
-    match gold {
-        Gold::Ade(_) => "ade",
-        Gold::GeneDisease(_) => "gene_disease",
-        Gold::Phi(_) => "phi",
-    }
 }
 
 fn evaluate(gold: &Gold, preds: &Preds, sentences: &Sentences, scope: Scope<'_>) -> Vec<(String, Vec<Metric>)> {

@@ -244,12 +244,13 @@ pub async fn run_with_endpoint(cfg: &LabelConfig, run_dir: &RunDir, base_url: &s
     };
     for (task, sel) in &selected {
         tracing::info!(
-            "{task}: silver set {} cached, asking about {} new ({}), {} left for later runs, {} dev",
+            "{task}: silver set {} cached, asking about {} new ({}), {} left for later runs, {} dev ({} cached)",
             sel.silver.len(),
             sel.new.len(),
             sel.policy,
             sel.remaining,
-            sel.dev.len()
+            sel.dev.len(),
+            sel.dev_cached
         );
     }
     let bar = accounting::progress_bar(jobs.len(), teacher.progress);

@@ -163,20 +163,12 @@ pub fn choose(
             }
         }
     };
-    let mut new = Vec::with_capacity(picked.len());
+    let remaining = unasked.len() - picked.len();
     let mut keep = vec![false; unasked.len()];
     for i in picked {
         keep[i] = true;
     }
-    let mut remaining = 0;
-    for (s, keep) in unasked.into_iter().zip(keep) {
-        if keep {
-            new.push(s);
-        } else {
-            remaining += 1;
-        }
-    }
-    silver.shrink_to_fit();
+    let new = unasked.into_iter().zip(keep).filter_map(|(s, keep)| keep.then_some(s)).collect();
     Ok(TaskSelection { silver, new, dev: candidates.dev, dev_cached: 0, remaining, policy })
 }
 
