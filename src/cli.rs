@@ -248,7 +248,7 @@ pub async fn execute(cli: Cli) -> Result<bool> {
     tracing::debug!(?cfg, "resolved configuration");
     match cli.command {
         Command::Ingest(_) => ingest(&cfg),
-        Command::Label(a) => label(&cfg, a.plan, a.export.as_deref()).await.map(|()| true),
+        Command::Label(a) => label(&cfg, a.plan, a.export.as_deref()).await,
         Command::Train(_) => {
             let report = crate::train::run(&cfg.train, &RunDir::open(&cfg.run.dir)?)?;
             print_stdout(&report.to_string()).map(|()| true)
@@ -273,17 +273,28 @@ pub async fn execute(cli: Cli) -> Result<bool> {
     }
 }
 
-async fn label(cfg: &PipelineConfig, plan: bool, export: Option<&std::path::Path>) -> Result<()> {
+/// `Ok(false)` when the teacher failed on some input (a dead endpoint, a rejected key): the
+/// answers it did give are kept, and a script sees exit status 1.
+async fn label(cfg: &PipelineConfig, plan: bool, export: Option<&std::path::Path>) -> Result<bool> {
     let run_dir = RunDir::open(&cfg.run.dir)?;
     let label = cfg.label_config();
     if let Some(file) = export {
         let cache = crate::teacher::cache::Cache::open(&crate::teacher::cache_path(&label.teacher, &run_dir))?;
         let rows = crate::teacher::shipped::export(&cache, &run_dir, file)?;
-        print_stdout(&format!("wrote {rows} teacher answers to {}\n", file.display()))
+        print_stdout(&format!("wrote {rows} teacher answers to {}\n", file.display())).map(|()| true)
     } else if plan {
-        print_stdout(&crate::teacher::plan(&label, &run_dir)?.to_string())
+        print_stdout(&crate::teacher::plan(&label, &run_dir)?.to_string()).map(|()| true)
     } else {
-        print_stdout(&crate::teacher::run_embedded_or_remote(&label, &cfg.serve, &run_dir).await?.to_string())
+        let report = crate::teacher::run_embedded_or_remote(&label, &cfg.serve, &run_dir).await?;
+        print_stdout(&report.to_string())?;
+        if report.failed > 0 {
+            tracing::error!(
+                "the teacher failed on {} of {} inputs (teacher_calls.error says why): exit status 1",
+                report.failed,
+                report.inputs
+            );
+        }
+        Ok(report.failed == 0)
     }
 }
 
@@ -313,13 +324,17 @@ async fn sql(cfg: &PipelineConfig, args: SqlArgs) -> Result<()> {
         (None, Some(f)) => std::fs::read_to_string(f).map_err(|e| Error::input(f, e.to_string()))?,
         (None, None) => return Err(Error::Internal("clap requires QUERY or --file".into())),
     };
-    let mut run_dir = RunDir::open(&cfg.run.dir)?;
-    if args.published {
-        run_dir = crate::publish::current_tables(&cfg.publish, &run_dir).ok_or_else(|| {
+    let run_dir = RunDir::open(&cfg.run.dir)?;
+    // The student functions use the run directory's student either way.
+    let students = run_dir.root().join(crate::train::STUDENT_DIR);
+    let tables = if args.published {
+        crate::publish::current_tables(&cfg.publish, &run_dir).ok_or_else(|| {
             Error::input(cfg.publish.dir(&run_dir), "nothing is published yet (run `biodistill run` first)")
-        })?;
-    }
-    let batches = crate::sql::query(&run_dir, &query).await?;
+        })?
+    } else {
+        run_dir
+    };
+    let batches = crate::sql::session(&tables, &students).await?.sql(&query).await?.collect().await?;
     match &args.output {
         Some(path) => crate::sql::write(&batches, args.format, path),
         None => {

@@ -15,6 +15,7 @@
 //!
 //! Synchronous CPU work, like `train`.
 
+pub mod functions;
 mod predict;
 mod sink;
 
@@ -136,6 +137,15 @@ pub struct ExtractReport {
     pub model_versions: BTreeMap<Task, String>,
     /// Rows written per table.
     pub tables: BTreeMap<String, usize>,
+}
+
+impl ExtractReport {
+    /// Rows written per table, and `sentences` read: a run's stage counts.
+    pub fn counts(&self) -> BTreeMap<String, usize> {
+        let mut counts = self.tables.clone();
+        counts.insert("sentences".into(), self.sentences);
+        counts
+    }
 }
 
 impl fmt::Display for ExtractReport {

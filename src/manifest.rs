@@ -186,6 +186,39 @@ pub fn peak_rss_mib() -> f64 {
 }
 
 /// The commit of the working directory (`git rev-parse HEAD`), else `unknown`.
+/// A fingerprint of model weights at `path` (a file, or every file of a directory): each
+/// file's name, length and first and last MiB. Hashing whole GGUFs would cost seconds per
+/// run; a changed weight file changes its length or its ends in practice. Missing: "-".
+pub fn model_fingerprint(path: &std::path::Path) -> String {
+    use sha2::Digest;
+    const EDGE: u64 = 1 << 20;
+    let mut files: Vec<std::path::PathBuf> = match std::fs::read_dir(path) {
+        Ok(entries) => entries.flatten().map(|e| e.path()).filter(|p| p.is_file()).collect(),
+        Err(_) if path.is_file() => vec![path.to_path_buf()],
+        Err(_) => return "-".into(),
+    };
+    files.sort();
+    let mut h = sha2::Sha256::new();
+    for file in files {
+        let Ok(mut f) = std::fs::File::open(&file) else { continue };
+        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+        h.update(file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default().as_bytes());
+        h.update(len.to_le_bytes());
+        let mut edge = |from: u64| {
+            use std::io::{Read, Seek, SeekFrom};
+            let mut buf = Vec::new();
+            if f.seek(SeekFrom::Start(from)).is_ok() && (&mut f).take(EDGE).read_to_end(&mut buf).is_ok() {
+                h.update(&buf);
+            }
+        };
+        edge(0);
+        edge(len.saturating_sub(EDGE));
+    }
+    hex::encode(&h.finalize()[..8])
+}
+
+/// The commit of the working directory (provenance only: the run id uses
+/// `BIODISTILL_SOURCE_HASH`, the sources the binary was built from).
 pub fn git_sha() -> String {
     std::process::Command::new("git")
         .args(["rev-parse", "--short=12", "HEAD"])
@@ -199,6 +232,21 @@ pub fn git_sha() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn model_fingerprint_sees_a_changed_weight_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("m");
+        assert_eq!(model_fingerprint(&dir), "-");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("model.safetensors"), vec![1u8; 3 << 20]).unwrap();
+        let before = model_fingerprint(&dir);
+        assert_eq!(before, model_fingerprint(&dir));
+        let mut bytes = vec![1u8; 3 << 20];
+        *bytes.last_mut().unwrap() = 2;
+        std::fs::write(dir.join("model.safetensors"), bytes).unwrap();
+        assert_ne!(before, model_fingerprint(&dir));
+    }
 
     #[test]
     fn rows_accumulate() {

@@ -12,8 +12,9 @@
 //! **Incremental runs.** Documents are identified by content hash. Labeling is incremental
 //! through the teacher cache (an unchanged sentence is never sent again), and extraction runs
 //! only over documents that are new or changed since the live publication, merging the rest of
-//! that publication's rows — as long as the student's model version is unchanged (a new student
-//! re-extracts everything, so every row carries the version that produced it).
+//! that publication's rows — as long as the student's model version and the extraction scope
+//! (`extract.splits`, `extract.sources`) are unchanged; otherwise it re-extracts everything, so
+//! every row carries the version that produced it and a widened scope covers every document.
 //!
 //! **Crash safety.** Every stage writes its tables atomically and is deterministic (fixed
 //! seeds, cached teacher replies), and publication is one rename, so `kill -9` at any point
@@ -43,8 +44,35 @@ use crate::train::columns::read_all;
 
 /// `(doc_id, content_hash)` of every document a publication covers.
 pub const DOCUMENT_VERSIONS: &str = "document_versions";
-/// Task -> student model version of a publication.
-const STUDENT_VERSIONS_FILE: &str = "student_versions.json";
+/// What a publication's extracted rows depend on besides the documents (see [`Extraction`]).
+const EXTRACTION_FILE: &str = "extraction.json";
+
+/// Each task's student model version and the extraction's scope. An incremental run keeps a
+/// publication's rows only when all of it is unchanged: a new student, or a widened
+/// `extract.splits` / `extract.sources`, re-extracts every document.
+#[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+struct Extraction {
+    student_versions: BTreeMap<String, String>,
+    splits: Vec<String>,
+    sources: BTreeMap<Task, Vec<String>>,
+}
+
+impl Extraction {
+    fn of(student_versions: BTreeMap<String, String>, cfg: &ExtractConfig) -> Self {
+        Self { student_versions, splits: cfg.splits.clone(), sources: cfg.sources.clone() }
+    }
+
+    /// The publication's, or `None` when it has none (or an older format): extract everything.
+    fn read(publication: &RunDir) -> Option<Self> {
+        let text = std::fs::read_to_string(publication.root().join(EXTRACTION_FILE)).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
+    fn write(&self, run_dir: &RunDir) -> Result<()> {
+        let path = run_dir.root().join(EXTRACTION_FILE);
+        std::fs::write(&path, serde_json::to_string_pretty(self)?).map_err(|e| Error::input(path, e.to_string()))
+    }
+}
 
 /// What `biodistill run` did.
 #[derive(Debug)]
@@ -130,7 +158,7 @@ pub async fn run(cfg: &PipelineConfig, full_refresh: bool) -> Result<RunReport> 
     // The silver set is an input too: a run whose budget can still add sentences is a new run.
     let mut label_cfg = cfg.label_config();
     let silver_state = silver_state(&crate::teacher::plan(&label_cfg, &run_dir)?);
-    let run_id = run_id(&cfg.hash(), &format!("{input_hash}/{silver_state}"), &git_sha, full_refresh);
+    let run_id = run_id(&cfg.hash(), &format!("{input_hash}/{silver_state}"), &code_state(cfg), full_refresh);
     label_cfg.run_id = run_id.clone();
     let mut m = Manifest {
         run_id: run_id.clone(),
@@ -224,12 +252,15 @@ async fn stages_after_ingest(
     let versions: BTreeMap<String, String> =
         trained.tasks.iter().map(|t| (t.task.as_str().to_string(), t.model_version.clone())).collect();
     m.student_versions = serde_json::to_string(&versions)?;
-    std::fs::write(run_dir.root().join(STUDENT_VERSIONS_FILE), &m.student_versions)
-        .map_err(|e| Error::input(run_dir.root().join(STUDENT_VERSIONS_FILE), e.to_string()))?;
+    let extraction = Extraction::of(versions, &cfg.extract);
+    extraction.write(run_dir)?;
     let incremental = match (&changed, &previous) {
-        (Some(_), Some(prev)) => previous_versions(prev).as_ref() == Some(&versions),
+        (Some(_), Some(prev)) => Extraction::read(prev).as_ref() == Some(&extraction),
         _ => false,
     };
+    if changed.is_some() && !incremental {
+        tracing::info!("the student or the extraction scope changed since the last publication: extracting everything");
+    }
     let extract_cfg = ExtractConfig {
         run_id: Some(run_id.clone()),
         supervised_reference: false,
@@ -237,7 +268,7 @@ async fn stages_after_ingest(
         only_documents: if incremental { changed.clone() } else { None },
         ..cfg.extract.clone()
     };
-    stages.time("extract", || crate::extract::run(&extract_cfg, run_dir), |r| r.tables.clone())?;
+    stages.time("extract", || crate::extract::run(&extract_cfg, run_dir), crate::extract::ExtractReport::counts)?;
     let mut outputs = output_tables(&extract_cfg);
     if let (true, Some(changed), Some(prev)) = (incremental, &changed, &previous) {
         for name in &outputs {
@@ -258,7 +289,7 @@ async fn stages_after_ingest(
         stages.time(
             "extract_supervised_reference",
             || crate::extract::run(&reference_extract, run_dir),
-            |r| r.tables.clone(),
+            crate::extract::ExtractReport::counts,
         )?;
         outputs.extend(output_tables(&reference_extract));
     }
@@ -301,7 +332,7 @@ async fn stages_after_ingest(
     write_document_versions(run_dir, documents)?;
     let required: Vec<String> =
         output_tables(&extract_cfg).into_iter().filter(|t| t != table::REDACTED_DOCUMENTS).collect();
-    let gates = publish::audit(&cfg.publish, run_dir, &required, previous.as_ref())?;
+    let gates = publish::audit(&cfg.publish, run_dir, &required, previous.as_ref(), full_refresh)?;
     if let Some(failed) = gates.iter().find(|g| !g.passed) {
         tracing::error!("quality gate {} failed: {}; the last publication stays", failed.name, failed.detail);
         return Ok(("gate_failed", Some(eval), gates, None));
@@ -312,7 +343,7 @@ async fn stages_after_ingest(
         .map(String::as_str)
         .chain(tables)
         .map(|t| format!("{t}.parquet"))
-        .chain(["report.md", "report.html", STUDENT_VERSIONS_FILE].map(String::from))
+        .chain(["report.md", "report.html", EXTRACTION_FILE].map(String::from))
         .map(PathBuf::from)
         .filter(|f| run_dir.root().join(f).is_file())
         .collect();
@@ -356,9 +387,19 @@ pub fn run_id_of(run_dir: &RunDir) -> String {
     run_dir.root().file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "adhoc".into())
 }
 
-fn run_id(config_hash: &str, input_hash: &str, git_sha: &str, full_refresh: bool) -> String {
+/// What besides configuration and inputs decides a run's results: the sources the binary was
+/// built from (committed or not) and the model weights it loads.
+fn code_state(cfg: &PipelineConfig) -> String {
+    let mut parts = vec![env!("BD_SOURCE_HASH").to_string(), manifest::model_fingerprint(&cfg.train.model_dir)];
+    if cfg.teacher.base_url == crate::teacher::EMBEDDED {
+        parts.push(manifest::model_fingerprint(&cfg.serve.model));
+    }
+    parts.join("/")
+}
+
+fn run_id(config_hash: &str, input_hash: &str, code: &str, full_refresh: bool) -> String {
     let mut h = Sha256::new();
-    for part in [config_hash, input_hash, git_sha, env!("CARGO_PKG_VERSION"), if full_refresh { "full" } else { "" }] {
+    for part in [config_hash, input_hash, code, env!("CARGO_PKG_VERSION"), if full_refresh { "full" } else { "" }] {
         h.update(part.as_bytes());
         h.update([0]);
     }
@@ -404,11 +445,6 @@ fn write_document_versions(run_dir: &RunDir, documents: &BTreeMap<String, String
 fn changed_documents(documents: &BTreeMap<String, String>, previous: &RunDir) -> Result<HashSet<String>> {
     let before = document_versions(previous, DOCUMENT_VERSIONS)?;
     Ok(documents.iter().filter(|(id, hash)| before.get(*id) != Some(hash)).map(|(id, _)| id.clone()).collect())
-}
-
-fn previous_versions(previous: &RunDir) -> Option<BTreeMap<String, String>> {
-    let text = std::fs::read_to_string(previous.root().join(STUDENT_VERSIONS_FILE)).ok()?;
-    serde_json::from_str(&text).ok()
 }
 
 /// The tables an extraction config writes.

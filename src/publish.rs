@@ -104,8 +104,15 @@ fn is_current(dir: &Path, run_id: &str) -> bool {
 /// Run the quality gates over the staged tables of `run_dir`.
 ///
 /// `tables`: the extracted tables that must not be (nearly) empty; `previous`: the live
-/// publication, whose `eval_results` the new F1s are compared with.
-pub fn audit(cfg: &PublishConfig, run_dir: &RunDir, tables: &[String], previous: Option<&RunDir>) -> Result<Vec<Gate>> {
+/// publication, whose `eval_results` the new F1s are compared with; `full_refresh`: a dataset
+/// it was scored on may be gone (dropped on purpose).
+pub fn audit(
+    cfg: &PublishConfig,
+    run_dir: &RunDir,
+    tables: &[String],
+    previous: Option<&RunDir>,
+    full_refresh: bool,
+) -> Result<Vec<Gate>> {
     let mut gates = Vec::new();
     for name in tables {
         let rows = if run_dir.has_table(name) { row_count(run_dir, name)? } else { 0 };
@@ -137,12 +144,26 @@ pub fn audit(cfg: &PublishConfig, run_dir: &RunDir, tables: &[String], previous:
         if run_dir.has_table(crate::eval::table::EVAL_RESULTS) {
             let (old, new) = (student_f1s(previous)?, student_f1s(run_dir)?);
             for (key, before) in old {
-                let Some(&now) = new.get(&key) else { continue };
-                gates.push(Gate::new(
-                    format!("f1:{key}"),
-                    now >= before - cfg.max_f1_drop,
-                    format!("{now:.4} vs {before:.4} published (max drop {})", cfg.max_f1_drop),
-                ));
+                // A dataset the live publication was scored on and this run was not: its
+                // tables are incomplete (or the scope was narrowed, which publish.max_f1_drop
+                // cannot judge), so it does not publish silently.
+                let gate = match new.get(&key) {
+                    None if full_refresh => continue,
+                    Some(&now) => Gate::new(
+                        format!("f1:{key}"),
+                        now >= before - cfg.max_f1_drop,
+                        format!("{now:.4} vs {before:.4} published (max drop {})", cfg.max_f1_drop),
+                    ),
+                    None => Gate::new(
+                        format!("f1:{key}"),
+                        false,
+                        format!(
+                            "not scored by this run ({before:.4} published): its rows are missing; to drop \
+                             the dataset on purpose, publish with --full-refresh"
+                        ),
+                    ),
+                };
+                gates.push(gate);
             }
         }
     }
@@ -319,7 +340,7 @@ mod tests {
         );
         let floor = |min_f1| {
             let cfg = PublishConfig { min_f1, ..Default::default() };
-            audit(&cfg, &run_dir, &[], None)
+            audit(&cfg, &run_dir, &[], None, false)
                 .unwrap()
                 .into_iter()
                 .filter(|g| g.name.starts_with("f1_floor"))
@@ -393,12 +414,33 @@ mod tests {
     }
 
     #[test]
+    fn a_dataset_the_publication_was_scored_on_must_be_scored_again() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (live, run) =
+            (RunDir::create(tmp.path().join("live")).unwrap(), RunDir::create(tmp.path().join("run")).unwrap());
+        write_f1s(&live, &[("ade", "ade_corpus_v2", 0.4, 1099), ("gene_disease", "gad", 0.5, 567)]);
+        write_f1s(&run, &[("ade", "ade_corpus_v2", 0.41, 1099)]);
+        let f1_gates = |full_refresh| {
+            audit(&PublishConfig::default(), &run, &[], Some(&live), full_refresh)
+                .unwrap()
+                .into_iter()
+                .filter(|g| g.name.starts_with("f1:"))
+                .map(|g| (g.name, g.passed))
+                .collect::<Vec<_>>()
+        };
+        let ade = ("f1:ade/ade_corpus_v2/pair_strict_f1".to_string(), true);
+        assert_eq!(f1_gates(false), [ade.clone(), ("f1:gene_disease/gad/pair_strict_f1".to_string(), false)]);
+        assert_eq!(f1_gates(true), [ade]);
+    }
+
+    #[test]
     fn row_gate_fails_on_an_empty_table() {
         let tmp = tempfile::tempdir().unwrap();
         let run_dir = RunDir::create(tmp.path()).unwrap();
         let schema = crate::schema::PHI_SPANS.clone();
         run_dir.write_table("phi_spans", schema, &[]).unwrap();
-        let gates = audit(&PublishConfig::default(), &run_dir, &["phi_spans".into(), "missing".into()], None).unwrap();
+        let gates =
+            audit(&PublishConfig::default(), &run_dir, &["phi_spans".into(), "missing".into()], None, false).unwrap();
         assert_eq!(gates.len(), 2);
         assert!(gates.iter().all(|g| !g.passed), "{gates:?}");
     }

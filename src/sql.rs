@@ -2,7 +2,8 @@
 //!
 //! Each `<name>.parquet` in the run directory is registered as table `<name>`, so queries use
 //! the names in [`crate::schema::table`]. Results print as a table, CSV or JSON lines, or are
-//! written to a Parquet file.
+//! written to a Parquet file. The student's SQL functions (`ade_pairs`, `gene_disease_pairs`,
+//! `phi_spans`, `redact`: [`crate::extract::functions`]) are registered too.
 
 use std::path::Path;
 
@@ -27,20 +28,22 @@ pub enum OutputFormat {
     Parquet,
 }
 
-/// A DataFusion session with every table of `run_dir` registered by name.
-pub async fn session(run_dir: &RunDir) -> Result<SessionContext> {
+/// A DataFusion session with every table of `run_dir` registered by name, and the student
+/// functions over the checkpoints in `students` (a run directory's `student/`).
+pub async fn session(run_dir: &RunDir, students: &Path) -> Result<SessionContext> {
     let ctx = SessionContext::new_with_config(SessionConfig::new().with_information_schema(true));
     for name in run_dir.tables()? {
         let path = run_dir.table_path(&name);
         let path = path.to_str().ok_or_else(|| Error::input(&path, "path is not valid UTF-8"))?;
         ctx.register_parquet(&name, path, ParquetReadOptions::default()).await?;
     }
+    crate::extract::functions::register(&ctx, students.to_path_buf());
     Ok(ctx)
 }
 
 /// Run one SQL statement (a trailing `;` and `--` comments are fine) and collect its result.
 pub async fn query(run_dir: &RunDir, sql: &str) -> Result<Vec<RecordBatch>> {
-    let ctx = session(run_dir).await?;
+    let ctx = session(run_dir, &run_dir.root().join(crate::train::STUDENT_DIR)).await?;
     let df = ctx.sql(sql).await?;
     Ok(df.collect().await?)
 }

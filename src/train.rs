@@ -62,9 +62,12 @@ pub struct TrainConfig {
     pub min_steps: usize,
     /// Stop after this many optimizer steps (smoke tests, benchmarks).
     pub max_steps: Option<usize>,
-    /// Train on at most this many sentences (a seeded sample, by document); 0 = all. Bounds
-    /// the supervised reference's time on a CPU (the gold train splits are large).
+    /// Train the student on at most this many silver sentences (a seeded sample, by
+    /// document); 0 = all of them, which is what the silver set is grown for.
     pub max_sentences: usize,
+    /// The same bound for the supervised reference (0 = the whole gold train split): it
+    /// bounds the reference's time on a CPU, as the gold train splits are large.
+    pub reference_max_sentences: usize,
     pub batch_size: usize,
     /// Keep the embeddings and this many bottom encoder layers (of MiniLM's 6) at their
     /// pretrained weights: their output is computed once per sentence ([`frozen`]) and each
@@ -112,6 +115,7 @@ impl Default for TrainConfig {
             min_steps: 0,
             max_steps: None,
             max_sentences: 0,
+            reference_max_sentences: 0,
             batch_size: 16,
             frozen_layers: 0,
             threads: 0,
@@ -289,7 +293,8 @@ fn train_task(
         return Err(Error::Config(format!("train {task}: no training sentences ({data:?})")));
     }
     data.available_sentences = sentences.len();
-    let sentences = data::cap(sentences, cfg.max_sentences, cfg.seed);
+    let cap = if cfg.supervised_reference { cfg.reference_max_sentences } else { cfg.max_sentences };
+    let sentences = data::cap(sentences, cap, cfg.seed);
     data::finish_stats(&mut data, &sentences);
     let (mut train_sentences, mut dev_sentences) = data::split_dev(sentences, cfg.seed, cfg.dev_fraction);
     if !dev_sentences.is_empty() && dev_sentences.len() < cfg.min_dev_sentences {

@@ -148,6 +148,27 @@ fn teacher_api_key_variable_does_not_break_commands() {
     assert_eq!(stdout(&out), "n\n2\n", "{}", stderr(&out));
 }
 
+/// A teacher that answers nothing (nothing listens on the port): `label` finishes, says how
+/// many inputs failed, and exits 1 so a script notices.
+#[test]
+fn label_exits_1_when_the_teacher_fails() {
+    let tmp = tempfile::tempdir().unwrap();
+    fs::write(tmp.path().join("docs.csv"), "id,text\n1,Aspirin caused rash. It resolved.\n").unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let config = format!(
+        "[run]\ndir = \"run\"\n[teacher]\nbase_url = \"http://127.0.0.1:{port}/v1\"\nmax_retries = 0\n\
+         progress = false\nprompts_dir = \"{}\"\n[label]\ntasks = [\"ade\"]\nsplits = [\"unlabeled\"]\n\
+         dev_sample = 0\n",
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/prompts").display()
+    );
+    fs::write(tmp.path().join("p.toml"), config).unwrap();
+    let ingest = biodistill(tmp.path(), &["-c", "p.toml", "ingest", "--corpus", "none", "--input", "docs.csv"]);
+    assert!(ingest.status.success(), "{}", stderr(&ingest));
+    let out = biodistill(tmp.path(), &["-c", "p.toml", "label"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("the teacher failed on 2 of 2 inputs"), "{}", stderr(&out));
+}
+
 /// `biodistill sql ... | head -1`: the reader closing the pipe early is not a crash.
 #[test]
 fn sql_into_a_closed_pipe_exits_quietly() {

@@ -172,6 +172,34 @@ fn incremental_run_labels_only_new_and_changed_documents_and_publishes_once() {
     assert_eq!(statuses, ["published", "already_published", "published"]);
 }
 
+fn extracted_sentences(report: &pipeline::RunReport) -> usize {
+    report.stages.iter().find(|s| s.stage == "extract").expect("an extract stage").counts["sentences"]
+}
+
+#[test]
+fn widening_extract_sources_re_extracts_unchanged_documents() {
+    let rt = runtime();
+    let server = rt.block_on(MockServer::start(Duration::ZERO, always_ok())).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    write_corpus(&tmp.path().join("corpus.jsonl"), DOCS);
+    write_corpus(&tmp.path().join("more.jsonl"), &[("9", "Cisplatin caused ototoxicity. It resolved.")]);
+    let both = format!(
+        "[[ingest.user_corpora]]\npath = \"{}\"\n[extract.sources]\nade = ",
+        tmp.path().join("more.jsonl").display()
+    );
+    let narrow = load(&pipeline_file(tmp.path(), &server.base_url(), &format!("{both}[\"corpus\"]")));
+    let first = rt.block_on(pipeline::run(&narrow, false)).unwrap();
+    assert_eq!((first.status.as_str(), extracted_sentences(&first)), ("published", 5), "{first}");
+
+    // No document changed, but `more` is now in scope: its sentences (and the rest) are
+    // extracted instead of the old publication's rows being carried over.
+    let wide = load(&pipeline_file(tmp.path(), &server.base_url(), &format!("{both}[\"corpus\", \"more\"]")));
+    let second = rt.block_on(pipeline::run(&wide, false)).unwrap();
+    assert_eq!(second.status, "published", "{second}");
+    assert_eq!(second.manifest.changed_documents, 0);
+    assert_eq!(extracted_sentences(&second), 7, "{second}");
+}
+
 #[test]
 fn a_failed_quality_gate_keeps_the_last_publication() {
     let (rt, _server, tmp, cfg) = fixture();

@@ -140,6 +140,8 @@ fn trains_on_silver_labels_and_extracts_to_every_table() {
     let john = (0..redacted.num_rows()).find(|&r| col::<StringArray>(&redacted, "doc_id").value(r) == "toy:6").unwrap();
     assert!(texts.value(john).contains('['), "PHI replaced by [TYPE]: {}", texts.value(john));
 
+    sql_functions_equal_extract(&run);
+
     // Informative selection with this student: sentences where it expects pairs rank first;
     // without a checkpoint it falls back to random.
     use biodistill::teacher::select::{Candidates, Sentence, choose};
@@ -163,6 +165,44 @@ fn trains_on_silver_labels_and_extracts_to_every_table() {
     assert!(informed.new.iter().all(|s| scores[pool.iter().position(|p| p == s).unwrap()] > 0.0));
     let fallback = pick(Selection::Informative, &tmp.path().join("no-student"));
     assert_eq!((fallback.new, fallback.policy.starts_with("random")), (random.new, true));
+}
+
+/// `ade_pairs`, `gene_disease_pairs`, `phi_spans` and `redact` over the `sentences` (and
+/// `documents`) text give exactly the rows `extract` wrote, offsets shifted by the sentence's.
+fn sql_functions_equal_extract(run: &RunDir) {
+    const COUNTS: &str = "SELECT (SELECT count(*) FROM g) AS function_rows, (SELECT count(*) FROM t) AS table_rows, \
+        (SELECT count(*) FROM (SELECT * FROM g EXCEPT ALL SELECT * FROM t)) AS only_function, \
+        (SELECT count(*) FROM (SELECT * FROM t EXCEPT ALL SELECT * FROM g)) AS only_table";
+    let pairs = |function: &str, table: &str, a: &str, r: &str| {
+        format!(
+            "WITH f AS (SELECT doc_id, sent_id, start AS s, unnest({function}(text)) AS p FROM sentences), \
+             g AS (SELECT doc_id, sent_id, p['{a}'] AS {a}, s + p['{a}_start'] AS {a}_start, s + p['{a}_end'] AS {a}_end, \
+                   p['{r}'] AS {r}, s + p['{r}_start'] AS {r}_start, s + p['{r}_end'] AS {r}_end FROM f), \
+             t AS (SELECT doc_id, sent_id, {a}, {a}_start, {a}_end, {r}, {r}_start, {r}_end FROM {table}) \
+             {COUNTS}"
+        )
+    };
+    let phi = format!(
+        "WITH f AS (SELECT doc_id, start AS s, unnest(phi_spans(text)) AS p FROM sentences), \
+               g AS (SELECT doc_id, s + p['start'] AS start, s + p['end'] AS \"end\", p['phi_type'] AS phi_type FROM f), \
+               t AS (SELECT doc_id, start, \"end\", phi_type FROM phi_spans) {COUNTS}"
+    );
+    let redact = "SELECT count(*) AS function_rows, count(*) AS table_rows, \
+                  sum(CASE WHEN redact(d.text) = r.redacted_text THEN 0 ELSE 1 END) AS differ, 0 AS none \
+                  FROM documents d JOIN redacted_documents r USING (doc_id)";
+    let checks = [
+        ("ade_pairs", pairs("ade_pairs", "ade_relations", "drug", "effect")),
+        ("gene_disease_pairs", pairs("gene_disease_pairs", "gene_disease", "gene", "disease")),
+        ("phi_spans", phi),
+        ("redact", redact.to_string()),
+    ];
+    for (name, query) in checks {
+        let csv = crate::util::sql_csv(run, &query);
+        let counts: Vec<usize> = csv.lines().nth(1).unwrap().split(',').map(|v| v.parse().unwrap()).collect();
+        println!("{name}: function rows, table rows, only in function, only in table = {counts:?}");
+        assert!(counts[1] > 0, "{name}: nothing to compare: {csv}");
+        assert_eq!((counts[0], counts[2], counts[3]), (counts[1], 0, 0), "{name}: {csv}");
+    }
 }
 
 #[test]

@@ -135,6 +135,7 @@ impl TeacherClient {
         loop {
             self.limiter.acquire(estimated_tokens).await;
             let permit = self.gate.acquire().await;
+            let epoch = permit.epoch;
             let attempt_started = Instant::now();
             self.attempts.fetch_add(1, Ordering::Relaxed);
             let outcome = tokio::time::timeout(self.settings.timeout, self.client.chat().create(request.clone())).await;
@@ -160,7 +161,7 @@ impl TeacherClient {
             };
             match &error {
                 TeacherError::RateLimited { .. } => self.limiter.pause_until(Instant::now() + delay),
-                TeacherError::Overloaded { .. } => self.gate.overloaded(),
+                TeacherError::Overloaded { .. } => self.gate.overloaded(epoch),
                 _ => {}
             }
             tracing::debug!(retry = retries + 1, ?delay, "teacher request failed, retrying: {error}");

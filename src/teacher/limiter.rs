@@ -15,8 +15,9 @@ use tokio::time::Instant;
 /// Successful requests after which a shrunken gate grows back by one slot.
 const GROW_AFTER: usize = 20;
 
-/// At most `max` requests in flight; [`Gate::overloaded`] lowers the limit (down to one),
-/// successes raise it back (up to `max`).
+/// At most `max` requests in flight. [`Gate::overloaded`] halves the limit (down to one) and
+/// successes raise it back one slot at a time (up to `max`): additive increase,
+/// multiplicative decrease, as TCP does, so a server that is full sheds load at once.
 pub struct Gate {
     semaphore: Arc<Semaphore>,
     max: usize,
@@ -24,12 +25,17 @@ pub struct Gate {
     /// Slots to retire as permits come back (the limit was lowered while they were in use).
     debt: Arc<AtomicUsize>,
     streak: AtomicUsize,
+    /// Bumped at every cut: the requests already in flight then see the same overload, and
+    /// their answers must not cut again (16 concurrent 503s halve once, not down to one).
+    epoch: AtomicUsize,
 }
 
 /// One slot; returned (or retired, when the gate shrank) on drop.
 pub struct GatePermit {
     permit: Option<OwnedSemaphorePermit>,
     debt: Arc<AtomicUsize>,
+    /// The gate's epoch when the slot was taken (pass it to [`Gate::overloaded`]).
+    pub epoch: usize,
 }
 
 impl Drop for GatePermit {
@@ -52,12 +58,13 @@ impl Gate {
             limit: AtomicUsize::new(max),
             debt: Arc::new(AtomicUsize::new(0)),
             streak: AtomicUsize::new(0),
+            epoch: AtomicUsize::new(0),
         }
     }
 
     pub async fn acquire(&self) -> GatePermit {
         let permit = Arc::clone(&self.semaphore).acquire_owned().await.expect("the gate's semaphore is never closed");
-        GatePermit { permit: Some(permit), debt: Arc::clone(&self.debt) }
+        GatePermit { permit: Some(permit), debt: Arc::clone(&self.debt), epoch: self.epoch.load(Ordering::Acquire) }
     }
 
     /// Current limit on requests in flight.
@@ -65,14 +72,21 @@ impl Gate {
         self.limit.load(Ordering::Acquire)
     }
 
-    /// The server said "too many at once": allow one fewer request in flight.
-    pub fn overloaded(&self) {
+    /// The server said "too many at once" to a request sent in `epoch`: halve the requests in
+    /// flight, unless the limit was already cut after that request was sent.
+    pub fn overloaded(&self, epoch: usize) {
         self.streak.store(0, Ordering::Release);
-        let lowered = self.limit.fetch_update(Ordering::AcqRel, Ordering::Acquire, |l| (l > 1).then(|| l - 1)).is_ok();
-        // Retire an idle slot now, or the next one in use when it comes back.
-        if lowered && self.semaphore.forget_permits(1) == 0 {
-            self.debt.fetch_add(1, Ordering::AcqRel);
+        if self.epoch.compare_exchange(epoch, epoch + 1, Ordering::AcqRel, Ordering::Acquire).is_err() {
+            return;
         }
+        let Ok(before) = self.limit.fetch_update(Ordering::AcqRel, Ordering::Acquire, |l| (l > 1).then(|| l / 2))
+        else {
+            return;
+        };
+        // Retire idle slots now, and the rest as slots in use come back.
+        let cut = before - before / 2;
+        let idle = self.semaphore.forget_permits(cut);
+        self.debt.fetch_add(cut - idle, Ordering::AcqRel);
     }
 
     /// A request succeeded: after a streak of them, give back one slot taken by `overloaded`.
@@ -213,9 +227,10 @@ mod tests {
     async fn the_gate_shrinks_on_overload_and_grows_back() {
         let gate = Gate::new(3);
         let held = gate.acquire().await;
-        for _ in 0..3 {
-            gate.overloaded();
-        }
+        gate.overloaded(held.epoch);
+        gate.overloaded(held.epoch);
+        assert_eq!(gate.limit(), 1, "halved once (3 -> 1) for requests sent before the cut");
+        gate.overloaded(gate.epoch.load(Ordering::Acquire));
         assert_eq!(gate.limit(), 1, "never below one");
         async fn blocked(gate: &Gate) -> bool {
             tokio::time::timeout(Duration::from_millis(20), gate.acquire()).await.is_err()
@@ -231,5 +246,28 @@ mod tests {
         assert_eq!(gate.limit(), 3);
         let _all = (gate.acquire().await, gate.acquire().await, gate.acquire().await);
         assert!(blocked(&gate).await, "never above the configured maximum");
+    }
+
+    #[tokio::test]
+    async fn sixteen_overloads_in_flight_halve_once() {
+        let gate = Gate::new(16);
+        let mut held = Vec::new();
+        for _ in 0..16 {
+            held.push(gate.acquire().await);
+        }
+        for permit in &held {
+            gate.overloaded(permit.epoch);
+        }
+        assert_eq!(gate.limit(), 8);
+        drop(held);
+        let after = gate.acquire().await;
+        gate.overloaded(after.epoch);
+        assert_eq!(gate.limit(), 4, "a request sent after the cut that is refused cuts again");
+        drop(after);
+        let mut slots = Vec::new();
+        for _ in 0..4 {
+            slots.push(gate.acquire().await);
+        }
+        assert!(tokio::time::timeout(Duration::from_millis(20), gate.acquire()).await.is_err(), "4 slots, no more");
     }
 }

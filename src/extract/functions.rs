@@ -1,0 +1,322 @@
+//! The student as SQL functions, registered in every session of a run directory:
+//!
+//! ```sql
+//! SELECT doc_id, unnest(ade_pairs(text)) FROM documents;
+//! SELECT gene_disease_pairs('BRCA1 mutations cause breast cancer.');
+//! SELECT phi_spans(text), redact(text) FROM my_notes;
+//! ```
+//!
+//! Each takes any text (a document, a sentence, a literal), splits it into sentences as
+//! `ingest` does, runs that task's student (the run directory's `student/<task>` checkpoint,
+//! loaded on first use) and returns what `extract` would write for it: a list of structs whose
+//! offsets are chars into the argument (`ade_relations` without the provenance columns), or for
+//! `redact` the text with each PHI span replaced by `[TYPE]`. Null text gives null.
+
+use std::hash::{Hash, Hasher};
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+
+use arrow::array::{Array, ArrayRef, AsArray, Float32Array, Int32Array, ListArray, StringArray, StructArray};
+use arrow::buffer::{NullBuffer, OffsetBuffer};
+use arrow::datatypes::{DataType, Field, Fields};
+use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::logical_expr::{ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility};
+use datafusion::prelude::SessionContext;
+
+use super::predict::{SentenceRow, predict};
+use crate::model::tags::Task;
+use crate::text::CharIndex;
+use crate::train::checkpoint::Checkpoint;
+
+/// Encoder windows per forward pass, as `extract.batch_size` defaults.
+const BATCH_SIZE: usize = 16;
+
+/// What a function returns per input row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Output {
+    /// `list<struct<anchor, anchor_start, anchor_end, related, related_start, related_end, score>>`.
+    Pairs,
+    /// `list<struct<phi_type, start, end, span, score>>`.
+    Spans,
+    /// The redacted text.
+    Redacted,
+}
+
+/// Register `ade_pairs`, `gene_disease_pairs`, `phi_spans` and `redact` on `ctx`, reading
+/// checkpoints from `student_dir/<task>` when first called.
+pub fn register(ctx: &SessionContext, student_dir: PathBuf) {
+    let students = Arc::new(Students { dir: student_dir, loaded: Default::default() });
+    for (name, task, output) in [
+        ("ade_pairs", Task::Ade, Output::Pairs),
+        ("gene_disease_pairs", Task::GeneDisease, Output::Pairs),
+        ("phi_spans", Task::Phi, Output::Spans),
+        ("redact", Task::Phi, Output::Redacted),
+    ] {
+        let function = StudentFunction {
+            name,
+            task,
+            output,
+            students: Arc::clone(&students),
+            signature: Signature::string(1, Volatility::Immutable),
+        };
+        ctx.register_udf(ScalarUDF::new_from_impl(function));
+    }
+}
+
+/// One checkpoint per task, loaded once per session and shared by its functions.
+struct Students {
+    dir: PathBuf,
+    loaded: [OnceLock<Result<Arc<Checkpoint>, String>>; 3],
+}
+
+impl Students {
+    fn get(&self, task: Task) -> DfResult<Arc<Checkpoint>> {
+        let slot = &self.loaded[Task::ALL.iter().position(|&t| t == task).expect("every task is in Task::ALL")];
+        let loaded = slot.get_or_init(|| {
+            let dir = self.dir.join(task.as_str());
+            if !dir.is_dir() {
+                return Err(format!("no {task} student at {} (run `biodistill train` first)", dir.display()));
+            }
+            Checkpoint::load(&dir, &candle_core::Device::Cpu).map(Arc::new).map_err(|e| e.to_string())
+        });
+        loaded.clone().map_err(DataFusionError::Execution)
+    }
+}
+
+impl std::fmt::Debug for Students {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Students({})", self.dir.display())
+    }
+}
+
+#[derive(Debug)]
+struct StudentFunction {
+    name: &'static str,
+    task: Task,
+    output: Output,
+    students: Arc<Students>,
+    signature: Signature,
+}
+
+impl PartialEq for StudentFunction {
+    fn eq(&self, other: &Self) -> bool {
+        (self.name, &self.students.dir) == (other.name, &other.students.dir)
+    }
+}
+
+impl Eq for StudentFunction {}
+
+impl Hash for StudentFunction {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        (self.name, &self.students.dir).hash(state);
+    }
+}
+
+/// The struct fields of a list element.
+fn element_fields(task: Task, output: Output) -> Fields {
+    let (int, text) = (|n: &str| Field::new(n, DataType::Int32, false), |n: &str| Field::new(n, DataType::Utf8, false));
+    let score = Field::new("score", DataType::Float32, false);
+    match (output, task.relation()) {
+        (Output::Pairs, Some((anchor, related))) => {
+            let (a, r) = (column_name(anchor), column_name(related));
+            vec![
+                text(a),
+                int(&format!("{a}_start")),
+                int(&format!("{a}_end")),
+                text(r),
+                int(&format!("{r}_start")),
+                int(&format!("{r}_end")),
+                score,
+            ]
+        }
+        _ => vec![text("phi_type"), int("start"), int("end"), text("span"), score],
+    }
+    .into()
+}
+
+/// The output tables' column name of an entity type (`DRUG` -> `drug`, `ADVERSE_EVENT` ->
+/// `effect`), so `unnest` gives `ade_relations`' names.
+fn column_name(entity_type: &str) -> &'static str {
+    match entity_type {
+        "DRUG" => "drug",
+        "ADVERSE_EVENT" => "effect",
+        "GENE" => "gene",
+        "DISEASE" => "disease",
+        other => unreachable!("no relation has entity type {other}"),
+    }
+}
+
+fn list_type(task: Task, output: Output) -> DataType {
+    DataType::List(Arc::new(Field::new("item", DataType::Struct(element_fields(task, output)), false)))
+}
+
+impl ScalarUDFImpl for StudentFunction {
+    fn name(&self) -> &str {
+        self.name
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> DfResult<DataType> {
+        Ok(match self.output {
+            Output::Redacted => DataType::Utf8,
+            output => list_type(self.task, output),
+        })
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        let input = args.args[0].to_array(args.number_rows)?;
+        let input = arrow::compute::cast(&input, &DataType::Utf8)?;
+        let texts = input.as_string::<i32>();
+        let checkpoint = self.students.get(self.task)?;
+        let rows = spans_per_row(&checkpoint, texts).map_err(|e| DataFusionError::Execution(e.to_string()))?;
+        let out = match self.output {
+            Output::Redacted => redacted(texts, &rows),
+            output => list(self.task, output, texts, &rows)?,
+        };
+        Ok(ColumnarValue::Array(out))
+    }
+}
+
+/// A predicted span or pair in its row's text: char offsets, and for pairs the related span.
+struct Found {
+    start: usize,
+    end: usize,
+    type_index: usize,
+    related: Option<(usize, usize)>,
+    score: f32,
+}
+
+/// Per input row, what the student found in it (entities for PHI, pairs otherwise), in the
+/// order of the text.
+fn spans_per_row(checkpoint: &Checkpoint, texts: &StringArray) -> crate::error::Result<Vec<Vec<Found>>> {
+    let mut sentences = Vec::new();
+    for row in 0..texts.len() {
+        if texts.is_null(row) {
+            continue;
+        }
+        let text = texts.value(row);
+        let index = CharIndex::new(text);
+        for (sent_id, span) in crate::text::sentences::split(text).into_iter().enumerate() {
+            let sentence = &text[index.byte(span.start)..index.byte(span.end)];
+            sentences.push((
+                row,
+                SentenceRow {
+                    doc_id: String::new(),
+                    sent_id: sent_id as i32,
+                    start: span.start,
+                    text: sentence.into(),
+                },
+            ));
+        }
+    }
+    let batch: Vec<SentenceRow> = sentences.iter().map(|(_, s)| s.clone()).collect();
+    let threads = crate::parallel::available_threads();
+    let predictions = predict(checkpoint, &batch, BATCH_SIZE, threads)?;
+    let mut out: Vec<Vec<Found>> = (0..texts.len()).map(|_| Vec::new()).collect();
+    let at = |s: usize| (sentences[s].0, batch[s].start);
+    if checkpoint.config.spec.task.relation().is_some() {
+        for p in &predictions.pairs {
+            let (row, offset) = at(p.anchor.sentence);
+            out[row].push(Found {
+                start: offset + p.anchor.start,
+                end: offset + p.anchor.end,
+                type_index: p.anchor.type_index,
+                related: Some((offset + p.start, offset + p.end)),
+                score: p.score,
+            });
+        }
+    } else {
+        for e in &predictions.entities {
+            let (row, offset) = at(e.sentence);
+            let (start, end) = (offset + e.start, offset + e.end);
+            out[row].push(Found { start, end, type_index: e.type_index, related: None, score: e.score });
+        }
+    }
+    for found in &mut out {
+        found.sort_by_key(|f| (f.start, f.end, f.related));
+    }
+    Ok(out)
+}
+
+fn list(task: Task, output: Output, texts: &StringArray, rows: &[Vec<Found>]) -> DfResult<ArrayRef> {
+    let fields = element_fields(task, output);
+    let all: Vec<(&str, &Found)> =
+        rows.iter().enumerate().flat_map(|(r, found)| found.iter().map(move |f| (texts.value(r), f))).collect();
+    let slice = |text: &str, start: usize, end: usize| {
+        CharIndex::new(text).slice(text, start, end).expect("predicted spans lie in their text").to_string()
+    };
+    let strings = |f: &dyn Fn(&str, &Found) -> String| -> ArrayRef {
+        Arc::new(all.iter().map(|(t, found)| Some(f(t, found))).collect::<StringArray>())
+    };
+    let ints = |f: &dyn Fn(&Found) -> usize| -> ArrayRef {
+        Arc::new(all.iter().map(|(_, found)| f(found) as i32).collect::<Int32Array>())
+    };
+    let score: ArrayRef = Arc::new(all.iter().map(|(_, f)| f.score).collect::<Float32Array>());
+    let related = |f: &Found| f.related.expect("a pair has a related span");
+    let columns: Vec<ArrayRef> = match output {
+        Output::Pairs => vec![
+            strings(&|t, f| slice(t, f.start, f.end)),
+            ints(&|f| f.start),
+            ints(&|f| f.end),
+            strings(&|t, f| slice(t, related(f).0, related(f).1)),
+            ints(&|f| related(f).0),
+            ints(&|f| related(f).1),
+            score,
+        ],
+        _ => vec![
+            strings(&|_, f| task.entity_types()[f.type_index].to_string()),
+            ints(&|f| f.start),
+            ints(&|f| f.end),
+            strings(&|t, f| slice(t, f.start, f.end)),
+            score,
+        ],
+    };
+    let values = StructArray::try_new(fields.clone(), columns, None)?;
+    let offsets = OffsetBuffer::from_lengths(rows.iter().map(Vec::len));
+    let nulls = NullBuffer::from((0..texts.len()).map(|r| texts.is_valid(r)).collect::<Vec<bool>>());
+    let item = Arc::new(Field::new("item", DataType::Struct(fields), false));
+    Ok(Arc::new(ListArray::try_new(item, offsets, Arc::new(values), Some(nulls))?))
+}
+
+fn redacted(texts: &StringArray, rows: &[Vec<Found>]) -> ArrayRef {
+    let types = Task::Phi.entity_types();
+    Arc::new(
+        (0..texts.len())
+            .map(|r| {
+                texts.is_valid(r).then(|| {
+                    let spans = rows[r].iter().map(|f| (f.start, f.end, types[f.type_index])).collect();
+                    super::redact_text(texts.value(r), spans)
+                })
+            })
+            .collect::<StringArray>(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn element_fields_use_the_output_tables_names() {
+        let names = |task| element_fields(task, Output::Pairs).iter().map(|f| f.name().clone()).collect::<Vec<_>>();
+        assert_eq!(
+            names(Task::Ade),
+            ["drug", "drug_start", "drug_end", "effect", "effect_start", "effect_end", "score"]
+        );
+        assert_eq!(names(Task::GeneDisease)[3], "disease");
+        let phi: Vec<String> = element_fields(Task::Phi, Output::Spans).iter().map(|f| f.name().clone()).collect();
+        assert_eq!(phi, ["phi_type", "start", "end", "span", "score"]);
+    }
+
+    #[tokio::test]
+    async fn a_missing_student_is_a_clear_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ctx = SessionContext::new();
+        register(&ctx, tmp.path().join("student"));
+        let err = ctx.sql("SELECT ade_pairs('Aspirin caused rash.')").await.unwrap().collect().await.unwrap_err();
+        assert!(err.to_string().contains("no ade student at"), "{err}");
+    }
+}
