@@ -79,7 +79,7 @@ impl Gate {
         if self.epoch.compare_exchange(epoch, epoch + 1, Ordering::AcqRel, Ordering::Acquire).is_err() {
             return;
         }
-        let Ok(before) = self.limit.fetch_update(Ordering::AcqRel, Ordering::Acquire, |l| (l > 1).then(|| l / 2))
+        let Ok(before) = self.limit.fetch_update(Ordering::AcqRel, Ordering::Acquire, |l| (l > 1).then_some(l / 2))
         else {
             return;
         };
