@@ -367,8 +367,8 @@ fn predictions(
 }
 
 /// Per dataset, student − teacher headline F1 over the teacher's `labeled` sentences, each
-/// sentence scored alone for both systems (see [`paired`]). Every labeled sentence is a unit
-/// of every dataset (the teacher's dev sample comes from one gold set per task).
+/// sentence scored alone for both systems (see [`paired`]). The units are the labeled
+/// sentences holding a gold or predicted item of either system.
 fn student_minus_teacher(
     task: &str,
     gold: &Gold,
@@ -391,6 +391,11 @@ fn student_minus_teacher(
                 continue;
             };
             let Some(s) = paired::Counts::from_metrics(&metrics, family) else { continue };
+            // A sentence outside the gold set (a silver one) or without any gold or predicted
+            // item adds nothing to either F1; counting it would only misstate `n`.
+            if s == paired::Counts::default() && t == paired::Counts::default() {
+                continue;
+            }
             units.entry(dataset).or_default().push((s, t));
         }
     }
