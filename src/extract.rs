@@ -175,6 +175,15 @@ pub fn output_table(task: Task) -> &'static str {
     }
 }
 
+/// The schema of [`output_table`].
+pub fn output_schema(task: Task) -> SchemaRef {
+    match task {
+        Task::Ade => schema::ADE_RELATIONS.clone(),
+        Task::GeneDisease => schema::GENE_DISEASE.clone(),
+        Task::Phi => schema::PHI_SPANS.clone(),
+    }
+}
+
 /// One task's checkpoint and the table its predictions stream into.
 struct TaskOutput {
     checkpoint: Checkpoint,
@@ -208,11 +217,7 @@ pub fn run(cfg: &ExtractConfig, run_dir: &RunDir) -> Result<ExtractReport> {
                 format!("checkpoint is for task {}, not {task}", checkpoint.config.spec.task),
             ));
         }
-        let schema = match task {
-            Task::Ade => schema::ADE_RELATIONS.clone(),
-            Task::GeneDisease => schema::GENE_DISEASE.clone(),
-            Task::Phi => schema::PHI_SPANS.clone(),
-        };
+        let schema = output_schema(task);
         let sink = TableSink::create(run_dir, &cfg.table_name(output_table(task)), schema.clone())?;
         outputs.push(TaskOutput { checkpoint, sink, schema });
     }

@@ -112,37 +112,23 @@ impl Hash for StudentFunction {
     }
 }
 
-/// The struct fields of a list element.
+/// The struct fields of a list element: for pairs, the output table's columns without the
+/// provenance ones (`doc_id`, `sent_id`, `model_version`, `run_id`), so `unnest` gives its names.
 fn element_fields(task: Task, output: Output) -> Fields {
-    let (int, text) = (|n: &str| Field::new(n, DataType::Int32, false), |n: &str| Field::new(n, DataType::Utf8, false));
-    let score = Field::new("score", DataType::Float32, false);
-    match (output, task.relation()) {
-        (Output::Pairs, Some((anchor, related))) => {
-            let (a, r) = (column_name(anchor), column_name(related));
+    match output {
+        Output::Pairs => super::output_schema(task).fields()[2..9].iter().cloned().collect(),
+        _ => {
+            let (int, text) =
+                (|n: &str| Field::new(n, DataType::Int32, false), |n: &str| Field::new(n, DataType::Utf8, false));
             vec![
-                text(a),
-                int(&format!("{a}_start")),
-                int(&format!("{a}_end")),
-                text(r),
-                int(&format!("{r}_start")),
-                int(&format!("{r}_end")),
-                score,
+                text("phi_type"),
+                int("start"),
+                int("end"),
+                text("span"),
+                Field::new("score", DataType::Float32, false),
             ]
+            .into()
         }
-        _ => vec![text("phi_type"), int("start"), int("end"), text("span"), score],
-    }
-    .into()
-}
-
-/// The output tables' column name of an entity type (`DRUG` -> `drug`, `ADVERSE_EVENT` ->
-/// `effect`), so `unnest` gives `ade_relations`' names.
-fn column_name(entity_type: &str) -> &'static str {
-    match entity_type {
-        "DRUG" => "drug",
-        "ADVERSE_EVENT" => "effect",
-        "GENE" => "gene",
-        "DISEASE" => "disease",
-        other => unreachable!("no relation has entity type {other}"),
     }
 }
 

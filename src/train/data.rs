@@ -95,8 +95,8 @@ pub struct DataStats {
     /// Silver only: teacher-labeled sentences of gold `dev` documents (kept for scoring the
     /// teacher, never for training).
     pub dropped_dev_sentences: usize,
-    /// Sentences available before `train.max_sentences` (or `reference_max_sentences`) capped them (the counts above describe
-    /// the sentences used).
+    /// Sentences available before `train.max_sentences` (or `reference_max_sentences`) capped
+    /// them (the counts above describe the sentences used).
     pub available_sentences: usize,
 }
 
