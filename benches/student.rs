@@ -17,9 +17,9 @@ use std::time::Instant;
 
 use biodistill::extract::{self, ExtractConfig};
 use biodistill::model::batch::{Batch, Example};
+use biodistill::model::checkpoint::Checkpoint;
 use biodistill::model::tags::Task;
 use biodistill::run_dir::RunDir;
-use biodistill::train::checkpoint::Checkpoint;
 use biodistill::train::{self, TrainConfig};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;

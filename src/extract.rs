@@ -16,7 +16,6 @@
 //! Synchronous CPU work, like `train`.
 
 pub mod functions;
-mod predict;
 mod sink;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -31,14 +30,14 @@ use candle_core::Device;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
-pub use self::predict::{EntityPrediction, PairPrediction, Predictions, SentenceRow, predict};
 use self::sink::TableSink;
 use crate::error::{Error, Result};
+use crate::model::checkpoint::Checkpoint;
+use crate::model::predict::{PairPrediction, Predictions, SentenceRow, predict};
 use crate::model::tags::Task;
 use crate::run_dir::{RunDir, batch};
 use crate::schema::{self, table};
 use crate::text::CharIndex;
-use crate::train::checkpoint::Checkpoint;
 use crate::train::columns::TableStream;
 use crate::train::{STUDENT_DIR, SUPERVISED_REFERENCE_DIR};
 

@@ -9,7 +9,7 @@
 //! an async runtime's worker. The same tables, config and seed give the same weights, and so
 //! the same model version.
 
-pub mod checkpoint;
+pub mod calibrate;
 pub mod columns;
 pub mod data;
 pub mod features;
@@ -27,11 +27,12 @@ use candle_transformers::models::bert::Config as BertConfig;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget};
 use serde::{Deserialize, Serialize};
 
-use self::checkpoint::{CheckpointConfig, LabelSource};
+use self::calibrate::{Calibrate, Calibration};
 use self::data::{DataStats, SilverFilters};
 use self::features::{FeatureStats, Windowing, featurize};
 use self::fit::FitOutcome;
 use crate::error::{Error, IoContext, Result};
+use crate::model::checkpoint::{self, Checkpoint, CheckpointConfig, LabelSource};
 use crate::model::encoder::Mode;
 use crate::model::student::{Arch, Student, StudentSpec, load_encoder_weights, seeded_init};
 use crate::model::tags::Task;
@@ -99,6 +100,11 @@ pub struct TrainConfig {
     /// Epochs without dev improvement before stopping.
     pub patience: usize,
     pub filters: SilverFilters,
+    /// Where the checkpoint's score threshold is chosen ([`calibrate`]); `off` (or nothing to
+    /// calibrate on) keeps every prediction.
+    pub calibrate: Calibrate,
+    /// `calibrate = "gold_train"`: at most this many gold sentences (a seeded sample).
+    pub calibrate_sentences: usize,
     /// Show a progress bar (loss, tokens/s).
     pub progress: bool,
 }
@@ -131,6 +137,8 @@ impl Default for TrainConfig {
             min_dev_sentences: 30,
             patience: 1,
             filters: SilverFilters::default(),
+            calibrate: Calibrate::DevSplit,
+            calibrate_sentences: 2000,
             progress: true,
         }
     }
@@ -181,6 +189,7 @@ pub struct TaskReport {
     pub train_examples: usize,
     pub dev_examples: usize,
     pub fit: FitOutcome,
+    pub calibration: Option<Calibration>,
 }
 
 /// What `train` did.
@@ -243,6 +252,14 @@ impl fmt::Display for TrainReport {
             )?;
             let losses = |v: &[f64]| v.iter().map(|l| format!("{l:.3}")).collect::<Vec<_>>().join(" ");
             writeln!(f, "  loss per epoch: train {}; dev {}", losses(&t.fit.train_losses), losses(&t.fit.dev_losses))?;
+            if let Some(c) = &t.calibration {
+                writeln!(
+                    f,
+                    "  min_score {:.2}, chosen on the {}: strict F1 against its {} labels in {} sentences {:.3} \
+                     (no threshold {:.3})",
+                    c.min_score, c.on, c.labels, c.sentences, c.f1, c.f1_unthresholded
+                )?;
+            }
         }
         Ok(())
     }
@@ -322,7 +339,7 @@ fn train_task(
     let fit = fit::fit(cfg, &student, &varmap, &train, &dev, tokenizer.special(), &bar)?;
 
     let dir = cfg.checkpoint_root(run_dir).join(task.as_str());
-    let config = CheckpointConfig {
+    let mut config = CheckpointConfig {
         model_version: String::new(),
         label_source,
         spec,
@@ -331,7 +348,27 @@ fn train_task(
         encoder: encoder_json.clone(),
         base_model: cfg.model_dir.display().to_string(),
         train: serde_json::to_value(cfg)?,
+        min_score: 0.0,
     };
+    let held_out = cfg.calibrate.sentences(
+        run_dir,
+        task,
+        &train_sentences,
+        &dev_sentences,
+        cfg.supervised_reference,
+        (cfg.calibrate_sentences, cfg.seed),
+    )?;
+    let calibration = if let Some((sentences, on)) = held_out {
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+        let student = Student::load(vb, encoder, &config.spec, Mode::Infer)?;
+        let trained = Checkpoint { dir: dir.clone(), config, student, tokenizer: tokenizer.clone() };
+        let calibration = calibrate::calibrate(&trained, &sentences, on, 1)?;
+        config = trained.config;
+        calibration
+    } else {
+        None
+    };
+    config.min_score = calibration.as_ref().map_or(0.0, |c| c.min_score);
     let saved = checkpoint::save(&dir, &varmap, config, tokenizer_path)?;
     tracing::info!(task = %task, model_version = %saved.model_version, "checkpoint written to {}", dir.display());
     Ok(TaskReport {
@@ -344,6 +381,7 @@ fn train_task(
         train_examples: train.len(),
         dev_examples: dev.len(),
         fit,
+        calibration,
     })
 }
 

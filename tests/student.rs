@@ -165,6 +165,24 @@ fn trains_on_silver_labels_and_extracts_to_every_table() {
     assert!(informed.new.iter().all(|s| scores[pool.iter().position(|p| p == s).unwrap()] > 0.0));
     let fallback = pick(Selection::Informative, &tmp.path().join("no-student"));
     assert_eq!((fallback.new, fallback.policy.starts_with("random")), (random.new, true));
+
+    // A checkpoint's min_score (chosen by train::calibrate) drops the pairs scoring below it.
+    use biodistill::model::checkpoint::Checkpoint;
+    use biodistill::model::predict::{SentenceRow, predict};
+    let rows: Vec<SentenceRow> = pool
+        .iter()
+        .map(|s| SentenceRow { doc_id: s.doc_id.clone(), sent_id: s.sent_id, start: 0, text: s.text.clone() })
+        .collect();
+    let mut checkpoint = Checkpoint::load(&student_dir, &candle_core::Device::Cpu).unwrap();
+    assert_eq!(checkpoint.config.min_score, 0.0, "no dev split, no calibration");
+    let mut all: Vec<f32> = predict(&checkpoint, &rows, 4, 1).unwrap().pairs.iter().map(|p| p.score).collect();
+    all.sort_by(f32::total_cmp);
+    checkpoint.config.min_score = all[all.len() / 2];
+    let kept = predict(&checkpoint, &rows, 4, 1).unwrap().pairs;
+    let min = checkpoint.config.min_score;
+    assert!(all[0] < min, "the toy student's scores differ: {all:?}");
+    assert_eq!(kept.len(), all.iter().filter(|&&s| s >= min).count(), "{all:?}");
+    assert!(kept.iter().all(|p| p.score >= min));
 }
 
 /// `ade_pairs`, `gene_disease_pairs`, `phi_spans` and `redact` over the `sentences` (and

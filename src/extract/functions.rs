@@ -23,10 +23,10 @@ use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::logical_expr::{ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility};
 use datafusion::prelude::SessionContext;
 
-use super::predict::{SentenceRow, predict};
+use crate::model::checkpoint::Checkpoint;
+use crate::model::predict::{SentenceRow, predict};
 use crate::model::tags::Task;
 use crate::text::CharIndex;
-use crate::train::checkpoint::Checkpoint;
 
 /// Encoder windows per forward pass, as `extract.batch_size` defaults.
 const BATCH_SIZE: usize = 16;

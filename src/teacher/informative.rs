@@ -13,10 +13,10 @@ use candle_core::Device;
 use super::config::Task;
 use super::select::Sentence;
 use crate::error::Result;
-use crate::extract::{Predictions, SentenceRow, predict};
+use crate::model::checkpoint::Checkpoint;
+use crate::model::predict::{Predictions, SentenceRow, predict};
 use crate::run_dir::RunDir;
 use crate::train::STUDENT_DIR;
-use crate::train::checkpoint::Checkpoint;
 
 /// Windows per encoder call when scoring.
 const BATCH: usize = 16;
@@ -35,10 +35,12 @@ pub fn scores(predictions: &Predictions, n: usize) -> Vec<f32> {
 
 /// Score `sentences` with the checkpoint in `dir`; `None` if there is none yet.
 pub fn score_with(dir: &Path, task: Task, sentences: &[Sentence]) -> Result<Option<Vec<f32>>> {
-    if !dir.join(crate::train::checkpoint::WEIGHTS_FILE).is_file() {
+    if !dir.join(crate::model::checkpoint::WEIGHTS_FILE).is_file() {
         return Ok(None);
     }
-    let checkpoint = Checkpoint::load(dir, &Device::Cpu)?;
+    let mut checkpoint = Checkpoint::load(dir, &Device::Cpu)?;
+    // Ranking wants the doubtful predictions too: they are where the uncertainty is.
+    checkpoint.config.min_score = 0.0;
     if checkpoint.config.spec.task != task {
         return Ok(None);
     }
@@ -65,7 +67,7 @@ pub fn scorer(run_dir: &RunDir) -> impl FnMut(Task, &[Sentence]) -> Result<Optio
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::extract::{EntityPrediction, PairPrediction};
+    use crate::model::predict::{EntityPrediction, PairPrediction};
 
     #[test]
     fn expected_and_uncertain_labels_score_higher() {

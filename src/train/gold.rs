@@ -3,7 +3,8 @@
 //! Reads only `split = 'train'` rows of `gold_ade`, `gold_gene_disease` (sentence-level rows;
 //! label 0 rows give entities without a pair) and `gold_phi` (document offsets, mapped onto
 //! sentences). Sentences of the same training documents without gold rows are negatives.
-//! Distillation never calls this module.
+//! Distillation trains on none of it; `train.calibrate = "gold_train"` chooses the student's
+//! score threshold on its sentences ([`super::calibrate`]).
 
 use std::collections::{BTreeMap, HashSet};
 

@@ -61,6 +61,10 @@ pub struct CheckpointConfig {
     pub base_model: String,
     /// The training configuration, for the record.
     pub train: serde_json::Value,
+    /// Inference drops pairs (entity spans, for tasks without relations) scoring below this:
+    /// chosen on the silver dev split ([`crate::train::calibrate`]); 0 in older checkpoints.
+    #[serde(default)]
+    pub min_score: f32,
 }
 
 /// Write a checkpoint of `varmap` to `dir` (replacing any previous one); returns the config

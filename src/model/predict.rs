@@ -12,9 +12,9 @@ use candle_core::{D, Tensor};
 
 use crate::error::Result;
 use crate::model::batch::{Batch, Example};
+use crate::model::checkpoint::Checkpoint;
 use crate::model::tags::{PieceSpan, decode_bio, snap_to_words};
 use crate::model::wordpiece::{self, Pieces};
-use crate::train::checkpoint::Checkpoint;
 
 /// One row of the `sentences` table.
 #[derive(Debug, Clone)]
@@ -79,7 +79,8 @@ fn mean(values: &[f32]) -> f32 {
 }
 
 /// Run `checkpoint` over `sentences`, `batch_size` windows per encoder call, batches side by
-/// side on `threads` threads. The output is the same for any thread count.
+/// side on `threads` threads. Pairs (spans, for a task without relations) scoring below the
+/// checkpoint's `min_score` are dropped. The output is the same for any thread count.
 pub fn predict(
     checkpoint: &Checkpoint,
     sentences: &[SentenceRow],
@@ -102,6 +103,12 @@ pub fn predict(
     for part in parts {
         out.entities.extend(part.entities);
         out.pairs.extend(part.pairs);
+    }
+    let min = config.min_score;
+    if config.spec.task.relation().is_some() {
+        out.pairs.retain(|p| p.score >= min);
+    } else {
+        out.entities.retain(|e| e.score >= min);
     }
     Ok(out)
 }
