@@ -157,7 +157,7 @@ fn trains_on_silver_labels_and_extracts_to_every_table() {
     let cfg = |select| LabelConfig { select, budget: 2, explore: 0.0, pool_factor: 100, ..Default::default() };
     let none = vec![false; pool.len()];
     let pick = |select, dir: &Path| {
-        let candidates = Candidates { train: pool.clone(), dev: vec![] };
+        let candidates = Candidates { train: pool.clone(), dev: vec![], too_long: 0 };
         choose(&cfg(select), Task::Ade, candidates, &none, &mut |t, s| informative::score_with(dir, t, s)).unwrap()
     };
     let (informed, random) = (pick(Selection::Informative, &student_dir), pick(Selection::Random, &student_dir));

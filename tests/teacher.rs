@@ -254,6 +254,24 @@ async fn rerun_asks_nothing_and_a_one_character_prompt_change_asks_everything() 
     assert_eq!(third.silver["ade"].before, 0, "a changed prompt starts a new silver set");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sentence_longer_than_the_cap_is_never_sent_and_is_counted() {
+    let server = MockServer::start(Duration::ZERO, always_ok()).await.unwrap();
+    let mut texts = numbered(3);
+    texts.push(format!("Aspirin caused nausea {}", "and more ".repeat(300)));
+    let (tmp, run) = run_dir_with(&texts);
+    let cfg = LabelConfig { max_sentence_chars: 2000, ..config(&server, tmp.path()) };
+    let plan = teacher::plan(&cfg, &run).unwrap();
+    assert_eq!((plan.calls, plan.tasks[0].too_long), (3, 1), "{plan}");
+    assert!(plan.to_string().contains("1 too long to send (label.max_sentence_chars)"), "{plan}");
+    let report = teacher::run(&cfg, &run).await.unwrap();
+    assert_eq!((server.requests(), report.silver["ade"].too_long), (3, 1), "{report}");
+    assert!(report.to_string().contains("1 too long to send"), "{report}");
+    // Without the cap it is sent like any other.
+    let uncapped = LabelConfig { max_sentence_chars: 0, ..cfg };
+    assert_eq!(teacher::plan(&uncapped, &run).unwrap().calls, 1);
+}
+
 /// `first_run` of every `teacher_calls` row, counted.
 fn first_runs(run: &RunDir) -> std::collections::BTreeMap<String, usize> {
     let b = calls(run);

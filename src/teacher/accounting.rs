@@ -34,6 +34,8 @@ pub struct SilverGrowth {
     pub remaining: usize,
     /// The selection policy that picked them.
     pub policy: String,
+    /// Candidates never sent: longer than `label.max_sentence_chars`.
+    pub too_long: usize,
 }
 
 impl SilverGrowth {
@@ -142,13 +144,14 @@ impl fmt::Display for LabelReport {
         for (task, g) in &self.silver {
             writeln!(
                 f,
-                "silver {task}: {} -> {} sentences (+{} of {} asked, {}; {} candidates left)",
+                "silver {task}: {} -> {} sentences (+{} of {} asked, {}; {} candidates left{})",
                 g.silver_ok,
                 g.after(),
                 g.added,
                 g.asked,
                 g.policy,
-                g.remaining
+                g.remaining,
+                too_long(g.too_long)
             )?;
         }
         if self.unsent > 0 {
@@ -169,6 +172,11 @@ impl fmt::Display for LabelReport {
     }
 }
 
+/// The note on candidates left out for length, if any.
+fn too_long(n: usize) -> String {
+    if n == 0 { String::new() } else { format!(", {n} too long to send (label.max_sentence_chars)") }
+}
+
 /// The `--plan` estimate for one task.
 #[derive(Debug, Clone, Serialize)]
 pub struct TaskPlan {
@@ -182,6 +190,8 @@ pub struct TaskPlan {
     /// this run's budget.
     pub silver: usize,
     pub remaining: usize,
+    /// Candidates never sent: longer than `label.max_sentence_chars`.
+    pub too_long: usize,
     /// sha256 (16 hex) of the sorted cache keys of every request whose answer the run's tables
     /// will hold: the silver set, this run's new sentences and the dev sample. Two runs with
     /// the same digest label exactly the same.
@@ -218,8 +228,11 @@ impl fmt::Display for LabelPlan {
             )?;
             writeln!(
                 f,
-                "  {:<13} silver set {} sentences, {} candidates left after this run",
-                "", t.silver, t.remaining
+                "  {:<13} silver set {} sentences, {} candidates left after this run{}",
+                "",
+                t.silver,
+                t.remaining,
+                too_long(t.too_long)
             )?;
         }
         let cost =

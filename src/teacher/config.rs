@@ -182,6 +182,10 @@ pub struct LabelConfig {
     pub explore: f64,
     /// Informative selection: candidates scored by the student per sentence of budget.
     pub pool_factor: usize,
+    /// Sentences longer than this many chars are never sent to the teacher (0 = no cap): an
+    /// unsplit table or list would fill the context window and the reply budget. Counted in
+    /// `--plan` and the label report.
+    pub max_sentence_chars: usize,
     /// Salts the random order; 0 keeps the order earlier runs used.
     pub seed: u64,
     /// Answers asked per sentence: pass 0 as `[teacher]` says, pass i > 0 sampled at
@@ -217,6 +221,7 @@ impl Default for LabelConfig {
             select: Selection::Random,
             explore: 0.2,
             pool_factor: 10,
+            max_sentence_chars: 2000,
             seed: 0,
             passes: 1,
             pass_temperature: 0.7,

@@ -235,6 +235,7 @@ pub async fn run_with_endpoint(cfg: &LabelConfig, run_dir: &RunDir, base_url: &s
                     asked: sel.new.len(),
                     remaining: sel.remaining,
                     policy: sel.policy.clone(),
+                    too_long: sel.too_long,
                     ..Default::default()
                 };
                 (t.to_string(), growth)
@@ -371,6 +372,7 @@ pub fn plan(cfg: &LabelConfig, run_dir: &RunDir) -> Result<LabelPlan> {
             calls,
             silver: sel.silver.len(),
             remaining: sel.remaining,
+            too_long: sel.too_long,
             requests_digest: hex::encode(&sha2::Digest::finalize(digest)[..8]),
             est_prompt_tokens: prompt_tokens.iter().zip(&stored).filter(|(_, hit)| !**hit).map(|(t, _)| t).sum(),
             est_completion_tokens: reply_tokens * calls as u64,

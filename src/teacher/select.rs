@@ -37,6 +37,8 @@ pub struct Candidates {
     pub train: Vec<Sentence>,
     /// The first `dev_sample` dev sentences of `dev_sources`.
     pub dev: Vec<Sentence>,
+    /// Training candidates left out as longer than `label.max_sentence_chars`.
+    pub too_long: usize,
 }
 
 /// What one task labels in a run.
@@ -54,6 +56,8 @@ pub struct TaskSelection {
     pub remaining: usize,
     /// The policy that picked `new` (`random`, `informative`, or why it fell back to random).
     pub policy: String,
+    /// Training candidates never sent: longer than `label.max_sentence_chars`.
+    pub too_long: usize,
 }
 
 /// `doc_id -> (source, split)` from the `documents` table.
@@ -115,21 +119,24 @@ pub fn candidates(cfg: &LabelConfig, run_dir: &RunDir) -> Result<BTreeMap<Task, 
     let mut out = BTreeMap::new();
     for &task in &cfg.tasks {
         let sources = cfg.sources.get(&task);
-        let train = sentences
+        let fits = |s: &Sentence| cfg.max_sentence_chars == 0 || s.text.chars().count() <= cfg.max_sentence_chars;
+        let (train, long): (Vec<Sentence>, Vec<Sentence>) = sentences
             .iter()
             .filter(|(_, source, split)| {
                 cfg.splits.iter().any(|s| s == split) && sources.is_none_or(|allowed| allowed.contains(source))
             })
             .map(|(s, _, _)| s.clone())
-            .collect();
+            .partition(fits);
         let dev_sources = cfg.dev_sources.get(&task);
         let dev = sentences
             .iter()
-            .filter(|(_, source, split)| split == split::DEV && dev_sources.is_some_and(|d| d.contains(source)))
+            .filter(|(s, source, split)| {
+                split == split::DEV && dev_sources.is_some_and(|d| d.contains(source)) && fits(s)
+            })
             .take(cfg.dev_sample)
             .map(|(s, _, _)| s.clone())
             .collect();
-        out.insert(task, Candidates { train, dev });
+        out.insert(task, Candidates { train, dev, too_long: long.len() });
     }
     Ok(out)
 }
@@ -169,7 +176,15 @@ pub fn choose(
         keep[i] = true;
     }
     let new = unasked.into_iter().zip(keep).filter_map(|(s, keep)| keep.then_some(s)).collect();
-    Ok(TaskSelection { silver, new, dev: candidates.dev, dev_cached: 0, remaining, policy })
+    Ok(TaskSelection {
+        silver,
+        new,
+        dev: candidates.dev,
+        dev_cached: 0,
+        remaining,
+        policy,
+        too_long: candidates.too_long,
+    })
 }
 
 /// Indices of `budget` pool items: the first `explore` share in pool (random) order, the rest
@@ -200,7 +215,7 @@ mod tests {
     fn cached_candidates_are_silver_and_the_budget_takes_the_next_unasked() {
         let train = sentences(10);
         let cached: Vec<bool> = (0..10).map(|i| i % 3 == 0).collect(); // 0, 3, 6, 9
-        let candidates = Candidates { train: train.clone(), dev: vec![] };
+        let candidates = Candidates { train: train.clone(), dev: vec![], too_long: 0 };
         let picked =
             choose(&cfg(Selection::Random, 4), Task::Ade, candidates, &cached, &mut |_, _| unreachable!()).unwrap();
         let ids = |v: &[Sentence]| v.iter().map(|s| s.doc_id.clone()).collect::<Vec<_>>();
@@ -210,7 +225,7 @@ mod tests {
         let all = choose(
             &cfg(Selection::Random, 100),
             Task::Ade,
-            Candidates { train, dev: vec![] },
+            Candidates { train, dev: vec![], too_long: 0 },
             &cached,
             &mut |_, _| unreachable!(),
         )
@@ -228,7 +243,7 @@ mod tests {
             pools.push(pool.len());
             Ok(Some((0..pool.len()).map(|i| i as f32).collect()))
         };
-        let candidates = Candidates { train: train.clone(), dev: vec![] };
+        let candidates = Candidates { train: train.clone(), dev: vec![], too_long: 0 };
         let picked = choose(&cfg(Selection::Informative, 4), Task::Ade, candidates, &none, &mut scorer).unwrap();
         let ids: Vec<&str> = picked.new.iter().map(|s| s.doc_id.as_str()).collect();
         assert_eq!(ids, ["d0", "d9", "d10", "d11"], "one explored (25%), three best of the pool");
@@ -237,7 +252,7 @@ mod tests {
         let random = choose(
             &cfg(Selection::Random, 4),
             Task::Ade,
-            Candidates { train: train.clone(), dev: vec![] },
+            Candidates { train: train.clone(), dev: vec![], too_long: 0 },
             &none,
             &mut |_, _| unreachable!(),
         )
@@ -246,7 +261,7 @@ mod tests {
         let fallback = choose(
             &cfg(Selection::Informative, 4),
             Task::Ade,
-            Candidates { train, dev: vec![] },
+            Candidates { train, dev: vec![], too_long: 0 },
             &none,
             &mut |_, _| Ok(None),
         )
