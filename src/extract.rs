@@ -31,6 +31,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
 use self::sink::TableSink;
+use crate::columns::TableStream;
 use crate::error::{Error, Result};
 use crate::model::checkpoint::Checkpoint;
 use crate::model::predict::{PairPrediction, Predictions, SentenceRow, predict};
@@ -38,7 +39,6 @@ use crate::model::tags::Task;
 use crate::run_dir::{RunDir, batch};
 use crate::schema::{self, table};
 use crate::text::CharIndex;
-use crate::train::columns::TableStream;
 use crate::train::{STUDENT_DIR, SUPERVISED_REFERENCE_DIR};
 
 /// Suffix of the supervised reference's output tables.

@@ -30,6 +30,7 @@ use std::time::Instant;
 use arrow::array::{Array, ArrayRef, BooleanArray, StringArray};
 use sha2::{Digest, Sha256};
 
+use crate::columns::read_all;
 use crate::config::PipelineConfig;
 use crate::error::{Error, Result};
 use crate::eval::EvalReport;
@@ -40,7 +41,6 @@ use crate::publish::{self, Gate};
 use crate::run_dir::{RunDir, batch, concat};
 use crate::schema::table;
 use crate::train::TrainConfig;
-use crate::train::columns::read_all;
 
 /// `(doc_id, content_hash)` of every document a publication covers.
 pub const DOCUMENT_VERSIONS: &str = "document_versions";

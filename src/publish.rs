@@ -21,10 +21,10 @@ use std::path::{Path, PathBuf};
 use arrow::array::{Array, AsArray};
 use serde::{Deserialize, Serialize};
 
+use crate::columns::read_all;
 use crate::error::{Error, IoContext, Result};
 use crate::run_dir::RunDir;
 use crate::schema::table;
-use crate::train::columns::read_all;
 
 /// The symlink naming the live publication.
 pub const CURRENT: &str = "current";

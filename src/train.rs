@@ -10,7 +10,6 @@
 //! the same model version.
 
 pub mod calibrate;
-pub mod columns;
 pub mod data;
 pub mod features;
 pub mod fit;

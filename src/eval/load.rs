@@ -11,11 +11,11 @@ use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use super::metrics::{Mention, Span};
+use crate::columns::{Columns, TableStream, opt_i32, read_all};
 use crate::error::{Error, IoContext, Result};
 use crate::run_dir::RunDir;
 use crate::schema::table;
 use crate::teacher::phi::{PhiType, from_gold};
-use crate::train::columns::{Columns, TableStream, opt_i32, read_all};
 
 /// A sentence: `(doc_id, sent_id)`.
 pub type SentKey = (String, i32);

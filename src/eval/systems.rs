@@ -10,11 +10,11 @@ use arrow::array::{Array, Int32Array};
 
 use super::load::{SentKey, Sentences, read_opt};
 use super::metrics::Mention;
+use crate::columns::{TableStream, opt_i32, opt_str};
 use crate::error::Result;
 use crate::extract::SUPERVISED_REFERENCE_SUFFIX;
 use crate::run_dir::RunDir;
 use crate::schema::table;
-use crate::train::columns::{TableStream, opt_i32, opt_str};
 
 /// The systems compared, in report order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

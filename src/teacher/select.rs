@@ -17,10 +17,10 @@ use arrow::array::Array;
 use sha2::{Digest, Sha256};
 
 use super::config::{LabelConfig, Selection, Task};
+use crate::columns::{TableStream, read_all};
 use crate::error::{Error, Result};
 use crate::run_dir::RunDir;
 use crate::schema::{split, table};
-use crate::train::columns::{TableStream, read_all};
 
 /// One sentence to label.
 #[derive(Debug, Clone, PartialEq, Eq)]

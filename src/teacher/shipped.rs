@@ -16,10 +16,10 @@ use arrow::array::{ArrayRef, Int32Array, StringArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 
 use super::cache::{Cache, CachedReply};
+use crate::columns::{Columns, opt_str, read_all};
 use crate::error::{Error, Result};
 use crate::run_dir::{RunDir, batch, read_parquet, write_parquet_atomic};
 use crate::schema::table;
-use crate::train::columns::{Columns, opt_str, read_all};
 
 /// Schema of a shipped-answers file.
 pub static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {

@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::columns::{TableStream, opt_i32, opt_str, read_all};
+use crate::columns::{TableStream, opt_i32, opt_str, read_all};
 use crate::error::Result;
 use crate::model::tags::Task;
 use crate::run_dir::RunDir;
@@ -199,7 +199,7 @@ struct SideColumns<'a> {
 }
 
 impl<'a> SilverColumns<'a> {
-    fn new(cols: &'a super::columns::Columns) -> Result<Self> {
+    fn new(cols: &'a crate::columns::Columns) -> Result<Self> {
         let side = |p: &str| -> Result<SideColumns<'a>> {
             Ok(SideColumns {
                 kind: cols.str(&format!("{p}_type"))?,

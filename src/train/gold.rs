@@ -8,8 +8,8 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use super::columns::{opt_i32, read_all};
 use super::data::{CharSpan, DataStats, LabeledSentence, train_sentences_of};
+use crate::columns::{opt_i32, read_all};
 use crate::error::Result;
 use crate::model::tags::Task;
 use crate::run_dir::RunDir;

@@ -1,4 +1,5 @@
-//! Typed column access and streaming reads over run-directory tables (shared with extract).
+//! Typed column access and streaming reads over run-directory tables, for the stages that need
+//! rows (training, evaluation, selection, publish gates).
 //!
 //! Every missing or mistyped column is an input error naming the table file, so a table written
 //! by another stage with the wrong schema fails loudly instead of training on nothing. String
