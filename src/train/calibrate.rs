@@ -56,6 +56,8 @@ impl Calibrate {
                 Some((dev.to_vec(), "gold dev split of the train split"))
             }
             Calibrate::DevSplit => Some((dev.to_vec(), "silver dev split")),
+            // A corpus without gold (a user's own) has nothing to calibrate on.
+            Calibrate::GoldTrain if !run_dir.has_table(gold::table_of(task)) => None,
             Calibrate::GoldTrain => {
                 let seen: HashSet<&str> = trained.iter().chain(dev).map(|s| s.doc_id.as_str()).collect();
                 let (gold, _) = gold::gold(run_dir, task)?;

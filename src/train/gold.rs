@@ -16,12 +16,22 @@ use crate::run_dir::RunDir;
 use crate::schema::{split, table};
 use crate::teacher::phi::{PhiType, from_gold};
 
+/// The gold table of `task`.
+pub fn table_of(task: Task) -> &'static str {
+    match task {
+        Task::Ade => table::GOLD_ADE,
+        Task::GeneDisease => table::GOLD_GENE_DISEASE,
+        Task::Phi => table::GOLD_PHI,
+    }
+}
+
 /// Gold training sentences of `task`.
 pub fn gold(run_dir: &RunDir, task: Task) -> Result<(Vec<LabeledSentence>, DataStats)> {
     let mut stats = DataStats::default();
+    let name = table_of(task);
     let sentences = match task {
-        Task::Ade => pairs(run_dir, task, table::GOLD_ADE, ("drug", "effect"), &mut stats)?,
-        Task::GeneDisease => pairs(run_dir, task, table::GOLD_GENE_DISEASE, ("gene", "disease"), &mut stats)?,
+        Task::Ade => pairs(run_dir, task, name, ("drug", "effect"), &mut stats)?,
+        Task::GeneDisease => pairs(run_dir, task, name, ("gene", "disease"), &mut stats)?,
         Task::Phi => phi(run_dir, &mut stats)?,
     };
     Ok((sentences, stats))
