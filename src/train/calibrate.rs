@@ -189,6 +189,27 @@ mod tests {
     }
 
     #[test]
+    fn each_policy_picks_its_sentences() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::create(dir.path()).unwrap();
+        let s = |doc: &str| LabeledSentence { doc_id: doc.into(), text: "x".into(), ..Default::default() };
+        let (trained, dev) = (vec![s("a")], vec![s("b")]);
+        let pick = |c: Calibrate, reference| {
+            c.sentences(&run, Task::Ade, &trained, &dev, reference, (10, 1))
+                .unwrap()
+                .map(|(v, on)| (v.iter().map(|s| s.doc_id.clone()).collect::<Vec<_>>(), on))
+        };
+        assert_eq!(pick(Calibrate::Off, false), None);
+        assert_eq!(pick(Calibrate::DevSplit, false), Some((vec!["b".into()], "silver dev split")));
+        // No gold table in this run directory (a user's own corpus): nothing to calibrate on.
+        assert_eq!(pick(Calibrate::GoldTrain, false), None);
+        // The reference trains on gold: its own dev split is gold already.
+        assert_eq!(pick(Calibrate::GoldTrain, true).unwrap().0, vec!["b".to_string()]);
+        // An empty dev split calibrates on nothing.
+        assert!(Calibrate::DevSplit.sentences(&run, Task::Phi, &[], &[], false, (10, 1)).unwrap().is_none());
+    }
+
+    #[test]
     fn items_are_pairs_for_relation_tasks_and_typed_spans_otherwise() {
         use super::super::data::CharSpan;
         let span = |start, end, type_index| CharSpan { start, end, type_index };
