@@ -254,9 +254,9 @@ impl fmt::Display for TrainReport {
             if let Some(c) = &t.calibration {
                 writeln!(
                     f,
-                    "  min_score {:.2}, chosen on the {}: strict F1 against its {} labels in {} sentences {:.3} \
+                    "  min_score {:.2}, chosen on the {}: strict F{} against its {} labels in {} sentences {:.3} \
                      (no threshold {:.3})",
-                    c.min_score, c.on, c.labels, c.sentences, c.f1, c.f1_unthresholded
+                    c.min_score, c.on, c.beta, c.labels, c.sentences, c.f1, c.f1_unthresholded
                 )?;
             }
         }
