@@ -13,7 +13,7 @@
 //! ADE teacher labels a pair in most negative sentences, and the student agrees with it at a
 //! threshold of 0.25), so where the project has gold, the threshold can be chosen on gold
 //! *train*-split sentences of documents the student never saw: one number learned from human
-//! labels, never the dev or test gold, and named so in every report.
+//! labels, never the dev or test gold, and named so in the training report.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
