@@ -368,6 +368,18 @@ fn train_task(
         None
     };
     config.min_score = calibration.as_ref().map_or(0.0, |c| c.min_score);
+    // GAD's student tags almost nothing on some seeds (README), and its silver dev loss does
+    // not show it; held-out labels do.
+    if let Some(c) = calibration.as_ref().filter(|c| c.f1 < 0.05) {
+        tracing::warn!(
+            "train {task}: the student scores strict F{} {:.3} on the {} labels of the {}: training \
+             probably failed (seen on some seeds); try another train.seed",
+            c.beta,
+            c.f1,
+            c.labels,
+            c.on
+        );
+    }
     let saved = checkpoint::save(&dir, &varmap, config, tokenizer_path)?;
     tracing::info!(task = %task, model_version = %saved.model_version, "checkpoint written to {}", dir.display());
     Ok(TaskReport {
