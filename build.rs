@@ -1,7 +1,7 @@
-//! Embeds `BD_SOURCE_HASH` (not `BIODISTILL_*`: cargo also sets it when running tests, and that
-//! prefix is the configuration override pattern): a hash of the sources this binary was built from (`src/`,
+//! Embeds `BD_SOURCE_HASH`, a hash of the sources this binary was built from (`src/`,
 //! `Cargo.toml`, `Cargo.lock`), so a run id changes with any code change, committed or not,
-//! and not with a commit that touches only documentation.
+//! and not with a commit that touches only documentation. Not `BIODISTILL_*`: cargo also sets
+//! it when running tests, and that prefix is the configuration override pattern.
 
 use std::path::{Path, PathBuf};
 

@@ -185,7 +185,6 @@ pub fn peak_rss_mib() -> f64 {
         .map_or(0.0, |kib| kib / 1024.0)
 }
 
-/// The commit of the working directory (`git rev-parse HEAD`), else `unknown`.
 /// A fingerprint of model weights at `path` (a file, or every file of a directory): each
 /// file's name, length and first and last MiB. Hashing whole GGUFs would cost seconds per
 /// run; a changed weight file changes its length or its ends in practice. Missing: "-".
@@ -217,8 +216,8 @@ pub fn model_fingerprint(path: &std::path::Path) -> String {
     hex::encode(&h.finalize()[..8])
 }
 
-/// The commit of the working directory (provenance only: the run id uses
-/// `BIODISTILL_SOURCE_HASH`, the sources the binary was built from).
+/// The commit of the working directory (`git rev-parse HEAD`), else `unknown`: provenance only;
+/// the run id uses `BD_SOURCE_HASH` (`build.rs`), the sources the binary was built from.
 pub fn git_sha() -> String {
     std::process::Command::new("git")
         .args(["rev-parse", "--short=12", "HEAD"])
