@@ -357,15 +357,16 @@ fn train_task(
         cfg.supervised_reference,
         (cfg.calibrate_sentences, cfg.seed),
     )?;
-    let calibration = if let Some((sentences, on)) = held_out {
-        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
-        let student = Student::load(vb, encoder, &config.spec, Mode::Infer)?;
-        let trained = Checkpoint { dir: dir.clone(), config, student, tokenizer: tokenizer.clone() };
-        let calibration = calibrate::calibrate(&trained, &sentences, on, 1)?;
-        config = trained.config;
-        calibration
-    } else {
-        None
+    let calibration = match held_out {
+        Some((sentences, on)) => {
+            // The trained weights as an inference model, without writing them first.
+            let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+            let student = Student::load(vb, encoder, &config.spec, Mode::Infer)?;
+            let trained =
+                Checkpoint { dir: dir.clone(), config: config.clone(), student, tokenizer: tokenizer.clone() };
+            calibrate::calibrate(&trained, &sentences, on, 1)?
+        }
+        None => None,
     };
     config.min_score = calibration.as_ref().map_or(0.0, |c| c.min_score);
     // GAD's student tags almost nothing on some seeds (README), and its silver dev loss does

@@ -118,12 +118,19 @@ fn render(batch: &RecordBatch) -> Vec<String> {
     text.lines().skip(3).filter(|l| !l.starts_with('+')).map(str::to_string).collect()
 }
 
-/// A runtime, an always-answering loopback teacher, and a pipeline over [`DOCS`].
-fn fixture() -> (tokio::runtime::Runtime, MockServer, tempfile::TempDir, PipelineConfig) {
+/// A runtime, an always-answering loopback teacher, and a directory holding [`DOCS`] as
+/// `corpus.jsonl`.
+fn setup() -> (tokio::runtime::Runtime, MockServer, tempfile::TempDir) {
     let rt = runtime();
     let server = rt.block_on(MockServer::start(Duration::ZERO, always_ok())).unwrap();
     let tmp = tempfile::tempdir().unwrap();
     write_corpus(&tmp.path().join("corpus.jsonl"), DOCS);
+    (rt, server, tmp)
+}
+
+/// [`setup`], and a pipeline over [`DOCS`].
+fn fixture() -> (tokio::runtime::Runtime, MockServer, tempfile::TempDir, PipelineConfig) {
+    let (rt, server, tmp) = setup();
     let cfg = load(&pipeline_file(tmp.path(), &server.base_url(), ""));
     (rt, server, tmp, cfg)
 }
@@ -178,10 +185,7 @@ fn extracted_sentences(report: &pipeline::RunReport) -> usize {
 
 #[test]
 fn widening_extract_sources_re_extracts_unchanged_documents() {
-    let rt = runtime();
-    let server = rt.block_on(MockServer::start(Duration::ZERO, always_ok())).unwrap();
-    let tmp = tempfile::tempdir().unwrap();
-    write_corpus(&tmp.path().join("corpus.jsonl"), DOCS);
+    let (rt, server, tmp) = setup();
     write_corpus(&tmp.path().join("more.jsonl"), &[("9", "Cisplatin caused ototoxicity. It resolved.")]);
     let both = format!(
         "[[ingest.user_corpora]]\npath = \"{}\"\n[extract.sources]\nade = ",
@@ -298,10 +302,7 @@ fn a_failed_run_writes_a_failed_manifest_row() {
 /// rest is processed and published (issue 15 #6).
 #[test]
 fn run_exits_1_when_an_input_file_failed_to_ingest() {
-    let rt = runtime();
-    let server = rt.block_on(MockServer::start(Duration::ZERO, always_ok())).unwrap();
-    let tmp = tempfile::tempdir().unwrap();
-    write_corpus(&tmp.path().join("corpus.jsonl"), DOCS);
+    let (_rt, server, tmp) = setup(); // the runtime keeps the server alive
     std::fs::write(tmp.path().join("broken.parquet"), b"PAR1 not really parquet").unwrap();
     let extra = format!("[[ingest.user_corpora]]\npath = \"{}\"\n", tmp.path().join("broken.parquet").display());
     let file = pipeline_file(tmp.path(), &server.base_url(), &extra);

@@ -169,10 +169,7 @@ fn trains_on_silver_labels_and_extracts_to_every_table() {
     // A checkpoint's min_score (chosen by train::calibrate) drops the pairs scoring below it.
     use biodistill::model::checkpoint::Checkpoint;
     use biodistill::model::predict::{SentenceRow, predict};
-    let rows: Vec<SentenceRow> = pool
-        .iter()
-        .map(|s| SentenceRow { doc_id: s.doc_id.clone(), sent_id: s.sent_id, start: 0, text: s.text.clone() })
-        .collect();
+    let rows: Vec<SentenceRow> = pool.iter().map(|s| SentenceRow::standalone(&s.doc_id, s.sent_id, &s.text)).collect();
     let mut checkpoint = Checkpoint::load(&student_dir, &candle_core::Device::Cpu).unwrap();
     assert_eq!(checkpoint.config.min_score, 0.0, "no dev split, no calibration");
     let mut all: Vec<f32> = predict(&checkpoint, &rows, 4, 1).unwrap().pairs.iter().map(|p| p.score).collect();

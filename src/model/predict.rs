@@ -26,6 +26,13 @@ pub struct SentenceRow {
     pub text: String,
 }
 
+impl SentenceRow {
+    /// A sentence on its own (offset 0: not placed in a document), e.g. a candidate to score.
+    pub fn standalone(doc_id: &str, sent_id: i32, text: &str) -> Self {
+        Self { doc_id: doc_id.to_string(), sent_id, start: 0, text: text.to_string() }
+    }
+}
+
 /// A predicted entity: char offsets into its sentence.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EntityPrediction {

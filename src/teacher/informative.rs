@@ -44,10 +44,8 @@ pub fn score_with(dir: &Path, task: Task, sentences: &[Sentence]) -> Result<Opti
     if checkpoint.config.spec.task != task {
         return Ok(None);
     }
-    let rows: Vec<SentenceRow> = sentences
-        .iter()
-        .map(|s| SentenceRow { doc_id: s.doc_id.clone(), sent_id: s.sent_id, start: 0, text: s.text.clone() })
-        .collect();
+    let rows: Vec<SentenceRow> =
+        sentences.iter().map(|s| SentenceRow::standalone(&s.doc_id, s.sent_id, &s.text)).collect();
     let started = std::time::Instant::now();
     let predictions = predict(&checkpoint, &rows, BATCH, crate::parallel::threads_or_all(0))?;
     tracing::info!(

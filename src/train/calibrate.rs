@@ -165,10 +165,7 @@ pub fn calibrate(
     if gold.is_empty() {
         return Ok(None);
     }
-    let rows: Vec<SentenceRow> = dev
-        .iter()
-        .map(|s| SentenceRow { doc_id: s.doc_id.clone(), sent_id: s.sent_id, start: 0, text: s.text.clone() })
-        .collect();
+    let rows: Vec<SentenceRow> = dev.iter().map(|s| SentenceRow::standalone(&s.doc_id, s.sent_id, &s.text)).collect();
     let predictions = predict(checkpoint, &rows, BATCH, threads)?;
     let scored: Vec<(f32, bool)> =
         predicted(&predictions, relation).into_iter().map(|(item, score)| (score, gold.contains(&item))).collect();
