@@ -67,6 +67,7 @@ for v in $VALUES; do
   rm -rf "$dir" && mkdir -p "$dir"
   for f in "$RUN"/*.parquet; do ln -s "$(realpath "$f")" "$dir/"; done
   report=$(bd "$dir" --set "train.tasks=[\"$TASK\"]" --set "$PARAM=$v" train "${MODE[@]}" 2>/dev/null)
+  echo "$report" > "$dir/train_report.txt"
   echo "$PARAM=$v: $(echo "$report" | head -1)"
   sentences=$(echo "$report" | head -1 | sed -E 's/.*: ([0-9]+) sentences.*/\1/')
   steps=$(echo "$report" | head -1 | sed -E 's/.* ([0-9]+) steps.*/\1/')

@@ -15,7 +15,9 @@ pub mod features;
 pub mod fit;
 pub mod frozen;
 pub mod gold;
+pub mod self_training;
 
+use std::collections::HashSet;
 use std::fmt;
 use std::fs;
 use std::path::PathBuf;
@@ -29,7 +31,8 @@ use serde::{Deserialize, Serialize};
 use self::calibrate::{Calibrate, Calibration};
 use self::data::{DataStats, SilverFilters};
 use self::features::{FeatureStats, Windowing, featurize};
-use self::fit::FitOutcome;
+use self::fit::{FitOutcome, TrainSet};
+use self::self_training::SelfTrainingStats;
 use crate::error::{Error, IoContext, Result};
 use crate::model::checkpoint::{self, Checkpoint, CheckpointConfig, LabelSource};
 use crate::model::encoder::Mode;
@@ -104,6 +107,13 @@ pub struct TrainConfig {
     pub calibrate: Calibrate,
     /// `calibrate = "gold_train"`: at most this many gold sentences (a seeded sample).
     pub calibrate_sentences: usize,
+    /// Self-training ([`self_training`]): the trained student labels this many sentences the
+    /// teacher never saw and is trained again on both; 0 = off.
+    pub self_train_sentences: usize,
+    /// Loss weight of the student's own labels (the teacher's weigh 1).
+    pub self_train_weight: f64,
+    /// Score a pseudo-labeled pair (PHI span) needs, at least the calibrated threshold.
+    pub self_train_min_score: f32,
     /// Show a progress bar (loss, tokens/s).
     pub progress: bool,
 }
@@ -138,6 +148,9 @@ impl Default for TrainConfig {
             filters: SilverFilters::default(),
             calibrate: Calibrate::DevSplit,
             calibrate_sentences: 2000,
+            self_train_sentences: 0,
+            self_train_weight: 0.5,
+            self_train_min_score: 0.5,
             progress: true,
         }
     }
@@ -160,6 +173,12 @@ impl TrainConfig {
         }
         if self.batch_size == 0 || self.epochs == 0 || self.lr <= 0.0 {
             return bad("batch_size, epochs and lr must be positive".into());
+        }
+        if !(self.self_train_weight > 0.0 && self.self_train_weight <= 1.0) {
+            return bad(format!("self_train_weight {} outside (0, 1]", self.self_train_weight));
+        }
+        if !(0.0..=1.0).contains(&self.self_train_min_score) {
+            return bad(format!("self_train_min_score {} outside [0, 1]", self.self_train_min_score));
         }
         Ok(())
     }
@@ -189,6 +208,7 @@ pub struct TaskReport {
     pub dev_examples: usize,
     pub fit: FitOutcome,
     pub calibration: Option<Calibration>,
+    pub self_training: Option<SelfTrainingStats>,
 }
 
 /// What `train` did.
@@ -210,11 +230,13 @@ impl TrainReport {
 impl fmt::Display for TrainReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for t in &self.tasks {
-            let dev = t.fit.dev_losses.get(t.fit.best_epoch.saturating_sub(1)).map(|l| format!("{l:.4}"));
+            let kept = t.fit.best_epoch.saturating_sub(1);
+            let dev = t.fit.dev_losses.get(kept).map(|l| format!("{l:.4}"));
+            let dev_f = t.fit.dev_scores.get(kept).map_or(String::new(), |s| format!(", dev F {s:.3}"));
             writeln!(
                 f,
                 "{} [{}] {}: {} sentences of {} ({} negatives, {} entities, {} pairs) -> {} train / {} dev windows; \
-                 {} steps, {} epochs (best {}{}), dev loss {}, {:.0} tokens/s, {:.1}s -> {}",
+                 {} steps, {} epochs (best {}{}), dev loss {}{}, {:.0} tokens/s, {:.1}s -> {}",
                 t.task,
                 t.label_source.version_prefix(),
                 t.model_version,
@@ -230,6 +252,7 @@ impl fmt::Display for TrainReport {
                 t.fit.best_epoch,
                 if t.fit.stopped_early { ", stopped early" } else { "" },
                 dev.as_deref().unwrap_or("n/a"),
+                dev_f,
                 t.fit.tokens_per_sec,
                 t.fit.seconds,
                 t.checkpoint.display(),
@@ -250,7 +273,26 @@ impl fmt::Display for TrainReport {
                 t.features.spans_cut_by_window,
             )?;
             let losses = |v: &[f64]| v.iter().map(|l| format!("{l:.3}")).collect::<Vec<_>>().join(" ");
-            writeln!(f, "  loss per epoch: train {}; dev {}", losses(&t.fit.train_losses), losses(&t.fit.dev_losses))?;
+            writeln!(
+                f,
+                "  per epoch: train loss {}; dev loss {}; dev F {}",
+                losses(&t.fit.train_losses),
+                losses(&t.fit.dev_losses),
+                losses(&t.fit.dev_scores)
+            )?;
+            if let Some(st) = &t.self_training {
+                writeln!(
+                    f,
+                    "  self-training: {} pool sentences labeled by the student, {} with labels ({} pairs or spans \
+                     at score >= {:.2}), weight {}; first-round calibrated F {}",
+                    st.pool,
+                    st.positive,
+                    st.labels,
+                    st.min_score,
+                    st.weight,
+                    st.first_round_f.map_or("n/a".to_string(), |f| format!("{f:.3}"))
+                )?;
+            }
             if let Some(c) = &t.calibration {
                 writeln!(
                     f,
@@ -331,12 +373,12 @@ fn train_task(
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
     let mut student = Student::load(vb, encoder, &spec, Mode::Train)?;
     student.set_frozen_layers(cfg.frozen_layers)?;
-    seeded_init(&varmap, cfg.seed, encoder.initializer_range)?;
-    load_encoder_weights(&varmap, &cfg.model_dir.join(checkpoint::WEIGHTS_FILE))?;
-    let bar = bars.add(ProgressBar::no_length());
-    bar.set_prefix(task.as_str());
-    let fit = fit::fit(cfg, &student, &varmap, &train, &dev, tokenizer.special(), &bar)?;
-
+    // Heads from the seed, encoder from the pretrained weights; again before self-training.
+    let fresh_weights = || -> Result<()> {
+        seeded_init(&varmap, cfg.seed, encoder.initializer_range)?;
+        load_encoder_weights(&varmap, &cfg.model_dir.join(checkpoint::WEIGHTS_FILE)).map(drop)
+    };
+    fresh_weights()?;
     let dir = cfg.checkpoint_root(run_dir).join(task.as_str());
     let mut config = CheckpointConfig {
         model_version: String::new(),
@@ -349,6 +391,24 @@ fn train_task(
         train: serde_json::to_value(cfg)?,
         min_score: 0.0,
     };
+    // The weights being trained as an inference model (the same variables, no copy), to
+    // score epochs and choose the threshold without writing a checkpoint first.
+    let trained = {
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+        let student = Student::load(vb, encoder, &config.spec, Mode::Infer)?;
+        Checkpoint { dir: dir.clone(), config: config.clone(), student, tokenizer: tokenizer.clone() }
+    };
+    let dev_score = || -> Result<f64> {
+        Ok(calibrate::calibrate(&trained, &dev_sentences, "silver dev split", 1)?.map_or(0.0, |c| c.f1))
+    };
+    let scored = (!dev_sentences.is_empty()).then_some(&dev_score as fit::DevScore);
+    let fit_on = |set: TrainSet| {
+        let bar = bars.add(ProgressBar::no_length());
+        bar.set_prefix(task.as_str());
+        fit::fit(cfg, &student, &varmap, set, &dev, scored, tokenizer.special(), &bar)
+    };
+    let mut fit = fit_on(TrainSet::labeled(&train))?;
+
     let held_out = cfg.calibrate.sentences(
         run_dir,
         task,
@@ -357,17 +417,30 @@ fn train_task(
         cfg.supervised_reference,
         (cfg.calibrate_sentences, cfg.seed),
     )?;
-    let calibration = match held_out {
-        Some((sentences, on)) => {
-            // The trained weights as an inference model, without writing them first.
-            let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
-            let student = Student::load(vb, encoder, &config.spec, Mode::Infer)?;
-            let trained =
-                Checkpoint { dir: dir.clone(), config: config.clone(), student, tokenizer: tokenizer.clone() };
-            calibrate::calibrate(&trained, &sentences, on, 1)?
-        }
-        None => None,
+    let calibrate_now = || match &held_out {
+        Some((sentences, on)) => calibrate::calibrate(&trained, sentences, on, 1),
+        None => Ok(None),
     };
+    let mut calibration = calibrate_now()?;
+    let mut self_training = None;
+    if cfg.self_train_sentences > 0 && !cfg.supervised_reference {
+        let min_score = cfg.self_train_min_score.max(calibration.as_ref().map_or(0.0, |c| c.min_score));
+        let silver: HashSet<&str> = train_sentences.iter().chain(&dev_sentences).map(|s| s.doc_id.as_str()).collect();
+        let calibration_docs: HashSet<&str> = held_out.iter().flat_map(|(s, _)| s).map(|s| s.doc_id.as_str()).collect();
+        let pool = self_training::pool(run_dir, &silver, &calibration_docs, cfg.self_train_sentences, cfg.seed)?;
+        let pseudo = self_training::pseudo_label(&trained, &pool, min_score, 1)?;
+        let (positive, labels) = self_training::count(&pseudo, task.relation().is_some());
+        let mut examples = train.clone();
+        examples.extend(featurize(&pseudo, task, tokenizer, cfg.windowing(), &mut features)?);
+        fresh_weights()?;
+        let set = TrainSet { examples: &examples, pseudo_from: train.len(), pseudo_weight: cfg.self_train_weight };
+        fit = fit_on(set)?;
+        let first_round_f = calibration.as_ref().map(|c| c.f1);
+        calibration = calibrate_now()?;
+        let weight = cfg.self_train_weight;
+        self_training =
+            Some(SelfTrainingStats { pool: pool.len(), positive, labels, min_score, weight, first_round_f });
+    }
     config.min_score = calibration.as_ref().map_or(0.0, |c| c.min_score);
     // GAD's student tags almost nothing on some seeds (README), and its silver dev loss does
     // not show it; held-out labels do.
@@ -394,6 +467,7 @@ fn train_task(
         dev_examples: dev.len(),
         fit,
         calibration,
+        self_training,
     })
 }
 
@@ -449,8 +523,17 @@ mod tests {
         let (varmap, mut student) = tiny_student(&spec, toy_vocab_size(), cfg.seed);
         student.set_frozen_layers(cfg.frozen_layers).unwrap();
         let examples = toy_set();
-        let outcome =
-            fit(cfg, &student, &varmap, &examples, &[], toy_tokenizer().special(), &ProgressBar::hidden()).unwrap();
+        let outcome = fit(
+            cfg,
+            &student,
+            &varmap,
+            TrainSet::labeled(&examples),
+            &[],
+            None,
+            toy_tokenizer().special(),
+            &ProgressBar::hidden(),
+        )
+        .unwrap();
         (varmap, student, outcome)
     }
 
@@ -510,6 +593,49 @@ mod tests {
         assert!(changed.iter().any(|n| n.starts_with("encoder.layer.1.")), "{changed:?}");
         // The toy set is still learned, from cached frozen-layer outputs.
         overfits_the_toy_set(cfg);
+    }
+
+    #[test]
+    fn the_kept_epoch_is_the_best_scored_one_not_the_lowest_dev_loss() {
+        let spec = StudentSpec { task: Task::Ade, arch: Arch::Conditioned, dropout: 0.0 };
+        let examples = toy_set();
+        let special = toy_tokenizer().special();
+        let run = |cfg: &TrainConfig, scores: Option<&[f64]>| {
+            let (varmap, student) = tiny_student(&spec, toy_vocab_size(), cfg.seed);
+            let calls = std::cell::Cell::new(0);
+            let score = || -> Result<f64> {
+                calls.set(calls.get() + 1);
+                Ok(scores.unwrap()[calls.get() - 1])
+            };
+            let scorer = scores.map(|_| &score as fit::DevScore);
+            let out = fit(
+                cfg,
+                &student,
+                &varmap,
+                TrainSet::labeled(&examples),
+                &examples,
+                scorer,
+                special,
+                &ProgressBar::hidden(),
+            )
+            .unwrap();
+            let kept_loss = evaluate(&student, &examples, None, cfg.batch_size, special).unwrap();
+            (out, kept_loss)
+        };
+        let cfg = TrainConfig { epochs: 4, patience: 10, ..toy_config() };
+        // Dev = train: the loss falls every epoch, so loss alone keeps the last one.
+        let (by_loss, _) = run(&cfg, None);
+        assert!(by_loss.dev_losses.windows(2).all(|w| w[1] < w[0]), "{by_loss:?}");
+        assert_eq!((by_loss.best_epoch, by_loss.dev_scores.len()), (4, 0));
+        // A scorer overrules it, and the weights of the kept epoch are restored.
+        let (by_score, kept_loss) = run(&cfg, Some(&[0.2, 0.9, 0.1, 0.3]));
+        assert_eq!((by_score.best_epoch, &by_score.dev_scores[..]), (2, &[0.2, 0.9, 0.1, 0.3][..]));
+        assert!((kept_loss - by_score.dev_losses[1]).abs() < 1e-5, "{kept_loss} vs {by_score:?}");
+        // Equal scores (an all-`O` student scores 0 every epoch): the lower loss wins.
+        assert_eq!(run(&cfg, Some(&[0.0; 4])).0.best_epoch, 4);
+        // Patience counts epochs without a better score.
+        let (stopped, _) = run(&TrainConfig { patience: 1, ..cfg }, Some(&[0.5, 0.4, 0.3, 0.9]));
+        assert_eq!((stopped.best_epoch, stopped.epochs_run, stopped.stopped_early), (1, 3, true));
     }
 
     #[test]
