@@ -72,8 +72,9 @@ fn document_info(run_dir: &RunDir) -> Result<HashMap<String, (String, String)>> 
     Ok(info)
 }
 
-/// Every sentence of the run directory with its document's (source, split).
-fn all_sentences(run_dir: &RunDir) -> Result<Vec<(Sentence, String, String)>> {
+/// Every sentence of the run directory with its document's (source, split); blank ones are
+/// left out. Also the self-training pool (`train::self_training`).
+pub(crate) fn all_sentences(run_dir: &RunDir) -> Result<Vec<(Sentence, String, String)>> {
     for name in [table::DOCUMENTS, table::SENTENCES] {
         if !run_dir.has_table(name) {
             return Err(Error::input(run_dir.table_path(name), "table missing (run `biodistill ingest` first)"));

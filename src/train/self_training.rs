@@ -14,17 +14,17 @@
 //! silver set came from, never a document the student trained on, was calibrated on, or that
 //! is in the dev split; a seeded sample of whole documents.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 
 use serde::Serialize;
 
 use super::data::{CharSpan, LabeledSentence, cap};
-use crate::columns::TableStream;
 use crate::error::Result;
 use crate::model::checkpoint::Checkpoint;
 use crate::model::predict::{Predictions, SentenceRow, predict};
 use crate::run_dir::RunDir;
-use crate::schema::{split, table};
+use crate::schema::split;
+use crate::teacher::select::all_sentences;
 
 /// Windows per encoder call.
 const BATCH: usize = 16;
@@ -54,42 +54,27 @@ pub fn pool(
     max: usize,
     seed: u64,
 ) -> Result<Vec<LabeledSentence>> {
-    let mut source_of: BTreeMap<String, (String, String)> = BTreeMap::new();
-    for cols in TableStream::open(run_dir, table::DOCUMENTS, 8192)? {
-        let cols = cols?;
-        let (doc, source, split_col) = (cols.str("doc_id")?, cols.str("source")?, cols.str("split")?);
-        for row in 0..cols.len() {
-            source_of
-                .insert(doc.value(row).to_string(), (source.value(row).to_string(), split_col.value(row).to_string()));
-        }
-    }
-    let sources: HashSet<&str> =
-        silver_docs.iter().filter_map(|d| source_of.get(*d)).map(|(source, _)| source.as_str()).collect();
-    let eligible: HashSet<&str> = source_of
+    let sentences = all_sentences(run_dir)?;
+    let sources: HashSet<&str> = sentences
         .iter()
-        .filter(|(doc, (source, split_name))| {
+        .filter(|(s, _, _)| silver_docs.contains(s.doc_id.as_str()))
+        .map(|(_, source, _)| source.as_str())
+        .collect();
+    let out = sentences
+        .iter()
+        .filter(|(s, source, split_name)| {
             sources.contains(source.as_str())
                 && (split_name == split::TRAIN || split_name == split::UNLABELED)
-                && !exclude.contains(doc.as_str())
-                && !silver_docs.contains(doc.as_str())
+                && !exclude.contains(s.doc_id.as_str())
+                && !silver_docs.contains(s.doc_id.as_str())
         })
-        .map(|(doc, _)| doc.as_str())
+        .map(|(s, _, _)| LabeledSentence {
+            doc_id: s.doc_id.clone(),
+            sent_id: s.sent_id,
+            text: s.text.clone(),
+            ..Default::default()
+        })
         .collect();
-    let mut out = Vec::new();
-    for cols in TableStream::open(run_dir, table::SENTENCES, 8192)? {
-        let cols = cols?;
-        let (doc, sent, text) = (cols.str("doc_id")?, cols.i32("sent_id")?, cols.str("text")?);
-        for row in 0..cols.len() {
-            if eligible.contains(doc.value(row)) && !text.value(row).trim().is_empty() {
-                out.push(LabeledSentence {
-                    doc_id: doc.value(row).to_string(),
-                    sent_id: sent.value(row),
-                    text: text.value(row).to_string(),
-                    ..Default::default()
-                });
-            }
-        }
-    }
     Ok(cap(out, max, seed))
 }
 
@@ -158,7 +143,7 @@ mod tests {
     use super::*;
     use crate::model::predict::{EntityPrediction, PairPrediction};
     use crate::model::tags::Task;
-    use crate::schema;
+    use crate::schema::{self, table};
 
     fn strings(v: &[&str]) -> ArrayRef {
         Arc::new(StringArray::from(v.to_vec()))
