@@ -432,3 +432,45 @@ async fn agreement_between_passes_keeps_what_both_said() {
     assert_eq!(pairs(false), (6, 0), "2 agreeing sentences x 1 pair + 2 disagreeing x 2 pairs");
     assert_eq!(pairs(true), (2, 8), "the agreeing pairs; 4 labels dropped per odd sentence");
 }
+
+/// Raising `max_tokens` after a run whose replies were partly cut at the budget sends again
+/// exactly the cut ones: completed replies stay answers (the budget is not in the cache key),
+/// and the re-asked sentences are labeled this time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raising_max_tokens_re_asks_only_the_replies_that_were_cut() {
+    let budget = Arc::new(std::sync::atomic::AtomicU32::new(64));
+    let server_budget = Arc::clone(&budget);
+    let server = MockServer::start(
+        Duration::ZERO,
+        script(move |r| {
+            // Replies to sentences 0-2 need more than the first budget.
+            let long = ["Drug0 ", "Drug1 ", "Drug2 "].iter().any(|d| r.user.contains(d));
+            if long && server_budget.load(std::sync::atomic::Ordering::SeqCst) < 128 {
+                Action::Truncated
+            } else {
+                Action::Reply(r.plausible.clone())
+            }
+        }),
+    )
+    .await
+    .unwrap();
+    let (tmp, run) = run_dir_with(&numbered(10));
+    let mut cfg = config(&server, tmp.path());
+    cfg.teacher.max_tokens = 64;
+    let first = teacher::run(&cfg, &run).await.unwrap();
+    assert_eq!((first.ok, server.requests()), (7, 10), "{first}");
+    assert_eq!(call_rows(&run).iter().filter(|c| c.1 == "parse_error").count(), 3);
+
+    budget.store(128, std::sync::atomic::Ordering::SeqCst);
+    cfg.teacher.max_tokens = 128;
+    let plan = teacher::plan(&cfg, &run).unwrap();
+    assert_eq!(plan.calls, 3, "the plan counts the cut replies, and only them: {plan:?}");
+    let second = teacher::run(&cfg, &run).await.unwrap();
+    assert_eq!(server.requests(), 13, "only the 3 cut replies were asked again: {second}");
+    assert_eq!(second.ok, 10, "{second}");
+    assert!(call_rows(&run).iter().all(|c| c.1 == "ok"));
+
+    // Lowering it again below what the completed replies used is a new question for each.
+    cfg.teacher.max_tokens = 1;
+    assert_eq!(teacher::plan(&cfg, &run).unwrap().calls, 10);
+}
