@@ -13,7 +13,7 @@ use arrow::array::{Array, AsArray, Int64Array, StringArray};
 use arrow::datatypes::Int32Type;
 use biodistill::run_dir::{RunDir, concat};
 use biodistill::schema::{self, table};
-use biodistill::teacher::mock_server::{HALLUCINATED, MockServer, always_ok, faults, faulty};
+use biodistill::teacher::mock_server::{Action, HALLUCINATED, MockServer, Request, always_ok, faults, faulty};
 use biodistill::teacher::{self, Task};
 use biodistill::text::char_slice;
 use biodistill::train::data::{SilverFilters, silver};
@@ -39,7 +39,8 @@ fn label_sides(run: &RunDir) -> LabelSides {
     (0..b.num_rows())
         .map(|r| {
             let start = |a: &arrow::array::Int32Array| a.is_valid(r).then(|| a.value(r));
-            let mut sides = vec![(subject.value(r).into(), start(&subject_start), subject_alignment.value(r).into())];
+            let mut sides: Vec<(String, Option<i32>, String)> =
+                vec![(subject.value(r).into(), start(&subject_start), subject_alignment.value(r).into())];
             if object.is_valid(r) {
                 sides.push((object.value(r).into(), start(&object_start), object_alignment.value(r).into()));
             }
@@ -59,11 +60,13 @@ async fn thirty_percent_faults_every_input_accounted_for_nothing_paid_twice() {
     let server = MockServer::start(Duration::ZERO, faulty(0.3, 42)).await.unwrap();
     let (tmp, run) = run_dir_with(&numbered(INPUTS));
     let mut cfg = config(&server, tmp.path());
-    cfg.teacher.max_retries = 5;
+    // Few retries, so that some inputs run out of them and the rerun has work.
+    cfg.teacher.max_retries = 1;
     let report = teacher::run(&cfg, &run).await.unwrap();
 
     let actions = server.actions();
-    let injected: BTreeMap<String, usize> = actions.iter().filter(|(k, _)| *k != "reply").map(|(k, &n)| (k.clone(), n)).collect();
+    let injected: BTreeMap<String, usize> =
+        actions.iter().filter(|(k, _)| *k != "reply").map(|(k, &n)| (k.clone(), n)).collect();
     for fault in faults() {
         assert!(injected.contains_key(&fault.kind()), "{} was never injected: {injected:?}", fault.kind());
     }
@@ -79,8 +82,11 @@ async fn thirty_percent_faults_every_input_accounted_for_nothing_paid_twice() {
     assert_eq!((rows.len(), docs.len()), (INPUTS, INPUTS), "one teacher_calls row per input");
     assert!(rows.iter().all(|r| ["ok", "parse_error", "failed"].contains(&r.1.as_str())));
     assert!(rows.iter().filter(|r| r.1 != "ok").all(|r| r.3.is_some()), "every non-ok row says why");
-    let cut = rows.iter().filter(|r| r.3.as_deref().is_some_and(|e| e.contains("max_tokens"))).count();
-    assert!(cut >= 1 && report.parse_errors >= cut, "a reply cut at max_tokens is a parse_error: {report}");
+    // Only unusable content ends as a parse_error (the transport faults are retried).
+    let unusable = injected["cut at max_tokens"] + injected["malformed content"];
+    assert!((1..=unusable).contains(&report.parse_errors), "{report}");
+    let reasons: Vec<&str> = rows.iter().filter(|r| r.1 == "parse_error").filter_map(|r| r.3.as_deref()).collect();
+    assert!(reasons.iter().all(|e| e.starts_with("unparseable reply")), "{reasons:?}");
     // Every ok input has its labels.
     let sides = label_sides(&run);
     let labeled: BTreeSet<&str> = sides.iter().map(|(d, _)| d.as_str()).collect();
@@ -89,7 +95,8 @@ async fn thirty_percent_faults_every_input_accounted_for_nothing_paid_twice() {
 
     // Hallucinated strings are recorded without offsets and dropped before training; every
     // other string of these replies grounds.
-    let is_hallucinated = |s: &[(String, Option<i32>, String)]| s.iter().any(|(t, _, _)| HALLUCINATED.contains(&t.as_str()));
+    let is_hallucinated =
+        |s: &[(String, Option<i32>, String)]| s.iter().any(|(t, _, _)| HALLUCINATED.contains(&t.as_str()));
     let hallucinated: Vec<_> = sides.iter().filter(|(_, s)| is_hallucinated(s)).collect();
     assert!(!hallucinated.is_empty());
     for (doc, s) in &sides {
@@ -123,6 +130,53 @@ async fn thirty_percent_faults_every_input_accounted_for_nothing_paid_twice() {
         report.failed,
         server.resent_after_answer(),
     );
+}
+
+/// Each fault alone, on the first request about sentence i (fault i of [`faults`]), with no
+/// retries: what each one leaves in `teacher_calls`. Then a rerun, the faults spent, asks again
+/// exactly the inputs that failed, and they succeed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_fault_alone_is_recorded_with_its_reason_then_healed_by_a_rerun() {
+    let kinds: Vec<String> = faults().iter().map(Action::kind).collect();
+    let first_time_fault = |r: &Request| {
+        let i = r.user.strip_prefix("Sentence: Drug").and_then(|rest| rest.split(' ').next()?.parse::<usize>().ok());
+        match i {
+            Some(i) if r.seen_before == 0 => faults().into_iter().nth(i).unwrap(),
+            _ => Action::Reply(r.plausible.clone()),
+        }
+    };
+    let server = MockServer::start(Duration::ZERO, Arc::new(first_time_fault)).await.unwrap();
+    let (tmp, run) = run_dir_with(&numbered(kinds.len()));
+    let mut cfg = config(&server, tmp.path());
+    cfg.teacher.max_retries = 0;
+    teacher::run(&cfg, &run).await.unwrap();
+    let rows = call_rows(&run);
+    let outcome: Vec<(&str, &str, &str)> =
+        kinds.iter().zip(&rows).map(|(kind, r)| (kind.as_str(), r.1.as_str(), r.3.as_deref().unwrap_or(""))).collect();
+    let expected = [
+        ("status 429 + Retry-After", "failed", "rate limited (HTTP 429), retry after 100ms"),
+        ("status 500", "failed", "server error (HTTP 500)"),
+        ("hang (timeout)", "failed", "no answer within 2s"),
+        ("connection reset", "failed", "transport: "),
+        ("truncated body", "failed", "transport: not a chat completion response"),
+        ("non-JSON body", "failed", "transport: not a chat completion response"),
+        ("empty choices", "failed", "transport: reply has no choices"),
+        ("cut at max_tokens", "parse_error", "unparseable reply"),
+        ("malformed content", "ok", ""),
+        ("hallucinated spans", "ok", ""),
+    ];
+    for ((kind, status, error), (want_kind, want_status, want_error)) in outcome.iter().zip(expected) {
+        assert_eq!((*kind, *status), (want_kind, want_status), "{error}");
+        assert!(error.starts_with(want_error), "{kind}: {error}");
+    }
+    // A real TCP reset ("Connection reset by peer"), not a closed connection or a bad body.
+    assert!(outcome[3].2.to_lowercase().contains("connection reset"), "{}", outcome[3].2);
+
+    server.reset_counts();
+    let rerun = teacher::run(&cfg, &run).await.unwrap();
+    assert_eq!(server.requests(), 7, "each failed input once, nothing else");
+    assert_eq!((rerun.ok, rerun.parse_errors, rerun.failed), (9, 1, 0), "{rerun}");
+    assert_eq!(server.resent_after_answer(), 0);
 }
 
 /// The ingest of `dir` into `<tmp>/run`: (exit code, stderr, the run directory).
@@ -159,7 +213,10 @@ fn bad_inputs_each_give_one_line_and_lose_nothing_else() {
     fs::write(dir.join("table.csv"), csv).unwrap();
     // File-level: a Parquet file cut short, and one without the id column.
     let good = tmp.path().join("good.parquet");
-    parquet(&good, vec![("id", Arc::new(Int64Array::from(vec![1, 2]))), ("text", Arc::new(StringArray::from(vec!["A.", "B."])))]);
+    parquet(
+        &good,
+        vec![("id", Arc::new(Int64Array::from(vec![1, 2]))), ("text", Arc::new(StringArray::from(vec!["A.", "B."])))],
+    );
     let bytes = fs::read(&good).unwrap();
     fs::write(dir.join("cut.parquet"), &bytes[..bytes.len() / 2]).unwrap();
     parquet(&dir.join("noid.parquet"), vec![("text", Arc::new(StringArray::from(vec!["No id here."])))]);
@@ -210,7 +267,8 @@ fn offsets_on_cjk_emoji_and_right_to_left_text_are_chars() {
         ("arabic", "تسبب الأسبرين في طفح جلدي. ثم تعافى المريض."),
         ("hebrew", "אספירין גרם לפריחה. המטופל החלים."),
     ];
-    let lines: Vec<String> = texts.iter().map(|(id, text)| serde_json::json!({"id": id, "text": text}).to_string()).collect();
+    let lines: Vec<String> =
+        texts.iter().map(|(id, text)| serde_json::json!({"id": id, "text": text}).to_string()).collect();
     fs::write(dir.join("u.jsonl"), lines.join("\n")).unwrap();
     let (code, err, run) = ingest(tmp.path(), "in");
     assert_eq!(code, Some(0), "{err}");

@@ -204,7 +204,10 @@ mod tests {
     /// The waits of successive reservations at the given offsets (ms) from the limiter's start.
     fn schedule(limiter: &RateLimiter, start: Instant, reservations: &[(u64, u64)]) -> Vec<f64> {
         let ms = |d: Duration| (d.as_secs_f64() * 1e6).round() / 1e3;
-        reservations.iter().map(|&(at, tokens)| ms(limiter.reserve(tokens, start + Duration::from_millis(at)))).collect()
+        reservations
+            .iter()
+            .map(|&(at, tokens)| ms(limiter.reserve(tokens, start + Duration::from_millis(at))))
+            .collect()
     }
 
     #[test]

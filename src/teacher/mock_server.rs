@@ -53,7 +53,7 @@ pub enum Action {
 pub const HALLUCINATED: [&str; 2] = ["Zorblaxin", "quantum hiccups"];
 
 impl Action {
-    /// A short name for counting (`status 429`, `reset`, ...).
+    /// A short name for counting (`status 500`, `connection reset`, ...).
     pub fn kind(&self) -> String {
         match self {
             Action::Reply(_) => "reply".into(),
@@ -102,8 +102,8 @@ pub fn always_ok() -> Script {
     Arc::new(|r: &Request| Action::Reply(r.plausible.clone()))
 }
 
-/// Every fault [`faulty`] injects, for a request: rate limiting, server errors, timeouts,
-/// broken transport, unusable bodies and unusable content.
+/// Every fault [`faulty`] injects: rate limiting, server errors, a timeout, a broken
+/// connection, bodies that are not chat completions, and content that cannot be used.
 pub fn faults() -> [Action; 10] {
     let status = |code: u16, retry_after: Option<&str>| Action::Status {
         code,
@@ -371,7 +371,6 @@ fn completion_json(request: &serde_json::Value, content: &str, finish_reason: &s
                   "total_tokens": prompt_tokens + completion_tokens},
     })
 }
-
 
 /// A valid reply for the task named by `schema_name`, built from the words of the sentence
 /// (after the `Sentence:`/`Text:` label): first word as the drug/gene/name, last word as the
