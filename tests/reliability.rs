@@ -1,7 +1,7 @@
 //! Issue 15, "runs you can trust": the teacher under a 30% mix of every fault a provider or
 //! network produces, and the binary on every kind of bad input. The figures in the README's
-//! reliability section are what `cargo test --locked --test tests reliability:: -- --nocapture`
-//! prints.
+//! reliability section are what this prints:
+//! `cargo test --locked --test integration reliability:: -- --nocapture`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
