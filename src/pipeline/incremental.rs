@@ -96,6 +96,14 @@ mod tests {
         assert_eq!(changed, HashSet::from(["b".to_string(), "new".to_string()]));
     }
 
+    /// A previous publication's directory and a new run's, in one temporary directory.
+    fn publication_and_run() -> (tempfile::TempDir, RunDir, RunDir) {
+        let tmp = tempfile::tempdir().unwrap();
+        let (prev, run) =
+            (RunDir::create(tmp.path().join("p")).unwrap(), RunDir::create(tmp.path().join("r")).unwrap());
+        (tmp, prev, run)
+    }
+
     fn versions(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
@@ -115,9 +123,7 @@ mod tests {
 
     #[tokio::test]
     async fn merge_keeps_unchanged_rows_and_drops_changed_and_deleted() {
-        let tmp = tempfile::tempdir().unwrap();
-        let (prev, run) =
-            (RunDir::create(tmp.path().join("p")).unwrap(), RunDir::create(tmp.path().join("r")).unwrap());
+        let (_tmp, prev, run) = publication_and_run();
         let schema = schema::REDACTED_DOCUMENTS.clone();
         let name = table::REDACTED_DOCUMENTS;
         write_document_versions(&prev, &versions(&[("a", "1"), ("b", "2"), ("gone", "3")])).unwrap();
@@ -133,9 +139,7 @@ mod tests {
     /// merge once returned early on an empty fresh table, dropping them all).
     #[tokio::test]
     async fn an_empty_fresh_table_still_keeps_the_unchanged_rows() {
-        let tmp = tempfile::tempdir().unwrap();
-        let (prev, run) =
-            (RunDir::create(tmp.path().join("p")).unwrap(), RunDir::create(tmp.path().join("r")).unwrap());
+        let (_tmp, prev, run) = publication_and_run();
         let (schema, name) = (schema::REDACTED_DOCUMENTS.clone(), table::REDACTED_DOCUMENTS);
         write_document_versions(&prev, &versions(&[("a", "1")])).unwrap();
         prev.write_table(name, schema.clone(), &[redacted(&["a"], &["old a"])]).unwrap();
@@ -146,12 +150,10 @@ mod tests {
     }
 
     /// The merge streams under a memory limit far below the tables' size (loading them whole,
-    /// as the merge once did, would need ~20× the limit), and gives the same rows.
+    /// as the merge once did, would need more than 10× the limit), and gives the same rows.
     #[tokio::test]
     async fn merge_runs_under_a_memory_limit_the_whole_tables_exceed() {
-        let tmp = tempfile::tempdir().unwrap();
-        let (prev, run) =
-            (RunDir::create(tmp.path().join("p")).unwrap(), RunDir::create(tmp.path().join("r")).unwrap());
+        let (_tmp, prev, run) = publication_and_run();
         let (schema, name) = (schema::REDACTED_DOCUMENTS.clone(), table::REDACTED_DOCUMENTS);
         let docs = 30_000;
         let ids: Vec<String> = (0..docs).rev().map(|i| format!("doc{i:06}")).collect();
