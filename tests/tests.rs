@@ -21,5 +21,11 @@ mod student;
 /// Teacher labeling against a loopback OpenAI-compatible server: limits, retries, cache (issue 4).
 mod teacher;
 
-/// `biodistill run`: incremental runs, quality gates, crash safety (issue 7).
+/// `biodistill run`: incremental runs, quality gates (issue 7).
 mod pipeline;
+
+/// `kill -9` in every stage of `biodistill run`, then a rerun (issues 7 and 15).
+mod crash;
+
+/// `teacher.base_url = "embedded"` end to end, and `label --plan` on its cache (issue 15).
+mod embedded;
