@@ -69,7 +69,7 @@ fn kill_9_in_every_stage_then_rerun_equals_an_uninterrupted_run() {
     let server = rt.block_on(MockServer::start(Duration::from_millis(150), always_ok())).unwrap();
     let reference = rt.block_on(MockServer::start(Duration::ZERO, always_ok())).unwrap();
     let docs: Vec<(String, String)> =
-        (0..8).map(|i| (format!("{i}"), format!("Drugx{i} caused rash{i}. Patient {i} recovered."))).collect();
+        (0..6).map(|i| (format!("{i}"), format!("Drugx{i} caused rash{i}. Patient {i} recovered."))).collect();
     let docs: Vec<(&str, &str)> = docs.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
     let total = docs.len() * 2 * 2; // sentences x tasks (ade, phi)
 

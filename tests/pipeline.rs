@@ -48,10 +48,10 @@ pub const QUICK: Setup =
 
 /// ADE and PHI students that tag. The mock teacher labels each sentence's first word (drug,
 /// name) and last word (event); tests/student.rs's settings (batch 8, lr 1e-3, no dev split)
-/// learn that in a few dozen steps, so the student tables are not empty.
+/// learn that in 30 steps, so the student tables are not empty.
 pub const TAGGING: Setup = Setup {
     tasks: r#"["ade", "phi"]"#,
-    train: "epochs = 100\nmax_steps = 40\nbatch_size = 8\nlr = 1e-3\ndev_fraction = 0.0\ncalibrate = \"off\"",
+    train: "epochs = 100\nmax_steps = 30\nbatch_size = 8\nlr = 1e-3\ndev_fraction = 0.0\ncalibrate = \"off\"",
     ingest: "corpora = []",
 };
 
