@@ -28,8 +28,13 @@ fn an_embedded_teacher_run_publishes_and_its_answers_plan_as_cached() {
     // `teacher.model` ("mock-model") is not the GGUF's name, as in issue 15 #5.
     let file = pipeline_file(tmp.path(), "embedded", QUICK, &serve);
     let file = file.to_str().unwrap();
-    // A short reply budget keeps the test quick; the timeout allows for a busy machine.
-    let env = [("BIODISTILL_TEACHER_MAX_TOKENS", "96"), ("BIODISTILL_TEACHER_TIMEOUT_SECS", "300")];
+    // A short reply budget keeps the test quick, the timeout allows for a busy machine, and
+    // a seed other than the default is part of every request (and so of every cache key).
+    let env = [
+        ("BIODISTILL_TEACHER_MAX_TOKENS", "96"),
+        ("BIODISTILL_TEACHER_TIMEOUT_SECS", "300"),
+        ("BIODISTILL_TEACHER_SEED", "7"),
+    ];
 
     let out = biodistill_env(tmp.path(), &["run", file], &env);
     assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
@@ -47,7 +52,7 @@ fn an_embedded_teacher_run_publishes_and_its_answers_plan_as_cached() {
     let same = plan(&env);
     assert!(same.starts_with(&format!("plan for {GGUF} at embedded")), "{same}");
     assert_eq!(planned(&same), (3, 3, 0), "{same}");
-    // Without the override, max_tokens is back at its default: other requests, none cached.
-    // So the variable did reach the configuration through the binary.
+    // Without the overrides the seed is back at its default: other requests, none cached. So
+    // the variables did reach the configuration through the binary.
     assert_eq!(planned(&plan(&[])), (3, 0, 3));
 }
