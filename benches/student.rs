@@ -175,7 +175,8 @@ fn main() {
 
     let extract_cfg =
         ExtractConfig { tasks: vec![Task::Ade], batch_size: BATCH_SIZE, progress: false, ..Default::default() };
-    let extracted = extract::run(&extract_cfg, &run).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let extracted = runtime.block_on(extract::run(&extract_cfg, &run)).unwrap();
     println!(
         "extract {:>8.1} sentences/s ({} sentences, batch {BATCH_SIZE}, encoder + entity + conditioned heads, Parquet out)",
         extracted.sentences_per_sec, extracted.sentences

@@ -254,7 +254,7 @@ pub async fn execute(cli: Cli) -> Result<bool> {
             print_stdout(&report.to_string()).map(|()| true)
         }
         Command::Extract(_) => {
-            let report = crate::extract::run(&cfg.extract, &RunDir::open(&cfg.run.dir)?)?;
+            let report = crate::extract::run(&cfg.extract, &RunDir::open(&cfg.run.dir)?).await?;
             print_stdout(&report.to_string()).map(|()| true)
         }
         Command::Eval => {

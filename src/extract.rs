@@ -10,15 +10,15 @@
 //! Offsets index `documents.text` in chars: a sentence's char offset plus the span's offset in
 //! the sentence. The supervised reference writes the same tables with a `_supervised_reference`
 //! suffix, and its `model_version`s start with `supervised-reference-`, so its outputs can never
-//! be mistaken for the distilled student's. The PHI spans of the run are held in memory until
-//! redaction (a few dozen bytes per span, no text); everything else streams.
+//! be mistaken for the distilled student's.
 //!
-//! Synchronous CPU work, like `train`.
+//! Memory stays flat in corpus size: sentences stream in, predictions stream out, and
+//! redaction joins `documents` with the finished `phi_spans` as two DataFusion plans sorted by
+//! document (spilling past `memory_limit_mib`, see [`crate::plan`]) walked side by side.
 
 pub mod functions;
-mod sink;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -30,13 +30,12 @@ use candle_core::Device;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
-use self::sink::TableSink;
 use crate::columns::TableStream;
 use crate::error::{Error, Result};
 use crate::model::checkpoint::Checkpoint;
 use crate::model::predict::{PairPrediction, Predictions, SentenceRow, predict};
 use crate::model::tags::Task;
-use crate::run_dir::{RunDir, batch};
+use crate::run_dir::{RunDir, TableSink, batch};
 use crate::schema::{self, table};
 use crate::text::CharIndex;
 use crate::train::{STUDENT_DIR, SUPERVISED_REFERENCE_DIR};
@@ -62,6 +61,10 @@ pub struct ExtractConfig {
     /// serialized: it changes neither the outputs nor the config hash.
     #[serde(skip_serializing)]
     pub threads: usize,
+    /// Memory the table plans (redaction's sorts, the incremental merge) may hold before
+    /// spilling to disk. Not serialized: it changes neither the outputs nor the config hash.
+    #[serde(skip_serializing)]
+    pub memory_limit_mib: usize,
     /// `run_id` column; default the run directory's name.
     pub run_id: Option<String>,
     pub progress: bool,
@@ -83,6 +86,7 @@ impl Default for ExtractConfig {
             batch_size: 16,
             read_rows: 1024,
             threads: 0,
+            memory_limit_mib: crate::plan::DEFAULT_MEMORY_LIMIT_MIB,
             run_id: None,
             progress: true,
             splits: Vec::new(),
@@ -191,7 +195,7 @@ struct TaskOutput {
 }
 
 /// Run every configured task's student over the `sentences` table.
-pub fn run(cfg: &ExtractConfig, run_dir: &RunDir) -> Result<ExtractReport> {
+pub async fn run(cfg: &ExtractConfig, run_dir: &RunDir) -> Result<ExtractReport> {
     if cfg.tasks.is_empty() || cfg.batch_size == 0 {
         return Err(Error::Config("extract: tasks must be non-empty and batch_size positive".into()));
     }
@@ -231,7 +235,6 @@ pub fn run(cfg: &ExtractConfig, run_dir: &RunDir) -> Result<ExtractReport> {
     );
     let start = Instant::now();
     let (mut sentences, mut windows) = (0, 0);
-    let mut phi: HashMap<String, Vec<(usize, usize, &'static str)>> = HashMap::new();
     for cols in stream {
         let cols = cols?;
         let (doc, sent, begin, text) =
@@ -261,17 +264,7 @@ pub fn run(cfg: &ExtractConfig, run_dir: &RunDir) -> Result<ExtractReport> {
             windows += predictions.windows;
             let version = &output.checkpoint.config.model_version;
             let columns = match task {
-                Task::Phi => {
-                    for e in &predictions.entities {
-                        let s = &chunk[e.sentence];
-                        phi.entry(s.doc_id.clone()).or_default().push((
-                            s.start + e.start,
-                            s.start + e.end,
-                            task.entity_types()[e.type_index],
-                        ));
-                    }
-                    phi_columns(chunk, &predictions, task, version, &run_id)
-                }
+                Task::Phi => phi_columns(chunk, &predictions, task, version, &run_id),
                 _ => pair_columns(chunk, &predictions.pairs, version, &run_id),
             };
             output.sink.write(&batch(&output.schema, columns)?)?;
@@ -301,7 +294,9 @@ pub fn run(cfg: &ExtractConfig, run_dir: &RunDir) -> Result<ExtractReport> {
     if has_phi {
         let name = cfg.table_name(table::REDACTED_DOCUMENTS);
         let phi_docs = selected.get(&Task::Phi).and_then(Option::as_ref);
-        report.tables.insert(name.clone(), redact(run_dir, &name, cfg.read_rows, phi_docs, &mut phi)?);
+        let spans = cfg.table_name(table::PHI_SPANS);
+        let limits = crate::plan::Limits::mib(cfg.memory_limit_mib);
+        report.tables.insert(name.clone(), redact(run_dir, limits, &spans, &name, phi_docs).await?);
     }
     Ok(report)
 }
@@ -356,33 +351,76 @@ fn phi_columns(
     ]
 }
 
-/// Write `redacted_documents`: every document, each PHI span replaced by `[TYPE]`.
-fn redact(
+/// Write `redacted_documents` (`name`): every selected document, each span of the PHI table
+/// `spans` replaced by `[TYPE]`, in `doc_id` order. Documents and spans come from two plans
+/// sorted by document, walked side by side, so memory holds one document's spans at a time.
+async fn redact(
     run_dir: &RunDir,
+    limits: crate::plan::Limits,
+    spans: &str,
     name: &str,
-    read_rows: usize,
     selected: Option<&HashSet<String>>,
-    phi: &mut HashMap<String, Vec<(usize, usize, &'static str)>>,
 ) -> Result<usize> {
+    use crate::plan::{ident, next};
+    let ctx = crate::plan::session(run_dir, limits).await?;
+    let documents = format!("SELECT doc_id, text FROM {} ORDER BY doc_id", ident(table::DOCUMENTS));
+    let mut documents = ctx.sql(&documents).await?.execute_stream().await?;
+    let query = format!("SELECT doc_id, start, \"end\", phi_type FROM {} ORDER BY doc_id, start", ident(spans));
+    let stream = ctx.sql(&query).await?.execute_stream().await?;
+    let mut spans = SpanCursor { stream, path: run_dir.table_path(spans), batch: None, row: 0 };
     let schema = schema::REDACTED_DOCUMENTS.clone();
     let mut sink = TableSink::create(run_dir, name, schema.clone())?;
-    for cols in TableStream::open(run_dir, table::DOCUMENTS, read_rows)? {
-        let cols = cols?;
+    let documents_path = run_dir.table_path(table::DOCUMENTS);
+    while let Some(read) = next(&mut documents).await? {
+        let cols = crate::columns::Columns::new(read, documents_path.clone())?;
         let (doc, text) = (cols.str("doc_id")?, cols.str("text")?);
-        let rows: Vec<usize> =
-            (0..cols.len()).filter(|&r| selected.is_none_or(|keep| keep.contains(doc.value(r)))).collect();
-        let redacted: Vec<String> = rows
-            .iter()
-            .map(|&r| {
-                let spans = phi.remove(doc.value(r)).unwrap_or_default();
-                redact_text(text.value(r), spans)
-            })
-            .collect();
-        let columns: Vec<ArrayRef> =
-            vec![strings(rows.iter().map(|&r| doc.value(r))), strings(redacted.iter().map(String::as_str))];
+        let (mut ids, mut redacted) = (Vec::new(), Vec::new());
+        for r in 0..cols.len() {
+            let found = spans.take(doc.value(r)).await?;
+            if selected.is_none_or(|keep| keep.contains(doc.value(r))) {
+                let found = found.iter().map(|(s, e, t)| (*s, *e, t.as_str())).collect();
+                ids.push(doc.value(r));
+                redacted.push(redact_text(text.value(r), found));
+            }
+        }
+        let columns: Vec<ArrayRef> = vec![strings(ids.into_iter()), strings(redacted.iter().map(String::as_str))];
         sink.write(&batch(&schema, columns)?)?;
     }
     sink.finish()
+}
+
+/// A stream of PHI spans sorted by `(doc_id, start)`, read one document at a time.
+struct SpanCursor {
+    stream: datafusion::execution::SendableRecordBatchStream,
+    path: PathBuf,
+    batch: Option<crate::columns::Columns>,
+    row: usize,
+}
+
+impl SpanCursor {
+    /// The spans of `doc` (`(start, end, type)`), skipping any of documents sorted before it.
+    async fn take(&mut self, doc: &str) -> Result<Vec<(usize, usize, String)>> {
+        let mut out = Vec::new();
+        loop {
+            if self.batch.as_ref().is_none_or(|b| self.row >= b.len()) {
+                match crate::plan::next(&mut self.stream).await? {
+                    Some(b) => (self.batch, self.row) = (Some(crate::columns::Columns::new(b, self.path.clone())?), 0),
+                    None => return Ok(out),
+                }
+                continue;
+            }
+            let cols = self.batch.as_ref().expect("checked above");
+            let at = cols.str("doc_id")?.value(self.row);
+            if at > doc {
+                return Ok(out);
+            }
+            if at == doc {
+                let (start, end) = (cols.i32("start")?.value(self.row), cols.i32("end")?.value(self.row));
+                out.push((start.max(0) as usize, end.max(0) as usize, cols.str("phi_type")?.value(self.row).into()));
+            }
+            self.row += 1;
+        }
+    }
 }
 
 /// `text` with each `[start, end)` char span replaced by `[TYPE]`; overlapping or out-of-range

@@ -24,6 +24,7 @@ pub mod config;
 pub mod error;
 pub mod ingest;
 pub mod parallel;
+pub mod plan;
 pub mod run_dir;
 pub mod schema;
 pub mod sql;

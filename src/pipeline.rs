@@ -21,16 +21,16 @@
 //! followed by a rerun yields what an uninterrupted run yields, with no teacher request paid
 //! twice.
 
+pub mod incremental;
+
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Instant;
 
-use arrow::array::{Array, ArrayRef, BooleanArray, StringArray};
 use sha2::{Digest, Sha256};
 
-use crate::columns::read_all;
+use self::incremental::{changed_documents, document_versions, merge_previous, write_document_versions};
 use crate::config::PipelineConfig;
 use crate::error::{Error, Result};
 use crate::eval::EvalReport;
@@ -38,12 +38,12 @@ use crate::extract::{ExtractConfig, SUPERVISED_REFERENCE_SUFFIX};
 use crate::manifest::{self, Manifest, StageRecord};
 use crate::model::tags::Task;
 use crate::publish::{self, Gate};
-use crate::run_dir::{RunDir, batch, concat};
+use crate::run_dir::RunDir;
 use crate::schema::table;
 use crate::train::TrainConfig;
 
 /// `(doc_id, content_hash)` of every document a publication covers.
-pub const DOCUMENT_VERSIONS: &str = "document_versions";
+pub const DOCUMENT_VERSIONS: &str = table::DOCUMENT_VERSIONS;
 /// What a publication's extracted rows depend on besides the documents (see [`Extraction`]).
 const EXTRACTION_FILE: &str = "extraction.json";
 
@@ -119,16 +119,17 @@ impl fmt::Display for RunReport {
 struct Stages(Vec<StageRecord>, Option<String>);
 
 impl Stages {
-    fn time<T>(
+    /// Run `work` (a future: it starts when awaited here) as stage `stage`.
+    async fn time<T>(
         &mut self,
         stage: &str,
-        f: impl FnOnce() -> Result<T>,
+        work: impl Future<Output = Result<T>>,
         counts: impl FnOnce(&T) -> BTreeMap<String, usize>,
     ) -> Result<T> {
         let start = Instant::now();
         tracing::info!("stage {stage}");
         self.1 = Some(stage.into());
-        let out = f()?;
+        let out = work.await?;
         self.1 = None;
         self.0.push(StageRecord { stage: stage.into(), seconds: start.elapsed().as_secs_f64(), counts: counts(&out) });
         Ok(out)
@@ -144,8 +145,9 @@ pub async fn run(cfg: &PipelineConfig, full_refresh: bool) -> Result<RunReport> 
     let started_at = chrono::Utc::now().to_rfc3339();
     let run_dir = RunDir::create(&cfg.run.dir)?;
     let mut stages = Stages(Vec::new(), None);
-    let ingest =
-        stages.time("ingest", || crate::ingest::run(&cfg.ingest, &run_dir), |r| r.tables.iter().cloned().collect())?;
+    let ingest = stages
+        .time("ingest", async { crate::ingest::run(&cfg.ingest, &run_dir) }, |r| r.tables.iter().cloned().collect())
+        .await?;
     if !ingest.failed_files.is_empty() {
         tracing::warn!(
             "{} input files could not be read (see above); going on with the rest",
@@ -220,23 +222,18 @@ async fn stages_after_ingest(
     m.changed_documents = changed.as_ref().map_or(documents.len(), HashSet::len) as i64;
 
     // Label: the teacher cache makes every sentence it has seen free.
-    let start = Instant::now();
-    tracing::info!("stage label");
-    stages.1 = Some("label".into());
-    let label = crate::teacher::run_embedded_or_remote(label_cfg, &cfg.serve, run_dir).await?;
-    stages.1 = None;
-    stages.0.push(StageRecord {
-        stage: "label".into(),
-        seconds: start.elapsed().as_secs_f64(),
-        counts: BTreeMap::from([
-            ("inputs".into(), label.inputs),
-            ("ok".into(), label.ok),
-            ("requests".into(), label.cache_misses),
-            ("cache_hits".into(), label.cache_hits),
-            ("teacher_labels".into(), label.labels),
-            ("silver_added".into(), label.silver.values().map(|g| g.added).sum()),
-        ]),
-    });
+    let label = stages
+        .time("label", crate::teacher::run_embedded_or_remote(label_cfg, &cfg.serve, run_dir), |label| {
+            BTreeMap::from([
+                ("inputs".into(), label.inputs),
+                ("ok".into(), label.ok),
+                ("requests".into(), label.cache_misses),
+                ("cache_hits".into(), label.cache_hits),
+                ("teacher_labels".into(), label.labels),
+                ("silver_added".into(), label.silver.values().map(|g| g.added).sum()),
+            ])
+        })
+        .await?;
     m.silver = serde_json::to_string(&label.silver)?;
     m.teacher_model = label.model.clone();
     m.prompt_versions = serde_json::to_string(&label.prompt_versions)?;
@@ -248,7 +245,9 @@ async fn stages_after_ingest(
 
     // Train and extract the distilled student.
     let train_cfg = TrainConfig { supervised_reference: false, ..cfg.train.clone() };
-    let trained = stages.time("train", || crate::train::run(&train_cfg, run_dir), crate::train::TrainReport::counts)?;
+    let trained = stages
+        .time("train", async { crate::train::run(&train_cfg, run_dir) }, crate::train::TrainReport::counts)
+        .await?;
     let versions: BTreeMap<String, String> =
         trained.tasks.iter().map(|t| (t.task.as_str().to_string(), t.model_version.clone())).collect();
     m.student_versions = serde_json::to_string(&versions)?;
@@ -268,29 +267,37 @@ async fn stages_after_ingest(
         only_documents: if incremental { changed.clone() } else { None },
         ..cfg.extract.clone()
     };
-    stages.time("extract", || crate::extract::run(&extract_cfg, run_dir), crate::extract::ExtractReport::counts)?;
+    stages.time("extract", crate::extract::run(&extract_cfg, run_dir), crate::extract::ExtractReport::counts).await?;
     let mut outputs = output_tables(&extract_cfg);
-    if let (true, Some(changed), Some(prev)) = (incremental, &changed, &previous) {
+    // What this run's publication covers; the merge keeps the previous rows of the documents
+    // unchanged in both.
+    write_document_versions(run_dir, documents)?;
+    if let (true, Some(prev)) = (incremental, &previous) {
+        let limits = crate::plan::Limits::mib(cfg.extract.memory_limit_mib);
         for name in &outputs {
-            merge_previous(run_dir, prev, name, changed, documents)?;
+            merge_previous(run_dir, prev, name, limits).await?;
         }
     }
 
     // The supervised reference: same architecture, gold train labels; named as such.
     if cfg.run.supervised_reference {
         let reference = TrainConfig { supervised_reference: true, ..cfg.train.clone() };
-        stages.time(
-            "train_supervised_reference",
-            || crate::train::run(&reference, run_dir),
-            crate::train::TrainReport::counts,
-        )?;
+        stages
+            .time(
+                "train_supervised_reference",
+                async { crate::train::run(&reference, run_dir) },
+                crate::train::TrainReport::counts,
+            )
+            .await?;
         let reference_extract =
             ExtractConfig { supervised_reference: true, only_documents: None, ..extract_cfg.clone() };
-        stages.time(
-            "extract_supervised_reference",
-            || crate::extract::run(&reference_extract, run_dir),
-            crate::extract::ExtractReport::counts,
-        )?;
+        stages
+            .time(
+                "extract_supervised_reference",
+                crate::extract::run(&reference_extract, run_dir),
+                crate::extract::ExtractReport::counts,
+            )
+            .await?;
         outputs.extend(output_tables(&reference_extract));
     }
 
@@ -322,14 +329,14 @@ async fn stages_after_ingest(
         m.completion_tokens,
         m.cost_usd
     );
-    let eval = stages.time(
-        "eval",
-        || crate::eval::run_with_context(&cfg.eval_config(), run_dir, &run_id, &[("Run".to_string(), timings)]),
-        |r| BTreeMap::from([("results".to_string(), r.rows.len())]),
-    )?;
+    let context = [("Run".to_string(), timings)];
+    let eval = stages
+        .time("eval", async { crate::eval::run_with_context(&cfg.eval_config(), run_dir, &run_id, &context) }, |r| {
+            BTreeMap::from([("results".to_string(), r.rows.len())])
+        })
+        .await?;
 
     // Audit, then publish.
-    write_document_versions(run_dir, documents)?;
     let required: Vec<String> =
         output_tables(&extract_cfg).into_iter().filter(|t| t != table::REDACTED_DOCUMENTS).collect();
     let gates = publish::audit(&cfg.publish, run_dir, &required, previous.as_ref(), full_refresh)?;
@@ -406,19 +413,6 @@ fn run_id(config_hash: &str, input_hash: &str, code: &str, full_refresh: bool) -
     format!("r{}", &hex::encode(h.finalize())[..12])
 }
 
-/// `doc_id -> content_hash` from `table` of `run_dir` (`documents` or a publication's
-/// `document_versions`).
-fn document_versions(run_dir: &RunDir, table: &str) -> Result<BTreeMap<String, String>> {
-    let mut out = BTreeMap::new();
-    for cols in read_all(run_dir, table)? {
-        let (ids, hashes) = (cols.str("doc_id")?, cols.str("content_hash")?);
-        for i in 0..cols.len() {
-            out.insert(ids.value(i).to_string(), hashes.value(i).to_string());
-        }
-    }
-    Ok(out)
-}
-
 fn hash_documents(documents: &BTreeMap<String, String>) -> String {
     let mut h = Sha256::new();
     for (id, hash) in documents {
@@ -428,23 +422,6 @@ fn hash_documents(documents: &BTreeMap<String, String>) -> String {
         h.update([0]);
     }
     hex::encode(&h.finalize()[..16])
-}
-
-fn write_document_versions(run_dir: &RunDir, documents: &BTreeMap<String, String>) -> Result<()> {
-    let schema = Arc::new(arrow::datatypes::Schema::new(vec![
-        arrow::datatypes::Field::new("doc_id", arrow::datatypes::DataType::Utf8, false),
-        arrow::datatypes::Field::new("content_hash", arrow::datatypes::DataType::Utf8, false),
-    ]));
-    let ids: ArrayRef = Arc::new(StringArray::from_iter_values(documents.keys()));
-    let hashes: ArrayRef = Arc::new(StringArray::from_iter_values(documents.values()));
-    run_dir.write_table(DOCUMENT_VERSIONS, schema.clone(), &[batch(&schema, vec![ids, hashes])?])?;
-    Ok(())
-}
-
-/// Documents whose content is new or changed since the publication `previous`.
-fn changed_documents(documents: &BTreeMap<String, String>, previous: &RunDir) -> Result<HashSet<String>> {
-    let before = document_versions(previous, DOCUMENT_VERSIONS)?;
-    Ok(documents.iter().filter(|(id, hash)| before.get(*id) != Some(hash)).map(|(id, _)| id.clone()).collect())
 }
 
 /// The tables an extraction config writes.
@@ -460,61 +437,8 @@ fn output_tables(cfg: &ExtractConfig) -> Vec<String> {
     out
 }
 
-/// Add to the freshly extracted table `name` the previous publication's rows of every document
-/// that still exists unchanged (changed and deleted documents' old rows are dropped).
-fn merge_previous(
-    run_dir: &RunDir,
-    previous: &RunDir,
-    name: &str,
-    changed: &HashSet<String>,
-    documents: &BTreeMap<String, String>,
-) -> Result<()> {
-    if !previous.has_table(name) {
-        return Ok(());
-    }
-    let mut batches = run_dir.read_table(name)?;
-    let schema = match batches.first() {
-        Some(b) => b.schema(),
-        None => return Ok(()),
-    };
-    for old in read_all(previous, name)? {
-        let ids = old.str("doc_id")?;
-        let keep: BooleanArray = (0..ids.len())
-            .map(|i| Some(!changed.contains(ids.value(i)) && documents.contains_key(ids.value(i))))
-            .collect();
-        batches.push(arrow::compute::filter_record_batch(&old.batch, &keep)?);
-    }
-    let merged = concat(&schema, &batches)?;
-    let merged = sort_by_doc(&merged)?;
-    run_dir.write_table(name, schema, &[merged])?;
-    Ok(())
-}
-
-/// Rows ordered by `doc_id` (stably), so a merged table does not depend on which run wrote
-/// which rows.
-fn sort_by_doc(batch: &arrow::record_batch::RecordBatch) -> Result<arrow::record_batch::RecordBatch> {
-    let Some(ids) = batch.column_by_name("doc_id") else { return Ok(batch.clone()) };
-    let columns: Vec<arrow::compute::SortColumn> = std::iter::once(ids.clone())
-        .chain(
-            ["sent_id", "start", "drug_start", "gene_start", "effect_start", "disease_start"]
-                .iter()
-                .filter_map(|c| batch.column_by_name(c).cloned()),
-        )
-        .map(|values| arrow::compute::SortColumn { values, options: None })
-        .collect();
-    let indices = arrow::compute::lexsort_to_indices(&columns, None)?;
-    let columns = batch
-        .columns()
-        .iter()
-        .map(|c| arrow::compute::take(c.as_ref(), &indices, None))
-        .collect::<std::result::Result<Vec<_>, _>>()?;
-    Ok(arrow::record_batch::RecordBatch::try_new(batch.schema(), columns)?)
-}
-
 #[cfg(test)]
 mod tests {
-    use arrow::array::AsArray;
-
     use super::*;
 
     #[test]
@@ -525,48 +449,5 @@ mod tests {
         assert_ne!(a, run_id("c", "i2", "g", false));
         assert_ne!(a, run_id("c", "i", "g2", false));
         assert_ne!(a, run_id("c", "i", "g", true));
-    }
-
-    #[test]
-    fn changed_documents_are_new_or_edited() {
-        let tmp = tempfile::tempdir().unwrap();
-        let prev = RunDir::create(tmp.path()).unwrap();
-        let old: BTreeMap<String, String> =
-            [("a", "1"), ("b", "2"), ("gone", "3")].map(|(k, v)| (k.into(), v.into())).into();
-        write_document_versions(&prev, &old).unwrap();
-        let now: BTreeMap<String, String> =
-            [("a", "1"), ("b", "2x"), ("new", "4")].map(|(k, v)| (k.into(), v.into())).into();
-        let changed = changed_documents(&now, &prev).unwrap();
-        assert_eq!(changed, HashSet::from(["b".to_string(), "new".to_string()]));
-    }
-
-    #[test]
-    fn merge_keeps_unchanged_rows_and_drops_changed_and_deleted() {
-        let tmp = tempfile::tempdir().unwrap();
-        let (prev, run) =
-            (RunDir::create(tmp.path().join("p")).unwrap(), RunDir::create(tmp.path().join("r")).unwrap());
-        let schema = crate::schema::REDACTED_DOCUMENTS.clone();
-        let table = |ids: &[&str], texts: &[&str]| {
-            batch(
-                &schema,
-                vec![
-                    Arc::new(StringArray::from_iter_values(ids)) as ArrayRef,
-                    Arc::new(StringArray::from_iter_values(texts)) as ArrayRef,
-                ],
-            )
-            .unwrap()
-        };
-        prev.write_table(
-            "redacted_documents",
-            schema.clone(),
-            &[table(&["a", "b", "gone"], &["old a", "old b", "old gone"])],
-        )
-        .unwrap();
-        run.write_table("redacted_documents", schema.clone(), &[table(&["b"], &["new b"])]).unwrap();
-        let docs: BTreeMap<String, String> = [("a", "1"), ("b", "2")].map(|(k, v)| (k.into(), v.into())).into();
-        merge_previous(&run, &prev, "redacted_documents", &HashSet::from(["b".to_string()]), &docs).unwrap();
-        let merged = concat(&schema, &run.read_table("redacted_documents").unwrap()).unwrap();
-        let texts = merged.column(1).as_string::<i32>();
-        assert_eq!((0..texts.len()).map(|i| texts.value(i)).collect::<Vec<_>>(), ["old a", "new b"]);
     }
 }

@@ -89,6 +89,23 @@ impl RunDir {
     pub fn read_table(&self, name: &str) -> Result<Vec<RecordBatch>> {
         read_parquet(&self.table_path(name))
     }
+
+    /// The Arrow schema of table `name` (from its Parquet footer).
+    pub fn table_schema(&self, name: &str) -> Result<SchemaRef> {
+        Ok(self.footer(name)?.schema().clone())
+    }
+
+    /// Rows in table `name` (from its Parquet footer).
+    pub fn table_rows(&self, name: &str) -> Result<usize> {
+        Ok(usize::try_from(self.footer(name)?.metadata().file_metadata().num_rows()).unwrap_or(0))
+    }
+
+    fn footer(&self, name: &str) -> Result<ParquetRecordBatchReaderBuilder<fs::File>> {
+        let path = self.table_path(name);
+        let file = fs::File::open(&path).with_path(&path)?;
+        ParquetRecordBatchReaderBuilder::try_new(file)
+            .map_err(|e| Error::input(&path, format!("not a readable Parquet file: {e}")))
+    }
 }
 
 /// Parquet writer settings used for every table: zstd, bounded row groups, statistics on.
@@ -101,21 +118,62 @@ pub fn writer_properties() -> WriterProperties {
 
 /// Write `batches` to `path` through a temporary file and a rename. Returns the row count.
 pub fn write_parquet_atomic(path: &Path, schema: SchemaRef, batches: &[RecordBatch]) -> Result<usize> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    fs::create_dir_all(dir).with_path(dir)?;
-    let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or("table.parquet");
-    let tmp = dir.join(format!(".{file_name}.{}.tmp", std::process::id()));
-    let file = fs::File::create(&tmp).with_path(&tmp)?;
-    let mut writer = ArrowWriter::try_new(file, schema, Some(writer_properties()))?;
-    let mut rows = 0;
+    let mut sink = TableSink::create_at(path, schema)?;
     for batch in batches {
-        rows += batch.num_rows();
-        writer.write(batch)?;
+        sink.write(batch)?;
     }
-    let file = writer.into_inner()?;
-    file.sync_all().with_path(&tmp)?;
-    fs::rename(&tmp, path).with_path(path)?;
-    Ok(rows)
+    sink.finish()
+}
+
+/// A table written batch by batch (output that grows with the corpus never sits in memory
+/// whole), made visible only by [`TableSink::finish`]. Dropped unfinished (an error mid-way),
+/// its temporary file is removed and any previous table stays as it was.
+pub struct TableSink {
+    path: PathBuf,
+    tmp: PathBuf,
+    writer: Option<ArrowWriter<fs::File>>,
+    rows: usize,
+}
+
+impl TableSink {
+    /// A sink for table `name` of `run_dir`.
+    pub fn create(run_dir: &RunDir, name: &str, schema: SchemaRef) -> Result<Self> {
+        Self::create_at(&run_dir.table_path(name), schema)
+    }
+
+    /// A sink for the Parquet file `path` (its directory is created if needed).
+    pub fn create_at(path: &Path, schema: SchemaRef) -> Result<Self> {
+        let dir = path.parent().unwrap_or(Path::new("."));
+        fs::create_dir_all(dir).with_path(dir)?;
+        let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or("table.parquet");
+        let tmp = dir.join(format!(".{file_name}.{}.tmp", std::process::id()));
+        let file = fs::File::create(&tmp).with_path(&tmp)?;
+        let writer = ArrowWriter::try_new(file, schema, Some(writer_properties()))?;
+        Ok(Self { path: path.to_path_buf(), tmp, writer: Some(writer), rows: 0 })
+    }
+
+    pub fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        self.rows += batch.num_rows();
+        self.writer.as_mut().expect("writer is only taken by finish, which consumes self").write(batch)?;
+        Ok(())
+    }
+
+    /// Close the file and rename it into place; returns the row count.
+    pub fn finish(mut self) -> Result<usize> {
+        let writer = self.writer.take().expect("finish runs once");
+        let file = writer.into_inner()?;
+        file.sync_all().with_path(&self.tmp)?;
+        fs::rename(&self.tmp, &self.path).with_path(&self.path)?;
+        Ok(self.rows)
+    }
+}
+
+impl Drop for TableSink {
+    fn drop(&mut self) {
+        if self.writer.is_some() {
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
 }
 
 /// Read a whole Parquet file; a corrupt or non-Parquet file is an input error naming it.

@@ -22,6 +22,7 @@ pub mod table {
     pub const GENE_DISEASE: &str = "gene_disease";
     pub const PHI_SPANS: &str = "phi_spans";
     pub const REDACTED_DOCUMENTS: &str = "redacted_documents";
+    pub const DOCUMENT_VERSIONS: &str = "document_versions";
 }
 
 /// `split` values. Gold-set documents are `train` or `dev`; unlabeled corpora are `unlabeled`.
@@ -239,3 +240,8 @@ pub static PHI_SPANS: LazyLock<SchemaRef> = LazyLock::new(|| {
 /// `redacted_documents(doc_id, redacted_text)`: each PHI span replaced by `[TYPE]`.
 pub static REDACTED_DOCUMENTS: LazyLock<SchemaRef> =
     LazyLock::new(|| Arc::new(Schema::new(vec![utf8("doc_id"), utf8("redacted_text")])));
+
+/// `document_versions(doc_id, content_hash)`: the documents a publication covers, so the next
+/// incremental run knows which are new or changed.
+pub static DOCUMENT_VERSIONS: LazyLock<SchemaRef> =
+    LazyLock::new(|| Arc::new(Schema::new(vec![utf8("doc_id"), utf8("content_hash")])));

@@ -8,7 +8,7 @@
 use std::path::Path;
 
 use arrow::record_batch::RecordBatch;
-use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
+use datafusion::prelude::SessionContext;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, IoContext, Result};
@@ -31,12 +31,7 @@ pub enum OutputFormat {
 /// A DataFusion session with every table of `run_dir` registered by name, and the student
 /// functions over the checkpoints in `students` (a run directory's `student/`).
 pub async fn session(run_dir: &RunDir, students: &Path) -> Result<SessionContext> {
-    let ctx = SessionContext::new_with_config(SessionConfig::new().with_information_schema(true));
-    for name in run_dir.tables()? {
-        let path = run_dir.table_path(&name);
-        let path = path.to_str().ok_or_else(|| Error::input(&path, "path is not valid UTF-8"))?;
-        ctx.register_parquet(&name, path, ParquetReadOptions::default()).await?;
-    }
+    let ctx = crate::plan::session(run_dir, crate::plan::Limits::default()).await?;
     crate::extract::functions::register(&ctx, students.to_path_buf());
     Ok(ctx)
 }

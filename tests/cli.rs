@@ -10,7 +10,8 @@ use arrow::datatypes::{Field, Schema};
 
 use crate::util::{biodistill, biodistill_env, stderr, stdout};
 
-fn parquet(path: &Path, columns: Vec<(&str, arrow::array::ArrayRef)>) {
+/// Write `columns` (all nullable) as one Parquet file.
+pub(crate) fn parquet(path: &Path, columns: Vec<(&str, arrow::array::ArrayRef)>) {
     let schema = Arc::new(Schema::new(
         columns.iter().map(|(n, a)| Field::new(*n, a.data_type().clone(), true)).collect::<Vec<_>>(),
     ));

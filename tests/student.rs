@@ -14,6 +14,7 @@ use biodistill::schema::{self, table};
 use biodistill::text::char_slice;
 
 use crate::silver::{Label, find, sentences, write_documents, write_silver_run};
+use crate::util::block_on;
 use biodistill::train::{self, TrainConfig};
 
 /// Documents of the toy corpus; sentences are split on ". " below. Non-ASCII on purpose.
@@ -108,9 +109,8 @@ fn trains_on_silver_labels_and_extracts_to_every_table() {
         assert!(losses.last().unwrap() < &(losses[0] / 2.0), "{}: loss should fall: {losses:?}", t.task);
     }
 
-    let extracted =
-        extract::run(&ExtractConfig { progress: false, batch_size: 4, read_rows: 5, ..Default::default() }, &run)
-            .unwrap();
+    let cfg = ExtractConfig { progress: false, batch_size: 4, read_rows: 5, ..Default::default() };
+    let extracted = block_on(extract::run(&cfg, &run)).unwrap();
     println!("{extracted}");
     assert_eq!(extracted.sentences, sentences(DOCS).len());
 
@@ -205,8 +205,8 @@ fn dev_documents_never_train_and_long_sentences_are_windowed() {
     assert_eq!((t.data.sentences, t.data.pairs), (all - dev, 3), "toy:2 and its pair are not trained on");
     assert!(t.train_examples > t.data.sentences, "{} windows of {} sentences", t.train_examples, t.data.sentences);
 
-    let extracted =
-        extract::run(&ExtractConfig { tasks: vec![Task::Ade], progress: false, ..Default::default() }, &run).unwrap();
+    let cfg = ExtractConfig { tasks: vec![Task::Ade], progress: false, ..Default::default() };
+    let extracted = block_on(extract::run(&cfg, &run)).unwrap();
     assert_eq!(extracted.sentences, all, "dev documents are extracted, only not trained on");
     assert!(extracted.windows > extracted.sentences, "{extracted}");
     let ade = read(&run, table::ADE_RELATIONS, &schema::ADE_RELATIONS);
@@ -307,7 +307,7 @@ fn supervised_reference_trains_on_gold_and_labels_its_outputs() {
 
     let cfg =
         ExtractConfig { supervised_reference: true, tasks: vec![Task::Ade], progress: false, ..Default::default() };
-    let extracted = extract::run(&cfg, &run).unwrap();
+    let extracted = block_on(extract::run(&cfg, &run)).unwrap();
     assert!(extracted.tables.contains_key("ade_relations_supervised_reference"), "{extracted}");
     assert!(!run.has_table(table::ADE_RELATIONS), "never written under the distilled student's name");
 }

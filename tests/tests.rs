@@ -21,6 +21,9 @@ mod student;
 /// Teacher labeling against a loopback OpenAI-compatible server: limits, retries, cache (issue 4).
 mod teacher;
 
+/// Issue 15: a 30% fault mix against the teacher client, every kind of bad input to ingest.
+mod reliability;
+
 /// `biodistill run`: incremental runs, quality gates (issue 7).
 mod pipeline;
 

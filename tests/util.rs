@@ -32,10 +32,14 @@ pub fn ingested() -> &'static RunDir {
     .1
 }
 
+/// Run a future to completion on a fresh single-threaded runtime.
+pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(future)
+}
+
 /// Run SQL on a run directory and return the result as CSV text.
 pub fn sql_csv(run: &RunDir, query: &str) -> String {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let batches = rt.block_on(biodistill::sql::query(run, query)).unwrap();
+    let batches = block_on(biodistill::sql::query(run, query)).unwrap();
     biodistill::sql::render(&batches, biodistill::sql::OutputFormat::Csv).unwrap()
 }
 

@@ -1,9 +1,13 @@
 //! The teacher reply cache: one redb file, the only handle to it.
 //!
 //! - **Key**: hex sha256 of the endpoint as configured (`"embedded"` or a URL), and the request
-//!   body as sent (model, messages, sampling parameters, `response_format` schema). Anything
-//!   that can change the answer changes the key, so there is no manual invalidation and no
-//!   stale answer.
+//!   body as sent (model, messages, sampling parameters, `response_format` schema) except its
+//!   token budget (`max_tokens`). Anything else that can change the answer changes the key, so
+//!   there is no manual invalidation and no stale answer. The budget only decides where a reply
+//!   stops, so it is checked against the stored reply instead ([`CachedReply::fits`]): raising
+//!   `max_tokens` re-asks only the replies that were cut, never the ones that completed.
+//!   Entries stored before (shipped answers among them) are found under their old key, the
+//!   body with its budget ([`RequestKey::legacy`]).
 //! - **Value**: the raw reply text, token usage and timing as JSON. Replies are parsed when
 //!   read, so a fix to `parse.rs` re-labels from the cache without asking again. A reply that
 //!   does not parse is still a reply (it was paid for and a parser fix may rescue it); HTTP
@@ -26,7 +30,9 @@ use crate::error::{Error, Result};
 const REPLIES: TableDefinition<&str, &[u8]> = TableDefinition::new("teacher_replies_v1");
 
 /// Bumped if the key derivation changes, so old entries are simply never looked up.
-const KEY_VERSION: &str = "biodistill-teacher-cache-v1";
+const KEY_VERSION: &str = "biodistill-teacher-cache-v2";
+/// The scheme before the budget left the key (still read, never written).
+const LEGACY_KEY_VERSION: &str = "biodistill-teacher-cache-v1";
 
 /// A stored reply.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -43,16 +49,76 @@ pub struct CachedReply {
     /// The run that paid for this reply (absent in replies stored before runs were recorded).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub first_run: Option<String>,
+    /// The request's `max_tokens` (absent in replies stored under a legacy key, whose key
+    /// holds it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u32>,
 }
 
-/// The cache key of a request body sent to `endpoint`.
-pub fn key(endpoint: &str, request_body: &serde_json::Value) -> String {
+impl CachedReply {
+    /// Whether this reply is the answer to its request under a token budget of `budget`: a
+    /// completed reply when it is no longer than that, a cut one when it was cut at that
+    /// budget or a larger one (it would be cut again).
+    pub fn fits(&self, budget: u32) -> bool {
+        if self.finish_reason.as_deref() == Some("length") {
+            self.max_tokens.is_none_or(|cut_at| cut_at >= budget)
+        } else {
+            self.completion_tokens <= u64::from(budget)
+        }
+    }
+}
+
+/// Where one request's reply is stored.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RequestKey {
+    /// The key replies are stored under: endpoint and body without the token budget.
+    pub key: String,
+    /// The key of the same request before 2026-12-06 (body with its budget), still looked up.
+    pub legacy: String,
+    /// The request's `max_tokens`.
+    pub budget: u32,
+}
+
+impl RequestKey {
+    /// The key of `request_body` sent to `endpoint`.
+    pub fn new(endpoint: &str, request_body: &serde_json::Value) -> Self {
+        let legacy = hash(LEGACY_KEY_VERSION, endpoint, request_body);
+        let mut body = request_body.clone();
+        let budget = body.as_object_mut().and_then(|fields| {
+            fields.remove("max_completion_tokens");
+            fields.remove("max_tokens")
+        });
+        let budget = budget.and_then(|b| b.as_u64()).map_or(u32::MAX, |b| u32::try_from(b).unwrap_or(u32::MAX));
+        Self { key: hash(KEY_VERSION, endpoint, &body), legacy, budget }
+    }
+}
+
+fn hash(version: &str, endpoint: &str, body: &serde_json::Value) -> String {
     let mut hasher = Sha256::new();
-    for part in [KEY_VERSION, endpoint, &request_body.to_string()] {
+    for part in [version, endpoint, &body.to_string()] {
         hasher.update(part.as_bytes());
         hasher.update([0u8]);
     }
     hex::encode(hasher.finalize())
+}
+
+/// The stored reply that answers `key`, from an open table.
+fn lookup(
+    table: &impl redb::ReadableTable<&'static str, &'static [u8]>,
+    path: &Path,
+    key: &RequestKey,
+) -> Result<Option<CachedReply>> {
+    for k in [&key.key, &key.legacy] {
+        let Some(value) = table.get(k.as_str()).map_err(|e| db_error(path, e))? else { continue };
+        match serde_json::from_slice::<CachedReply>(value.value()) {
+            Ok(reply) if reply.fits(key.budget) => return Ok(Some(reply)),
+            Ok(_) => {}
+            // An entry we cannot read is treated as missing: asking again costs one request,
+            // failing the run would cost all of them.
+            Err(e) => tracing::warn!(key = k, "unreadable teacher cache entry, asking again: {e}"),
+        }
+    }
+    Ok(None)
 }
 
 type Write = (String, Vec<u8>, oneshot::Sender<Result<()>>);
@@ -99,22 +165,19 @@ impl Cache {
         &self.path
     }
 
-    /// The stored reply for `key`, if any.
-    pub fn get(&self, key: &str) -> Result<Option<CachedReply>> {
+    /// The stored reply that answers `key` under its budget, if any.
+    pub fn get(&self, key: &RequestKey) -> Result<Option<CachedReply>> {
         let txn = self.db.begin_read().map_err(|e| db_error(&self.path, e))?;
         let table = txn.open_table(REPLIES).map_err(|e| db_error(&self.path, e))?;
-        let Some(value) = table.get(key).map_err(|e| db_error(&self.path, e))? else {
-            return Ok(None);
-        };
-        match serde_json::from_slice(value.value()) {
-            Ok(reply) => Ok(Some(reply)),
-            // An entry we cannot read is treated as missing: asking again costs one request,
-            // failing the run would cost all of them.
-            Err(e) => {
-                tracing::warn!(key, "unreadable teacher cache entry, asking again: {e}");
-                Ok(None)
-            }
-        }
+        lookup(&table, &self.path, key)
+    }
+
+    /// The reply stored under exactly `key`, whatever its budget (for export).
+    pub fn get_stored(&self, key: &str) -> Result<Option<CachedReply>> {
+        let txn = self.db.begin_read().map_err(|e| db_error(&self.path, e))?;
+        let table = txn.open_table(REPLIES).map_err(|e| db_error(&self.path, e))?;
+        let Some(value) = table.get(key).map_err(|e| db_error(&self.path, e))? else { return Ok(None) };
+        Ok(serde_json::from_slice(value.value()).ok())
     }
 
     /// Store a reply; returns once it is committed to disk.
@@ -128,8 +191,15 @@ impl Cache {
         committed.await.map_err(|_| Error::Internal("teacher cache writer thread stopped".into()))?
     }
 
-    /// Which of `keys` are stored (one read transaction for all of them).
-    pub fn contains(&self, keys: &[String]) -> Result<Vec<bool>> {
+    /// Which of `keys` have a stored reply that answers them (one read transaction for all).
+    pub fn contains(&self, keys: &[RequestKey]) -> Result<Vec<bool>> {
+        let txn = self.db.begin_read().map_err(|e| db_error(&self.path, e))?;
+        let table = txn.open_table(REPLIES).map_err(|e| db_error(&self.path, e))?;
+        keys.iter().map(|key| Ok(lookup(&table, &self.path, key)?.is_some())).collect()
+    }
+
+    /// Which of the raw `keys` hold an entry, whatever it answers (for imports).
+    pub fn has(&self, keys: &[String]) -> Result<Vec<bool>> {
         let txn = self.db.begin_read().map_err(|e| db_error(&self.path, e))?;
         let table = txn.open_table(REPLIES).map_err(|e| db_error(&self.path, e))?;
         keys.iter().map(|key| Ok(table.get(key.as_str()).map_err(|e| db_error(&self.path, e))?.is_some())).collect()
@@ -183,8 +253,9 @@ fn write_loop(db: &Database, path: &Path, jobs: mpsc::Receiver<Write>) {
     }
 }
 
-/// Which of `keys` are stored, read-only (for `--plan`); a missing file holds none.
-pub fn stored(path: &Path, keys: &[String]) -> Result<Vec<bool>> {
+/// Which of `keys` have a reply that answers them, read-only (for `--plan`); a missing file
+/// holds none.
+pub fn stored(path: &Path, keys: &[RequestKey]) -> Result<Vec<bool>> {
     if !path.exists() {
         return Ok(vec![false; keys.len()]);
     }
@@ -209,7 +280,7 @@ pub fn stored(path: &Path, keys: &[String]) -> Result<Vec<bool>> {
         Err(redb::TableError::TableDoesNotExist(_)) => return Ok(vec![false; keys.len()]),
         Err(e) => return Err(db_error(path, e)),
     };
-    keys.iter().map(|key| Ok(table.get(key.as_str()).map_err(|e| db_error(path, e))?.is_some())).collect()
+    keys.iter().map(|key| Ok(lookup(&table, path, key)?.is_some())).collect()
 }
 
 #[cfg(test)]
@@ -225,20 +296,25 @@ mod tests {
             finish_reason: Some("stop".into()),
             latency_ms: 1.0,
             first_run: None,
+            max_tokens: None,
         }
+    }
+
+    fn body(text: &str, max_tokens: u32) -> serde_json::Value {
+        serde_json::json!({"model": "m", "messages": [["user", text]], "temperature": 0.0, "max_tokens": max_tokens})
     }
 
     #[tokio::test]
     async fn replies_persist_across_reopen_and_keys_cover_the_body() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.redb");
-        let body = serde_json::json!({"model": "m", "messages": [["user", "hi"]], "temperature": 0.0});
-        let k = key("http://a/v1", &body);
-        assert_ne!(k, key("http://b/v1", &body));
-        assert_ne!(
-            k,
-            key("http://a/v1", &serde_json::json!({"model": "m", "messages": [["user", "hi!"]], "temperature": 0.0}))
-        );
+        let k = RequestKey::new("http://a/v1", &body("hi", 64));
+        assert_ne!(k.key, RequestKey::new("http://b/v1", &body("hi", 64)).key);
+        assert_ne!(k.key, RequestKey::new("http://a/v1", &body("hi!", 64)).key);
+        assert_eq!(k.key, RequestKey::new("http://a/v1", &body("hi", 128)).key, "the budget is not in the key");
+        assert_ne!(k.legacy, RequestKey::new("http://a/v1", &body("hi", 128)).legacy, "it was in the old one");
+        assert_eq!(k.budget, 64);
+        let nope = RequestKey::new("http://a/v1", &body("nope", 64));
         {
             let cache = Cache::open(&path).unwrap();
             assert!(cache.get(&k).unwrap().is_none());
@@ -247,14 +323,45 @@ mod tests {
                 async move { cache.put(&format!("k{i}"), &reply("x")).await }
             });
             futures::future::try_join_all(puts).await.unwrap();
-            cache.put(&k, &reply("{}")).await.unwrap();
+            cache.put(&k.key, &reply("{}")).await.unwrap();
             let second = Cache::open(&path).err().expect("a second open of a live cache fails");
             assert!(second.to_string().contains("already open"), "{second}");
         }
-        assert_eq!(stored(&path, &[k.clone(), "nope".into()]).unwrap(), vec![true, false]);
+        assert_eq!(stored(&path, &[k.clone(), nope.clone()]).unwrap(), vec![true, false]);
         let cache = Cache::open(&path).unwrap();
-        assert_eq!(cache.contains(&[k.clone(), "nope".into()]).unwrap(), vec![true, false]);
+        assert_eq!(cache.contains(&[k.clone(), nope]).unwrap(), vec![true, false]);
         assert_eq!(cache.get(&k).unwrap(), Some(reply("{}")));
         assert_eq!(cache.len().unwrap(), 21);
+    }
+
+    /// Raising `max_tokens` finds every completed reply and none of the cut ones; lowering it
+    /// below a completed reply's length, or below a cut reply's budget, is a miss; entries
+    /// stored under the legacy key (budget in the key) are found at their own budget.
+    #[tokio::test]
+    async fn a_raised_budget_reuses_completed_replies_and_re_asks_cut_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(&dir.path().join("c.redb")).unwrap();
+        let (done, cut, old) = (body("done", 64), body("cut", 64), body("old", 64));
+        let key = |b: &serde_json::Value, budget: u32| {
+            let mut b = b.clone();
+            b["max_tokens"] = budget.into();
+            RequestKey::new("embedded", &b)
+        };
+        let completed = CachedReply { completion_tokens: 40, max_tokens: Some(64), ..reply("{}") };
+        let truncated = CachedReply {
+            completion_tokens: 64,
+            max_tokens: Some(64),
+            finish_reason: Some("length".into()),
+            ..reply("{\"x")
+        };
+        cache.put(&key(&done, 64).key, &completed).await.unwrap();
+        cache.put(&key(&cut, 64).key, &truncated).await.unwrap();
+        cache.put(&key(&old, 64).legacy, &reply("legacy")).await.unwrap();
+
+        let hits = |budget| cache.contains(&[key(&done, budget), key(&cut, budget), key(&old, budget)]).unwrap();
+        assert_eq!(hits(64), [true, true, true]);
+        assert_eq!(hits(128), [true, false, false], "raised: the completed reply holds, the cut one is asked again");
+        assert_eq!(hits(32), [false, true, false], "lowered: 40 tokens no longer fit; cut at 64 is cut at 32 too");
+        assert_eq!(cache.get(&key(&old, 64)).unwrap().unwrap().content, "legacy");
     }
 }

@@ -190,6 +190,7 @@ fn reply_of(response: CreateChatCompletionResponse, latency: Duration) -> Result
         finish_reason: choice.finish_reason.map(|r| format!("{r:?}").to_lowercase()),
         latency_ms: latency.as_secs_f64() * 1000.0,
         first_run: None,
+        max_tokens: None,
     })
 }
 

@@ -7,7 +7,7 @@ use std::time::Instant;
 use async_openai::types::chat::{CreateChatCompletionRequest, ResponseFormat, ResponseFormatJsonSchema};
 use tokio::sync::{OnceCell, Semaphore};
 
-use super::cache::{self, Cache, CachedReply};
+use super::cache::{Cache, CachedReply, RequestKey};
 use super::client::TeacherClient;
 use super::config::{Task, TeacherConfig};
 use super::error::TeacherError;
@@ -163,15 +163,15 @@ pub fn build_request(
 
 /// The cache key of the first request of every pass over `sentence`: the sentence belongs to
 /// the silver set when the cache holds them all.
-pub fn sentence_keys(passes: &[TeacherConfig], prompt: &Prompt, task: Task, sentence: &str) -> Vec<String> {
+pub fn sentence_keys(passes: &[TeacherConfig], prompt: &Prompt, task: Task, sentence: &str) -> Vec<RequestKey> {
     let messages = prompt.messages(sentence);
     passes.iter().map(|cfg| request_key(cfg, &build_request(cfg, task, &messages, sentence))).collect()
 }
 
-/// The cache key of `request` (see [`cache::key`]).
-pub fn request_key(cfg: &TeacherConfig, request: &CreateChatCompletionRequest) -> String {
+/// The cache key of `request` (see [`RequestKey`]).
+pub fn request_key(cfg: &TeacherConfig, request: &CreateChatCompletionRequest) -> RequestKey {
     let body = serde_json::to_value(request).expect("a chat request always serializes");
-    cache::key(&cfg.base_url, &body)
+    RequestKey::new(&cfg.base_url, &body)
 }
 
 impl<'a> Labeler<'a> {
@@ -195,7 +195,7 @@ impl<'a> Labeler<'a> {
         let key = request_key(cfg, &request);
         let cell = {
             let mut in_run = self.in_run.lock().expect("no panics under the single-flight lock");
-            Arc::clone(in_run.entry(key.clone()).or_default())
+            Arc::clone(in_run.entry(key.key.clone()).or_default())
         };
         let mut first = false;
         let asked = cell
@@ -224,13 +224,19 @@ impl<'a> Labeler<'a> {
 
     async fn ask_uncached(
         &self,
-        key: String,
+        key: RequestKey,
         request: &CreateChatCompletionRequest,
         messages: &[Message],
         max_tokens: u32,
     ) -> Result<Option<Asked>> {
         if let Some(reply) = self.cache.get(&key)? {
-            return Ok(Some(Asked { key, reply: Ok(reply), cached: true, retries: 0, latency_ms: 0.0 }));
+            if self.cache.get_stored(&key.key)?.is_none() {
+                // Found under its legacy key: store it under the current one too, where
+                // `label --export` and later lookups find it, with the budget its old key held.
+                let stored = CachedReply { max_tokens: reply.max_tokens.or(Some(key.budget)), ..reply.clone() };
+                self.cache.put(&key.key, &stored).await?;
+            }
+            return Ok(Some(Asked { key: key.key, reply: Ok(reply), cached: true, retries: 0, latency_ms: 0.0 }));
         }
         let estimate = prompt::estimate_tokens(messages) + u64::from(max_tokens);
         let _unstored = self.unstored.acquire().await.map_err(|_| Error::Internal("label slots closed".into()))?;
@@ -241,10 +247,11 @@ impl<'a> Labeler<'a> {
         let mut call = self.client.complete(request, estimate).await;
         if let Ok(reply) = &mut call.reply {
             reply.first_run = Some(self.run_id.clone());
-            self.cache.put(&key, reply).await?;
+            reply.max_tokens = Some(max_tokens);
+            self.cache.put(&key.key, reply).await?;
         }
         Ok(Some(Asked {
-            key,
+            key: key.key,
             reply: call.reply,
             cached: false,
             retries: call.retries,

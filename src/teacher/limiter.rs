@@ -158,26 +158,28 @@ impl RateLimiter {
     /// Wait until a request of `tokens` (estimated) may be sent.
     pub async fn acquire(&self, tokens: u64) {
         self.wait_out_pause().await;
-        let wait = {
-            let now = Instant::now();
-            let mut state = self.lock();
-            let requests = state.requests.as_mut().map_or(Duration::ZERO, |b| b.reserve(1.0, now));
-            let tokens = state.tokens.as_mut().map_or(Duration::ZERO, |b| b.reserve(tokens as f64, now));
-            requests.max(tokens)
-        };
-        tokio::time::sleep(wait).await;
+        tokio::time::sleep(self.reserve(tokens, Instant::now())).await;
         // A 429 may have paused the run while this request waited for its slot.
         self.wait_out_pause().await;
     }
 
+    /// Book a request of `tokens` at `now` and return how long it must wait: the schedule,
+    /// computed without sleeping (so tests check it without a clock).
+    fn reserve(&self, tokens: u64, now: Instant) -> Duration {
+        let mut state = self.lock();
+        let requests = state.requests.as_mut().map_or(Duration::ZERO, |b| b.reserve(1.0, now));
+        let tokens = state.tokens.as_mut().map_or(Duration::ZERO, |b| b.reserve(tokens as f64, now));
+        requests.max(tokens)
+    }
+
+    /// The end of the run-wide pause, if it is later than `now`.
+    fn paused_until(&self, now: Instant) -> Option<Instant> {
+        self.lock().paused_until.filter(|&until| until > now)
+    }
+
     async fn wait_out_pause(&self) {
-        loop {
-            let now = Instant::now();
-            let until = self.lock().paused_until.filter(|&until| until > now);
-            match until {
-                Some(until) => tokio::time::sleep_until(until).await,
-                None => return,
-            }
+        while let Some(until) = self.paused_until(Instant::now()) {
+            tokio::time::sleep_until(until).await;
         }
     }
 
@@ -197,30 +199,47 @@ impl RateLimiter {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn requests_per_minute_are_spaced_and_a_pause_holds_everyone() {
+    use futures::FutureExt;
+
+    /// The waits of successive reservations at the given offsets (ms) from the limiter's start.
+    fn schedule(limiter: &RateLimiter, start: Instant, reservations: &[(u64, u64)]) -> Vec<f64> {
+        let ms = |d: Duration| (d.as_secs_f64() * 1e6).round() / 1e3;
+        reservations
+            .iter()
+            .map(|&(at, tokens)| ms(limiter.reserve(tokens, start + Duration::from_millis(at))))
+            .collect()
+    }
+
+    #[test]
+    fn requests_per_minute_allow_a_burst_then_space_requests() {
         let limiter = RateLimiter::new(6000, 0); // 100 per second, burst of 100
         let start = Instant::now();
-        for _ in 0..120 {
-            limiter.acquire(10).await;
-        }
-        let elapsed = start.elapsed().as_secs_f64();
-        assert!((0.18..0.5).contains(&elapsed), "120 requests at 100/s after a burst of 100: {elapsed}");
-        let unlimited = RateLimiter::new(0, 0);
-        unlimited.pause_until(Instant::now() + Duration::from_millis(200));
-        let before = Instant::now();
-        unlimited.acquire(1).await;
-        assert!(before.elapsed() >= Duration::from_millis(200));
+        let waits = schedule(&limiter, start, &[(0, 10); 120]);
+        assert!(waits[..100].iter().all(|&w| w == 0.0), "the burst goes at once: {waits:?}");
+        let expected: Vec<f64> = (1..=20).map(|i| f64::from(i) * 10.0).collect();
+        assert_eq!(waits[100..], expected, "then one every 10 ms");
+        // 200 ms later the debt is paid: the next request waits one interval again.
+        assert_eq!(schedule(&limiter, start, &[(200, 10), (1200, 10)]), [10.0, 0.0]);
+    }
+
+    #[test]
+    fn tokens_per_minute_limit_large_requests() {
+        let limiter = RateLimiter::new(0, 60_000); // 1000 tokens/s, burst of 1000
+        let waits = schedule(&limiter, Instant::now(), &[(0, 1000), (0, 300), (100, 300)]);
+        assert_eq!(waits, [0.0, 300.0, 500.0]);
     }
 
     #[tokio::test]
-    async fn tokens_per_minute_limit_large_requests() {
-        let limiter = RateLimiter::new(0, 60_000); // 1000 tokens/s
-        let start = Instant::now();
-        limiter.acquire(1000).await;
-        limiter.acquire(300).await;
-        let elapsed = start.elapsed().as_secs_f64();
-        assert!((0.28..0.6).contains(&elapsed), "{elapsed}");
+    async fn a_pause_holds_everyone_until_it_ends() {
+        let limiter = RateLimiter::new(0, 0);
+        let now = Instant::now();
+        assert_eq!(limiter.paused_until(now), None);
+        limiter.pause_until(now + Duration::from_secs(2));
+        limiter.pause_until(now + Duration::from_secs(1));
+        assert_eq!(limiter.paused_until(now), Some(now + Duration::from_secs(2)), "a shorter pause does not cut it");
+        assert_eq!(limiter.paused_until(now + Duration::from_secs(2)), None, "over at its end");
+        limiter.pause_until(Instant::now() + Duration::from_secs(3600));
+        assert!(limiter.acquire(1).now_or_never().is_none(), "an unlimited limiter still waits out a pause");
     }
 
     #[tokio::test]
@@ -232,20 +251,19 @@ mod tests {
         assert_eq!(gate.limit(), 1, "halved once (3 -> 1) for requests sent before the cut");
         gate.overloaded(gate.epoch.load(Ordering::Acquire));
         assert_eq!(gate.limit(), 1, "never below one");
-        async fn blocked(gate: &Gate) -> bool {
-            tokio::time::timeout(Duration::from_millis(20), gate.acquire()).await.is_err()
-        }
-        assert!(blocked(&gate).await, "the one slot is held");
+        // A free slot is taken at the first poll, so "not ready at once" means blocked.
+        let blocked = |gate: &Gate| gate.acquire().now_or_never().is_none();
+        assert!(blocked(&gate), "the one slot is held");
         drop(held);
         let one = gate.acquire().await;
-        assert!(blocked(&gate).await, "limit is one");
+        assert!(blocked(&gate), "limit is one");
         drop(one);
         for _ in 0..GROW_AFTER * 3 {
             gate.succeeded();
         }
         assert_eq!(gate.limit(), 3);
         let _all = (gate.acquire().await, gate.acquire().await, gate.acquire().await);
-        assert!(blocked(&gate).await, "never above the configured maximum");
+        assert!(blocked(&gate), "never above the configured maximum");
     }
 
     #[tokio::test]
@@ -268,6 +286,6 @@ mod tests {
         for _ in 0..4 {
             slots.push(gate.acquire().await);
         }
-        assert!(tokio::time::timeout(Duration::from_millis(20), gate.acquire()).await.is_err(), "4 slots, no more");
+        assert!(gate.acquire().now_or_never().is_none(), "4 slots, no more");
     }
 }

@@ -48,7 +48,7 @@ pub use phi::PhiType;
 use crate::error::{Error, Result};
 use crate::run_dir::RunDir;
 use crate::schema::{self, table};
-use cache::Cache;
+use cache::{Cache, RequestKey};
 use client::{ClientSettings, TeacherClient};
 use label::{Labeler, Outcome};
 use prompt::Prompt;
@@ -116,19 +116,19 @@ pub fn select_sentences(
     cfg: &LabelConfig,
     run_dir: &RunDir,
     prompts: &BTreeMap<Task, Prompt>,
-    contains: &dyn Fn(&[String]) -> Result<Vec<bool>>,
+    contains: &dyn Fn(&[RequestKey]) -> Result<Vec<bool>>,
     scorer: &mut select::Scorer,
 ) -> Result<BTreeMap<Task, TaskSelection>> {
     let passes = label::pass_configs(&cfg.teacher, cfg.passes, cfg.pass_temperature);
     let mut out = BTreeMap::new();
     for (task, candidates) in select::candidates(cfg, run_dir)? {
-        let keys: Vec<String> = candidates
+        let keys: Vec<RequestKey> = candidates
             .train
             .iter()
             .flat_map(|s| label::sentence_keys(&passes, &prompts[&task], task, &s.text))
             .collect();
         let cached: Vec<bool> = contains(&keys)?.chunks(passes.len()).map(|c| c.iter().all(|&hit| hit)).collect();
-        let dev_keys: Vec<String> =
+        let dev_keys: Vec<RequestKey> =
             candidates.dev.iter().flat_map(|s| label::sentence_keys(&passes, &prompts[&task], task, &s.text)).collect();
         let dev_cached = contains(&dev_keys)?.iter().filter(|&&hit| hit).count();
         let mut selection = select::choose(cfg, task, candidates, &cached, scorer)?;
@@ -190,9 +190,10 @@ pub async fn run_with_endpoint(cfg: &LabelConfig, run_dir: &RunDir, base_url: &s
     };
     let mut scorer = informative::scorer(run_dir);
     let used = std::cell::Cell::new(0usize);
-    let contains = |keys: &[String]| {
+    let contains = |keys: &[RequestKey]| {
         let hits = cache.contains(keys)?;
-        used.set(used.get() + keys.iter().zip(&hits).filter(|(k, hit)| **hit && shipped.contains(*k)).count());
+        let from_shipped = |k: &RequestKey| shipped.contains(&k.key) || shipped.contains(&k.legacy);
+        used.set(used.get() + keys.iter().zip(&hits).filter(|(k, hit)| **hit && from_shipped(k)).count());
         Ok(hits)
     };
     let selected = select_sentences(cfg, run_dir, &prompts, &contains, &mut scorer)?;
@@ -336,9 +337,10 @@ pub fn plan(cfg: &LabelConfig, run_dir: &RunDir) -> Result<LabelPlan> {
         Some(file) => shipped::keys(file)?,
         None => Default::default(),
     };
-    let contains = |keys: &[String]| {
+    let contains = |keys: &[RequestKey]| {
         let stored = cache::stored(&path, keys)?;
-        Ok(keys.iter().zip(stored).map(|(k, hit)| hit || shipped.contains(k)).collect())
+        let shipped = |k: &RequestKey| shipped.contains(&k.key) || shipped.contains(&k.legacy);
+        Ok(keys.iter().zip(stored).map(|(k, hit)| hit || shipped(k)).collect())
     };
     let selected = select_sentences(cfg, run_dir, &prompts, &contains, &mut |_, _| Ok(None))?;
     let passes = label::pass_configs(teacher, cfg.passes, cfg.pass_temperature);
@@ -346,7 +348,7 @@ pub fn plan(cfg: &LabelConfig, run_dir: &RunDir) -> Result<LabelPlan> {
     for (task, sel) in &selected {
         let prompt = &prompts[task];
         let asked: Vec<&select::Sentence> = sel.new.iter().chain(&sel.dev).collect();
-        let keys: Vec<String> =
+        let keys: Vec<RequestKey> =
             asked.iter().flat_map(|s| label::sentence_keys(&passes, prompt, *task, &s.text)).collect();
         let stored = contains(&keys)?;
         let prompt_tokens: Vec<u64> = asked
@@ -356,9 +358,13 @@ pub fn plan(cfg: &LabelConfig, run_dir: &RunDir) -> Result<LabelPlan> {
         let calls = stored.iter().filter(|&&hit| !hit).count();
         let reply_tokens = prompt.typical_reply_tokens().min(u64::from(teacher.max_tokens));
         // Every request whose answer this run's tables will hold, in a fixed order.
-        let mut all_keys: Vec<String> =
-            sel.silver.iter().flat_map(|s| label::sentence_keys(&passes, prompt, *task, &s.text)).collect();
-        all_keys.extend(keys.iter().cloned());
+        let mut all_keys: Vec<String> = sel
+            .silver
+            .iter()
+            .flat_map(|s| label::sentence_keys(&passes, prompt, *task, &s.text))
+            .map(|k| k.key)
+            .collect();
+        all_keys.extend(keys.iter().map(|k| k.key.clone()));
         all_keys.sort_unstable();
         let mut digest = <sha2::Sha256 as sha2::Digest>::new();
         for key in &all_keys {

@@ -48,7 +48,7 @@ pub fn export(cache: &Cache, run_dir: &RunDir, path: &Path) -> Result<usize> {
             (cols.i32("sent_id")?, cols.i32("pass")?, cols.str("model")?, cols.str("prompt_version")?);
         let first_run = cols.str("first_run")?;
         for i in 0..cols.len() {
-            let Some(reply) = cache.get(key.value(i))? else { continue };
+            let Some(reply) = cache.get_stored(key.value(i))? else { continue };
             let values = [
                 key.value(i),
                 &serde_json::to_string(&reply)?,
@@ -114,7 +114,7 @@ pub async fn import(cache: &Cache, path: &Path) -> Result<Imported> {
         let cols = Columns::new(batch, path.to_path_buf())?;
         let (keys, replies) = (cols.str("cache_key")?, cols.str("reply")?);
         let all: Vec<String> = (0..cols.len()).map(|i| keys.value(i).to_string()).collect();
-        let present = cache.contains(&all)?;
+        let present = cache.has(&all)?;
         for (i, key) in all.into_iter().enumerate() {
             if !present[i] {
                 let reply: CachedReply = serde_json::from_str(replies.value(i))
