@@ -15,7 +15,6 @@ use std::sync::Arc;
 
 use arrow::array::{ArrayRef, Float32Array, Int32Array, StringArray};
 use biodistill::extract::{self, ExtractConfig};
-use biodistill::model::tags::Task;
 use biodistill::pipeline::incremental::{merge_previous, write_document_versions};
 use biodistill::plan::Limits;
 use biodistill::run_dir::{RunDir, TableSink, batch};
@@ -99,13 +98,13 @@ fn publication(dir: &Path, rows: usize) -> RunDir {
     let mut sink = TableSink::create(&run, table::PHI_SPANS, schema.clone()).unwrap();
     for chunk in (0..rows).collect::<Vec<_>>().chunks(16_384) {
         let ids: ArrayRef =
-            Arc::new(chunk.iter().map(|r| format!("note:{:07}", docs - 1 - r / 4)).collect::<StringArray>());
+            Arc::new(chunk.iter().map(|r| Some(format!("note:{:07}", docs - 1 - r / 4))).collect::<StringArray>());
         let starts: Vec<i32> = chunk.iter().map(|r| (r % 4 * 40) as i32).collect();
         let columns: Vec<ArrayRef> = vec![
             ids,
             Arc::new(Int32Array::from(starts.clone())),
             Arc::new(Int32Array::from(starts.iter().map(|s| s + 10).collect::<Vec<_>>())),
-            Arc::new(chunk.iter().map(|r| ["NAME", "DATE", "LOCATION", "ID"][r % 4]).collect::<StringArray>()),
+            Arc::new(chunk.iter().map(|r| Some(["NAME", "DATE", "LOCATION", "ID"][r % 4])).collect::<StringArray>()),
             Arc::new(Float32Array::from(vec![0.9; chunk.len()])),
             Arc::new(StringArray::from(vec!["student-phi-0123456789abcdef"; chunk.len()])),
             Arc::new(StringArray::from(vec!["r0123456789ab"; chunk.len()])),
