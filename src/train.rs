@@ -638,6 +638,34 @@ mod tests {
         assert_eq!((stopped.best_epoch, stopped.epochs_run, stopped.stopped_early), (1, 3, true));
     }
 
+    /// Early stopping against a dev set the training set contradicts (tags reversed), so its
+    /// loss stops improving as training fits: by loss alone, training stops `patience` epochs
+    /// after the best; with a scorer, a student that has scored nothing yet is never stopped
+    /// (GAD seed 3 scored 0 for four epochs, then 0.156).
+    #[test]
+    fn early_stopping_waits_for_a_first_score() {
+        let spec = StudentSpec { task: Task::Ade, arch: Arch::Conditioned, dropout: 0.0 };
+        let train = toy_set();
+        let mut dev = toy_set();
+        for example in &mut dev {
+            example.entity_tags.reverse();
+        }
+        let cfg = TrainConfig { epochs: 10, patience: 1, ..toy_config() };
+        let run = |scorer: Option<fit::DevScore>| {
+            let (varmap, student) = tiny_student(&spec, toy_vocab_size(), cfg.seed);
+            let special = toy_tokenizer().special();
+            fit(&cfg, &student, &varmap, TrainSet::labeled(&train), &dev, scorer, special, &ProgressBar::hidden())
+                .unwrap()
+        };
+        let by_loss = run(None);
+        assert!(by_loss.stopped_early && by_loss.epochs_run == by_loss.best_epoch + 2, "{by_loss:?}");
+        let zero = || -> Result<f64> { Ok(0.0) };
+        let unscored = run(Some(&zero));
+        assert_eq!((unscored.stopped_early, unscored.epochs_run), (false, 10), "{unscored:?}");
+        // The same training (the scorer does not touch it), carried on past the loss stop.
+        assert_eq!(unscored.dev_losses[..by_loss.epochs_run], by_loss.dev_losses[..]);
+    }
+
     #[test]
     fn min_steps_raises_the_epochs_of_a_small_set() {
         let batches = toy_set().len().div_ceil(toy_config().batch_size);

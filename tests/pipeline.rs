@@ -1,12 +1,12 @@
 //! `biodistill run` end to end on a tiny corpus: a loopback teacher (the mock server), the real
-//! MiniLM student trained for a few steps, extraction, evaluation, write–audit–publish.
-//! Checks incremental runs, quality gates and crash safety (`kill -9`, then rerun).
+//! MiniLM student, extraction, evaluation, write–audit–publish. Checks incremental runs
+//! (labeling and extraction) and quality gates; `tests/crash.rs` checks `kill -9`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use arrow::array::{Array, AsArray};
+use arrow::array::AsArray;
 use arrow::record_batch::RecordBatch;
 use biodistill::config::PipelineConfig;
 use biodistill::pipeline;
@@ -14,14 +14,14 @@ use biodistill::publish;
 use biodistill::run_dir::RunDir;
 use biodistill::teacher::mock_server::{MockServer, always_ok};
 
-use crate::util::{biodistill, stderr, stdout};
+use crate::util::{biodistill, column_strings, stderr, stdout};
 
-fn repo(path: &str) -> PathBuf {
+pub fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
 }
 
 /// Write a JSONL corpus of `(id, text)` documents.
-fn write_corpus(path: &Path, docs: &[(&str, &str)]) {
+pub fn write_corpus(path: &Path, docs: &[(&str, &str)]) {
     let lines: Vec<String> =
         docs.iter().map(|(id, text)| serde_json::json!({"id": id, "text": text}).to_string()).collect();
     std::fs::write(path, lines.join("\n") + "\n").unwrap();
@@ -33,14 +33,38 @@ const DOCS: &[(&str, &str)] = &[
     ("3", "Warfarin produced bleeding in two cases."),
 ];
 
-/// A pipeline file for `dir` whose teacher is `base_url`, ADE only, a few training steps.
-fn pipeline_file(dir: &Path, base_url: &str, extra: &str) -> PathBuf {
+/// What a test pipeline runs besides its corpus and teacher: the tasks, the `[train]` keys and
+/// the `[ingest]` keys (besides the corpus).
+#[derive(Clone, Copy)]
+pub struct Setup<'a> {
+    pub tasks: &'a str,
+    pub train: &'a str,
+    pub ingest: &'a str,
+}
+
+/// ADE only, two training steps: every stage runs, but the student tags nothing.
+pub const QUICK: Setup =
+    Setup { tasks: r#"["ade"]"#, train: "epochs = 1\nmax_steps = 2\nbatch_size = 4", ingest: "corpora = []" };
+
+/// ADE and PHI students that tag. The mock teacher labels each sentence's first word (drug,
+/// name) and last word (event); tests/student.rs's settings (batch 8, lr 1e-3, no dev split)
+/// learn that in 30 steps, so the student tables are not empty.
+pub const TAGGING: Setup = Setup {
+    tasks: r#"["ade", "phi"]"#,
+    train: "epochs = 100\nmax_steps = 30\nbatch_size = 8\nlr = 1e-3\ndev_fraction = 0.0\ncalibrate = \"off\"",
+    ingest: "corpora = []",
+};
+
+/// A pipeline file for `dir` (corpus `dir/corpus.jsonl`, run `dir/run`) whose teacher is
+/// `base_url`; `extra` is appended (new sections only).
+pub fn pipeline_file(dir: &Path, base_url: &str, setup: Setup, extra: &str) -> PathBuf {
+    let Setup { tasks, train, ingest } = setup;
     let text = format!(
         r#"
 [run]
 dir = "{run}"
 [ingest]
-corpora = []
+{ingest}
 [[ingest.user_corpora]]
 path = "{corpus}"
 [teacher]
@@ -52,21 +76,19 @@ progress = false
 prompts_dir = "{prompts}"
 cache_path = "{cache}"
 [label]
-tasks = ["ade"]
+tasks = {tasks}
 budget = 1_000_000_000
 splits = ["unlabeled"]
 [train]
 model_dir = "{model}"
-tasks = ["ade"]
-epochs = 1
-max_steps = 2
-batch_size = 4
+tasks = {tasks}
 progress = false
+{train}
 [extract]
-tasks = ["ade"]
+tasks = {tasks}
 progress = false
 [eval]
-tasks = ["ade"]
+tasks = {tasks}
 [publish]
 min_rows = 0
 min_alignment_rate = 0.0
@@ -83,16 +105,16 @@ min_alignment_rate = 0.0
     path
 }
 
-fn load(path: &Path) -> PipelineConfig {
+pub fn load(path: &Path) -> PipelineConfig {
     PipelineConfig::load(Some(path), Vec::<(String, String)>::new(), &[]).unwrap()
 }
 
-fn runtime() -> tokio::runtime::Runtime {
+pub fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
 }
 
 /// Every published Parquet table, as (name -> rows rendered as text, without `run_id`).
-fn published(run: &Path) -> BTreeMap<String, Vec<String>> {
+pub fn published(run: &Path) -> BTreeMap<String, Vec<String>> {
     let current = publish::current(&run.join("published")).expect("a publication");
     let dir = RunDir::open(current).unwrap();
     let mut out = BTreeMap::new();
@@ -131,7 +153,7 @@ fn setup() -> (tokio::runtime::Runtime, MockServer, tempfile::TempDir) {
 /// [`setup`], and a pipeline over [`DOCS`].
 fn fixture() -> (tokio::runtime::Runtime, MockServer, tempfile::TempDir, PipelineConfig) {
     let (rt, server, tmp) = setup();
-    let cfg = load(&pipeline_file(tmp.path(), &server.base_url(), ""));
+    let cfg = load(&pipeline_file(tmp.path(), &server.base_url(), QUICK, ""));
     (rt, server, tmp, cfg)
 }
 
@@ -167,20 +189,76 @@ fn incremental_run_labels_only_new_and_changed_documents_and_publishes_once() {
     let after = published(&run);
     assert_ne!(before, after);
 
-    // The manifest has one row per run, queryable with SQL.
-    let manifest = RunDir::open(&run).unwrap().read_table("run_manifest").unwrap();
-    let statuses: Vec<String> = manifest
-        .iter()
-        .flat_map(|b| {
-            let c = b.column_by_name("status").unwrap().as_string::<i32>().clone();
-            (0..c.len()).map(move |i| c.value(i).to_string())
-        })
-        .collect();
-    assert_eq!(statuses, ["published", "already_published", "published"]);
+    // The manifest has one row per run.
+    assert_eq!(manifest_column(&run, "status"), ["published", "already_published", "published"]);
 }
 
 fn extracted_sentences(report: &pipeline::RunReport) -> usize {
     report.stages.iter().find(|s| s.stage == "extract").expect("an extract stage").counts["sentences"]
+}
+
+/// `(doc_id, run_id, the row without run_id)` of every row of the live publication's `table`.
+fn published_rows(run: &Path, table: &str) -> Vec<(String, String, String)> {
+    let current = RunDir::open(publish::current(&run.join("published")).expect("a publication")).unwrap();
+    let mut out = Vec::new();
+    for batch in current.read_table(table).unwrap() {
+        let (docs, runs) = (batch.column_by_name("doc_id").unwrap(), batch.column_by_name("run_id").unwrap());
+        let (docs, runs) = (docs.as_string::<i32>(), runs.as_string::<i32>());
+        for i in 0..batch.num_rows() {
+            out.push((docs.value(i).to_string(), runs.value(i).to_string(), render(&batch.slice(i, 1)).concat()));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The merge path end to end: with the student and the extraction scope unchanged, a run
+/// extracts only the new and changed documents and keeps the publication's rows of the others
+/// (still carrying the run id that extracted them).
+#[test]
+fn incremental_extraction_reads_only_changed_documents_and_keeps_the_other_rows() {
+    let (rt, server, tmp) = setup();
+    let more = tmp.path().join("more.jsonl");
+    write_corpus(&more, &[("7", "Heparin caused thrombocytopenia."), ("8", "Lithium caused tremor. It resolved.")]);
+    // Only `corpus` is labeled: documents of `more` leave the silver set, so the student, as is.
+    let extra = format!(
+        "[[ingest.user_corpora]]\npath = \"{}\"\n[label.sources]\nade = [\"corpus\"]\nphi = [\"corpus\"]\n",
+        more.display()
+    );
+    let cfg = load(&pipeline_file(tmp.path(), &server.base_url(), TAGGING, &extra));
+    let first = rt.block_on(pipeline::run(&cfg, false)).unwrap();
+    assert_eq!((first.status.as_str(), extracted_sentences(&first)), ("published", 8), "{first}");
+    let run = tmp.path().join("run");
+    let before: BTreeMap<&str, Vec<(String, String, String)>> =
+        ["ade_relations", "phi_spans"].map(|t| (t, published_rows(&run, t))).into();
+
+    // more:8 changed (one of its two sentences), more:9 is new; corpus:* and more:7 are not.
+    write_corpus(
+        &more,
+        &[
+            ("7", "Heparin caused thrombocytopenia."),
+            ("8", "Lithium caused a tremor. It resolved."),
+            ("9", "Cisplatin caused ototoxicity."),
+        ],
+    );
+    let requests = server.requests();
+    let second = rt.block_on(pipeline::run(&cfg, false)).unwrap();
+    assert_eq!(second.status, "published", "{second}");
+    assert_eq!(server.requests(), requests, "nothing new to label");
+    assert_eq!(second.manifest.student_versions, first.manifest.student_versions);
+    assert_eq!((second.manifest.changed_documents, extracted_sentences(&second)), (2, 3), "{second}");
+    let changed = |doc: &str| ["more:8", "more:9"].contains(&doc);
+    for (table, old) in before {
+        let now = published_rows(&run, table);
+        let kept: Vec<_> = now.iter().filter(|r| !changed(&r.0)).cloned().collect();
+        let expected: Vec<_> = old.into_iter().filter(|r| !changed(&r.0)).collect();
+        assert!(!expected.is_empty(), "{table}: no rows of unchanged documents to keep");
+        assert!(expected.iter().all(|r| r.1 == first.run_id), "{table}: {expected:?}");
+        assert_eq!(kept, expected, "{table}: the unchanged documents' rows");
+        assert!(now.iter().filter(|r| changed(&r.0)).all(|r| r.1 == second.run_id), "{table}: {now:?}");
+    }
+    let redacted = published(&run)["redacted_documents"].len();
+    assert_eq!(redacted, DOCS.len() + 3, "a redacted text for every document, extracted now or before");
 }
 
 #[test]
@@ -191,13 +269,13 @@ fn widening_extract_sources_re_extracts_unchanged_documents() {
         "[[ingest.user_corpora]]\npath = \"{}\"\n[extract.sources]\nade = ",
         tmp.path().join("more.jsonl").display()
     );
-    let narrow = load(&pipeline_file(tmp.path(), &server.base_url(), &format!("{both}[\"corpus\"]")));
+    let narrow = load(&pipeline_file(tmp.path(), &server.base_url(), QUICK, &format!("{both}[\"corpus\"]")));
     let first = rt.block_on(pipeline::run(&narrow, false)).unwrap();
     assert_eq!((first.status.as_str(), extracted_sentences(&first)), ("published", 5), "{first}");
 
     // No document changed, but `more` is now in scope: its sentences (and the rest) are
     // extracted instead of the old publication's rows being carried over.
-    let wide = load(&pipeline_file(tmp.path(), &server.base_url(), &format!("{both}[\"corpus\", \"more\"]")));
+    let wide = load(&pipeline_file(tmp.path(), &server.base_url(), QUICK, &format!("{both}[\"corpus\", \"more\"]")));
     let second = rt.block_on(pipeline::run(&wide, false)).unwrap();
     assert_eq!(second.status, "published", "{second}");
     assert_eq!(second.manifest.changed_documents, 0);
@@ -221,67 +299,9 @@ fn a_failed_quality_gate_keeps_the_last_publication() {
     assert_eq!(publish::current(&run.join("published")).unwrap(), live);
 }
 
-#[test]
-fn kill_9_mid_run_then_rerun_equals_an_uninterrupted_run() {
-    let rt = runtime();
-    // Slow answers, so the kill lands while labeling.
-    let server = rt.block_on(MockServer::start(Duration::from_millis(150), always_ok())).unwrap();
-    let reference = rt.block_on(MockServer::start(Duration::ZERO, always_ok())).unwrap();
-    let docs: Vec<(String, String)> =
-        (0..12).map(|i| (format!("{i}"), format!("Drugx{i} caused rash{i}. Patient {i} recovered."))).collect();
-    let docs: Vec<(&str, &str)> = docs.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
-
-    let killed = tempfile::tempdir().unwrap();
-    write_corpus(&killed.path().join("corpus.jsonl"), &docs);
-    let file = pipeline_file(killed.path(), &server.base_url(), "");
-    let file_arg = file.to_str().unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_biodistill"))
-        .args(["run", file_arg])
-        .env_remove("BIODISTILL_INGEST_DATA_DIR")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while server.requests() < 6 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
-    let asked_before_kill = server.requests();
-    assert!((6..24).contains(&asked_before_kill), "killed after {asked_before_kill} requests");
-    assert!(publish::current(&killed.path().join("run/published")).is_none(), "published before the kill");
-
-    let out = biodistill(killed.path(), &["run", file_arg]);
-    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
-    // The rerun asks for what was never answered, plus at most the requests in flight at the
-    // kill (concurrency 4): everything answered and stored before it is free.
-    let total = docs.len() * 2;
-    let rerun = server.requests() - asked_before_kill;
-    assert!(rerun >= total - asked_before_kill && rerun <= total - asked_before_kill + 4, "rerun asked {rerun}");
-
-    let clean = tempfile::tempdir().unwrap();
-    write_corpus(&clean.path().join("corpus.jsonl"), &docs);
-    let cfg = load(&pipeline_file(clean.path(), &reference.base_url(), ""));
-    let uninterrupted = rt.block_on(pipeline::run(&cfg, false)).unwrap();
-    assert_eq!(uninterrupted.status, "published");
-    let (a, b) = (published(&killed.path().join("run")), published(&clean.path().join("run")));
-    for name in ["ade_relations", "teacher_labels", "eval_results", "document_versions"] {
-        assert_eq!(a.get(name), b.get(name), "{name} differs");
-    }
-}
-
-/// Every column `name` of `run_manifest`, in order.
-fn manifest_column(run: &Path, name: &str) -> Vec<String> {
-    let manifest = RunDir::open(run).unwrap().read_table("run_manifest").unwrap();
-    manifest
-        .iter()
-        .flat_map(|b| {
-            let c = arrow::compute::cast(b.column_by_name(name).unwrap(), &arrow::datatypes::DataType::Utf8).unwrap();
-            let c = c.as_string::<i32>().clone();
-            (0..c.len()).map(move |i| c.value(i).to_string())
-        })
-        .collect()
+/// Every value of column `name` of `run_manifest`, in order.
+pub fn manifest_column(run: &Path, name: &str) -> Vec<String> {
+    column_strings(run, "run_manifest", name)
 }
 
 /// A run that stops with an error after its run id is known leaves a `failed` row naming the
@@ -305,7 +325,7 @@ fn run_exits_1_when_an_input_file_failed_to_ingest() {
     let (_rt, server, tmp) = setup(); // the runtime keeps the server alive
     std::fs::write(tmp.path().join("broken.parquet"), b"PAR1 not really parquet").unwrap();
     let extra = format!("[[ingest.user_corpora]]\npath = \"{}\"\n", tmp.path().join("broken.parquet").display());
-    let file = pipeline_file(tmp.path(), &server.base_url(), &extra);
+    let file = pipeline_file(tmp.path(), &server.base_url(), QUICK, &extra);
     let out = biodistill(tmp.path(), &["run", file.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1), "{}\n{}", stdout(&out), stderr(&out));
     assert!(stdout(&out).contains("1 input files could not be read"), "{}", stdout(&out));

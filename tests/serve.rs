@@ -6,7 +6,8 @@ use async_openai::config::OpenAIConfig;
 use async_openai::error::OpenAIError;
 use async_openai::types::chat::{
     ChatCompletionRequestSystemMessage, ChatCompletionRequestUserMessage, CreateChatCompletionRequest,
-    CreateChatCompletionRequestArgs, CreateChatCompletionResponse, FinishReason, StopConfiguration,
+    CreateChatCompletionRequestArgs, CreateChatCompletionResponse, FinishReason, ResponseFormat,
+    ResponseFormatJsonSchema, StopConfiguration,
 };
 use biodistill::serve::{RunningServer, ServeConfig, spawn};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -14,12 +15,16 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 const SMOLLM: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/models/SmolLM2-135M-Instruct.Q4_1.gguf");
 const KEY: &str = "test-key";
 
-async fn server() -> RunningServer {
+fn config() -> ServeConfig {
     let mut config = ServeConfig::new(SMOLLM);
     config.context_length = 256;
     config.api_key = Some(KEY.into());
     config.max_batch = 4;
-    spawn(config).await.expect("SmolLM2 in models/ (make models)")
+    config
+}
+
+async fn server() -> RunningServer {
+    spawn(config()).await.expect("SmolLM2 in models/ (make models)")
 }
 
 fn client(server: &RunningServer) -> Client<OpenAIConfig> {
@@ -149,36 +154,80 @@ async fn bad_requests_get_openai_errors_and_the_server_keeps_serving() {
     assert_eq!(body["usage"]["completion_tokens"], 2);
 }
 
-/// Grounded decoding through the typed client (`metadata`) and the `biodistill` extension:
-/// only parseable JSON whose strings all occur in the input.
+/// A full queue is turned away at once with 429 `rate_limit_exceeded` (OpenAI's shape, so
+/// clients back off), and the server keeps serving: with one sequence decoding and one
+/// waiting, two more concurrent requests find no room.
+#[tokio::test]
+async fn a_full_queue_gets_429_and_the_server_keeps_serving() {
+    let mut config = config();
+    (config.max_batch, config.max_queue) = (1, 1);
+    let server = spawn(config).await.expect("SmolLM2 in models/ (make models)");
+    let body = serde_json::json!({
+        "model": server.model_id(), "max_tokens": 32, "temperature": 0,
+        "messages": [{"role": "user", "content": "Count from one to fifty in words."}],
+    })
+    .to_string();
+    let (a, b, c, d) = tokio::join!(
+        raw_post(&server, &body),
+        raw_post(&server, &body),
+        raw_post(&server, &body),
+        raw_post(&server, &body)
+    );
+    let statuses: Vec<u16> = [&a, &b, &c, &d].iter().map(|r| r.0).collect();
+    assert!(statuses.iter().all(|s| [200, 429].contains(s)), "{statuses:?}");
+    assert!(statuses.contains(&200) && statuses.iter().filter(|&&s| s == 429).count() >= 2, "{statuses:?}");
+    for (_, body) in [a, b, c, d].iter().filter(|r| r.0 == 429) {
+        assert_openai_error(body, Some("rate_limit_exceeded"));
+    }
+    let (status, body) = raw_post(&server, &body).await;
+    assert_eq!(status, 200, "{body}");
+}
+
+/// Grounded decoding through the typed client (`metadata`) and the `biodistill` extension: the
+/// reply is JSON whose strings all occur in the input. The schema (one object, two required
+/// string keys, nothing else) bounds the reply, so it completes well within `max_tokens` and
+/// is checked whole; a reply cut at `max_tokens` fails the test.
 #[tokio::test]
 async fn grounded_decoding_returns_json_copied_from_the_input() {
     let server = server().await;
     let source = "Severe hepatotoxicity developed after high-dose acetaminophen in a 40-year-old woman.";
-    let mut req = request(&server, &format!("List the drug and the adverse effect as JSON: {source}"), 40);
+    let schema = serde_json::json!({
+        "type": "object",
+        "properties": {"drug": {"type": "string"}, "effect": {"type": "string"}},
+        "required": ["drug", "effect"],
+    });
+    let mut req = request(&server, &format!("Give the drug and the adverse effect as JSON: {source}"), 150);
     req.temperature = Some(0.0);
     req.metadata = Some(serde_json::json!({"biodistill_source_text": source}).into());
+    let json_schema =
+        ResponseFormatJsonSchema { name: "pair".into(), schema: schema.clone(), description: None, strict: None };
+    req.response_format = Some(ResponseFormat::JsonSchema { json_schema });
     let reply = client(&server).chat().create(req).await.unwrap();
     let choice = &reply.choices[0];
     let text = choice.message.content.clone().unwrap();
-    if choice.finish_reason == Some(FinishReason::Stop) {
-        let json: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
-        assert_strings_in(&json, source);
-    } else {
-        assert!(text.starts_with(['{', '[']), "{text}");
-    }
+    assert_eq!(choice.finish_reason, Some(FinishReason::Stop), "cut at max_tokens: {text}");
+    assert_grounded_pair(&text, source);
 
     let body = serde_json::json!({
-        "model": server.model_id(), "max_tokens": 40, "temperature": 0,
+        "model": server.model_id(), "max_tokens": 150, "temperature": 0,
         "messages": [{"role": "user", "content": format!("Extract as JSON: {source}")}],
+        "response_format": {"type": "json_schema", "json_schema": {"name": "pair", "schema": schema}},
         "biodistill": {"grounded": true, "source_text": source},
     });
     let (status, body) = raw_post(&server, &body.to_string()).await;
     assert_eq!(status, 200, "{body}");
     let text = body["choices"][0]["message"]["content"].as_str().unwrap();
-    if body["choices"][0]["finish_reason"] == "stop" {
-        assert_strings_in(&serde_json::from_str(text).unwrap(), source);
-    }
+    assert_eq!(body["choices"][0]["finish_reason"], "stop", "cut at max_tokens: {text}");
+    assert_grounded_pair(text, source);
+}
+
+/// `text` is an object with exactly the schema's keys, every string of it copied from `source`.
+fn assert_grounded_pair(text: &str, source: &str) {
+    let json: serde_json::Value = serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    let keys: Vec<&str> =
+        json.as_object().unwrap_or_else(|| panic!("not an object: {text}")).keys().map(String::as_str).collect();
+    assert_eq!(keys, ["drug", "effect"], "{text}");
+    assert_strings_in(&json, source);
 }
 
 fn assert_strings_in(value: &serde_json::Value, source: &str) {

@@ -52,6 +52,20 @@ fn model_dir() -> PathBuf {
     dir
 }
 
+/// Enough training to overfit the toy set: 60 steps at a high learning rate, no dev split.
+fn overfit() -> TrainConfig {
+    TrainConfig {
+        model_dir: model_dir(),
+        epochs: 40,
+        max_steps: Some(60),
+        batch_size: 8,
+        lr: 1e-3,
+        dev_fraction: 0.0,
+        progress: false,
+        ..Default::default()
+    }
+}
+
 fn read(run: &RunDir, name: &str, schema: &arrow::datatypes::SchemaRef) -> RecordBatch {
     concat(schema, &run.read_table(name).unwrap()).unwrap()
 }
@@ -83,17 +97,7 @@ fn trains_on_silver_labels_and_extracts_to_every_table() {
     let tmp = tempfile::tempdir().unwrap();
     let run = RunDir::create(tmp.path()).unwrap();
     write_silver_run(&run, DOCS, LABELS);
-    let cfg = TrainConfig {
-        model_dir: model_dir(),
-        epochs: 40,
-        max_steps: Some(60),
-        batch_size: 8,
-        lr: 1e-3,
-        dev_fraction: 0.0,
-        progress: false,
-        ..Default::default()
-    };
-    let report = train::run(&cfg, &run).unwrap();
+    let report = train::run(&overfit(), &run).unwrap();
     println!("{report}");
     assert_eq!(report.tasks.len(), 3);
     let ade = &report.tasks[0];
@@ -180,6 +184,40 @@ fn trains_on_silver_labels_and_extracts_to_every_table() {
     assert!(all[0] < min, "the toy student's scores differ: {all:?}");
     assert_eq!(kept.len(), all.iter().filter(|&&s| s >= min).count(), "{all:?}");
     assert!(kept.iter().all(|p| p.score >= min));
+}
+
+/// Two guards of `train`, end to end on one short run. Teacher labels of gold *dev*
+/// documents (asked only to score the teacher) never train the student; they are counted as
+/// `dropped_dev_sentences`. Sentences longer than `max_len` are cut into overlapping windows
+/// for training and extraction, never dropped, and each pair is reported once, at offsets into
+/// its document.
+#[test]
+fn dev_documents_never_train_and_long_sentences_are_windowed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = RunDir::create(tmp.path()).unwrap();
+    write_silver_run(&run, DOCS, LABELS);
+    write_documents(&run, DOCS, &|doc| if doc == "toy:2" { "dev" } else { "unlabeled" });
+    let cfg = TrainConfig { tasks: vec![Task::Ade], max_len: 12, window_overlap: 4, max_steps: Some(20), ..overfit() };
+    let report = train::run(&cfg, &run).unwrap();
+    let t = &report.tasks[0];
+    let (all, dev) = (sentences(DOCS).len(), sentences(&DOCS[1..2]).len());
+    assert_eq!(t.data.dropped_dev_sentences, dev);
+    assert_eq!((t.data.sentences, t.data.pairs), (all - dev, 3), "toy:2 and its pair are not trained on");
+    assert!(t.train_examples > t.data.sentences, "{} windows of {} sentences", t.train_examples, t.data.sentences);
+
+    let cfg = ExtractConfig { tasks: vec![Task::Ade], progress: false, ..Default::default() };
+    let extracted = block_on(extract::run(&cfg, &run)).unwrap();
+    assert_eq!(extracted.sentences, all, "dev documents are extracted, only not trained on");
+    assert!(extracted.windows > extracted.sentences, "{extracted}");
+    let ade = read(&run, table::ADE_RELATIONS, &schema::ADE_RELATIONS);
+    println!("{} pairs from {} windows", ade.num_rows(), extracted.windows);
+    assert!(ade.num_rows() > 0, "nothing extracted to check");
+    assert_offsets_slice(&ade, &[("drug", "drug_start", "drug_end"), ("effect", "effect_start", "effect_end")]);
+    let starts = |c: &str| col::<Int32Array>(&ade, c).values().to_vec();
+    let (docs, drugs, effects) = (col::<StringArray>(&ade, "doc_id"), starts("drug_start"), starts("effect_start"));
+    let distinct: std::collections::HashSet<(&str, i32, i32)> =
+        (0..ade.num_rows()).map(|r| (docs.value(r), drugs[r], effects[r])).collect();
+    assert_eq!(distinct.len(), ade.num_rows(), "a pair reported by two overlapping windows");
 }
 
 /// `ade_pairs`, `gene_disease_pairs`, `phi_spans` and `redact` over the `sentences` (and

@@ -24,5 +24,11 @@ mod teacher;
 /// Issue 15: a 30% fault mix against the teacher client, every kind of bad input to ingest.
 mod reliability;
 
-/// `biodistill run`: incremental runs, quality gates, crash safety (issue 7).
+/// `biodistill run`: incremental runs, quality gates (issue 7).
 mod pipeline;
+
+/// `kill -9` in every stage of `biodistill run`, then a rerun (issues 7 and 15).
+mod crash;
+
+/// `teacher.base_url = "embedded"` end to end, and `label --plan` on its cache (issue 15).
+mod embedded;

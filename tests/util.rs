@@ -2,6 +2,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
+use arrow::array::{Array, AsArray};
 use biodistill::run_dir::RunDir;
 
 /// The shared corpora: `BIODISTILL_INGEST_DATA_DIR`, else `../shared/data` beside the clone.
@@ -73,4 +74,17 @@ pub fn stdout(o: &Output) -> String {
 
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Every value of `column` of `table` in the run directory `run`, cast to text, in order.
+pub fn column_strings(run: &Path, table: &str, column: &str) -> Vec<String> {
+    let batches = RunDir::open(run).unwrap().read_table(table).unwrap();
+    batches
+        .iter()
+        .flat_map(|b| {
+            let c = arrow::compute::cast(b.column_by_name(column).unwrap(), &arrow::datatypes::DataType::Utf8).unwrap();
+            let c = c.as_string::<i32>().clone();
+            (0..c.len()).map(move |i| c.value(i).to_string())
+        })
+        .collect()
 }
