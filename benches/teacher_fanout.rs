@@ -5,12 +5,15 @@
 //! `cargo bench --bench teacher_fanout` (environment: `FANOUT_N`, `FANOUT_LATENCY_MS`,
 //! `FANOUT_CONCURRENCY`, `CACHED_N`). Prints plain text.
 
+#[path = "../tests/mock_server.rs"]
+mod mock_server;
+
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use biodistill::run_dir::RunDir;
-use biodistill::teacher::mock_server::{MockServer, always_ok, write_inputs};
 use biodistill::teacher::{self, LabelConfig, Task, TeacherConfig};
+use mock_server::{MockServer, always_ok, write_inputs};
 
 fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)

@@ -12,8 +12,8 @@ use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::mock_server::{MockServer, always_ok};
 use biodistill::publish;
-use biodistill::teacher::mock_server::{MockServer, always_ok};
 
 use crate::pipeline::{Setup, TAGGING, pipeline_file, published, runtime, write_corpus};
 use crate::util::{biodistill, biodistill_cmd, column_strings, stderr, stdout};

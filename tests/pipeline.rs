@@ -6,13 +6,13 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::mock_server::{MockServer, always_ok};
 use arrow::array::AsArray;
 use arrow::record_batch::RecordBatch;
 use biodistill::config::PipelineConfig;
 use biodistill::pipeline;
 use biodistill::publish;
 use biodistill::run_dir::RunDir;
-use biodistill::teacher::mock_server::{MockServer, always_ok};
 
 use crate::util::{biodistill, column_strings, stderr, stdout};
 

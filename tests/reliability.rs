@@ -9,11 +9,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::mock_server::{Action, HALLUCINATED, MockServer, Request, always_ok, faults, faulty};
 use arrow::array::{Array, AsArray, Int64Array, StringArray};
 use arrow::datatypes::Int32Type;
 use biodistill::run_dir::{RunDir, concat};
 use biodistill::schema::{self, table};
-use biodistill::teacher::mock_server::{Action, HALLUCINATED, MockServer, Request, always_ok, faults, faulty};
 use biodistill::teacher::{self, Task};
 use biodistill::text::char_slice;
 use biodistill::train::data::{SilverFilters, silver};

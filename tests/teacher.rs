@@ -1,15 +1,15 @@
 //! The label stage against a loopback OpenAI-compatible server that injects faults and counts
-//! requests from its side (`biodistill::teacher::mock_server`).
+//! requests from its side (`crate::mock_server`).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::mock_server::{Action, MockServer, Request, Script, always_ok, write_inputs};
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::Int32Type;
 use biodistill::run_dir::{RunDir, concat};
 use biodistill::schema::{self, table};
-use biodistill::teacher::mock_server::{Action, MockServer, Request, Script, always_ok, write_inputs};
 use biodistill::teacher::{self, LabelConfig, Task, TeacherConfig};
 
 /// A run directory holding one sentence per text.

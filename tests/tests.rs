@@ -3,6 +3,9 @@
 /// Shared helpers: data directory, temporary run directories, running the binary.
 mod util;
 
+/// A loopback OpenAI-compatible server that injects faults and counts requests.
+mod mock_server;
+
 /// Ingest of the real corpora, checked against the counts in ../shared/data/README.md.
 mod ingest;
 

@@ -26,7 +26,6 @@ pub mod ground;
 pub mod informative;
 pub mod label;
 pub mod limiter;
-pub mod mock_server;
 pub mod parse;
 pub mod phi;
 pub mod prompt;

@@ -1,4 +1,5 @@
-//! A loopback OpenAI-compatible server for tests and benchmarks (not the embedded teacher).
+//! A loopback OpenAI-compatible server for tests and benchmarks (not the embedded teacher),
+//! kept out of the shipped library: `tests/` has it as a module, benches by `#[path]`.
 //!
 //! It answers `POST /v1/chat/completions` according to a [`Script`], which sees each request
 //! and picks an [`Action`]: a reply, an HTTP error with or without `Retry-After`, a hang, a
@@ -6,6 +7,7 @@
 //! [`faulty`] mixes them all at a given rate. The server counts what happened, so tests can
 //! check the client from its side: requests per body, answers per body, requests re-sent after
 //! an answer, actions by kind, and the most requests it ever had in flight at once.
+#![allow(dead_code)]
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -22,9 +24,9 @@ use axum::routing::post;
 use axum::serve::ListenerExt;
 use sha2::{Digest, Sha256};
 
-use crate::error::Result;
-use crate::run_dir::{RunDir, batch};
-use crate::schema::{self, table};
+use biodistill::error::Result;
+use biodistill::run_dir::{RunDir, batch};
+use biodistill::schema::{self, table};
 
 /// What the server does with one request.
 #[derive(Debug, Clone)]
