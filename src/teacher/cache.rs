@@ -91,6 +91,11 @@ impl RequestKey {
         let budget = budget.and_then(|b| b.as_u64()).map_or(u32::MAX, |b| u32::try_from(b).unwrap_or(u32::MAX));
         Self { key: hash(KEY_VERSION, endpoint, &body), legacy, budget }
     }
+
+    /// Whether `keys` (e.g. a shipped file's) holds this request under either key.
+    pub fn is_in(&self, keys: &std::collections::HashSet<String>) -> bool {
+        keys.contains(&self.key) || keys.contains(&self.legacy)
+    }
 }
 
 fn hash(version: &str, endpoint: &str, body: &serde_json::Value) -> String {
@@ -102,16 +107,17 @@ fn hash(version: &str, endpoint: &str, body: &serde_json::Value) -> String {
     hex::encode(hasher.finalize())
 }
 
-/// The stored reply that answers `key`, from an open table.
+/// The stored reply that answers `key`, from an open table, and whether it was found under
+/// the legacy key.
 fn lookup(
     table: &impl redb::ReadableTable<&'static str, &'static [u8]>,
     path: &Path,
     key: &RequestKey,
-) -> Result<Option<CachedReply>> {
-    for k in [&key.key, &key.legacy] {
+) -> Result<Option<(CachedReply, bool)>> {
+    for (k, legacy) in [(&key.key, false), (&key.legacy, true)] {
         let Some(value) = table.get(k.as_str()).map_err(|e| db_error(path, e))? else { continue };
         match serde_json::from_slice::<CachedReply>(value.value()) {
-            Ok(reply) if reply.fits(key.budget) => return Ok(Some(reply)),
+            Ok(reply) if reply.fits(key.budget) => return Ok(Some((reply, legacy))),
             Ok(_) => {}
             // An entry we cannot read is treated as missing: asking again costs one request,
             // failing the run would cost all of them.
@@ -165,11 +171,21 @@ impl Cache {
         &self.path
     }
 
-    /// The stored reply that answers `key` under its budget, if any.
-    pub fn get(&self, key: &RequestKey) -> Result<Option<CachedReply>> {
-        let txn = self.db.begin_read().map_err(|e| db_error(&self.path, e))?;
-        let table = txn.open_table(REPLIES).map_err(|e| db_error(&self.path, e))?;
-        lookup(&table, &self.path, key)
+    /// The stored reply that answers `key` under its budget, if any. One found only under the
+    /// legacy key is stored under the current key too (with the budget its old key held), where
+    /// `label --export` and later lookups find it.
+    pub async fn get(&self, key: &RequestKey) -> Result<Option<CachedReply>> {
+        let found = {
+            let txn = self.db.begin_read().map_err(|e| db_error(&self.path, e))?;
+            let table = txn.open_table(REPLIES).map_err(|e| db_error(&self.path, e))?;
+            lookup(&table, &self.path, key)?
+        };
+        let Some((reply, legacy)) = found else { return Ok(None) };
+        if legacy {
+            let migrated = CachedReply { max_tokens: reply.max_tokens.or(Some(key.budget)), ..reply.clone() };
+            self.put(&key.key, &migrated).await?;
+        }
+        Ok(Some(reply))
     }
 
     /// The reply stored under exactly `key`, whatever its budget (for export).
@@ -317,7 +333,7 @@ mod tests {
         let nope = RequestKey::new("http://a/v1", &body("nope", 64));
         {
             let cache = Cache::open(&path).unwrap();
-            assert!(cache.get(&k).unwrap().is_none());
+            assert!(cache.get(&k).await.unwrap().is_none());
             let puts = (0..20).map(|i| {
                 let cache = &cache;
                 async move { cache.put(&format!("k{i}"), &reply("x")).await }
@@ -330,7 +346,7 @@ mod tests {
         assert_eq!(stored(&path, &[k.clone(), nope.clone()]).unwrap(), vec![true, false]);
         let cache = Cache::open(&path).unwrap();
         assert_eq!(cache.contains(&[k.clone(), nope]).unwrap(), vec![true, false]);
-        assert_eq!(cache.get(&k).unwrap(), Some(reply("{}")));
+        assert_eq!(cache.get(&k).await.unwrap(), Some(reply("{}")));
         assert_eq!(cache.len().unwrap(), 21);
     }
 
@@ -362,6 +378,6 @@ mod tests {
         assert_eq!(hits(64), [true, true, true]);
         assert_eq!(hits(128), [true, false, false], "raised: the completed reply holds, the cut one is asked again");
         assert_eq!(hits(32), [false, true, false], "lowered: 40 tokens no longer fit; cut at 64 is cut at 32 too");
-        assert_eq!(cache.get(&key(&old, 64)).unwrap().unwrap().content, "legacy");
+        assert_eq!(cache.get(&key(&old, 64)).await.unwrap().unwrap().content, "legacy");
     }
 }

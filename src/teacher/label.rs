@@ -229,13 +229,7 @@ impl<'a> Labeler<'a> {
         messages: &[Message],
         max_tokens: u32,
     ) -> Result<Option<Asked>> {
-        if let Some(reply) = self.cache.get(&key)? {
-            if self.cache.get_stored(&key.key)?.is_none() {
-                // Found under its legacy key: store it under the current one too, where
-                // `label --export` and later lookups find it, with the budget its old key held.
-                let stored = CachedReply { max_tokens: reply.max_tokens.or(Some(key.budget)), ..reply.clone() };
-                self.cache.put(&key.key, &stored).await?;
-            }
+        if let Some(reply) = self.cache.get(&key).await? {
             return Ok(Some(Asked { key: key.key, reply: Ok(reply), cached: true, retries: 0, latency_ms: 0.0 }));
         }
         let estimate = prompt::estimate_tokens(messages) + u64::from(max_tokens);

@@ -191,8 +191,7 @@ pub async fn run_with_endpoint(cfg: &LabelConfig, run_dir: &RunDir, base_url: &s
     let used = std::cell::Cell::new(0usize);
     let contains = |keys: &[RequestKey]| {
         let hits = cache.contains(keys)?;
-        let from_shipped = |k: &RequestKey| shipped.contains(&k.key) || shipped.contains(&k.legacy);
-        used.set(used.get() + keys.iter().zip(&hits).filter(|(k, hit)| **hit && from_shipped(k)).count());
+        used.set(used.get() + keys.iter().zip(&hits).filter(|(k, hit)| **hit && k.is_in(&shipped)).count());
         Ok(hits)
     };
     let selected = select_sentences(cfg, run_dir, &prompts, &contains, &mut scorer)?;
@@ -338,8 +337,7 @@ pub fn plan(cfg: &LabelConfig, run_dir: &RunDir) -> Result<LabelPlan> {
     };
     let contains = |keys: &[RequestKey]| {
         let stored = cache::stored(&path, keys)?;
-        let shipped = |k: &RequestKey| shipped.contains(&k.key) || shipped.contains(&k.legacy);
-        Ok(keys.iter().zip(stored).map(|(k, hit)| hit || shipped(k)).collect())
+        Ok(keys.iter().zip(stored).map(|(k, hit)| hit || k.is_in(&shipped)).collect())
     };
     let selected = select_sentences(cfg, run_dir, &prompts, &contains, &mut |_, _| Ok(None))?;
     let passes = label::pass_configs(teacher, cfg.passes, cfg.pass_temperature);
