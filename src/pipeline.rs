@@ -42,8 +42,6 @@ use crate::run_dir::RunDir;
 use crate::schema::table;
 use crate::train::TrainConfig;
 
-/// `(doc_id, content_hash)` of every document a publication covers.
-pub const DOCUMENT_VERSIONS: &str = table::DOCUMENT_VERSIONS;
 /// What a publication's extracted rows depend on besides the documents (see [`Extraction`]).
 const EXTRACTION_FILE: &str = "extraction.json";
 
@@ -216,7 +214,7 @@ async fn stages_after_ingest(
         return Ok(("already_published", None, vec![], None));
     }
     let changed = match (&previous, full_refresh) {
-        (Some(prev), false) if prev.has_table(DOCUMENT_VERSIONS) => Some(changed_documents(documents, prev)?),
+        (Some(prev), false) if prev.has_table(table::DOCUMENT_VERSIONS) => Some(changed_documents(documents, prev)?),
         _ => None,
     };
     m.changed_documents = changed.as_ref().map_or(documents.len(), HashSet::len) as i64;
@@ -344,7 +342,8 @@ async fn stages_after_ingest(
         tracing::error!("quality gate {} failed: {}; the last publication stays", failed.name, failed.detail);
         return Ok(("gate_failed", Some(eval), gates, None));
     }
-    let tables = [table::TEACHER_LABELS, table::TEACHER_CALLS, crate::eval::table::EVAL_RESULTS, DOCUMENT_VERSIONS];
+    let tables =
+        [table::TEACHER_LABELS, table::TEACHER_CALLS, crate::eval::table::EVAL_RESULTS, table::DOCUMENT_VERSIONS];
     let files: Vec<PathBuf> = outputs
         .iter()
         .map(String::as_str)

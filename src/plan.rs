@@ -28,8 +28,9 @@ pub const DEFAULT_MEMORY_LIMIT_MIB: usize = 1024;
 /// How a session may use memory and disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
-    /// Bytes the operators of a plan may hold at once (a fair share each, the rest spills).
-    pub memory_bytes: usize,
+    /// Bytes the operators of a plan may hold at once (a fair share each, the rest spills);
+    /// `None`: no bound (DataFusion's default pool).
+    pub memory_bytes: Option<usize>,
     /// Whether operators may spill to disk; without it, a plan over the limit fails.
     pub spill: bool,
     /// Partitions a plan runs in; 0 = one per core. The stages' plans use 1: with several
@@ -44,14 +45,14 @@ pub struct Limits {
 impl Limits {
     /// A stage's plan: `mib` MiB of memory, spilling the rest to disk, one partition.
     pub fn mib(mib: usize) -> Self {
-        Self { memory_bytes: mib.max(1) << 20, spill: true, partitions: 1, batch_rows: 1024 }
+        Self { memory_bytes: Some(mib.max(1) << 20), spill: true, partitions: 1, batch_rows: 1024 }
     }
 }
 
 impl Default for Limits {
-    /// Interactive SQL: the default memory, spilling past it, every core.
+    /// Interactive SQL, as DataFusion runs it by default: no memory bound, every core.
     fn default() -> Self {
-        Self { partitions: 0, batch_rows: 0, ..Self::mib(DEFAULT_MEMORY_LIMIT_MIB) }
+        Self { memory_bytes: None, spill: true, partitions: 0, batch_rows: 0 }
     }
 }
 
@@ -64,10 +65,11 @@ pub async fn session(run_dir: &RunDir, limits: Limits) -> Result<SessionContext>
     } else {
         DiskManagerMode::Disabled
     };
-    let runtime = RuntimeEnvBuilder::new()
-        .with_memory_pool(Arc::new(FairSpillPool::new(limits.memory_bytes)))
-        .with_disk_manager_builder(DiskManagerBuilder::default().with_mode(disk))
-        .build_arc()?;
+    let mut runtime = RuntimeEnvBuilder::new().with_disk_manager_builder(DiskManagerBuilder::default().with_mode(disk));
+    if let Some(bytes) = limits.memory_bytes {
+        runtime = runtime.with_memory_pool(Arc::new(FairSpillPool::new(bytes)));
+    }
+    let runtime = runtime.build_arc()?;
     let mut config = SessionConfig::new().with_information_schema(true);
     if limits.partitions > 0 {
         config = config.with_target_partitions(limits.partitions);
@@ -78,7 +80,9 @@ pub async fn session(run_dir: &RunDir, limits: Limits) -> Result<SessionContext>
     // A sort reserves this much up front to merge its spills; DataFusion's 10 MiB default
     // alone would exceed a small limit.
     let execution = &mut config.options_mut().execution;
-    execution.sort_spill_reservation_bytes = execution.sort_spill_reservation_bytes.min(limits.memory_bytes / 8);
+    if let Some(bytes) = limits.memory_bytes {
+        execution.sort_spill_reservation_bytes = execution.sort_spill_reservation_bytes.min(bytes / 8);
+    }
     // Plain strings: a string view counts the whole Parquet page it points into against the
     // pool, so a sort under a small limit could not hold even one batch; and every reader of
     // our tables (and of `sql -o` output) knows Utf8.
