@@ -17,7 +17,7 @@ pub mod frozen;
 pub mod gold;
 pub mod self_training;
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::fs;
 use std::path::PathBuf;
@@ -114,6 +114,11 @@ pub struct TrainConfig {
     pub self_train_weight: f64,
     /// Score a pseudo-labeled pair (PHI span) needs, at least the calibrated threshold.
     pub self_train_min_score: f32,
+    /// Per task, the loss weight of the tags a student must find (every tag but `O`, in both
+    /// heads) against `O`'s 1; a task missing here weighs 1. Left empty, it is not part of the
+    /// config hash.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub positive_weight: BTreeMap<Task, f64>,
     /// Show a progress bar (loss, tokens/s).
     pub progress: bool,
 }
@@ -151,6 +156,7 @@ impl Default for TrainConfig {
             self_train_sentences: 0,
             self_train_weight: 0.5,
             self_train_min_score: 0.5,
+            positive_weight: BTreeMap::new(),
             progress: true,
         }
     }
@@ -177,10 +183,18 @@ impl TrainConfig {
         if !(self.self_train_weight > 0.0 && self.self_train_weight <= 1.0) {
             return bad(format!("self_train_weight {} outside (0, 1]", self.self_train_weight));
         }
+        if let Some((task, w)) = self.positive_weight.iter().find(|(_, w)| !(**w >= 1.0 && w.is_finite())) {
+            return bad(format!("positive_weight.{task} = {w}: must be at least 1"));
+        }
         if !(0.0..=1.0).contains(&self.self_train_min_score) {
             return bad(format!("self_train_min_score {} outside [0, 1]", self.self_train_min_score));
         }
         Ok(())
+    }
+
+    /// The loss weight of `task`'s non-`O` tags.
+    pub fn positive_weight(&self, task: Task) -> f64 {
+        self.positive_weight.get(&task).copied().unwrap_or(1.0)
     }
 
     fn windowing(&self) -> Windowing {

@@ -259,7 +259,7 @@ pub fn run_with_context(
             let preds = match predictions(run_dir, system, task, &sentences, task_calls, labels.as_deref())? {
                 Some(preds) => preds,
                 None => {
-                    if system != System::Teacher {
+                    if !system.is_teacher() {
                         let base = base_table(task);
                         note(format!("{task}: table {} is missing; {} skipped", system.table(base), system.as_str()));
                     }
@@ -267,7 +267,7 @@ pub fn run_with_context(
                 }
             };
             let mut subsets: Vec<(&str, Scope<'_>)> = Vec::new();
-            if system != System::Teacher {
+            if !system.is_teacher() {
                 subsets.push((SUBSET_ALL, Scope::All));
             }
             if let Some(c) = task_calls {
@@ -275,7 +275,7 @@ pub fn run_with_context(
             }
             for (subset, scope) in subsets {
                 for (dataset, metrics) in evaluate(gold, &preds, &sentences, scope) {
-                    if system != System::Teacher && !cfg.extracted(task, &dataset) {
+                    if !system.is_teacher() && !cfg.extracted(task, &dataset) {
                         not_extracted.insert(format!("{task}/{dataset}"));
                         continue;
                     }
@@ -351,8 +351,19 @@ fn predictions(
     calls: Option<&TeacherCalls>,
     labels: Option<&[TeacherLabel]>,
 ) -> Result<Option<Preds>> {
-    if system == System::Teacher {
+    if system.is_teacher() {
         let (Some(calls), Some(labels)) = (calls, labels) else { return Ok(None) };
+        let agreed;
+        let labels = match system {
+            System::TeacherAgreed => match systems::agreed_labels(labels, task, calls) {
+                Some(l) => {
+                    agreed = l;
+                    &agreed
+                }
+                None => return Ok(None),
+            },
+            _ => labels,
+        };
         return Ok(Some(match task {
             "phi" => Preds::Spans(systems::teacher_phi(labels, &calls.ok, sentences)),
             _ => Preds::Pairs(systems::teacher_pairs(labels, task, &calls.ok)),

@@ -1,10 +1,11 @@
 //! The systems compared and their predictions: the teacher's labels from `teacher_calls` and
-//! `teacher_labels`, the student's and the supervised reference's extracted tables.
+//! `teacher_labels` (its first pass, and with two or more passes the labels they agree on),
+//! the student's and the supervised reference's extracted tables.
 //!
 //! Predicted pairs are converted to sentence offsets and predicted PHI spans to document
 //! offsets, the coordinates of the gold they are compared with. A missing table is `Ok(None)`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use arrow::array::{Array, Int32Array};
 
@@ -15,40 +16,53 @@ use crate::error::Result;
 use crate::extract::SUPERVISED_REFERENCE_SUFFIX;
 use crate::run_dir::RunDir;
 use crate::schema::table;
+use crate::teacher::agreement;
 
 /// The systems compared, in report order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum System {
     Teacher,
+    /// The labels two or more of the teacher's passes agree on (`label.passes` >= 2): the
+    /// silver set `train.filters.require_agreement` trains on. Scored only where a second pass
+    /// exists.
+    TeacherAgreed,
     Student,
     SupervisedReference,
 }
 
 impl System {
-    pub const ALL: [System; 3] = [System::Teacher, System::Student, System::SupervisedReference];
+    pub const ALL: [System; 4] = [System::Teacher, System::TeacherAgreed, System::Student, System::SupervisedReference];
 
     pub fn as_str(self) -> &'static str {
         match self {
             System::Teacher => "teacher",
+            System::TeacherAgreed => "teacher_agreed",
             System::Student => "student",
             System::SupervisedReference => "supervised_reference",
         }
+    }
+
+    /// The teacher's labels rather than an extracted table: scored on the teacher's sample only.
+    pub fn is_teacher(self) -> bool {
+        matches!(self, System::Teacher | System::TeacherAgreed)
     }
 
     /// The output table of this system for the student table `base` (`ade_relations`, …).
     pub fn table(self, base: &str) -> String {
         match self {
             System::SupervisedReference => format!("{base}{SUPERVISED_REFERENCE_SUFFIX}"),
-            System::Teacher | System::Student => base.to_string(),
+            System::Teacher | System::TeacherAgreed | System::Student => base.to_string(),
         }
     }
 }
 
-/// The sentences the teacher was asked about for one task, and those it answered (`ok`).
+/// The sentences the teacher was asked about for one task and those it answered (`ok`), by
+/// its first pass; and how many passes answered each sentence.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct TeacherCalls {
     pub labeled: HashSet<SentKey>,
     pub ok: HashSet<SentKey>,
+    pub answering: HashMap<SentKey, usize>,
 }
 
 /// `teacher_calls` by task; `None` when the table is missing.
@@ -58,14 +72,19 @@ pub fn teacher_calls(run_dir: &RunDir) -> Result<Option<HashMap<String, TeacherC
     for c in &batches {
         let (task, doc, sent, status) = (c.str("task")?, c.str("doc_id")?, c.i32("sent_id")?, c.str("status")?);
         let pass = c.i32("pass")?;
-        // The teacher as configured is pass 0; later passes only feed the agreement filter.
-        for i in (0..c.len()).filter(|&i| pass.value(i) == 0) {
+        for i in 0..c.len() {
             let calls = out.entry(task.value(i).to_string()).or_default();
             let key = (doc.value(i).to_string(), sent.value(i));
             if status.value(i) == "ok" {
-                calls.ok.insert(key.clone());
+                *calls.answering.entry(key.clone()).or_default() += 1;
             }
-            calls.labeled.insert(key);
+            // The teacher as configured is pass 0; later passes only feed agreement.
+            if pass.value(i) == 0 {
+                if status.value(i) == "ok" {
+                    calls.ok.insert(key.clone());
+                }
+                calls.labeled.insert(key);
+            }
         }
     }
     Ok(Some(out))
@@ -81,6 +100,8 @@ pub struct TeacherLabel {
     pub subject: Mention,
     /// Set for `kind = 'pair'` rows only.
     pub object: Option<Mention>,
+    /// The labeling pass (`label.passes`; 0 is the teacher as configured).
+    pub pass: i32,
 }
 
 /// `teacher_labels`; `None` when the table is missing.
@@ -93,7 +114,7 @@ pub fn teacher_labels(run_dir: &RunDir) -> Result<Option<Vec<TeacherLabel>>> {
             (c.str("subject_type")?, c.str("subject")?, c.i32("subject_start")?, c.i32("subject_end")?);
         let (object, os, oe) = (c.str("object")?, c.i32("object_start")?, c.i32("object_end")?);
         let pass = c.i32("pass")?;
-        for i in (0..c.len()).filter(|&i| pass.value(i) == 0) {
+        for i in 0..c.len() {
             let span = |s: &Int32Array, e: &Int32Array, i| opt_i32(s, i).zip(opt_i32(e, i));
             let object = match (kind.value(i), opt_str(object, i)) {
                 ("pair", Some(text)) => Some(Mention::new(span(os, oe, i), text)),
@@ -106,6 +127,7 @@ pub fn teacher_labels(run_dir: &RunDir) -> Result<Option<Vec<TeacherLabel>>> {
                 subject_type: subject_type.value(i).to_string(),
                 subject: Mention::new(span(ss, se, i), subject.value(i)),
                 object,
+                pass: pass.value(i),
             });
         }
     }
@@ -132,11 +154,35 @@ pub struct PredSpan {
     pub phi_type: String,
 }
 
-/// The teacher's pairs for `task` in the sentences it answered (`ok`).
+/// The labels of `task` that two or more passes agree on ([`agreement::agreed`]), as pass 0;
+/// `None` when no sentence of `task` was answered by two passes.
+pub fn agreed_labels(labels: &[TeacherLabel], task: &str, calls: &TeacherCalls) -> Option<Vec<TeacherLabel>> {
+    if calls.answering.values().all(|&n| n < 2) {
+        return None;
+    }
+    type Vote<'a> = (&'a str, &'a Mention, Option<&'a Mention>);
+    type Passes<'a> = BTreeMap<i32, BTreeSet<Vote<'a>>>;
+    let mut by_sentence: BTreeMap<(&str, i32), (Passes, HashMap<Vote, &TeacherLabel>)> = BTreeMap::new();
+    for l in labels.iter().filter(|l| l.task == task) {
+        let vote = (l.subject_type.as_str(), &l.subject, l.object.as_ref());
+        let (passes, first) = by_sentence.entry((l.doc_id.as_str(), l.sent_id)).or_default();
+        passes.entry(l.pass).or_default().insert(vote);
+        first.entry(vote).or_insert(l);
+    }
+    let mut out = Vec::new();
+    for ((doc, sent), (passes, first)) in by_sentence {
+        let answering = calls.answering.get(&(doc.to_string(), sent)).copied().unwrap_or(0);
+        let (kept, _) = agreement::agreed(passes.into_values(), answering, true);
+        out.extend(kept.into_iter().map(|vote| TeacherLabel { pass: 0, ..first[&vote].clone() }));
+    }
+    Some(out)
+}
+
+/// The teacher's (first pass's) pairs for `task` in the sentences it answered (`ok`).
 pub fn teacher_pairs(labels: &[TeacherLabel], task: &str, ok: &HashSet<SentKey>) -> Vec<PredPair> {
     labels
         .iter()
-        .filter(|l| l.task == task && ok.contains(&(l.doc_id.clone(), l.sent_id)))
+        .filter(|l| l.pass == 0 && l.task == task && ok.contains(&(l.doc_id.clone(), l.sent_id)))
         .filter_map(|l| {
             let object = l.object.clone()?;
             Some(PredPair { doc_id: l.doc_id.clone(), sent_id: l.sent_id, subject: l.subject.clone(), object })
@@ -148,7 +194,8 @@ pub fn teacher_pairs(labels: &[TeacherLabel], task: &str, ok: &HashSet<SentKey>)
 pub fn teacher_phi(labels: &[TeacherLabel], ok: &HashSet<SentKey>, sentences: &Sentences) -> Vec<PredSpan> {
     labels
         .iter()
-        .filter(|l| l.task == "phi" && l.object.is_none() && ok.contains(&(l.doc_id.clone(), l.sent_id)))
+        .filter(|l| l.pass == 0 && l.task == "phi" && l.object.is_none())
+        .filter(|l| ok.contains(&(l.doc_id.clone(), l.sent_id)))
         .map(|l| {
             let start = sentences.start(&l.doc_id, l.sent_id);
             let span = l.subject.span.zip(start).map(|((s, e), base)| (s + base, e + base));
@@ -240,6 +287,7 @@ mod tests {
             subject_type: subject_type.into(),
             subject: Mention::new(Some((2, 5)), "Ana"),
             object,
+            pass: 0,
         };
         let labels = vec![
             label(1, Some(Mention::new(None, "rash")), "drug"),
@@ -258,9 +306,40 @@ mod tests {
     }
 
     #[test]
+    fn agreed_labels_are_those_two_passes_of_the_same_sentence_give() {
+        let pair = |sent_id, pass, drug: &str, effect: &str| TeacherLabel {
+            task: "ade".into(),
+            doc_id: "d".into(),
+            sent_id,
+            subject_type: "drug".into(),
+            subject: Mention::new(Some((0, drug.len() as i32)), drug),
+            object: Some(Mention::new(Some((10, 10 + effect.len() as i32)), effect)),
+            pass,
+        };
+        let labels = vec![
+            pair(0, 0, "aspirin", "rash"),
+            pair(0, 1, "aspirin", "rash"),
+            pair(0, 0, "aspirin", "fever"),
+            // Sentence 1: the same pair as sentence 0's agreed one, from one pass only.
+            pair(1, 0, "aspirin", "rash"),
+        ];
+        let mut calls = TeacherCalls::default();
+        assert_eq!(agreed_labels(&labels, "ade", &calls), None, "no second pass: nothing to agree on");
+        calls.answering = HashMap::from([(("d".to_string(), 0), 2), (("d".to_string(), 1), 2)]);
+        let agreed = agreed_labels(&labels, "ade", &calls).unwrap();
+        assert_eq!(agreed.len(), 1, "{agreed:?}");
+        assert_eq!((agreed[0].sent_id, agreed[0].pass, agreed[0].object.as_ref().unwrap().norm.as_str()), (0, 0, "rash"));
+        let ok = HashSet::from([("d".to_string(), 0), ("d".to_string(), 1)]);
+        assert_eq!(teacher_pairs(&labels, "ade", &ok).len(), 3, "the teacher system is pass 0 alone");
+    }
+
+    #[test]
     fn supervised_reference_tables_have_the_suffix() {
         assert_eq!(System::Student.table("ade_relations"), "ade_relations");
         assert_eq!(System::SupervisedReference.table("phi_spans"), "phi_spans_supervised_reference");
-        assert_eq!(System::ALL.map(System::as_str), ["teacher", "student", "supervised_reference"]);
+        assert_eq!(
+            System::ALL.map(System::as_str),
+            ["teacher", "teacher_agreed", "student", "supervised_reference"]
+        );
     }
 }

@@ -282,14 +282,21 @@ impl Student {
         }
     }
 
-    /// Training loss of the relation head: cross-entropy over relation tags, or over pairs for
-    /// [`Arch::Pairwise`]. `None` when nothing is scored.
-    pub fn relation_loss(&self, hidden: &Tensor, batch: &Batch, rng: Option<&mut StdRng>) -> Result<Option<Tensor>> {
+    /// Training loss of the relation head: cross-entropy over relation tags (non-`O` tags
+    /// weighing `positive_weight`), or over pairs for [`Arch::Pairwise`] (unweighted). `None`
+    /// when nothing is scored.
+    pub fn relation_loss(
+        &self,
+        hidden: &Tensor,
+        batch: &Batch,
+        rng: Option<&mut StdRng>,
+        positive_weight: f64,
+    ) -> Result<Option<Tensor>> {
         if let Some(RelationHead::Pairwise(head)) = &self.relation {
             return head.loss(hidden, batch, self.spec.dropout, rng);
         }
         match self.relation_logits(hidden, batch, rng)? {
-            Some(logits) => masked_cross_entropy(&logits, &batch.relation_targets),
+            Some(logits) => masked_cross_entropy(&logits, &batch.relation_targets, positive_weight),
             None => Ok(None),
         }
     }

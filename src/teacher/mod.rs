@@ -18,6 +18,7 @@
 //! [`tables`]; [`accounting`] keeps the totals.
 
 pub mod accounting;
+pub mod agreement;
 pub mod cache;
 pub mod client;
 pub mod config;

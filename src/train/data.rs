@@ -17,6 +17,7 @@ use crate::error::Result;
 use crate::model::tags::Task;
 use crate::run_dir::RunDir;
 use crate::schema::{split, table};
+use crate::teacher::agreement;
 
 /// A char span `[start, end)` of a sentence with its entity type (index into
 /// [`Task::entity_types`]).
@@ -149,20 +150,11 @@ pub fn silver(run_dir: &RunDir, task: Task, filters: &SilverFilters) -> Result<(
         }
     }
     for (key, by_pass) in passes {
-        let mut votes: BTreeMap<LabelKey, usize> = BTreeMap::new();
-        for labels in by_pass.values() {
-            for label in labels {
-                *votes.entry(*label).or_default() += 1;
-            }
-        }
-        let passes = answered.get(&key).map_or(by_pass.len(), BTreeSet::len);
-        let needed = if filters.require_agreement && passes >= 2 { 2 } else { 1 };
+        let answering = answered.get(&key).map_or(by_pass.len(), BTreeSet::len);
+        let (kept, dropped) = agreement::agreed(by_pass.into_values(), answering, filters.require_agreement);
+        stats.dropped_disagreement += dropped;
         let sentence = ok.get_mut(&key).expect("passes only holds keys of `ok`");
-        for (label, count) in votes {
-            if count < needed {
-                stats.dropped_disagreement += 1;
-                continue;
-            }
+        for label in kept {
             match label {
                 (None, span) => {
                     sentence.entities.insert(span);

@@ -49,21 +49,23 @@ fn sorted_vars(varmap: &VarMap) -> Result<Vec<Var>> {
     Ok(named.into_iter().map(|(_, v)| v.clone()).collect())
 }
 
-/// Loss of one batch: entity tagging plus relation tagging. Dropout when `rng` is given.
-/// `lower` is the batch's cached frozen-layer output, if any.
+/// Loss of one batch: entity tagging plus relation tagging, non-`O` tags weighing
+/// `positive_weight` ([`masked_cross_entropy`]). Dropout when `rng` is given. `lower` is the
+/// batch's cached frozen-layer output, if any.
 pub fn batch_loss(
     student: &Student,
     batch: &Batch,
     lower: Option<Tensor>,
     mut rng: Option<&mut StdRng>,
+    positive_weight: f64,
 ) -> Result<Option<Tensor>> {
     let hidden = match lower {
         Some(lower) => student.encode_upper(&lower, batch)?,
         None => student.encode(batch)?,
     };
     let entity = student.entity_logits(&hidden, rng.as_deref_mut())?;
-    let mut loss = masked_cross_entropy(&entity, &batch.entity_targets)?;
-    if let Some(r) = student.relation_loss(&hidden, batch, rng)? {
+    let mut loss = masked_cross_entropy(&entity, &batch.entity_targets, positive_weight)?;
+    if let Some(r) = student.relation_loss(&hidden, batch, rng, positive_weight)? {
         loss = Some(match loss {
             Some(l) => (l + r)?,
             None => r,
@@ -140,7 +142,8 @@ fn make_batch(
     Ok((batch, lower))
 }
 
-/// Mean loss over `examples` without dropout.
+/// Mean loss over `examples` without dropout, every tag weighing 1 (comparable across
+/// `train.positive_weight` settings).
 pub fn evaluate(
     student: &Student,
     examples: &[Example],
@@ -153,7 +156,7 @@ pub fn evaluate(
     let (mut total, mut weight) = (0f64, 0usize);
     for chunk in order.chunks(batch_size) {
         let (batch, lower) = make_batch(examples, chunk, frozen, special)?;
-        if let Some(loss) = batch_loss(student, &batch, lower, None)? {
+        if let Some(loss) = batch_loss(student, &batch, lower, None, 1.0)? {
             total += loss.to_scalar::<f32>()? as f64 * chunk.len() as f64;
             weight += chunk.len();
         }
@@ -202,6 +205,7 @@ pub fn fit(
     let label = bar.prefix();
     let TrainSet { examples: train, pseudo_from, pseudo_weight } = train;
     let vars = sorted_vars(varmap)?;
+    let positive_weight = cfg.positive_weight(student.spec().task);
     let params = ParamsAdamW { lr: cfg.lr, weight_decay: cfg.weight_decay, ..Default::default() };
     let mut optimizer = AdamW::new(vars.clone(), params)?;
     let mut rng = StdRng::seed_from_u64(cfg.seed ^ 0x5eed_ba7c);
@@ -230,7 +234,7 @@ pub fn fit(
                 break;
             }
             let (batch, lower) = make_batch(train, &batch_indices, frozen_train.as_ref(), special)?;
-            let Some(mut loss) = batch_loss(student, &batch, lower, Some(&mut rng))? else { continue };
+            let Some(mut loss) = batch_loss(student, &batch, lower, Some(&mut rng), positive_weight)? else { continue };
             if batch_indices[0] >= pseudo_from {
                 loss = (loss * pseudo_weight)?;
             }
