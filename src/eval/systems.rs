@@ -328,7 +328,10 @@ mod tests {
         calls.answering = HashMap::from([(("d".to_string(), 0), 2), (("d".to_string(), 1), 2)]);
         let agreed = agreed_labels(&labels, "ade", &calls).unwrap();
         assert_eq!(agreed.len(), 1, "{agreed:?}");
-        assert_eq!((agreed[0].sent_id, agreed[0].pass, agreed[0].object.as_ref().unwrap().norm.as_str()), (0, 0, "rash"));
+        assert_eq!(
+            (agreed[0].sent_id, agreed[0].pass, agreed[0].object.as_ref().unwrap().norm.as_str()),
+            (0, 0, "rash")
+        );
         let ok = HashSet::from([("d".to_string(), 0), ("d".to_string(), 1)]);
         assert_eq!(teacher_pairs(&labels, "ade", &ok).len(), 3, "the teacher system is pass 0 alone");
     }
@@ -337,9 +340,6 @@ mod tests {
     fn supervised_reference_tables_have_the_suffix() {
         assert_eq!(System::Student.table("ade_relations"), "ade_relations");
         assert_eq!(System::SupervisedReference.table("phi_spans"), "phi_spans_supervised_reference");
-        assert_eq!(
-            System::ALL.map(System::as_str),
-            ["teacher", "teacher_agreed", "student", "supervised_reference"]
-        );
+        assert_eq!(System::ALL.map(System::as_str), ["teacher", "teacher_agreed", "student", "supervised_reference"]);
     }
 }
