@@ -385,6 +385,14 @@ async fn agreement_between_passes_keeps_what_both_said() {
     };
     assert_eq!(pairs(false), (6, 0), "2 agreeing sentences x 1 pair + 2 disagreeing x 2 pairs");
     assert_eq!(pairs(true), (2, 8), "the agreeing pairs; 4 labels dropped per odd sentence");
+    // Evaluation's teacher_agreed system scores the same labels training keeps.
+    use biodistill::eval::systems;
+    let calls = systems::teacher_calls(&run).unwrap().unwrap();
+    let labels = systems::teacher_labels(&run).unwrap().unwrap();
+    let agreed = systems::agreed_labels(&labels, "ade", &calls["ade"]).unwrap();
+    let ok = calls["ade"].ok.clone();
+    assert_eq!(systems::teacher_pairs(&agreed, "ade", &ok).len(), 2);
+    assert_eq!(systems::teacher_pairs(&labels, "ade", &ok).len(), 4, "the teacher system is pass 0 alone");
 }
 
 /// Raising `max_tokens` after a run whose replies were partly cut at the budget sends again
