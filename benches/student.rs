@@ -150,6 +150,20 @@ fn train_in_child(mode: &str) -> f64 {
     result["tokens"].as_f64().unwrap() / result["seconds"].as_f64().unwrap()
 }
 
+/// Extraction through a Ballista scheduler and two executors in this process (one task at a
+/// time each: the machine's 2 cores), against local extraction measured just before.
+#[cfg(feature = "cluster")]
+fn ballista_ratio(runtime: &tokio::runtime::Runtime, cfg: &ExtractConfig, run: &RunDir, work: &Path, local: f64) {
+    let engine = runtime.block_on(biodistill::cluster::start_on_loopback(2, 1, &work.join("executors"))).unwrap();
+    let cfg = ExtractConfig { engine, ..cfg.clone() };
+    let remote = runtime.block_on(extract::run(&cfg, run)).unwrap();
+    println!(
+        "extract {:>8.1} sentences/s on Ballista (2 executors x 1 task, loopback); ballista/local = {:.2}",
+        remote.sentences_per_sec,
+        remote.sentences_per_sec / local
+    );
+}
+
 fn main() {
     if let Ok(mode) = std::env::var(CHILD_MODE) {
         return train_child(&mode);
@@ -175,12 +189,15 @@ fn main() {
 
     let extract_cfg =
         ExtractConfig { tasks: vec![Task::Ade], batch_size: BATCH_SIZE, progress: false, ..Default::default() };
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    // Extraction's plan runs its partitions on the runtime's threads, as in the binary.
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let extracted = runtime.block_on(extract::run(&extract_cfg, &run)).unwrap();
     println!(
         "extract {:>8.1} sentences/s ({} sentences, batch {BATCH_SIZE}, encoder + entity + conditioned heads, Parquet out)",
         extracted.sentences_per_sec, extracted.sentences
     );
+    #[cfg(feature = "cluster")]
+    ballista_ratio(&runtime, &extract_cfg, &run, tmp.path(), extracted.sentences_per_sec);
 
     let checkpoint = Checkpoint::load(&report.tasks[0].checkpoint, &Device::Cpu).unwrap();
     let sentences: Vec<String> = texts.iter().map(|(_, t)| t.clone()).collect();

@@ -53,6 +53,45 @@ pub enum Command {
     Run(RunArgs),
     /// Run SQL over the tables of a run directory.
     Sql(SqlArgs),
+    /// Scale out: run a Ballista scheduler or executor that knows the student functions
+    /// (then `extract.engine = "ballista://host:port"`).
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+}
+
+/// `biodistill cluster`: every machine must see the run directory at the same path.
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Accept plans (from `extract --engine ballista://HOST:PORT`) and hand their tasks to
+    /// executors. Runs until stopped.
+    Scheduler {
+        /// Address to listen on (0.0.0.0:50050 for other machines).
+        #[arg(long, default_value = "127.0.0.1:50050")]
+        bind: std::net::SocketAddr,
+    },
+    /// Run the tasks a scheduler hands out, the student functions included. Runs until stopped.
+    Executor {
+        /// The scheduler, HOST:PORT.
+        #[arg(long, value_parser = parse_address)]
+        scheduler: (String, u16),
+        /// Address of this executor's data service (0.0.0.0:50051 for other machines).
+        #[arg(long, default_value = "127.0.0.1:50051")]
+        bind: std::net::SocketAddr,
+        /// Port of this executor's control service (default: the --bind port + 1).
+        #[arg(long)]
+        grpc_port: Option<u16>,
+        /// Host name the scheduler and the other executors reach this one at (default: the
+        /// address the scheduler sees this executor connect from).
+        #[arg(long)]
+        external_host: Option<String>,
+        /// Tasks run at once (default: every core).
+        #[arg(long, default_value_t = 0)]
+        concurrent_tasks: usize,
+    },
+}
+
+fn parse_address(value: &str) -> std::result::Result<(String, u16), String> {
+    crate::cluster::parse_address(value)
 }
 
 /// `biodistill label`
@@ -97,6 +136,10 @@ pub struct ExtractArgs {
     /// Use the supervised reference's checkpoints and write its suffixed tables.
     #[arg(long)]
     pub supervised_reference: bool,
+    /// Where the extraction plans run: `local` or `ballista://HOST:PORT` (overrides
+    /// `extract.engine`).
+    #[arg(long, value_parser = clap::value_parser!(crate::cluster::Engine))]
+    pub engine: Option<crate::cluster::Engine>,
 }
 
 /// `biodistill serve-teacher`: flags override `[serve]`.
@@ -226,7 +269,10 @@ impl Cli {
                 cfg.train.max_steps = a.max_steps.or(cfg.train.max_steps);
                 cfg.train.arch = a.arch.unwrap_or(cfg.train.arch);
             }
-            Command::Extract(a) => cfg.extract.supervised_reference |= a.supervised_reference,
+            Command::Extract(a) => {
+                cfg.extract.supervised_reference |= a.supervised_reference;
+                cfg.extract.engine = a.engine.clone().unwrap_or(cfg.extract.engine);
+            }
             Command::ServeTeacher(a) => {
                 cfg.serve.model = a.model.clone().unwrap_or(cfg.serve.model);
                 cfg.serve.host = a.host.clone().unwrap_or(cfg.serve.host);
@@ -270,7 +316,33 @@ pub async fn execute(cli: Cli) -> Result<bool> {
             print_stdout(&report.to_string()).map(|()| report.manifest.failed_inputs == 0)
         }
         Command::Sql(args) => sql(&cfg, args).await.map(|()| true),
+        Command::Cluster(command) => cluster(command).await.map(|()| true),
     }
+}
+
+#[cfg(feature = "cluster")]
+async fn cluster(command: ClusterCommand) -> Result<()> {
+    match command {
+        ClusterCommand::Scheduler { bind } => crate::cluster::scheduler(bind).await,
+        ClusterCommand::Executor { scheduler, bind, grpc_port, external_host, concurrent_tasks } => {
+            let grpc_port = grpc_port.unwrap_or(bind.port().wrapping_add(1));
+            let work_dir = None;
+            let options = crate::cluster::ExecutorOptions {
+                scheduler,
+                bind,
+                grpc_port,
+                external_host,
+                concurrent_tasks,
+                work_dir,
+            };
+            crate::cluster::executor(options).await
+        }
+    }
+}
+
+#[cfg(not(feature = "cluster"))]
+async fn cluster(_: ClusterCommand) -> Result<()> {
+    Err(Error::Config("`biodistill cluster` needs a build with the `cluster` feature (make build)".into()))
 }
 
 /// `Ok(false)` when the teacher failed on some input (a dead endpoint, a rejected key): the

@@ -31,6 +31,9 @@ pub enum Error {
     /// The run configuration is invalid.
     #[error("configuration: {0}")]
     Config(String),
+    /// The cluster a plan was sent to cannot run it (see [`crate::cluster`]).
+    #[error("cluster: {0}")]
+    Cluster(String),
     /// A model file is missing or invalid.
     #[error("model: {0}")]
     Model(String),

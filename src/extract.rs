@@ -1,8 +1,7 @@
 //! `biodistill extract`: run the trained students over every sentence.
 //!
-//! Input: `sentences` (streamed `read_rows` at a time, so memory stays flat in corpus size),
-//! `documents` (streamed, for redaction), and one checkpoint per task from `train`. Output,
-//! each table made visible only when complete:
+//! Input: `sentences`, `documents` (for the split and source filters, and redaction), and one
+//! checkpoint per task from `train`. Output, each table made visible only when complete:
 //!
 //! - `ade_relations` and `gene_disease`: one row per (anchor, related span) pair;
 //! - `phi_spans` and `redacted_documents` (each PHI span replaced by `[TYPE]`).
@@ -12,28 +11,32 @@
 //! suffix, and its `model_version`s start with `supervised-reference-`, so its outputs can never
 //! be mistaken for the distilled student's.
 //!
-//! Memory stays flat in corpus size: sentences stream in, predictions stream out, and
-//! redaction joins `documents` with the finished `phi_spans` as two DataFusion plans sorted by
+//! Each task is one DataFusion plan over `sentences` calling the student as a SQL function
+//! ([`plan`], [`functions`]), run in this process or on a Ballista cluster (`extract.engine`,
+//! see [`crate::cluster`]). Memory stays flat in corpus size: sentences stream in,
+//! `read_rows` at a time, predictions stream out (their final sort spills past
+//! `memory_limit_mib`), and redaction joins `documents` with the finished `phi_spans` as two DataFusion plans sorted by
 //! document (spilling past `memory_limit_mib`, see [`crate::plan`]) walked side by side.
 
 pub mod functions;
+mod plan;
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
-use arrow::array::{ArrayRef, Float32Array, Int32Array, StringArray};
+use arrow::array::{ArrayRef, StringArray};
 use arrow::datatypes::SchemaRef;
-use candle_core::Device;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
+use crate::cluster::Engine;
 use crate::columns::TableStream;
-use crate::error::{Error, Result};
-use crate::model::checkpoint::Checkpoint;
-use crate::model::predict::{PairPrediction, Predictions, SentenceRow, predict};
+use crate::error::{Error, IoContext, Result};
+use crate::model::checkpoint::CheckpointConfig;
 use crate::model::tags::Task;
 use crate::run_dir::{RunDir, TableSink, batch};
 use crate::schema::{self, table};
@@ -55,12 +58,17 @@ pub struct ExtractConfig {
     pub tasks: Vec<Task>,
     /// Encoder windows per forward pass.
     pub batch_size: usize,
-    /// Sentences read and processed per chunk (bounds memory).
+    /// Sentences per batch of the plan (bounds memory).
     pub read_rows: usize,
-    /// Encoder batches run side by side (one thread each); 0 = every core. Not
-    /// serialized: it changes neither the outputs nor the config hash.
+    /// Partitions the plan runs the students in, one encoder thread each; 0 = every core
+    /// (locally) or 8 (on Ballista). Not serialized: it changes neither the outputs nor the
+    /// config hash.
     #[serde(skip_serializing)]
     pub threads: usize,
+    /// Where the plans run: `local` (this process) or `ballista://host:port` (a scheduler
+    /// started by `biodistill cluster scheduler`). Not serialized, as `threads`.
+    #[serde(skip_serializing)]
+    pub engine: Engine,
     /// Memory the table plans (redaction's sorts, the incremental merge) may hold before
     /// spilling to disk. Not serialized: it changes neither the outputs nor the config hash.
     #[serde(skip_serializing)]
@@ -86,6 +94,7 @@ impl Default for ExtractConfig {
             batch_size: 16,
             read_rows: 1024,
             threads: 0,
+            engine: Engine::Local,
             memory_limit_mib: crate::plan::DEFAULT_MEMORY_LIMIT_MIB,
             run_id: None,
             progress: true,
@@ -132,7 +141,10 @@ impl ExtractConfig {
 #[derive(Debug, Clone, Serialize)]
 pub struct ExtractReport {
     pub supervised_reference: bool,
+    /// Where the plans ran (`extract.engine`).
+    pub engine: String,
     pub sentences: usize,
+    /// Encoder windows run in this process (0 when the students ran on a cluster).
     pub windows: usize,
     pub seconds: f64,
     pub sentences_per_sec: f64,
@@ -156,8 +168,8 @@ impl fmt::Display for ExtractReport {
         let kind = if self.supervised_reference { "supervised reference" } else { "student" };
         writeln!(
             f,
-            "extract ({kind}): {} sentences ({} windows) in {:.1}s, {:.1} sentences/s",
-            self.sentences, self.windows, self.seconds, self.sentences_per_sec
+            "extract ({kind}, {}): {} sentences ({} windows) in {:.1}s, {:.1} sentences/s",
+            self.engine, self.sentences, self.windows, self.seconds, self.sentences_per_sec
         )?;
         for (task, version) in &self.model_versions {
             writeln!(f, "  {task}: {version}")?;
@@ -187,112 +199,82 @@ pub fn output_schema(task: Task) -> SchemaRef {
     }
 }
 
-/// One task's checkpoint and the table its predictions stream into.
-struct TaskOutput {
-    checkpoint: Checkpoint,
-    sink: TableSink,
-    schema: SchemaRef,
-}
-
-/// Run every configured task's student over the `sentences` table.
+/// Run every configured task's student over the `sentences` table: one plan per task (see
+/// [`plan`]), on `cfg.engine`, each streamed into its output table.
 pub async fn run(cfg: &ExtractConfig, run_dir: &RunDir) -> Result<ExtractReport> {
-    if cfg.tasks.is_empty() || cfg.batch_size == 0 {
-        return Err(Error::Config("extract: tasks must be non-empty and batch_size positive".into()));
+    if cfg.tasks.is_empty() || cfg.batch_size == 0 || cfg.read_rows == 0 {
+        return Err(Error::Config("extract: tasks must be non-empty, batch_size and read_rows positive".into()));
     }
-    let device = Device::Cpu;
+    if !run_dir.has_table(table::SENTENCES) {
+        return Err(Error::input(run_dir.table_path(table::SENTENCES), "no sentences (run `biodistill ingest` first)"));
+    }
+    // First, so an unreachable cluster is reported before anything else.
+    let limits = crate::plan::Limits { batch_rows: cfg.read_rows, ..crate::plan::Limits::mib(cfg.memory_limit_mib) };
+    let ctx = cfg.engine.session(run_dir, limits).await?;
+    // Absolute: the path is part of the plan, read by whichever machine runs it.
     let root = cfg.checkpoint_dir.clone().unwrap_or_else(|| {
         run_dir.root().join(if cfg.supervised_reference { SUPERVISED_REFERENCE_DIR } else { STUDENT_DIR })
     });
+    let root = std::path::absolute(&root).with_path(&root)?;
     let run_id = cfg
         .run_id
         .clone()
         .unwrap_or_else(|| run_dir.root().file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
-    let mut outputs = Vec::new();
+    let mut versions = BTreeMap::new();
     for &task in &cfg.tasks {
         let dir = root.join(task.as_str());
         if !dir.is_dir() {
             return Err(Error::input(&dir, format!("no {task} checkpoint (run `biodistill train` first)")));
         }
-        let checkpoint = Checkpoint::load(&dir, &device)?;
-        if checkpoint.config.spec.task != task {
-            return Err(Error::input(
-                &dir,
-                format!("checkpoint is for task {}, not {task}", checkpoint.config.spec.task),
-            ));
+        let config = CheckpointConfig::read(&dir)?;
+        if config.spec.task != task {
+            return Err(Error::input(&dir, format!("checkpoint is for task {}, not {task}", config.spec.task)));
         }
-        let schema = output_schema(task);
-        let sink = TableSink::create(run_dir, &cfg.table_name(output_table(task)), schema.clone())?;
-        outputs.push(TaskOutput { checkpoint, sink, schema });
+        versions.insert(task, config.model_version);
     }
 
-    let threads = crate::parallel::threads_or_all(cfg.threads);
-    let selected = cfg.selected_documents(run_dir)?;
-    let stream = TableStream::open(run_dir, table::SENTENCES, cfg.read_rows)?;
-    let bar = if cfg.progress { ProgressBar::new(stream.num_rows() as u64) } else { ProgressBar::hidden() };
-    bar.set_style(
-        ProgressStyle::with_template("extract {bar:30} {pos}/{len} sentences [{elapsed_precise}<{eta_precise}] {msg}")
-            .expect("static template is valid"),
-    );
+    let windows = Arc::new(AtomicUsize::new(0));
+    let functions = functions::sentence_functions(&windows);
+    for function in &functions {
+        ctx.register_udf(function.clone());
+    }
     let start = Instant::now();
-    let (mut sentences, mut windows) = (0, 0);
-    for cols in stream {
-        let cols = cols?;
-        let (doc, sent, begin, text) =
-            (cols.str("doc_id")?, cols.i32("sent_id")?, cols.i32("start")?, cols.str("text")?);
-        let rows = cols.len();
-        let wanted = |r: usize| selected.values().any(|keep| keep.as_ref().is_none_or(|k| k.contains(doc.value(r))));
-        let chunk: Vec<SentenceRow> = (0..rows)
-            .filter(|&r| wanted(r))
-            .map(|r| SentenceRow {
-                doc_id: doc.value(r).to_string(),
-                sent_id: sent.value(r),
-                start: begin.value(r).max(0) as usize,
-                text: text.value(r).to_string(),
-            })
-            .collect();
-        for output in &mut outputs {
-            let task = output.checkpoint.config.spec.task;
-            let task_chunk: Vec<SentenceRow>;
-            let chunk = match &selected[&task] {
-                Some(keep) if chunk.iter().any(|s| !keep.contains(&s.doc_id)) => {
-                    task_chunk = chunk.iter().filter(|s| keep.contains(&s.doc_id)).cloned().collect();
-                    &task_chunk
-                }
-                _ => &chunk,
-            };
-            let predictions = predict(&output.checkpoint, chunk, cfg.batch_size, threads)?;
-            windows += predictions.windows;
-            let version = &output.checkpoint.config.model_version;
-            let columns = match task {
-                Task::Phi => phi_columns(chunk, &predictions, task, version, &run_id),
-                _ => pair_columns(chunk, &predictions.pairs, version, &run_id),
-            };
-            output.sink.write(&batch(&output.schema, columns)?)?;
-        }
-        sentences += chunk.len();
-        bar.inc(rows as u64);
-        bar.set_message(format!("{:.1} sentences/s", sentences as f64 / start.elapsed().as_secs_f64().max(1e-9)));
-    }
-    bar.finish_and_clear();
-    let seconds = start.elapsed().as_secs_f64();
-
+    let sentences = plan::count_sentences(&ctx, cfg).await?;
     let mut report = ExtractReport {
         supervised_reference: cfg.supervised_reference,
+        engine: cfg.engine.to_string(),
         sentences,
-        windows,
-        seconds,
-        sentences_per_sec: sentences as f64 / seconds.max(1e-9),
-        model_versions: BTreeMap::new(),
+        windows: 0,
+        seconds: 0.0,
+        sentences_per_sec: 0.0,
+        model_versions: versions.clone(),
         tables: BTreeMap::new(),
     };
-    let has_phi = cfg.tasks.contains(&Task::Phi);
-    for output in outputs {
-        let task = output.checkpoint.config.spec.task;
-        report.model_versions.insert(task, output.checkpoint.config.model_version.clone());
-        report.tables.insert(cfg.table_name(output_table(task)), output.sink.finish()?);
+    let partitions = cfg.engine.partitions(cfg.threads);
+    for (&task, version) in &versions {
+        let bar = progress_bar(cfg.progress && cfg.engine == Engine::Local, task);
+        let dir = root.join(task.as_str());
+        let task_plan = plan::TaskPlan {
+            task,
+            checkpoint_dir: &dir,
+            model_version: version,
+            run_id: &run_id,
+            functions: &functions,
+            partitions,
+        };
+        let df = plan::task_plan(&ctx, cfg, &task_plan).await?;
+        let name = cfg.table_name(output_table(task));
+        let rows = crate::plan::write_table(run_dir, &name, &output_schema(task), df).await?;
+        bar.finish_and_clear();
+        report.tables.insert(name, rows);
     }
-    if has_phi {
+    report.seconds = start.elapsed().as_secs_f64();
+    report.sentences_per_sec = sentences as f64 / report.seconds.max(1e-9);
+    report.windows = windows.load(Ordering::Relaxed);
+
+    if cfg.tasks.contains(&Task::Phi) {
         let name = cfg.table_name(table::REDACTED_DOCUMENTS);
+        let selected = cfg.selected_documents(run_dir)?;
         let phi_docs = selected.get(&Task::Phi).and_then(Option::as_ref);
         let spans = cfg.table_name(table::PHI_SPANS);
         let limits = crate::plan::Limits::mib(cfg.memory_limit_mib);
@@ -301,54 +283,22 @@ pub async fn run(cfg: &ExtractConfig, run_dir: &RunDir) -> Result<ExtractReport>
     Ok(report)
 }
 
+/// A spinner while `task`'s plan runs (the plan's progress is not observable from here).
+fn progress_bar(show: bool, task: Task) -> ProgressBar {
+    if !show {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new_spinner();
+    bar.set_style(
+        ProgressStyle::with_template("extract {spinner} {msg} [{elapsed_precise}]").expect("static template"),
+    );
+    bar.set_message(format!("{task}"));
+    bar.enable_steady_tick(std::time::Duration::from_millis(200));
+    bar
+}
+
 fn strings<'a>(values: impl Iterator<Item = &'a str>) -> ArrayRef {
     Arc::new(values.map(Some).collect::<StringArray>())
-}
-
-fn ints(values: impl Iterator<Item = usize>) -> ArrayRef {
-    Arc::new(values.map(|v| v as i32).collect::<Int32Array>())
-}
-
-/// Columns of `ade_relations` / `gene_disease` (same layout): offsets into the document.
-fn pair_columns(chunk: &[SentenceRow], pairs: &[PairPrediction], version: &str, run_id: &str) -> Vec<ArrayRef> {
-    let indexes: Vec<CharIndex> = chunk.iter().map(|s| CharIndex::new(&s.text)).collect();
-    let sentence = |p: &PairPrediction| &chunk[p.anchor.sentence];
-    let slice = |p: &PairPrediction, s: usize, e: usize| {
-        indexes[p.anchor.sentence].slice(&sentence(p).text, s, e).expect("predicted spans lie in their sentence")
-    };
-    vec![
-        strings(pairs.iter().map(|p| sentence(p).doc_id.as_str())),
-        Arc::new(pairs.iter().map(|p| sentence(p).sent_id).collect::<Int32Array>()),
-        strings(pairs.iter().map(|p| slice(p, p.anchor.start, p.anchor.end))),
-        ints(pairs.iter().map(|p| sentence(p).start + p.anchor.start)),
-        ints(pairs.iter().map(|p| sentence(p).start + p.anchor.end)),
-        strings(pairs.iter().map(|p| slice(p, p.start, p.end))),
-        ints(pairs.iter().map(|p| sentence(p).start + p.start)),
-        ints(pairs.iter().map(|p| sentence(p).start + p.end)),
-        Arc::new(pairs.iter().map(|p| p.score).collect::<Float32Array>()),
-        strings(pairs.iter().map(|_| version)),
-        strings(pairs.iter().map(|_| run_id)),
-    ]
-}
-
-/// Columns of `phi_spans`.
-fn phi_columns(
-    chunk: &[SentenceRow],
-    predictions: &Predictions,
-    task: Task,
-    version: &str,
-    run_id: &str,
-) -> Vec<ArrayRef> {
-    let spans = &predictions.entities;
-    vec![
-        strings(spans.iter().map(|e| chunk[e.sentence].doc_id.as_str())),
-        ints(spans.iter().map(|e| chunk[e.sentence].start + e.start)),
-        ints(spans.iter().map(|e| chunk[e.sentence].start + e.end)),
-        strings(spans.iter().map(|e| task.entity_types()[e.type_index])),
-        Arc::new(spans.iter().map(|e| e.score).collect::<Float32Array>()),
-        strings(spans.iter().map(|_| version)),
-        strings(spans.iter().map(|_| run_id)),
-    ]
 }
 
 /// Write `redacted_documents` (`name`): every selected document, each span of the PHI table

@@ -19,6 +19,7 @@
 //! Python `str` indices), never bytes: see [`text`].
 
 pub mod cli;
+pub mod cluster;
 pub mod columns;
 pub mod config;
 pub mod error;

@@ -130,6 +130,11 @@ pub fn ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
+/// `value` as a quoted SQL string literal.
+pub fn literal(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "''"))
+}
+
 #[cfg(test)]
 mod tests {
     use arrow::array::{ArrayRef, AsArray, Int32Array, StringArray};
@@ -185,5 +190,6 @@ mod tests {
     fn identifiers_are_quoted() {
         assert_eq!(ident("end"), "\"end\"");
         assert_eq!(ident("a\"b"), "\"a\"\"b\"");
+        assert_eq!(literal("it's"), "'it''s'");
     }
 }

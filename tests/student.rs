@@ -18,7 +18,7 @@ use crate::util::block_on;
 use biodistill::train::{self, TrainConfig};
 
 /// Documents of the toy corpus; sentences are split on ". " below. Non-ASCII on purpose.
-const DOCS: &[(&str, &str)] = &[
+pub const DOCS: &[(&str, &str)] = &[
     ("toy:1", "We report a case. Aspirin caused severe nausea in a 40-year-old patient."),
     ("toy:2", "Methotrexate-induced hepatotoxicity was observed. The patient recovered."),
     ("toy:3", "Naïve patients on ibuprofen developed a rash and nausea."),
@@ -30,7 +30,7 @@ const DOCS: &[(&str, &str)] = &[
 ];
 
 /// Silver labels (see [`Label`]); "vitamin C tablets" is not in its sentence: unaligned.
-const LABELS: &[Label] = &[
+pub const LABELS: &[Label] = &[
     ("ade", "toy:1", 1, "DRUG", "Aspirin", "ADVERSE_EVENT", "severe nausea"),
     ("ade", "toy:2", 0, "DRUG", "Methotrexate", "ADVERSE_EVENT", "hepatotoxicity"),
     ("ade", "toy:3", 0, "DRUG", "ibuprofen", "ADVERSE_EVENT", "rash"),
@@ -53,7 +53,7 @@ fn model_dir() -> PathBuf {
 }
 
 /// Enough training to overfit the toy set: 60 steps at a high learning rate, no dev split.
-fn overfit() -> TrainConfig {
+pub fn overfit() -> TrainConfig {
     TrainConfig {
         model_dir: model_dir(),
         epochs: 40,

@@ -35,3 +35,8 @@ mod crash;
 
 /// `teacher.base_url = "embedded"` end to end, and `label --plan` on its cache (issue 15).
 mod embedded;
+
+/// `extract.engine = "ballista://…"`: a scheduler and two executors in this process give the
+/// rows local extraction gives (issue 16).
+#[cfg(feature = "cluster")]
+mod cluster;

@@ -11,16 +11,33 @@
 //! loaded on first use) and returns what `extract` would write for it: a list of structs whose
 //! offsets are chars into the argument (`ade_relations` without the provenance columns), or for
 //! `redact` the text with each PHI span replaced by `[TYPE]`. Null text gives null.
+//!
+//! `extract` runs as a plan over two sentence-level variants that name their checkpoint, so
+//! the plan carries everything an executor needs (see [`crate::cluster`]):
+//!
+//! ```sql
+//! SELECT sentence_pairs(text, '/runs/x/student/ade', 'student-0123abcd', 16) FROM sentences;
+//! SELECT sentence_spans(text, '/runs/x/student/phi', 'student-4567ef01', 16) FROM sentences;
+//! ```
+//!
+//! (the last argument: encoder windows per forward pass). They do not split their argument,
+//! return fields named `anchor…`/`related…` (pairs) or `entity_type, start, end, span, score`
+//! (spans), and fail if the checkpoint found at that path on the machine running them is not
+//! that model version.
 
 use std::hash::{Hash, Hasher};
-use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use arrow::array::{Array, ArrayRef, AsArray, Float32Array, Int32Array, ListArray, StringArray, StructArray};
 use arrow::buffer::{NullBuffer, OffsetBuffer};
 use arrow::datatypes::{DataType, Field, Fields};
+use datafusion::common::ScalarValue;
 use datafusion::error::{DataFusionError, Result as DfResult};
-use datafusion::logical_expr::{ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility};
+use datafusion::logical_expr::{
+    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, TypeSignature, Volatility,
+};
 use datafusion::prelude::SessionContext;
 
 use crate::model::checkpoint::Checkpoint;
@@ -61,6 +78,23 @@ pub fn register(ctx: &SessionContext, student_dir: PathBuf) {
         };
         ctx.register_udf(ScalarUDF::new_from_impl(function));
     }
+    for udf in sentence_functions(&Arc::default()) {
+        ctx.register_udf(udf);
+    }
+}
+
+/// `sentence_pairs` and `sentence_spans`, counting the windows they encode in `windows`.
+pub fn sentence_functions(windows: &Arc<AtomicUsize>) -> [ScalarUDF; 2] {
+    [Output::Pairs, Output::Spans].map(|output| {
+        ScalarUDF::new_from_impl(SentenceFunction {
+            output,
+            windows: Arc::clone(windows),
+            signature: Signature::new(
+                TypeSignature::Exact(vec![DataType::Utf8, DataType::Utf8, DataType::Utf8, DataType::Int64]),
+                Volatility::Immutable,
+            ),
+        })
+    })
 }
 
 /// One checkpoint per task, loaded once per session and shared by its functions.
@@ -132,8 +166,31 @@ fn element_fields(task: Task, output: Output) -> Fields {
     }
 }
 
-fn list_type(task: Task, output: Output) -> DataType {
-    DataType::List(Arc::new(Field::new("item", DataType::Struct(element_fields(task, output)), false)))
+fn list_type(fields: Fields) -> DataType {
+    DataType::List(Arc::new(Field::new("item", DataType::Struct(fields), false)))
+}
+
+/// The element fields of `sentence_pairs` and `sentence_spans`: the task's fields under
+/// task-independent names, the same for every checkpoint the plan may name.
+fn sentence_fields(output: Output) -> Fields {
+    let (task, names) = match output {
+        Output::Pairs => (
+            Task::Ade,
+            &["anchor", "anchor_start", "anchor_end", "related", "related_start", "related_end", "score"][..],
+        ),
+        _ => (Task::Phi, &["entity_type", "start", "end", "span", "score"][..]),
+    };
+    let fields = element_fields(task, output);
+    fields.iter().zip(names).map(|(f, name)| f.as_ref().clone().with_name(*name)).collect()
+}
+
+/// [`sentence_fields`] of `sentence_pairs` (`pairs`) or `sentence_spans`.
+pub(super) fn sentence_element_fields(pairs: bool) -> Fields {
+    sentence_fields(if pairs { Output::Pairs } else { Output::Spans })
+}
+
+fn execution(e: crate::error::Error) -> DataFusionError {
+    DataFusionError::Execution(e.to_string())
 }
 
 impl ScalarUDFImpl for StudentFunction {
@@ -148,7 +205,7 @@ impl ScalarUDFImpl for StudentFunction {
     fn return_type(&self, _args: &[DataType]) -> DfResult<DataType> {
         Ok(match self.output {
             Output::Redacted => DataType::Utf8,
-            output => list_type(self.task, output),
+            output => list_type(element_fields(self.task, output)),
         })
     }
 
@@ -157,12 +214,116 @@ impl ScalarUDFImpl for StudentFunction {
         let input = arrow::compute::cast(&input, &DataType::Utf8)?;
         let texts = input.as_string::<i32>();
         let checkpoint = self.students.get(self.task)?;
-        let rows = spans_per_row(&checkpoint, texts).map_err(|e| DataFusionError::Execution(e.to_string()))?;
+        let threads = crate::parallel::available_threads();
+        let (rows, _) = spans_per_row(&checkpoint, texts, true, BATCH_SIZE, threads).map_err(execution)?;
         let out = match self.output {
             Output::Redacted => redacted(texts, &rows),
-            output => list(self.task, output, texts, &rows)?,
+            output => list(element_fields(self.task, output), output, self.task, texts, &rows)?,
         };
         Ok(ColumnarValue::Array(out))
+    }
+}
+
+/// Checkpoints loaded by this process, by directory: every session and every task of an
+/// executor shares them, and a checkpoint retrained in place is reloaded (its version changed).
+static CHECKPOINTS: Mutex<Vec<Arc<Checkpoint>>> = Mutex::new(Vec::new());
+
+/// The checkpoint at `dir`, which must be model version `version`.
+fn checkpoint(dir: &Path, version: &str) -> crate::error::Result<Arc<Checkpoint>> {
+    let mut loaded = CHECKPOINTS.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(found) = loaded.iter().find(|c| c.dir == dir && c.config.model_version == version) {
+        return Ok(Arc::clone(found));
+    }
+    let host =
+        std::fs::read_to_string("/etc/hostname").map_or_else(|_| "this machine".into(), |h| h.trim().to_string());
+    if !dir.is_dir() {
+        return Err(crate::error::Error::input(
+            dir,
+            format!("no checkpoint here on {host}: every machine must see the run directory at the same path"),
+        ));
+    }
+    let found = Arc::new(Checkpoint::load(dir, &candle_core::Device::Cpu)?);
+    if found.config.model_version != version {
+        return Err(crate::error::Error::input(
+            dir,
+            format!(
+                "checkpoint on {host} is {}, the plan asked for {version}: every machine must see the same run directory",
+                found.config.model_version
+            ),
+        ));
+    }
+    loaded.retain(|c| c.dir != dir);
+    loaded.push(Arc::clone(&found));
+    Ok(found)
+}
+
+/// `sentence_pairs(text, checkpoint_dir, model_version, batch_size)` or `sentence_spans(…)`:
+/// one sentence per row, one encoder thread per call (the plan's partitions are the parallelism).
+#[derive(Debug)]
+struct SentenceFunction {
+    output: Output,
+    windows: Arc<AtomicUsize>,
+    signature: Signature,
+}
+
+impl PartialEq for SentenceFunction {
+    fn eq(&self, other: &Self) -> bool {
+        self.output == other.output
+    }
+}
+
+impl Eq for SentenceFunction {}
+
+impl Hash for SentenceFunction {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.output.hash(state);
+    }
+}
+
+impl SentenceFunction {
+    /// The string literal argument `index` (`checkpoint_dir`, `model_version`).
+    fn literal<'a>(&self, args: &'a ScalarFunctionArgs, index: usize, what: &str) -> DfResult<&'a str> {
+        match &args.args[index] {
+            ColumnarValue::Scalar(ScalarValue::Utf8(Some(value))) => Ok(value),
+            _ => Err(DataFusionError::Plan(format!("{}: {what} must be a string literal", self.name()))),
+        }
+    }
+}
+
+impl ScalarUDFImpl for SentenceFunction {
+    fn name(&self) -> &str {
+        if self.output == Output::Pairs { "sentence_pairs" } else { "sentence_spans" }
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> DfResult<DataType> {
+        Ok(list_type(sentence_fields(self.output)))
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        let dir = Path::new(self.literal(&args, 1, "checkpoint_dir")?);
+        let checkpoint = checkpoint(dir, self.literal(&args, 2, "model_version")?).map_err(execution)?;
+        let task = checkpoint.config.spec.task;
+        if task.relation().is_some() != (self.output == Output::Pairs) {
+            let kind = if self.output == Output::Pairs { "pairs" } else { "spans" };
+            return Err(DataFusionError::Plan(format!(
+                "{}: the {task} student at {} has no {kind}",
+                self.name(),
+                dir.display()
+            )));
+        }
+        let input = args.args[0].to_array(args.number_rows)?;
+        let texts = input.as_string::<i32>();
+        let batch_size = match &args.args[3] {
+            ColumnarValue::Scalar(ScalarValue::Int64(Some(n))) if *n > 0 => *n as usize,
+            _ => return Err(DataFusionError::Plan(format!("{}: batch_size must be a positive literal", self.name()))),
+        };
+        let (rows, windows) = spans_per_row(&checkpoint, texts, false, batch_size, 1).map_err(execution)?;
+        self.windows.fetch_add(windows, Ordering::Relaxed);
+        Ok(ColumnarValue::Array(list(sentence_fields(self.output), self.output, task, texts, &rows)?))
     }
 }
 
@@ -177,7 +338,16 @@ struct Found {
 
 /// Per input row, what the student found in it (entities for PHI, pairs otherwise), in the
 /// order of the text.
-fn spans_per_row(checkpoint: &Checkpoint, texts: &StringArray) -> crate::error::Result<Vec<Vec<Found>>> {
+/// Texts are split into sentences first unless `split` is false (each already is one); the
+/// encoder runs `batch_size` windows at a time on `threads` threads. Also returns the windows
+/// encoded.
+fn spans_per_row(
+    checkpoint: &Checkpoint,
+    texts: &StringArray,
+    split: bool,
+    batch_size: usize,
+    threads: usize,
+) -> crate::error::Result<(Vec<Vec<Found>>, usize)> {
     let mut sentences = Vec::new();
     for row in 0..texts.len() {
         if texts.is_null(row) {
@@ -185,7 +355,12 @@ fn spans_per_row(checkpoint: &Checkpoint, texts: &StringArray) -> crate::error::
         }
         let text = texts.value(row);
         let index = CharIndex::new(text);
-        for (sent_id, span) in crate::text::sentences::split(text).into_iter().enumerate() {
+        let spans = if split {
+            crate::text::sentences::split(text)
+        } else {
+            vec![crate::text::sentences::Span { start: 0, end: index.len_chars() }]
+        };
+        for (sent_id, span) in spans.into_iter().enumerate() {
             let sentence = &text[index.byte(span.start)..index.byte(span.end)];
             sentences.push((
                 row,
@@ -199,8 +374,7 @@ fn spans_per_row(checkpoint: &Checkpoint, texts: &StringArray) -> crate::error::
         }
     }
     let batch: Vec<SentenceRow> = sentences.iter().map(|(_, s)| s.clone()).collect();
-    let threads = crate::parallel::available_threads();
-    let predictions = predict(checkpoint, &batch, BATCH_SIZE, threads)?;
+    let predictions = predict(checkpoint, &batch, batch_size, threads)?;
     let mut out: Vec<Vec<Found>> = (0..texts.len()).map(|_| Vec::new()).collect();
     let at = |s: usize| (sentences[s].0, batch[s].start);
     if checkpoint.config.spec.task.relation().is_some() {
@@ -224,11 +398,10 @@ fn spans_per_row(checkpoint: &Checkpoint, texts: &StringArray) -> crate::error::
     for found in &mut out {
         found.sort_by_key(|f| (f.start, f.end, f.related));
     }
-    Ok(out)
+    Ok((out, predictions.windows))
 }
 
-fn list(task: Task, output: Output, texts: &StringArray, rows: &[Vec<Found>]) -> DfResult<ArrayRef> {
-    let fields = element_fields(task, output);
+fn list(fields: Fields, output: Output, task: Task, texts: &StringArray, rows: &[Vec<Found>]) -> DfResult<ArrayRef> {
     let all: Vec<(&str, &Found)> =
         rows.iter().enumerate().flat_map(|(r, found)| found.iter().map(move |f| (texts.value(r), f))).collect();
     let slice = |text: &str, start: usize, end: usize| {

@@ -110,11 +110,19 @@ pub struct Checkpoint {
     pub tokenizer: WordPieces,
 }
 
+impl CheckpointConfig {
+    /// The config of the checkpoint at `dir`, without loading its weights.
+    pub fn read(dir: &Path) -> Result<Self> {
+        let config_path = dir.join(CONFIG_FILE);
+        serde_json::from_slice(&fs::read(&config_path).with_path(&config_path)?)
+            .map_err(|e| Error::input(&config_path, format!("not a student checkpoint config: {e}")))
+    }
+}
+
 impl Checkpoint {
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
+        let config = CheckpointConfig::read(dir)?;
         let config_path = dir.join(CONFIG_FILE);
-        let config: CheckpointConfig = serde_json::from_slice(&fs::read(&config_path).with_path(&config_path)?)
-            .map_err(|e| Error::input(&config_path, format!("not a student checkpoint config: {e}")))?;
         let encoder: BertConfig = serde_json::from_value(config.encoder.clone())
             .map_err(|e| Error::input(&config_path, format!("bad encoder config: {e}")))?;
         let weights = dir.join(WEIGHTS_FILE);

@@ -1,0 +1,179 @@
+//! Extraction as a DataFusion plan: per task, the selected `sentences`, hash-partitioned by
+//! sentence, through `sentence_pairs` / `sentence_spans` (see [`super::functions`]), the
+//! returned lists unnested into one row per pair or span, offsets moved from the sentence into
+//! the document, sorted. The same plan runs in this process (partitions on the cores) or on a
+//! Ballista cluster (partitions on the executors: hash, not round-robin, partitioning because
+//! Ballista drops round-robin repartitions and would run the students in one task).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use datafusion::common::UnnestOptions;
+use datafusion::dataframe::DataFrame;
+use datafusion::functions::core::expr_fn::get_field;
+use datafusion::logical_expr::{Expr, Partitioning, ScalarUDF, col, lit};
+use datafusion::prelude::SessionContext;
+
+use super::functions::sentence_element_fields;
+use super::{ExtractConfig, output_schema};
+use crate::error::Result;
+use crate::model::tags::Task;
+use crate::plan::{ident, literal};
+use crate::schema::table;
+
+/// The sentence's char offset in its document, renamed so it cannot clash with `phi_spans.start`.
+const SENTENCE_START: &str = "sentence_start";
+/// The unnested list element.
+const ELEMENT: &str = "element";
+
+impl ExtractConfig {
+    /// The SQL predicate on `documents` that selects what `task` reads (`None`: everything).
+    fn document_filter(&self, task: Task) -> Option<String> {
+        let within = |column: &str, values: &mut dyn Iterator<Item = &String>| {
+            let values: Vec<String> = values.map(|v| literal(v)).collect();
+            if values.is_empty() { "FALSE".to_string() } else { format!("{column} IN ({})", values.join(", ")) }
+        };
+        let mut terms = Vec::new();
+        if !self.splits.is_empty() {
+            terms.push(within("split", &mut self.splits.iter()));
+        }
+        if let Some(sources) = self.sources.get(&task) {
+            terms.push(within("source", &mut sources.iter()));
+        }
+        if let Some(only) = &self.only_documents {
+            let mut only: Vec<&String> = only.iter().collect();
+            only.sort_unstable();
+            terms.push(within("doc_id", &mut only.into_iter()));
+        }
+        (!terms.is_empty()).then(|| terms.join(" AND "))
+    }
+
+    /// `WHERE …` keeping the sentences of documents that pass any of `filters` (none: all).
+    fn sentence_filter(filters: &[Option<String>]) -> String {
+        if filters.iter().any(Option::is_none) {
+            return String::new();
+        }
+        let any: Vec<String> = filters.iter().flatten().map(|f| format!("({f})")).collect();
+        format!(" WHERE doc_id IN (SELECT doc_id FROM {} WHERE {})", ident(table::DOCUMENTS), any.join(" OR "))
+    }
+}
+
+/// Sentences any configured task reads.
+pub(super) async fn count_sentences(ctx: &SessionContext, cfg: &ExtractConfig) -> Result<usize> {
+    let filters: Vec<Option<String>> = cfg.tasks.iter().map(|&t| cfg.document_filter(t)).collect();
+    let query = format!("SELECT count(*) FROM {}{}", ident(table::SENTENCES), ExtractConfig::sentence_filter(&filters));
+    let batches = ctx.sql(&query).await?.collect().await?;
+    let counts =
+        batches.first().map(|b| arrow::array::AsArray::as_primitive::<arrow::datatypes::Int64Type>(b.column(0)));
+    Ok(counts.map_or(0, |c| c.value(0) as usize))
+}
+
+/// What one task's plan needs: its checkpoint and the provenance it stamps on each row.
+pub(super) struct TaskPlan<'a> {
+    pub task: Task,
+    pub checkpoint_dir: &'a Path,
+    pub model_version: &'a str,
+    pub run_id: &'a str,
+    /// `sentence_pairs` and `sentence_spans`, as registered on the session.
+    pub functions: &'a [ScalarUDF; 2],
+    /// Partitions the students run in.
+    pub partitions: usize,
+}
+
+/// The plan whose rows are `task`'s output table (its columns, in order).
+pub(super) async fn task_plan(ctx: &SessionContext, cfg: &ExtractConfig, plan: &TaskPlan<'_>) -> Result<DataFrame> {
+    let filter = ExtractConfig::sentence_filter(&[cfg.document_filter(plan.task)]);
+    let sentences =
+        format!("SELECT doc_id, sent_id, start AS {SENTENCE_START}, text FROM {}{filter}", ident(table::SENTENCES));
+    let pairs = plan.task.relation().is_some();
+    let function = &plan.functions[if pairs { 0 } else { 1 }];
+    let dir = plan.checkpoint_dir.to_string_lossy().into_owned();
+    let batch_size = lit(cfg.batch_size as i64);
+    let found = function.call(vec![col("text"), lit(dir), lit(plan.model_version), batch_size]).alias(ELEMENT);
+    let sort: Vec<_> = sort_columns(plan.task).into_iter().map(|c| col(c).sort(true, false)).collect();
+    let df = ctx
+        .sql(&sentences)
+        .await?
+        .repartition(Partitioning::Hash(vec![col("doc_id"), col("sent_id")], plan.partitions.max(1)))?
+        .select(vec![col("doc_id"), col("sent_id"), col(SENTENCE_START), found])?
+        .unnest_columns_with_options(&[ELEMENT], UnnestOptions::new().with_preserve_nulls(false))?
+        .select(output_columns(plan))?
+        .sort(sort)?;
+    Ok(df)
+}
+
+/// The output table's columns as expressions over the unnested element.
+fn output_columns(plan: &TaskPlan<'_>) -> Vec<Expr> {
+    let schema = output_schema(plan.task);
+    let elements = sentence_element_fields(plan.task.relation().is_some());
+    schema
+        .fields()
+        .iter()
+        .enumerate()
+        .map(|(i, field)| {
+            let name = field.name().as_str();
+            let value = match name {
+                "doc_id" | "sent_id" => col(name),
+                "model_version" => lit(plan.model_version),
+                "run_id" => lit(plan.run_id),
+                // Pairs: the element's fields in the table's order after doc_id, sent_id;
+                // spans: by name, the entity type under the table's name for it.
+                _ => {
+                    let element = match plan.task.relation() {
+                        Some(_) => &elements[i - 2],
+                        None => elements
+                            .iter()
+                            .find(|e| e.name() == name || (name == "phi_type" && e.name() == "entity_type"))
+                            .expect("every phi_spans column is an element field"),
+                    };
+                    let value = get_field(col(ELEMENT), element.name().as_str());
+                    // Every integer field is a char offset into the sentence.
+                    if element.data_type() == &arrow::datatypes::DataType::Int32 {
+                        col(SENTENCE_START) + value
+                    } else {
+                        value
+                    }
+                }
+            };
+            value.alias(name)
+        })
+        .collect()
+}
+
+/// The output order: by document, then every offset column in the table's order.
+fn sort_columns(task: Task) -> Vec<String> {
+    let schema = output_schema(task);
+    let int = |f: &&Arc<arrow::datatypes::Field>| f.data_type() == &arrow::datatypes::DataType::Int32;
+    std::iter::once("doc_id".to_string()).chain(schema.fields().iter().filter(int).map(|f| f.name().clone())).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, HashSet};
+
+    use super::*;
+
+    #[test]
+    fn filters_select_documents_by_split_source_and_id() {
+        let cfg = ExtractConfig {
+            splits: vec!["train".into(), "it's".into()],
+            sources: BTreeMap::from([(Task::Ade, vec!["ade".into()]), (Task::Phi, vec![])]),
+            ..Default::default()
+        };
+        assert_eq!(cfg.document_filter(Task::Ade).unwrap(), "split IN ('train', 'it''s') AND source IN ('ade')");
+        assert_eq!(cfg.document_filter(Task::Phi).unwrap(), "split IN ('train', 'it''s') AND FALSE");
+        let only =
+            ExtractConfig { only_documents: Some(HashSet::from(["b".into(), "a".into()])), ..Default::default() };
+        assert_eq!(only.document_filter(Task::Ade).unwrap(), "doc_id IN ('a', 'b')");
+        assert_eq!(ExtractConfig::default().document_filter(Task::Ade), None);
+        let any = ExtractConfig::sentence_filter(&[Some("x".into()), Some("y".into())]);
+        assert_eq!(any, " WHERE doc_id IN (SELECT doc_id FROM \"documents\" WHERE (x) OR (y))");
+        assert_eq!(ExtractConfig::sentence_filter(&[Some("x".into()), None]), "");
+    }
+
+    #[test]
+    fn rows_sort_by_document_then_offsets() {
+        assert_eq!(sort_columns(Task::Phi), ["doc_id", "start", "end"]);
+        assert_eq!(sort_columns(Task::Ade)[..3], ["doc_id", "sent_id", "drug_start"]);
+    }
+}
