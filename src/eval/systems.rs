@@ -161,8 +161,9 @@ pub fn agreed_labels(labels: &[TeacherLabel], task: &str, calls: &TeacherCalls) 
         return None;
     }
     type Vote<'a> = (&'a str, &'a Mention, Option<&'a Mention>);
-    type Passes<'a> = BTreeMap<i32, BTreeSet<Vote<'a>>>;
-    let mut by_sentence: BTreeMap<(&str, i32), (Passes, HashMap<Vote, &TeacherLabel>)> = BTreeMap::new();
+    /// A sentence's votes by pass, and the first label behind each vote.
+    type Sentence<'a> = (BTreeMap<i32, BTreeSet<Vote<'a>>>, HashMap<Vote<'a>, &'a TeacherLabel>);
+    let mut by_sentence: BTreeMap<(&str, i32), Sentence> = BTreeMap::new();
     for l in labels.iter().filter(|l| l.task == task) {
         let vote = (l.subject_type.as_str(), &l.subject, l.object.as_ref());
         let (passes, first) = by_sentence.entry((l.doc_id.as_str(), l.sent_id)).or_default();
