@@ -147,13 +147,15 @@ pub fn masked_cross_entropy(logits: &Tensor, targets: &[u32], positive_weight: f
         return Ok(None);
     }
     let device = logits.device();
-    let weights: Vec<f32> = labels.iter().map(|&t| if t == 0 { 1.0 } else { positive_weight as f32 }).collect();
+    // Only a weighted loss needs per-row weights (this runs once per head per training step).
+    let weights: Option<Vec<f32>> = (positive_weight != 1.0)
+        .then(|| labels.iter().map(|&t| if t == 0 { 1.0 } else { positive_weight as f32 }).collect());
     let rows = Tensor::from_vec(rows, labels.len(), device)?;
     let labels = Tensor::from_vec(labels, rows.dim(0)?, device)?;
     let picked = flat.index_select(&rows, 0)?;
-    if positive_weight == 1.0 {
+    let Some(weights) = weights else {
         return Ok(Some(candle_nn::loss::cross_entropy(&picked, &labels)?));
-    }
+    };
     let total: f32 = weights.iter().sum();
     let weights = Tensor::from_vec(weights, rows.dim(0)?, device)?;
     let log_p = candle_nn::ops::log_softmax(&picked, D::Minus1)?.gather(&labels.unsqueeze(1)?, 1)?.squeeze(1)?;
