@@ -127,11 +127,12 @@ pub fn select_sentences(
             .iter()
             .flat_map(|s| label::sentence_keys(&passes, &prompts[&task], task, &s.text))
             .collect();
-        let cached: Vec<bool> = contains(&keys)?.chunks(passes.len()).map(|c| c.iter().all(|&hit| hit)).collect();
+        let answered: Vec<usize> =
+            contains(&keys)?.chunks(passes.len()).map(|c| c.iter().filter(|&&hit| hit).count()).collect();
         let dev_keys: Vec<RequestKey> =
             candidates.dev.iter().flat_map(|s| label::sentence_keys(&passes, &prompts[&task], task, &s.text)).collect();
         let dev_cached = contains(&dev_keys)?.iter().filter(|&&hit| hit).count();
-        let mut selection = select::choose(cfg, task, candidates, &cached, scorer)?;
+        let mut selection = select::choose(cfg, task, candidates, &answered, scorer)?;
         selection.dev_cached = dev_cached;
         out.insert(task, selection);
     }

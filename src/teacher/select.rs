@@ -6,8 +6,10 @@
 //! exist, so a growing corpus keeps earlier picks (and their cache entries).
 //!
 //! Candidates the cache already answers (under the current request: endpoint, model, prompt,
-//! sampling) are the **silver set**, free. Of the rest, a run asks about `label.budget`: the
-//! first ones in random order, or ([`Selection::Informative`]) the ones the current student
+//! sampling; every one of `label.passes`) are the **silver set**, free. Of the rest, a run asks
+//! about `label.budget`: first those some passes already answered (raising `label.passes` then
+//! completes the silver set a sentence at a time, one request each, before paying for new
+//! sentences), then the first ones in random order, or ([`Selection::Informative`]) the ones the current student
 //! finds most informative within a pool, with a random share kept for exploration. Dev
 //! sentences (`dev_sample`, from `dev_sources`) are labeled only to score the teacher.
 
@@ -146,31 +148,42 @@ pub fn candidates(cfg: &LabelConfig, run_dir: &RunDir) -> Result<BTreeMap<Task, 
 /// when there is no student to score with yet.
 pub type Scorer<'a> = dyn FnMut(Task, &[Sentence]) -> Result<Option<Vec<f32>>> + 'a;
 
-/// Split `candidates` into the silver set (`cached[i]`) and this run's picks.
+/// Split `candidates` into the silver set (all `label.passes` answered: `answered[i]`) and
+/// this run's picks.
 pub fn choose(
     cfg: &LabelConfig,
     task: Task,
     candidates: Candidates,
-    cached: &[bool],
+    answered: &[usize],
     scorer: &mut Scorer,
 ) -> Result<TaskSelection> {
-    debug_assert_eq!(cached.len(), candidates.train.len());
-    let (mut silver, mut unasked) = (Vec::new(), Vec::new());
-    for (s, &hit) in candidates.train.into_iter().zip(cached) {
-        if hit { silver.push(s) } else { unasked.push(s) }
+    debug_assert_eq!(answered.len(), candidates.train.len());
+    let passes = cfg.passes.max(1);
+    let (mut silver, mut started, mut unasked) = (Vec::new(), Vec::new(), Vec::new());
+    for (s, &n) in candidates.train.into_iter().zip(answered) {
+        match n {
+            n if n >= passes => silver.push(s),
+            0 => unasked.push(s),
+            _ => started.push(s),
+        }
     }
-    let budget = cfg.budget.min(unasked.len());
-    let (picked, policy) = match cfg.select {
+    // Started sentences first, each in random order: the policy ranks only the unstarted ones.
+    let started_picks = started.len().min(cfg.budget);
+    unasked.splice(0..0, started);
+    let budget = cfg.budget.min(unasked.len()) - started_picks;
+    let rest = &unasked[started_picks..];
+    let (picked, policy): (Vec<usize>, String) = match cfg.select {
         Selection::Random => ((0..budget).collect(), "random".to_string()),
         Selection::Informative if budget == 0 => (vec![], "informative".to_string()),
         Selection::Informative => {
-            let pool = &unasked[..unasked.len().min(budget.saturating_mul(cfg.pool_factor.max(1)))];
+            let pool = &rest[..rest.len().min(budget.saturating_mul(cfg.pool_factor.max(1)))];
             match scorer(task, pool)? {
                 Some(scores) => (informative(&scores, budget, cfg.explore), "informative".to_string()),
                 None => ((0..budget).collect(), "random (informative: no student yet)".to_string()),
             }
         }
     };
+    let picked: Vec<usize> = (0..started_picks).chain(picked.into_iter().map(|i| i + started_picks)).collect();
     let remaining = unasked.len() - picked.len();
     let mut keep = vec![false; unasked.len()];
     for i in picked {
@@ -215,7 +228,7 @@ mod tests {
     #[test]
     fn cached_candidates_are_silver_and_the_budget_takes_the_next_unasked() {
         let train = sentences(10);
-        let cached: Vec<bool> = (0..10).map(|i| i % 3 == 0).collect(); // 0, 3, 6, 9
+        let cached: Vec<usize> = (0..10).map(|i| usize::from(i % 3 == 0)).collect(); // 0, 3, 6, 9
         let candidates = Candidates { train: train.clone(), dev: vec![], too_long: 0 };
         let picked =
             choose(&cfg(Selection::Random, 4), Task::Ade, candidates, &cached, &mut |_, _| unreachable!()).unwrap();
@@ -237,7 +250,7 @@ mod tests {
     #[test]
     fn informative_ranks_a_pool_keeps_an_exploration_share_and_falls_back_without_a_student() {
         let train = sentences(20);
-        let none = vec![false; 20];
+        let none = vec![0; 20];
         let mut pools = Vec::new();
         // Scores rise with the index: the last of the pool (3 x budget 4 = 12) are the best.
         let mut scorer = |_: Task, pool: &[Sentence]| {
@@ -269,6 +282,33 @@ mod tests {
         .unwrap();
         assert_eq!(fallback.new, random.new, "no student: random");
         assert!(fallback.policy.starts_with("random"), "{}", fallback.policy);
+    }
+
+    #[test]
+    fn a_second_pass_completes_started_sentences_before_new_ones() {
+        let two = |select, budget| LabelConfig { passes: 2, ..cfg(select, budget) };
+        // d0 has both passes, d2 and d4 only the first: they come first, in random order.
+        let answered = [2, 0, 1, 0, 1, 0, 0, 0];
+        let ids = |sel: &TaskSelection| sel.new.iter().map(|s| s.doc_id.clone()).collect::<Vec<_>>();
+        let candidates = || Candidates { train: sentences(8), dev: vec![], too_long: 0 };
+        let random =
+            choose(&two(Selection::Random, 3), Task::Ade, candidates(), &answered, &mut |_, _| unreachable!()).unwrap();
+        assert_eq!(random.silver.len(), 1);
+        assert_eq!(ids(&random), ["d2", "d4", "d1"]);
+        assert_eq!(random.remaining, 4);
+        let one =
+            choose(&two(Selection::Random, 1), Task::Ade, candidates(), &answered, &mut |_, _| unreachable!()).unwrap();
+        assert_eq!(ids(&one), ["d2"], "a budget smaller than the started set");
+        // Informative ranks only the unstarted sentences, after the started ones.
+        let mut pools = Vec::new();
+        let mut scorer = |_: Task, pool: &[Sentence]| {
+            pools.push(pool.iter().map(|s| s.doc_id.clone()).collect::<Vec<_>>());
+            Ok(Some((0..pool.len()).map(|i| i as f32).collect()))
+        };
+        let informative = LabelConfig { explore: 0.0, ..two(Selection::Informative, 4) };
+        let picked = choose(&informative, Task::Ade, candidates(), &answered, &mut scorer).unwrap();
+        assert_eq!(ids(&picked), ["d2", "d4", "d6", "d7"]);
+        assert_eq!(pools, [["d1", "d3", "d5", "d6", "d7"]]);
     }
 
     #[test]
