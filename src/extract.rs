@@ -20,6 +20,7 @@
 
 pub mod functions;
 mod plan;
+pub mod recognizers;
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
@@ -83,6 +84,9 @@ pub struct ExtractConfig {
     /// Only these documents (incremental runs set it to the new and changed ones).
     #[serde(skip)]
     pub only_documents: Option<HashSet<String>>,
+    /// Pattern recognizers fused with the PHI student ([`recognizers`]; `phi_spans.found_by`
+    /// names who found each span); default all of them, `[]` for the student alone.
+    pub phi_recognizers: Vec<String>,
 }
 
 impl Default for ExtractConfig {
@@ -101,6 +105,7 @@ impl Default for ExtractConfig {
             splits: Vec::new(),
             sources: BTreeMap::new(),
             only_documents: None,
+            phi_recognizers: recognizers::NAMES.iter().map(|n| n.to_string()).collect(),
         }
     }
 }
@@ -205,6 +210,7 @@ pub async fn run(cfg: &ExtractConfig, run_dir: &RunDir) -> Result<ExtractReport>
     if cfg.tasks.is_empty() || cfg.batch_size == 0 || cfg.read_rows == 0 {
         return Err(Error::Config("extract: tasks must be non-empty, batch_size and read_rows positive".into()));
     }
+    recognizers::validate(&cfg.phi_recognizers).map_err(|e| Error::Config(format!("extract.phi_recognizers: {e}")))?;
     if !run_dir.has_table(table::SENTENCES) {
         return Err(Error::input(run_dir.table_path(table::SENTENCES), "no sentences (run `biodistill ingest` first)"));
     }

@@ -223,8 +223,9 @@ pub static ADE_RELATIONS: LazyLock<SchemaRef> = LazyLock::new(|| extracted_pair_
 /// `documents.text`.
 pub static GENE_DISEASE: LazyLock<SchemaRef> = LazyLock::new(|| extracted_pair_schema("gene", "disease"));
 
-/// `phi_spans(doc_id, start, end, phi_type, score, model_version, run_id)`; offsets index
-/// `documents.text`.
+/// `phi_spans(doc_id, start, end, phi_type, score, found_by, model_version, run_id)`; offsets
+/// index `documents.text`; `found_by` lists `student` and/or the pattern recognizers
+/// (`extract::recognizers`) that found the span.
 pub static PHI_SPANS: LazyLock<SchemaRef> = LazyLock::new(|| {
     Arc::new(Schema::new(vec![
         utf8("doc_id"),
@@ -232,10 +233,16 @@ pub static PHI_SPANS: LazyLock<SchemaRef> = LazyLock::new(|| {
         int32("end"),
         utf8("phi_type"),
         Field::new("score", DataType::Float32, false),
+        Field::new("found_by", found_by_type(), false),
         utf8("model_version"),
         utf8("run_id"),
     ]))
 });
+
+/// `phi_spans.found_by`: a list of recognizer names.
+pub fn found_by_type() -> DataType {
+    DataType::List(Arc::new(Field::new("item", DataType::Utf8, false)))
+}
 
 /// `redacted_documents(doc_id, redacted_text)`: each PHI span replaced by `[TYPE]`.
 pub static REDACTED_DOCUMENTS: LazyLock<SchemaRef> =

@@ -3,7 +3,9 @@
 //! Each `<name>.parquet` in the run directory is registered as table `<name>`, so queries use
 //! the names in [`crate::schema::table`]. Results print as a table, CSV or JSON lines, or are
 //! written to a Parquet file. The student's SQL functions (`ade_pairs`, `gene_disease_pairs`,
-//! `phi_spans`, `redact`: [`crate::extract::functions`]) are registered too.
+//! `phi_spans`, `redact`: [`crate::extract::functions`]) are registered too, and a quoted path
+//! is a table (`SELECT unnest(ade_pairs(abstract)) FROM 'my.parquet'`), so the student runs
+//! on any Parquet, CSV or JSON file without a run directory.
 
 use std::path::Path;
 
@@ -31,7 +33,7 @@ pub enum OutputFormat {
 /// A DataFusion session with every table of `run_dir` registered by name, and the student
 /// functions over the checkpoints in `students` (a run directory's `student/`).
 pub async fn session(run_dir: &RunDir, students: &Path) -> Result<SessionContext> {
-    let ctx = crate::plan::session(run_dir, crate::plan::Limits::default()).await?;
+    let ctx = crate::plan::session(run_dir, crate::plan::Limits::default()).await?.enable_url_table();
     crate::extract::functions::register(&ctx, students.to_path_buf());
     Ok(ctx)
 }
@@ -98,12 +100,22 @@ mod tests {
             false,
         )]));
         let b = crate::run_dir::batch(&schema, vec![Arc::new(arrow::array::Int32Array::from(vec![1, 2, 3]))]).unwrap();
-        run.write_table("nums", schema, &[b]).unwrap();
+        run.write_table("nums", schema.clone(), &[b]).unwrap();
         let out = query(&run, "SELECT sum(x) AS total FROM nums -- comment\n;").await.unwrap();
         assert_eq!(render(&out, OutputFormat::Csv).unwrap(), "total\n6\n");
         assert!(render(&out, OutputFormat::Table).unwrap().contains("| 6     |"));
         assert_eq!(render(&out, OutputFormat::Json).unwrap(), "{\"total\":6}\n");
         let err = query(&run, "SELECT * FROM missing").await.unwrap_err().to_string();
         assert!(err.contains("missing"), "{err}");
+        // A file outside the run directory, by its path.
+        let outside = tempfile::tempdir().unwrap();
+        let other = RunDir::create(outside.path()).unwrap();
+        let b = crate::run_dir::batch(&schema, vec![Arc::new(arrow::array::Int32Array::from(vec![5, 7]))]).unwrap();
+        other.write_table("elsewhere", schema, &[b]).unwrap();
+        let path = other.table_path("elsewhere");
+        let out = query(&run, &format!("SELECT max(x) AS top FROM '{}'", path.display())).await.unwrap();
+        assert_eq!(render(&out, OutputFormat::Csv).unwrap(), "top\n7\n");
+        let err = query(&run, "SELECT * FROM '/no/such/file.parquet'").await.unwrap_err().to_string();
+        assert!(err.contains("/no/such/file.parquet"), "{err}");
     }
 }

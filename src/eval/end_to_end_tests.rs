@@ -32,6 +32,17 @@ fn i(values: &[i32]) -> ArrayRef {
 fn oi(values: &[Option<i32>]) -> ArrayRef {
     Arc::new(Int32Array::from(values.to_vec()))
 }
+/// `phi_spans.found_by` of `n` spans the student found.
+fn student_found(n: usize) -> ArrayRef {
+    let mut builder = arrow::array::ListBuilder::new(arrow::array::StringBuilder::new())
+        .with_field(Arc::new(arrow::datatypes::Field::new("item", arrow::datatypes::DataType::Utf8, false)));
+    for _ in 0..n {
+        builder.values().append_value("student");
+        builder.append(true);
+    }
+    Arc::new(builder.finish())
+}
+
 fn f32s(n: usize) -> ArrayRef {
     Arc::new(Float32Array::from(vec![0.9; n]))
 }
@@ -139,7 +150,7 @@ fn student(run_dir: &RunDir) {
         run_dir,
         tables::PHI_SPANS,
         &schema::PHI_SPANS,
-        vec![s(&["meddocan:m1"]), i(&[9]), i(&[13]), s(&["NAME"]), f32s(1), s(&["v"]), s(&["r"])],
+        vec![s(&["meddocan:m1"]), i(&[9]), i(&[13]), s(&["NAME"]), f32s(1), student_found(1), s(&["v"]), s(&["r"])],
     );
 }
 

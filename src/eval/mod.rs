@@ -256,6 +256,9 @@ pub fn run_with_context(
             note(format!("{task}: the teacher labeled no sentence; teacher and {SUBSET_TEACHER_SAMPLE} skipped"));
         }
         for system in System::ALL {
+            if system == System::PhiRules && *task != "phi" {
+                continue;
+            }
             let preds = match predictions(run_dir, system, task, &sentences, task_calls, labels.as_deref())? {
                 Some(preds) => preds,
                 None => {
@@ -275,7 +278,7 @@ pub fn run_with_context(
             }
             for (subset, scope) in subsets {
                 for (dataset, metrics) in evaluate(gold, &preds, &sentences, scope) {
-                    if !system.is_teacher() && !cfg.extracted(task, &dataset) {
+                    if system.is_extracted() && !cfg.extracted(task, &dataset) {
                         not_extracted.insert(format!("{task}/{dataset}"));
                         continue;
                     }
@@ -368,6 +371,9 @@ fn predictions(
             "phi" => Preds::Spans(systems::teacher_phi(labels, &calls.ok, sentences)),
             _ => Preds::Pairs(systems::teacher_pairs(labels, task, &calls.ok)),
         }));
+    }
+    if system == System::PhiRules {
+        return Ok(Some(Preds::Spans(systems::rules_phi(run_dir, sentences)?)));
     }
     let name = system.table(base_table(task));
     Ok(match task {

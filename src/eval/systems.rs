@@ -1,6 +1,7 @@
 //! The systems compared and their predictions: the teacher's labels from `teacher_calls` and
 //! `teacher_labels` (its first pass, and with two or more passes the labels they agree on),
-//! the student's and the supervised reference's extracted tables.
+//! the student's and the supervised reference's extracted tables, and for PHI the pattern
+//! recognizers alone (run here over the sentences: they need no extraction).
 //!
 //! Predicted pairs are converted to sentence offsets and predicted PHI spans to document
 //! offsets, the coordinates of the gold they are compared with. A missing table is `Ok(None)`.
@@ -13,7 +14,7 @@ use super::load::{SentKey, Sentences, read_opt};
 use super::metrics::Mention;
 use crate::columns::{TableStream, opt_i32, opt_str};
 use crate::error::Result;
-use crate::extract::SUPERVISED_REFERENCE_SUFFIX;
+use crate::extract::{SUPERVISED_REFERENCE_SUFFIX, recognizers};
 use crate::run_dir::RunDir;
 use crate::schema::table;
 use crate::teacher::agreement;
@@ -28,10 +29,15 @@ pub enum System {
     TeacherAgreed,
     Student,
     SupervisedReference,
+    /// Every PHI pattern recognizer alone ([`crate::extract::recognizers`]), without the
+    /// student: what `phi_spans` adds to the student (`extract.phi_recognizers`) and the
+    /// baseline a rules-only de-identifier would give.
+    PhiRules,
 }
 
 impl System {
-    pub const ALL: [System; 4] = [System::Teacher, System::TeacherAgreed, System::Student, System::SupervisedReference];
+    pub const ALL: [System; 5] =
+        [System::Teacher, System::TeacherAgreed, System::Student, System::SupervisedReference, System::PhiRules];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -39,7 +45,13 @@ impl System {
             System::TeacherAgreed => "teacher_agreed",
             System::Student => "student",
             System::SupervisedReference => "supervised_reference",
+            System::PhiRules => "phi_rules",
         }
+    }
+
+    /// Read from an extracted table, so scored only on datasets the students were run over.
+    pub fn is_extracted(self) -> bool {
+        matches!(self, System::Student | System::SupervisedReference)
     }
 
     /// The teacher's labels rather than an extracted table: scored on the teacher's sample only.
@@ -51,7 +63,7 @@ impl System {
     pub fn table(self, base: &str) -> String {
         match self {
             System::SupervisedReference => format!("{base}{SUPERVISED_REFERENCE_SUFFIX}"),
-            System::Teacher | System::TeacherAgreed | System::Student => base.to_string(),
+            System::Teacher | System::TeacherAgreed | System::Student | System::PhiRules => base.to_string(),
         }
     }
 }
@@ -247,6 +259,29 @@ pub fn system_pairs(
     Ok(Some(pairs))
 }
 
+/// What every PHI recognizer finds in the sentences of the documents in `sentences`, in
+/// document offsets.
+pub fn rules_phi(run_dir: &RunDir, sentences: &Sentences) -> Result<Vec<PredSpan>> {
+    let all: Vec<String> = recognizers::NAMES.iter().map(|n| n.to_string()).collect();
+    let mut spans = Vec::new();
+    for c in TableStream::open(run_dir, table::SENTENCES, 8192)? {
+        let c = c?;
+        let (doc, sent, text) = (c.str("doc_id")?, c.i32("sent_id")?, c.str("text")?);
+        for i in 0..c.len() {
+            let Some(base) = sentences.start(doc.value(i), sent.value(i)) else { continue };
+            for r in recognizers::recognize(text.value(i), &all) {
+                spans.push(PredSpan {
+                    doc_id: doc.value(i).to_string(),
+                    sent_id: Some(sent.value(i)),
+                    mention: Mention { span: Some((base + r.start as i32, base + r.end as i32)), norm: String::new() },
+                    phi_type: r.phi_type.as_str().to_string(),
+                });
+            }
+        }
+    }
+    Ok(spans)
+}
+
 /// Spans from a `phi_spans` table (document offsets already). `None` when the table is missing.
 pub fn system_phi(run_dir: &RunDir, name: &str, sentences: &Sentences) -> Result<Option<Vec<PredSpan>>> {
     if !run_dir.has_table(name) {
@@ -341,6 +376,9 @@ mod tests {
     fn supervised_reference_tables_have_the_suffix() {
         assert_eq!(System::Student.table("ade_relations"), "ade_relations");
         assert_eq!(System::SupervisedReference.table("phi_spans"), "phi_spans_supervised_reference");
-        assert_eq!(System::ALL.map(System::as_str), ["teacher", "teacher_agreed", "student", "supervised_reference"]);
+        assert_eq!(
+            System::ALL.map(System::as_str),
+            ["teacher", "teacher_agreed", "student", "supervised_reference", "phi_rules"]
+        );
     }
 }

@@ -10,20 +10,21 @@
 //! `ingest` does, runs that task's student (the run directory's `student/<task>` checkpoint,
 //! loaded on first use) and returns what `extract` would write for it: a list of structs whose
 //! offsets are chars into the argument (`ade_relations` without the provenance columns), or for
-//! `redact` the text with each PHI span replaced by `[TYPE]`. Null text gives null.
+//! `redact` the text with each PHI span replaced by `[TYPE]`. Null text gives null. PHI spans
+//! are the student's fused with every pattern recognizer ([`super::recognizers`]).
 //!
 //! `extract` runs as a plan over two sentence-level variants that name their checkpoint, so
 //! the plan carries everything an executor needs (see [`crate::cluster`]):
 //!
 //! ```sql
 //! SELECT sentence_pairs(text, '/runs/x/student/ade', 'student-0123abcd', 16) FROM sentences;
-//! SELECT sentence_spans(text, '/runs/x/student/phi', 'student-4567ef01', 16) FROM sentences;
+//! SELECT sentence_spans(text, '/runs/x/student/phi', 'student-4567ef01', 16, 'email,phone') FROM sentences;
 //! ```
 //!
-//! (the last argument: encoder windows per forward pass). They do not split their argument,
-//! return fields named `anchor…`/`related…` (pairs) or `entity_type, start, end, span, score`
-//! (spans), and fail if the checkpoint found at that path on the machine running them is not
-//! that model version.
+//! (then: encoder windows per forward pass and, for spans, the recognizers to fuse, comma
+//! separated). They do not split their argument, return fields named `anchor…`/`related…`
+//! (pairs) or `entity_type, start, end, span, score, found_by` (spans), and fail if the
+//! checkpoint found at that path on the machine running them is not that model version.
 
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
@@ -40,6 +41,7 @@ use datafusion::logical_expr::{
 };
 use datafusion::prelude::SessionContext;
 
+use super::recognizers::{self, Recognized};
 use crate::model::checkpoint::Checkpoint;
 use crate::model::predict::{SentenceRow, predict};
 use crate::model::tags::Task;
@@ -53,7 +55,7 @@ const BATCH_SIZE: usize = 16;
 enum Output {
     /// `list<struct<anchor, anchor_start, anchor_end, related, related_start, related_end, score>>`.
     Pairs,
-    /// `list<struct<phi_type, start, end, span, score>>`.
+    /// `list<struct<phi_type, start, end, span, score, found_by>>`.
     Spans,
     /// The redacted text.
     Redacted,
@@ -86,13 +88,14 @@ pub fn register(ctx: &SessionContext, student_dir: PathBuf) {
 /// `sentence_pairs` and `sentence_spans`, counting the windows they encode in `windows`.
 pub fn sentence_functions(windows: &Arc<AtomicUsize>) -> [ScalarUDF; 2] {
     [Output::Pairs, Output::Spans].map(|output| {
+        let mut args = vec![DataType::Utf8, DataType::Utf8, DataType::Utf8, DataType::Int64];
+        if output == Output::Spans {
+            args.push(DataType::Utf8);
+        }
         ScalarUDF::new_from_impl(SentenceFunction {
             output,
             windows: Arc::clone(windows),
-            signature: Signature::new(
-                TypeSignature::Exact(vec![DataType::Utf8, DataType::Utf8, DataType::Utf8, DataType::Int64]),
-                Volatility::Immutable,
-            ),
+            signature: Signature::new(TypeSignature::Exact(args), Volatility::Immutable),
         })
     })
 }
@@ -160,6 +163,7 @@ fn element_fields(task: Task, output: Output) -> Fields {
                 int("end"),
                 text("span"),
                 Field::new("score", DataType::Float32, false),
+                Field::new("found_by", crate::schema::found_by_type(), false),
             ]
             .into()
         }
@@ -178,7 +182,7 @@ fn sentence_fields(output: Output) -> Fields {
             Task::Ade,
             &["anchor", "anchor_start", "anchor_end", "related", "related_start", "related_end", "score"][..],
         ),
-        _ => (Task::Phi, &["entity_type", "start", "end", "span", "score"][..]),
+        _ => (Task::Phi, &["entity_type", "start", "end", "span", "score", "found_by"][..]),
     };
     let fields = element_fields(task, output);
     fields.iter().zip(names).map(|(f, name)| f.as_ref().clone().with_name(*name)).collect()
@@ -215,7 +219,11 @@ impl ScalarUDFImpl for StudentFunction {
         let texts = input.as_string::<i32>();
         let checkpoint = self.students.get(self.task)?;
         let threads = crate::parallel::available_threads();
-        let (rows, _) = spans_per_row(&checkpoint, texts, true, BATCH_SIZE, threads).map_err(execution)?;
+        let (mut rows, _) = spans_per_row(&checkpoint, texts, true, BATCH_SIZE, threads).map_err(execution)?;
+        if self.task == Task::Phi {
+            let all: Vec<String> = recognizers::NAMES.iter().map(|n| n.to_string()).collect();
+            fuse_recognizers(texts, &mut rows, &all);
+        }
         let out = match self.output {
             Output::Redacted => redacted(texts, &rows),
             output => list(element_fields(self.task, output), output, self.task, texts, &rows)?,
@@ -321,8 +329,14 @@ impl ScalarUDFImpl for SentenceFunction {
             ColumnarValue::Scalar(ScalarValue::Int64(Some(n))) if *n > 0 => *n as usize,
             _ => return Err(DataFusionError::Plan(format!("{}: batch_size must be a positive literal", self.name()))),
         };
-        let (rows, windows) = spans_per_row(&checkpoint, texts, false, batch_size, 1).map_err(execution)?;
+        let (mut rows, windows) = spans_per_row(&checkpoint, texts, false, batch_size, 1).map_err(execution)?;
         self.windows.fetch_add(windows, Ordering::Relaxed);
+        if self.output == Output::Spans {
+            let enabled: Vec<String> =
+                self.literal(&args, 4, "recognizers")?.split(',').filter(|n| !n.is_empty()).map(String::from).collect();
+            recognizers::validate(&enabled).map_err(|e| DataFusionError::Plan(format!("{}: {e}", self.name())))?;
+            fuse_recognizers(texts, &mut rows, &enabled);
+        }
         Ok(ColumnarValue::Array(list(sentence_fields(self.output), self.output, task, texts, &rows)?))
     }
 }
@@ -334,6 +348,38 @@ struct Found {
     type_index: usize,
     related: Option<(usize, usize)>,
     score: f32,
+    /// Spans: the student and/or the recognizers that found it.
+    found_by: Vec<&'static str>,
+}
+
+/// Fuse each row's student PHI spans with what the `enabled` recognizers find in its text.
+fn fuse_recognizers(texts: &StringArray, rows: &mut [Vec<Found>], enabled: &[String]) {
+    if enabled.is_empty() {
+        return;
+    }
+    let types = Task::Phi.entity_types();
+    let phi_type = |i: usize| crate::teacher::phi::PhiType::parse(types[i]).expect("PHI tags use the PHI scheme");
+    for (row, found) in rows.iter_mut().enumerate().filter(|(r, _)| texts.is_valid(*r)) {
+        let student = found
+            .drain(..)
+            .map(|f| Recognized {
+                start: f.start,
+                end: f.end,
+                phi_type: phi_type(f.type_index),
+                found_by: f.found_by,
+                score: f.score,
+            })
+            .collect();
+        let fused = recognizers::fuse(student, recognizers::recognize(texts.value(row), enabled));
+        found.extend(fused.into_iter().map(|r| Found {
+            start: r.start,
+            end: r.end,
+            type_index: Task::Phi.type_index(r.phi_type.as_str()).expect("every PHI type is a tag"),
+            related: None,
+            score: r.score,
+            found_by: r.found_by,
+        }));
+    }
 }
 
 /// Per input row, what the student found in it (entities for PHI, pairs otherwise), in the
@@ -386,13 +432,15 @@ fn spans_per_row(
                 type_index: p.anchor.type_index,
                 related: Some((offset + p.start, offset + p.end)),
                 score: p.score,
+                found_by: Vec::new(),
             });
         }
     } else {
         for e in &predictions.entities {
             let (row, offset) = at(e.sentence);
             let (start, end) = (offset + e.start, offset + e.end);
-            out[row].push(Found { start, end, type_index: e.type_index, related: None, score: e.score });
+            let found_by = vec![recognizers::STUDENT];
+            out[row].push(Found { start, end, type_index: e.type_index, related: None, score: e.score, found_by });
         }
     }
     for found in &mut out {
@@ -431,6 +479,7 @@ fn list(fields: Fields, output: Output, task: Task, texts: &StringArray, rows: &
             ints(&|f| f.end),
             strings(&|t, f| slice(t, f.start, f.end)),
             score,
+            found_by_list(all.iter().map(|(_, f)| f.found_by.as_slice())),
         ],
     };
     let values = StructArray::try_new(fields.clone(), columns, None)?;
@@ -438,6 +487,19 @@ fn list(fields: Fields, output: Output, task: Task, texts: &StringArray, rows: &
     let nulls = NullBuffer::from((0..texts.len()).map(|r| texts.is_valid(r)).collect::<Vec<bool>>());
     let item = Arc::new(Field::new("item", DataType::Struct(fields), false));
     Ok(Arc::new(ListArray::try_new(item, offsets, Arc::new(values), Some(nulls))?))
+}
+
+/// `found_by` values: one list of names per span.
+fn found_by_list<'a>(rows: impl Iterator<Item = &'a [&'static str]>) -> ArrayRef {
+    let mut builder = arrow::array::ListBuilder::new(arrow::array::StringBuilder::new())
+        .with_field(Arc::new(Field::new("item", DataType::Utf8, false)));
+    for names in rows {
+        for name in names {
+            builder.values().append_value(name);
+        }
+        builder.append(true);
+    }
+    Arc::new(builder.finish())
 }
 
 fn redacted(texts: &StringArray, rows: &[Vec<Found>]) -> ArrayRef {
@@ -467,7 +529,7 @@ mod tests {
         );
         assert_eq!(names(Task::GeneDisease)[3], "disease");
         let phi: Vec<String> = element_fields(Task::Phi, Output::Spans).iter().map(|f| f.name().clone()).collect();
-        assert_eq!(phi, ["phi_type", "start", "end", "span", "score"]);
+        assert_eq!(phi, ["phi_type", "start", "end", "span", "score", "found_by"]);
     }
 
     #[tokio::test]

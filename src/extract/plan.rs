@@ -89,7 +89,11 @@ pub(super) async fn task_plan(ctx: &SessionContext, cfg: &ExtractConfig, plan: &
     let function = &plan.functions[if pairs { 0 } else { 1 }];
     let dir = plan.checkpoint_dir.to_string_lossy().into_owned();
     let batch_size = lit(cfg.batch_size as i64);
-    let found = function.call(vec![col("text"), lit(dir), lit(plan.model_version), batch_size]).alias(ELEMENT);
+    let mut args = vec![col("text"), lit(dir), lit(plan.model_version), batch_size];
+    if !pairs {
+        args.push(lit(cfg.phi_recognizers.join(",")));
+    }
+    let found = function.call(args).alias(ELEMENT);
     let sort: Vec<_> = sort_columns(plan.task).into_iter().map(|c| col(c).sort(true, false)).collect();
     let df = ctx
         .sql(&sentences)

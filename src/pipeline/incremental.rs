@@ -58,6 +58,16 @@ pub async fn merge_previous(run_dir: &RunDir, previous: &RunDir, name: &str, lim
     crate::plan::register(&ctx, &old_versions, &previous.table_path(table::DOCUMENT_VERSIONS)).await?;
 
     let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+    let before = previous.table_schema(name)?;
+    if let Some(missing) = names.iter().find(|c| before.field_with_name(c).is_err()) {
+        return Err(crate::error::Error::input(
+            previous.table_path(name),
+            format!(
+                "the published {name} has no column {missing} (written by an older biodistill): \
+                 rerun with --full-refresh to extract every document again"
+            ),
+        ));
+    }
     let columns = names.iter().map(|c| ident(c)).collect::<Vec<_>>().join(", ");
     let old_columns = names.iter().map(|c| format!("old.{}", ident(c))).collect::<Vec<_>>().join(", ");
     // The unchanged documents (one row each) are the join's build side, the old rows stream.
@@ -147,6 +157,21 @@ mod tests {
         run.write_table(name, schema.clone(), &[]).unwrap();
         merge_previous(&run, &prev, name, Limits::default()).await.unwrap();
         assert_eq!(texts(&run, name), ["old a"]);
+    }
+
+    /// A publication written before a column existed cannot be merged into: a clear error.
+    #[tokio::test]
+    async fn a_publication_missing_a_column_asks_for_a_full_refresh() {
+        let (_tmp, prev, run) = publication_and_run();
+        let name = table::REDACTED_DOCUMENTS;
+        let old = Arc::new(arrow::datatypes::Schema::new(vec![schema::REDACTED_DOCUMENTS.field(0).clone()]));
+        let ids: ArrayRef = Arc::new(StringArray::from_iter_values(["a"]));
+        prev.write_table(name, old.clone(), &[batch(&old, vec![ids]).unwrap()]).unwrap();
+        write_document_versions(&prev, &versions(&[("a", "1")])).unwrap();
+        write_document_versions(&run, &versions(&[("a", "1")])).unwrap();
+        run.write_table(name, schema::REDACTED_DOCUMENTS.clone(), &[]).unwrap();
+        let err = merge_previous(&run, &prev, name, Limits::default()).await.unwrap_err().to_string();
+        assert!(err.contains("no column redacted_text") && err.contains("--full-refresh"), "{err}");
     }
 
     /// The merge streams under a memory limit far below the tables' size (loading them whole,

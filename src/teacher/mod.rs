@@ -178,7 +178,7 @@ pub async fn run_with_endpoint(cfg: &LabelConfig, run_dir: &RunDir, base_url: &s
     let cache = Cache::open(&cache_path(teacher, run_dir))?;
     let shipped = match &cfg.shipped {
         Some(path) => {
-            let imported = shipped::import(&cache, path).await?;
+            let imported = shipped::import(&cache, path, &cfg.tasks).await?;
             tracing::info!(
                 "{}: {} shipped answers, {} new to the cache",
                 path.display(),

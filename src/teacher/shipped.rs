@@ -18,6 +18,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use super::cache::{Cache, CachedReply};
 use crate::columns::{Columns, opt_str, read_all};
 use crate::error::{Error, Result};
+use crate::model::tags::Task;
 use crate::run_dir::{RunDir, batch, read_parquet, write_parquet_atomic};
 use crate::schema::table;
 
@@ -98,21 +99,21 @@ pub fn keys(path: &Path) -> Result<HashSet<String>> {
 /// What an import did.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Imported {
-    /// Every key in the file.
+    /// The file's keys for the tasks asked about (a run of one task expects no others).
     pub keys: HashSet<String>,
     /// Entries copied into the cache (the rest were there already).
     pub inserted: usize,
 }
 
-/// Copy the entries of `path` that the cache lacks into it.
-pub async fn import(cache: &Cache, path: &Path) -> Result<Imported> {
+/// Copy the entries of `path` that the cache lacks into it (every task's: the cache keeps all).
+pub async fn import(cache: &Cache, path: &Path, tasks: &[Task]) -> Result<Imported> {
     if !path.is_file() {
         return Err(Error::input(path, "label.shipped: no such file"));
     }
     let mut out = Imported::default();
     for batch in read_parquet(path)? {
         let cols = Columns::new(batch, path.to_path_buf())?;
-        let (keys, replies) = (cols.str("cache_key")?, cols.str("reply")?);
+        let (keys, replies, task) = (cols.str("cache_key")?, cols.str("reply")?, cols.str("task")?);
         let all: Vec<String> = (0..cols.len()).map(|i| keys.value(i).to_string()).collect();
         let present = cache.has(&all)?;
         for (i, key) in all.into_iter().enumerate() {
@@ -122,7 +123,9 @@ pub async fn import(cache: &Cache, path: &Path) -> Result<Imported> {
                 cache.put(&key, &reply).await?;
                 out.inserted += 1;
             }
-            out.keys.insert(key);
+            if tasks.iter().any(|t| t.as_str() == task.value(i)) {
+                out.keys.insert(key);
+            }
         }
     }
     Ok(out)
@@ -136,7 +139,7 @@ mod tests {
     async fn a_missing_file_is_a_clear_error_and_bad_rows_name_their_row() {
         let dir = tempfile::tempdir().unwrap();
         let cache = Cache::open(&dir.path().join("c.redb")).unwrap();
-        let err = import(&cache, &dir.path().join("nope.parquet")).await.unwrap_err().to_string();
+        let err = import(&cache, &dir.path().join("nope.parquet"), &[Task::Ade]).await.unwrap_err().to_string();
         assert!(err.contains("label.shipped"), "{err}");
         let s = |v: &str| Arc::new(StringArray::from(vec![v])) as ArrayRef;
         let i = |v: i32| Arc::new(Int32Array::from(vec![v])) as ArrayRef;
@@ -144,7 +147,16 @@ mod tests {
             batch(&SCHEMA, vec![s("k"), s("not json"), s("ade"), s("d"), i(0), i(0), s("m"), s("p"), s("r")]).unwrap();
         let path = dir.path().join("bad.parquet");
         write_parquet_atomic(&path, SCHEMA.clone(), &[bad]).unwrap();
-        let err = import(&cache, &path).await.unwrap_err().to_string();
+        let err = import(&cache, &path, &[Task::Ade]).await.unwrap_err().to_string();
         assert!(err.contains("row 0"), "{err}");
+        let ok = batch(
+            &SCHEMA,
+            vec![s("k"), s(r#"{"content":"{}","prompt_tokens":1,"completion_tokens":1,"model":"m","finish_reason":null,"latency_ms":1.0}"#), s("phi"), s("d"), i(0), i(0), s("m"), s("p"), s("r")],
+        )
+        .unwrap();
+        write_parquet_atomic(&path, SCHEMA.clone(), &[ok]).unwrap();
+        let imported = import(&cache, &path, &[Task::Ade]).await.unwrap();
+        assert_eq!((imported.inserted, imported.keys.len()), (1, 0), "a phi answer is cached, not expected by ade");
+        assert_eq!(import(&cache, &path, &[Task::Phi]).await.unwrap().keys.len(), 1);
     }
 }
