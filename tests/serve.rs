@@ -13,7 +13,7 @@ use biodistill::serve::{RunningServer, ServeConfig, spawn};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const SMOLLM: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/models/SmolLM2-135M-Instruct.Q4_1.gguf");
-const KEY: &str = "test-key";
+pub(crate) const KEY: &str = "test-key";
 
 pub(crate) fn config() -> ServeConfig {
     let mut config = ServeConfig::new(SMOLLM);

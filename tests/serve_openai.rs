@@ -73,6 +73,42 @@ async fn streamed_deltas_add_up_to_the_greedy_reply() {
     assert_eq!(usage.completion_tokens, 2 * whole_usage.completion_tokens);
 }
 
+/// The bytes on the wire: an event stream of `data: {chunk}` events, one per token or so,
+/// ending with `data: [DONE]`.
+#[tokio::test]
+async fn the_stream_is_server_sent_events_ending_with_done() {
+    let server = server().await;
+    let body = serde_json::json!({"model": server.model_id(), "max_tokens": 6, "temperature": 0, "stream": true,
+        "messages": [{"role": "user", "content": "Count to five."}]});
+    let response = raw_request(&server, "/v1/chat/completions", &body.to_string()).await;
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200") && head.to_ascii_lowercase().contains("content-type: text/event-stream"), "{head}");
+    let data: Vec<&str> = body.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
+    assert_eq!(data.last(), Some(&"[DONE]"), "{body}");
+    let chunks: Vec<serde_json::Value> = data[..data.len() - 1].iter().map(|d| serde_json::from_str(d).unwrap()).collect();
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    assert!(chunks.iter().all(|c| c["object"] == "chat.completion.chunk" && c["id"] == chunks[0]["id"]));
+    assert!(chunks.len() >= 5, "role, tokens, finish: {body}");
+    assert!(chunks.last().unwrap()["choices"][0]["finish_reason"].is_string());
+}
+
+/// POST `body` to `path` and read the whole raw response (head and body).
+async fn raw_request(server: &RunningServer, path: &str, body: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(server.addr()).await.unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        super::serve::KEY,
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(body.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    response
+}
+
 /// `n` choices: identical and indexed 0..n when greedy; sampled with a seed, a set that
 /// repeats exactly.
 #[tokio::test]
@@ -233,4 +269,32 @@ async fn bad_inputs_name_their_parameter() {
     }
     let (status, reply) = raw_post_to(&server, "/v1/completions", &text(serde_json::json!({})).1.to_string()).await;
     assert_eq!(status, 200, "still serving: {reply}");
+}
+
+/// The same endpoints through the official `openai` Python package
+/// (`scripts/openai_python_check.py`). Skipped, saying why on stderr past the test harness's
+/// capture, where `python3` or the package is missing; never installs anything.
+#[tokio::test]
+async fn the_official_python_client_works() {
+    use std::io::Write;
+    let probe = std::process::Command::new("python3").args(["-c", "import openai"]).output();
+    let reason = match probe {
+        Ok(out) if out.status.success() => None,
+        Ok(out) => Some(String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or_default().to_string()),
+        Err(e) => Some(format!("no python3: {e}")),
+    };
+    if let Some(reason) = reason {
+        let _ = writeln!(std::io::stderr(), "SKIPPED the_official_python_client_works: {reason}");
+        return;
+    }
+    let server = server().await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/openai_python_check.py");
+    let out = tokio::process::Command::new("python3")
+        .args([script, &server.base_url(), super::serve::KEY, server.model_id()])
+        .output()
+        .await
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains(": ok"), "{stdout}");
 }
