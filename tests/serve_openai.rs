@@ -17,7 +17,13 @@ fn chat(server: &RunningServer, user: &str, max_tokens: u32) -> CreateChatComple
     sampled(server, user, max_tokens, 0.0, 0)
 }
 
-fn sampled(server: &RunningServer, user: &str, max_tokens: u32, temperature: f32, seed: i64) -> CreateChatCompletionRequest {
+fn sampled(
+    server: &RunningServer,
+    user: &str,
+    max_tokens: u32,
+    temperature: f32,
+    seed: i64,
+) -> CreateChatCompletionRequest {
     CreateChatCompletionRequestArgs::default()
         .model(server.model_id())
         .messages([ChatCompletionRequestUserMessage::from(user).into()])
@@ -82,10 +88,14 @@ async fn the_stream_is_server_sent_events_ending_with_done() {
         "messages": [{"role": "user", "content": "Count to five."}]});
     let response = raw_request(&server, "/v1/chat/completions", &body.to_string()).await;
     let (head, body) = response.split_once("\r\n\r\n").unwrap();
-    assert!(head.starts_with("HTTP/1.1 200") && head.to_ascii_lowercase().contains("content-type: text/event-stream"), "{head}");
+    assert!(
+        head.starts_with("HTTP/1.1 200") && head.to_ascii_lowercase().contains("content-type: text/event-stream"),
+        "{head}"
+    );
     let data: Vec<&str> = body.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
     assert_eq!(data.last(), Some(&"[DONE]"), "{body}");
-    let chunks: Vec<serde_json::Value> = data[..data.len() - 1].iter().map(|d| serde_json::from_str(d).unwrap()).collect();
+    let chunks: Vec<serde_json::Value> =
+        data[..data.len() - 1].iter().map(|d| serde_json::from_str(d).unwrap()).collect();
     assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
     assert!(chunks.iter().all(|c| c["object"] == "chat.completion.chunk" && c["id"] == chunks[0]["id"]));
     assert!(chunks.len() >= 5, "role, tokens, finish: {body}");
@@ -250,13 +260,20 @@ async fn bad_inputs_name_their_parameter() {
         (chat(serde_json::json!({"stream_options": {"include_usage": true}})), "stream_options"),
         (chat(serde_json::json!({"max_tokens": 0})), "max_tokens"),
         (chat(serde_json::json!({"temperature": 3})), "temperature"),
-        (chat(serde_json::json!({"stream": true, "messages": [{"role": "user", "content": "word ".repeat(400)}]})), "messages"),
+        (chat(serde_json::json!({"presence_penalty": 0.5})), "presence_penalty"),
+        (chat(serde_json::json!({"logit_bias": {"42": 5}})), "logit_bias"),
+        (chat(serde_json::json!({"tools": [{"type": "function", "function": {"name": "f"}}]})), "tools"),
+        (
+            chat(serde_json::json!({"stream": true, "messages": [{"role": "user", "content": "word ".repeat(400)}]})),
+            "messages",
+        ),
         (text(serde_json::json!({"logprobs": 6})), "logprobs"),
         (text(serde_json::json!({"n": 0})), "n"),
         (text(serde_json::json!({"prompt": ""})), "prompt"),
         (text(serde_json::json!({"prompt": [1, 2, 3]})), "prompt"),
         (text(serde_json::json!({"echo": true})), "echo"),
         (text(serde_json::json!({"best_of": 3})), "best_of"),
+        (text(serde_json::json!({"frequency_penalty": -1})), "frequency_penalty"),
         (text(serde_json::json!({"stream": true, "prompt": "word ".repeat(400)})), "prompt"),
     ];
     for ((path, body), param) in cases {
@@ -297,4 +314,59 @@ async fn the_official_python_client_works() {
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "{stdout}\n{stderr}");
     assert!(stdout.contains(": ok"), "{stdout}");
+}
+
+/// Figures for the README, not a check (timings depend on the machine's load):
+/// `cargo test --test integration -- --ignored --nocapture measure_streaming_and_n`.
+#[tokio::test]
+#[ignore = "prints timings"]
+async fn measure_streaming_and_n() {
+    use std::time::Instant;
+    let server = server().await;
+    let client = client(&server);
+    let request = chat(&server, "Write a paragraph about the history of Paris.", 64);
+    client.chat().create(request.clone()).await.unwrap(); // warm up
+    let started = Instant::now();
+    let whole = client.chat().create(request.clone()).await.unwrap();
+    let whole_s = started.elapsed().as_secs_f64();
+    let started = Instant::now();
+    let mut stream = client.chat().create_stream(request).await.unwrap();
+    let mut first = None;
+    while let Some(chunk) = stream.next().await {
+        let content = chunk.unwrap().choices.iter().any(|c| c.delta.content.as_deref().is_some_and(|t| !t.is_empty()));
+        if content && first.is_none() {
+            first = Some(started.elapsed().as_secs_f64());
+        }
+    }
+    let stream_s = started.elapsed().as_secs_f64();
+    let tokens = whole.usage.unwrap().completion_tokens;
+    println!(
+        "{tokens} tokens: whole reply {whole_s:.3} s; streamed: first token {:.3} s, last {stream_s:.3} s",
+        first.unwrap()
+    );
+
+    let long = "The patient, a 64-year-old man with type 2 diabetes treated with metformin and a history of \
+                hypertension, presented with lactic acidosis after an episode of acute kidney injury. "
+        .repeat(4);
+    let prompt = format!("{long}Summarise the case in one sentence.");
+    let mut n4 = sampled(&server, &prompt, 16, 0.8, 1);
+    n4.n = Some(4);
+    let started = Instant::now();
+    let reply = client.chat().create(n4).await.unwrap();
+    let n4_s = started.elapsed().as_secs_f64();
+    let prompt_tokens = reply.usage.unwrap().prompt_tokens;
+    let one = |seed| sampled(&server, &prompt, 16, 0.8, seed);
+    let chats = [client.chat(), client.chat(), client.chat(), client.chat()];
+    let started = Instant::now();
+    let (a, b, c, d) = tokio::join!(
+        chats[0].create(one(1)),
+        chats[1].create(one(2)),
+        chats[2].create(one(3)),
+        chats[3].create(one(4))
+    );
+    let four_s = started.elapsed().as_secs_f64();
+    let completion: u32 = [a, b, c, d].into_iter().map(|r| r.unwrap().usage.unwrap().completion_tokens).sum();
+    println!(
+        "{prompt_tokens}-token prompt, 16 tokens x 4: n = 4 in one request {n4_s:.3} s; 4 requests at once {four_s:.3} s ({completion} tokens)"
+    );
 }

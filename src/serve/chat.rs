@@ -4,11 +4,11 @@
 
 use std::sync::Arc;
 
+use axum::Json;
 use axum::extract::State;
 use axum::extract::rejection::JsonRejection;
 use axum::http::HeaderMap;
 use axum::response::Response;
-use axum::Json;
 
 use super::generate::{Endpoint, Sampling, respond};
 use super::http::{ApiError, AppState, check_auth};
@@ -47,6 +47,9 @@ fn to_generate_request(
     if top_logprobs.is_some() && !logprobs {
         return Err(ApiError::bad_request("top_logprobs needs logprobs = true", "top_logprobs"));
     }
+    if request.tools.as_ref().is_some_and(|t| !t.is_empty()) {
+        return Err(ApiError::bad_request("tools (function calling) are not supported", "tools"));
+    }
     let grounded_source = request.grounded_source();
     if request.biodistill.as_ref().is_some_and(|e| e.grounded) && grounded_source.is_none() {
         return Err(ApiError::bad_request("grounded decoding needs `source_text`", "biodistill"));
@@ -68,10 +71,12 @@ fn to_generate_request(
         stream: request.stream,
         stream_options: request.stream_options,
         logprobs: logprobs.then(|| top_logprobs.unwrap_or(0)),
+        presence_penalty: request.presence_penalty,
+        frequency_penalty: request.frequency_penalty,
+        logit_bias: request.logit_bias,
     };
     let checked = sampling.check(state, usize::MAX)?;
-    let generate =
-        GenerateRequest { prompt: Prompt::Chat(messages), json_schema, grounded_source, ..checked.template };
+    let generate = GenerateRequest { prompt: Prompt::Chat(messages), json_schema, grounded_source, ..checked.template };
     Ok((generate, checked.stream))
 }
 
@@ -81,7 +86,10 @@ struct Chat {
 }
 
 impl Chat {
-    fn logprobs(&self, generation_logprobs: &[crate::model::teacher_llm::TokenLogprob]) -> Option<OpenAICompatChatLogprobs> {
+    fn logprobs(
+        &self,
+        generation_logprobs: &[crate::model::teacher_llm::TokenLogprob],
+    ) -> Option<OpenAICompatChatLogprobs> {
         self.logprobs.then(|| OpenAICompatChatLogprobs::new(generation_logprobs))
     }
 }

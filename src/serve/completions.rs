@@ -41,6 +41,9 @@ pub struct OpenAICompatCompletionRequest {
     pub echo: Option<bool>,
     pub best_of: Option<u32>,
     pub suffix: Option<String>,
+    pub presence_penalty: Option<f32>,
+    pub frequency_penalty: Option<f32>,
+    pub logit_bias: Option<serde_json::Value>,
 }
 
 /// A prompt, or several (each gets `n` choices); token-id prompts are not supported.
@@ -144,6 +147,9 @@ fn to_generate_requests(
         stream: request.stream,
         stream_options: request.stream_options,
         logprobs,
+        presence_penalty: request.presence_penalty,
+        frequency_penalty: request.frequency_penalty,
+        logit_bias: request.logit_bias,
     };
     let checked = sampling.check(state, DEFAULT_MAX_TOKENS)?;
     let requests =
@@ -157,7 +163,13 @@ struct Completion {
 }
 
 impl Completion {
-    fn text_choice(&self, index: u32, text: String, logprobs: &[TokenLogprob], offset: usize) -> OpenAICompatTextChoice {
+    fn text_choice(
+        &self,
+        index: u32,
+        text: String,
+        logprobs: &[TokenLogprob],
+        offset: usize,
+    ) -> OpenAICompatTextChoice {
         let logprobs = self.logprobs.then(|| OpenAICompatLegacyLogprobs::new(logprobs, offset));
         OpenAICompatTextChoice { index, text, logprobs, finish_reason: None }
     }

@@ -57,6 +57,10 @@ pub struct Sampling {
     pub stream_options: Option<OpenAICompatStreamOptions>,
     /// Alternatives per token when logprobs are asked for (each endpoint has its own field).
     pub logprobs: Option<usize>,
+    /// Not implemented: rejected unless neutral, so no client silently gets less.
+    pub presence_penalty: Option<f32>,
+    pub frequency_penalty: Option<f32>,
+    pub logit_bias: Option<serde_json::Value>,
 }
 
 /// Checked [`Sampling`]: the request template and how to answer.
@@ -88,6 +92,16 @@ impl Sampling {
         let top_p = self.top_p.unwrap_or(1.0) as f64;
         if !(top_p > 0.0 && top_p <= 1.0) {
             return Err(ApiError::bad_request("top_p must be in (0, 1]", "top_p"));
+        }
+        for (param, penalty) in
+            [("presence_penalty", self.presence_penalty), ("frequency_penalty", self.frequency_penalty)]
+        {
+            if penalty.is_some_and(|p| p != 0.0) {
+                return Err(ApiError::bad_request(format!("{param} is not supported (only 0)"), param));
+            }
+        }
+        if self.logit_bias.as_ref().is_some_and(|b| b.as_object().is_none_or(|m| !m.is_empty())) {
+            return Err(ApiError::bad_request("logit_bias is not supported", "logit_bias"));
         }
         if self.max_tokens == Some(0) {
             return Err(ApiError::bad_request("max_tokens must be at least 1", "max_tokens"));

@@ -145,4 +145,3 @@ async fn models(
     };
     Ok(Json(OpenAICompatModelList { object: "list".into(), data: vec![model] }))
 }
-

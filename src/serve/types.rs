@@ -28,6 +28,11 @@ pub struct OpenAICompatChatRequest {
     pub logprobs: Option<bool>,
     /// ... and this many alternatives at each position (0..=20; needs `logprobs`).
     pub top_logprobs: Option<u32>,
+    /// Not implemented; rejected unless neutral (0, `{}`, no tools).
+    pub presence_penalty: Option<f32>,
+    pub frequency_penalty: Option<f32>,
+    pub logit_bias: Option<serde_json::Value>,
+    pub tools: Option<Vec<serde_json::Value>>,
     /// Vendor extension (send with Python's `extra_body`).
     pub biodistill: Option<OpenAICompatExtension>,
     /// OpenAI's free-form metadata; `biodistill_source_text` here turns grounding on, for
@@ -217,7 +222,11 @@ pub struct OpenAICompatTopLogprob {
 
 impl OpenAICompatTopLogprob {
     pub fn new(token: &TokenProb) -> Self {
-        Self { token: String::from_utf8_lossy(&token.bytes).into_owned(), logprob: token.logprob, bytes: token.bytes.clone() }
+        Self {
+            token: String::from_utf8_lossy(&token.bytes).into_owned(),
+            logprob: token.logprob,
+            bytes: token.bytes.clone(),
+        }
     }
 }
 
@@ -228,7 +237,12 @@ impl OpenAICompatChatLogprobs {
             .map(|lp| {
                 let token = OpenAICompatTopLogprob::new(&lp.token);
                 let top_logprobs = lp.top.iter().map(OpenAICompatTopLogprob::new).collect();
-                OpenAICompatTokenLogprob { token: token.token, logprob: token.logprob, bytes: token.bytes, top_logprobs }
+                OpenAICompatTokenLogprob {
+                    token: token.token,
+                    logprob: token.logprob,
+                    bytes: token.bytes,
+                    top_logprobs,
+                }
             })
             .collect();
         Self { content, refusal: None }
