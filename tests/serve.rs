@@ -13,9 +13,9 @@ use biodistill::serve::{RunningServer, ServeConfig, spawn};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const SMOLLM: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/models/SmolLM2-135M-Instruct.Q4_1.gguf");
-const KEY: &str = "test-key";
+pub(crate) const KEY: &str = "test-key";
 
-fn config() -> ServeConfig {
+pub(crate) fn config() -> ServeConfig {
     let mut config = ServeConfig::new(SMOLLM);
     config.context_length = 256;
     config.api_key = Some(KEY.into());
@@ -23,11 +23,11 @@ fn config() -> ServeConfig {
     config
 }
 
-async fn server() -> RunningServer {
+pub(crate) async fn server() -> RunningServer {
     spawn(config()).await.expect("SmolLM2 in models/ (make models)")
 }
 
-fn client(server: &RunningServer) -> Client<OpenAIConfig> {
+pub(crate) fn client(server: &RunningServer) -> Client<OpenAIConfig> {
     Client::with_config(OpenAIConfig::new().with_api_base(server.base_url()).with_api_key(KEY))
 }
 
@@ -45,11 +45,16 @@ fn request(server: &RunningServer, user: &str, max_tokens: u32) -> CreateChatCom
         .unwrap()
 }
 
-/// POST a raw body; returns (status, parsed JSON body).
+/// POST a raw chat body; returns (status, parsed JSON body).
 async fn raw_post(server: &RunningServer, body: &str) -> (u16, serde_json::Value) {
+    raw_post_to(server, "/v1/chat/completions", body).await
+}
+
+/// POST a raw body to `path`; returns (status, parsed JSON body).
+pub(crate) async fn raw_post_to(server: &RunningServer, path: &str, body: &str) -> (u16, serde_json::Value) {
     let mut stream = tokio::net::TcpStream::connect(server.addr()).await.unwrap();
     let head = format!(
-        "POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {KEY}\r\n\
+        "POST {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {KEY}\r\n\
          Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
@@ -62,7 +67,7 @@ async fn raw_post(server: &RunningServer, body: &str) -> (u16, serde_json::Value
     (status, serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}")))
 }
 
-fn assert_openai_error(body: &serde_json::Value, code: Option<&str>) {
+pub(crate) fn assert_openai_error(body: &serde_json::Value, code: Option<&str>) {
     let error = &body["error"];
     assert!(error["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
     assert!(error["type"].is_string(), "{body}");

@@ -159,7 +159,7 @@ fn trains_on_silver_labels_and_extracts_to_every_table() {
     let top = (0..pool.len()).max_by(|&a, &b| scores[a].total_cmp(&scores[b])).unwrap();
     assert!(["toy:1", "toy:2", "toy:3"].contains(&pool[top].doc_id.as_str()), "{:?} {scores:?}", pool[top]);
     let cfg = |select| LabelConfig { select, budget: 2, explore: 0.0, pool_factor: 100, ..Default::default() };
-    let none = vec![false; pool.len()];
+    let none = vec![0usize; pool.len()];
     let pick = |select, dir: &Path| {
         let candidates = Candidates { train: pool.clone(), dev: vec![], too_long: 0 };
         choose(&cfg(select), Task::Ade, candidates, &none, &mut |t, s| informative::score_with(dir, t, s)).unwrap()

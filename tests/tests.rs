@@ -15,6 +15,10 @@ mod cli;
 /// The embedded OpenAI-compatible teacher server (issue 6).
 mod serve;
 
+/// The same server as a complete OpenAI endpoint: streaming, `n`, logprobs, `/v1/completions`
+/// (issue 18).
+mod serve_openai;
+
 /// A hand-written silver run directory (teacher_labels-shaped), shared with the student bench.
 mod silver;
 

@@ -1,6 +1,7 @@
-//! Routes and handlers (after TEI's `router/src/http/server.rs`):
+//! Routes, auth and errors (after TEI's `router/src/http/server.rs`):
 //!
-//! - `POST /v1/chat/completions` (non-streaming),
+//! - `POST /v1/chat/completions` ([`super::chat`]),
+//! - `POST /v1/completions` ([`super::completions`]),
 //! - `GET /v1/models`,
 //! - `GET /health` (no auth; 200 once the model is loaded, which is before the port serves).
 //!
@@ -9,8 +10,7 @@
 //! 401 bad key, 404 unknown model, 429 queue full, 500/503 model failures.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::atomic::AtomicU64;
 
 use axum::extract::State;
 use axum::extract::rejection::JsonRejection;
@@ -22,7 +22,6 @@ use axum::{Json, Router};
 use super::backend::{Backend, BackendError};
 use super::types::*;
 use crate::Error;
-use crate::model::teacher_llm::GenerateRequest;
 
 /// What the handlers share.
 pub struct AppState {
@@ -35,7 +34,8 @@ pub struct AppState {
 
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
-        .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/chat/completions", post(super::chat::chat_completions))
+        .route("/v1/completions", post(super::completions::completions))
         .route("/v1/models", get(models))
         .route("/health", get(|| async { "ok" }))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint", "invalid_request_error") })
@@ -55,7 +55,7 @@ impl ApiError {
         Self { status, body }
     }
 
-    fn bad_request(message: impl Into<String>, param: &str) -> Self {
+    pub fn bad_request(message: impl Into<String>, param: &str) -> Self {
         Self::new(StatusCode::BAD_REQUEST, message, "invalid_request_error").param(param)
     }
 
@@ -67,6 +67,34 @@ impl ApiError {
     fn code(mut self, code: &str) -> Self {
         self.body.code = Some(code.into());
         self
+    }
+
+    /// Name the endpoint's prompt parameter (`prompt` instead of chat's `messages`).
+    pub fn for_prompt_param(mut self, param: &str) -> Self {
+        if self.body.param.as_deref() == Some("messages") {
+            self.body.param = Some(param.into());
+        }
+        self
+    }
+
+    /// The `error` object (also sent inside a stream that fails after it started).
+    pub fn into_body(self) -> OpenAICompatError {
+        self.body
+    }
+
+    /// A JSON body axum could not parse (400, or 415/422 as axum decides).
+    pub fn rejected(e: JsonRejection) -> Self {
+        let message = format!("could not parse the JSON body of your request: {}", e.body_text());
+        Self::new(e.status(), message, "invalid_request_error")
+    }
+
+    /// `model` names another model than the one served (404 `model_not_found`).
+    pub fn check_model(state: &AppState, model: &str) -> Result<(), Self> {
+        if model == state.backend.model_id {
+            return Ok(());
+        }
+        let message = format!("The model `{model}` does not exist; this server serves `{}`.", state.backend.model_id);
+        Err(Self::new(StatusCode::NOT_FOUND, message, "invalid_request_error").param("model").code("model_not_found"))
     }
 }
 
@@ -87,13 +115,14 @@ impl From<BackendError> for ApiError {
             BackendError::Generate(Error::PromptTooLong { .. }) => {
                 Self::bad_request(message, "messages").code("context_length_exceeded")
             }
-            BackendError::Generate(Error::Config(_)) => Self::bad_request(message, "messages"),
+            // Only admission raises these: the prompt cannot be used.
+            BackendError::Generate(Error::Config(_) | Error::Tokenizer(_)) => Self::bad_request(message, "messages"),
             BackendError::Generate(_) => Self::new(StatusCode::INTERNAL_SERVER_ERROR, message, "server_error"),
         }
     }
 }
 
-fn check_auth(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+pub fn check_auth(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(key) = &state.api_key else { return Ok(()) };
     let sent = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     match sent.and_then(|v| v.strip_prefix("Bearer ")) {
@@ -101,10 +130,6 @@ fn check_auth(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
         _ => Err(ApiError::new(StatusCode::UNAUTHORIZED, "invalid or missing API key", "invalid_request_error")
             .code("invalid_api_key")),
     }
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 async fn models(
@@ -119,93 +144,4 @@ async fn models(
         owned_by: "biodistill".into(),
     };
     Ok(Json(OpenAICompatModelList { object: "list".into(), data: vec![model] }))
-}
-
-async fn chat_completions(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    body: Result<Json<OpenAICompatChatRequest>, JsonRejection>,
-) -> Result<Json<OpenAICompatChatResponse>, ApiError> {
-    check_auth(&state, &headers)?;
-    let Json(request) = body.map_err(|e| {
-        let status = e.status();
-        let message = format!("could not parse the JSON body of your request: {}", e.body_text());
-        ApiError::new(status, message, "invalid_request_error")
-    })?;
-    let model = request.model.clone();
-    let generate = to_generate_request(&state, request)?;
-    let generation = state.backend.generate(generate).await?;
-    let id = state.next_id.fetch_add(1, Ordering::Relaxed);
-    let (prompt, completion) = (generation.prompt_tokens as u32, generation.completion_tokens() as u32);
-    Ok(Json(OpenAICompatChatResponse {
-        id: format!("chatcmpl-{id}"),
-        object: "chat.completion".into(),
-        created: unix_now(),
-        model,
-        choices: vec![OpenAICompatChoice {
-            index: 0,
-            message: OpenAICompatReplyMessage { role: "assistant".into(), content: generation.text },
-            finish_reason: finish_reason(generation.finish_reason).into(),
-        }],
-        usage: OpenAICompatUsage {
-            prompt_tokens: prompt,
-            completion_tokens: completion,
-            total_tokens: prompt + completion,
-            prompt_tokens_details: OpenAICompatPromptTokensDetails {
-                cached_tokens: generation.cached_prompt_tokens as u32,
-            },
-        },
-    }))
-}
-
-/// Validate a wire request and turn it into a model request.
-fn to_generate_request(state: &AppState, request: OpenAICompatChatRequest) -> Result<GenerateRequest, ApiError> {
-    if request.model != state.backend.model_id {
-        let message =
-            format!("The model `{}` does not exist; this server serves `{}`.", request.model, state.backend.model_id);
-        return Err(ApiError::new(StatusCode::NOT_FOUND, message, "invalid_request_error")
-            .param("model")
-            .code("model_not_found"));
-    }
-    if request.stream {
-        return Err(ApiError::bad_request("streaming is not supported by this server", "stream"));
-    }
-    if request.n.unwrap_or(1) != 1 {
-        return Err(ApiError::bad_request("only n = 1 is supported", "n"));
-    }
-    if request.messages.is_empty() {
-        return Err(ApiError::bad_request("`messages` must not be empty", "messages"));
-    }
-    let temperature = request.temperature.unwrap_or(1.0) as f64;
-    if !(0.0..=2.0).contains(&temperature) {
-        return Err(ApiError::bad_request("temperature must be between 0 and 2", "temperature"));
-    }
-    let top_p = request.top_p.unwrap_or(1.0) as f64;
-    if !(top_p > 0.0 && top_p <= 1.0) {
-        return Err(ApiError::bad_request("top_p must be in (0, 1]", "top_p"));
-    }
-    let grounded_source = request.grounded_source();
-    if request.biodistill.as_ref().is_some_and(|e| e.grounded) && grounded_source.is_none() {
-        return Err(ApiError::bad_request("grounded decoding needs `source_text`", "biodistill"));
-    }
-    let json_schema = request.json_schema();
-    let messages = request
-        .messages
-        .iter()
-        .map(|m| m.to_chat())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| ApiError::bad_request(e, "messages"))?;
-    let max_tokens = request.max_completion_tokens.or(request.max_tokens).map_or(usize::MAX, |n| n as usize);
-    Ok(GenerateRequest {
-        messages,
-        max_tokens,
-        temperature,
-        top_p,
-        // Two's complement keeps negative seeds distinct.
-        seed: request.seed.map_or(state.default_seed, |s| s as u64),
-        stop: request.stop.map(OpenAICompatStop::into_vec).unwrap_or_default(),
-        json_schema,
-        grounded_source,
-        ignore_eos: false,
-    })
 }

@@ -12,11 +12,15 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Split as in TEI: [`types`] (wire types), [`http`] (axum handlers), [`backend`] (the model
-//! on its own thread, with continuous batching). The model itself is
-//! [`crate::model::teacher_llm`].
+//! Split as in TEI: [`types`] (wire types), [`http`] (routes, auth, errors), one module per
+//! endpoint ([`chat`], [`completions`]) over the generation path they share ([`generate`]:
+//! one JSON response or a server-sent-event stream), and [`backend`] (the model on its own
+//! thread, with continuous batching). The model itself is [`crate::model::teacher_llm`].
 
 pub mod backend;
+pub mod chat;
+pub mod completions;
+pub mod generate;
 pub mod http;
 pub mod types;
 

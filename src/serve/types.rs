@@ -1,12 +1,13 @@
-//! OpenAI wire types, only what `POST /v1/chat/completions` and `GET /v1/models` need, shaped
-//! so `async-openai` and the official Python client parse them unchanged (after TEI's
-//! `router/src/http/types.rs`). Unknown request fields are ignored, as OpenAI-compatible
-//! servers usually do.
+//! OpenAI wire types of `POST /v1/chat/completions`, `GET /v1/models` and what both
+//! completion endpoints share (the response envelope, usage, errors), shaped so `async-openai`
+//! and the official Python client parse them unchanged (after TEI's `router/src/http/types.rs`).
+//! The legacy `/v1/completions` types are in [`super::completions`]. Unknown request fields
+//! are ignored, as OpenAI-compatible servers usually do.
 
 use serde::{Deserialize, Serialize};
 
 use crate::model::teacher_llm::schema::ResponseSchema;
-use crate::model::teacher_llm::{ChatMessage, FinishReason, Role};
+use crate::model::teacher_llm::{ChatMessage, FinishReason, Role, TokenLogprob, TokenProb};
 
 /// `POST /v1/chat/completions` body.
 #[derive(Debug, Clone, Deserialize)]
@@ -21,8 +22,17 @@ pub struct OpenAICompatChatRequest {
     pub seed: Option<i64>,
     pub stop: Option<OpenAICompatStop>,
     pub n: Option<u32>,
-    #[serde(default)]
-    pub stream: bool,
+    pub stream: Option<bool>,
+    pub stream_options: Option<OpenAICompatStreamOptions>,
+    /// Return each generated token's log probability ...
+    pub logprobs: Option<bool>,
+    /// ... and this many alternatives at each position (0..=20; needs `logprobs`).
+    pub top_logprobs: Option<u32>,
+    /// Not implemented; rejected unless neutral (0, `{}`, no tools).
+    pub presence_penalty: Option<f32>,
+    pub frequency_penalty: Option<f32>,
+    pub logit_bias: Option<serde_json::Value>,
+    pub tools: Option<Vec<serde_json::Value>>,
     /// Vendor extension (send with Python's `extra_body`).
     pub biodistill: Option<OpenAICompatExtension>,
     /// OpenAI's free-form metadata; `biodistill_source_text` here turns grounding on, for
@@ -65,6 +75,12 @@ impl OpenAICompatChatRequest {
         let schema = self.response_format.as_ref().and_then(|f| f.get("json_schema")?.get("schema"));
         Some(schema.map(ResponseSchema::from_json_schema).unwrap_or_default())
     }
+}
+
+/// `stream_options`: `include_usage` adds a last chunk with empty `choices` and the usage.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct OpenAICompatStreamOptions {
+    pub include_usage: Option<bool>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -132,21 +148,27 @@ impl OpenAICompatMessage {
     }
 }
 
-/// `POST /v1/chat/completions` reply.
+/// A completion response or stream chunk of either endpoint: `chat.completion`,
+/// `chat.completion.chunk` or `text_completion`, with that object's choice type.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct OpenAICompatChatResponse {
+pub struct OpenAICompatCompletion<C> {
     pub id: String,
     pub object: String,
     pub created: u64,
     pub model: String,
-    pub choices: Vec<OpenAICompatChoice>,
-    pub usage: OpenAICompatUsage,
+    pub choices: Vec<C>,
+    /// Always in a response; in a stream only in the last chunk, with `include_usage`.
+    pub usage: Option<OpenAICompatUsage>,
 }
+
+/// `POST /v1/chat/completions` reply.
+pub type OpenAICompatChatResponse = OpenAICompatCompletion<OpenAICompatChoice>;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct OpenAICompatChoice {
     pub index: u32,
     pub message: OpenAICompatReplyMessage,
+    pub logprobs: Option<OpenAICompatChatLogprobs>,
     pub finish_reason: String,
 }
 
@@ -156,7 +178,78 @@ pub struct OpenAICompatReplyMessage {
     pub content: String,
 }
 
+/// One choice of a `chat.completion.chunk`: the role first, then pieces of content, then an
+/// empty delta with the `finish_reason`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OpenAICompatChunkChoice {
+    pub index: u32,
+    pub delta: OpenAICompatDelta,
+    pub logprobs: Option<OpenAICompatChatLogprobs>,
+    pub finish_reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct OpenAICompatDelta {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
+}
+
+/// `choices[].logprobs` of the chat endpoint.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OpenAICompatChatLogprobs {
+    pub content: Vec<OpenAICompatTokenLogprob>,
+    /// Never set (no refusals here); sent as `null` as OpenAI does.
+    pub refusal: Option<Vec<OpenAICompatTokenLogprob>>,
+}
+
+/// A generated token: its text, log probability, UTF-8 bytes and the best alternatives.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OpenAICompatTokenLogprob {
+    pub token: String,
+    pub logprob: f32,
+    pub bytes: Vec<u8>,
+    pub top_logprobs: Vec<OpenAICompatTopLogprob>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OpenAICompatTopLogprob {
+    pub token: String,
+    pub logprob: f32,
+    pub bytes: Vec<u8>,
+}
+
+impl OpenAICompatTopLogprob {
+    pub fn new(token: &TokenProb) -> Self {
+        Self {
+            token: String::from_utf8_lossy(&token.bytes).into_owned(),
+            logprob: token.logprob,
+            bytes: token.bytes.clone(),
+        }
+    }
+}
+
+impl OpenAICompatChatLogprobs {
+    pub fn new(logprobs: &[TokenLogprob]) -> Self {
+        let content = logprobs
+            .iter()
+            .map(|lp| {
+                let token = OpenAICompatTopLogprob::new(&lp.token);
+                let top_logprobs = lp.top.iter().map(OpenAICompatTopLogprob::new).collect();
+                OpenAICompatTokenLogprob {
+                    token: token.token,
+                    logprob: token.logprob,
+                    bytes: token.bytes,
+                    top_logprobs,
+                }
+            })
+            .collect();
+        Self { content, refusal: None }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct OpenAICompatUsage {
     pub prompt_tokens: u32,
     pub completion_tokens: u32,
@@ -165,7 +258,7 @@ pub struct OpenAICompatUsage {
 }
 
 /// How much of the prompt came from the prefix cache.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct OpenAICompatPromptTokensDetails {
     pub cached_tokens: u32,
 }

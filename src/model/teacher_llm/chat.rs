@@ -66,6 +66,31 @@ pub fn render_chatml(messages: &[ChatMessage]) -> String {
     messages.iter().map(|m| render(Some(m))).chain([render(None)]).collect()
 }
 
+/// What a request asks the model to continue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Prompt {
+    /// Chat messages, rendered as ChatML with the assistant header (`/v1/chat/completions`).
+    Chat(Vec<ChatMessage>),
+    /// Raw text continued as is, no template (`/v1/completions`).
+    Text(String),
+}
+
+impl Prompt {
+    /// Tokenize. A text prompt shares no prefix with other requests (nothing marks one).
+    pub fn encode(&self, tokenizer: &Tokenizer) -> Result<ChatPrompt> {
+        match self {
+            Prompt::Chat(messages) => encode_chatml(tokenizer, messages),
+            Prompt::Text(text) => {
+                let enc = tokenizer.encode(text.as_str(), false).map_err(|e| Error::Tokenizer(e.to_string()))?;
+                if enc.get_ids().is_empty() {
+                    return Err(Error::Config("the prompt must not be empty".into()));
+                }
+                Ok(ChatPrompt { ids: enc.get_ids().to_vec(), shared_prefix_len: 0 })
+            }
+        }
+    }
+}
+
 /// Tokenize `messages` into a ChatML prompt ending with the assistant header.
 pub fn encode_chatml(tokenizer: &Tokenizer, messages: &[ChatMessage]) -> Result<ChatPrompt> {
     if messages.is_empty() {

@@ -4,7 +4,9 @@
 //! - [`llama_cpp`]: the forward pass on llama.cpp, with per-sequence KV handles and a batched
 //!   forward;
 //! - [`chat`]: ChatML rendering and tokenization;
-//! - [`sequence`]: one request in flight (sampling, stop conditions, grounding);
+//! - [`sequence`]: one choice of a request in flight (sampling, stop conditions, grounding,
+//!   streamable text);
+//! - [`logprobs`]: log probabilities of the generated tokens;
 //! - [`prefix_cache`]: KV snapshots of shared prompt prefixes;
 //! - [`grounded`]: the JSON-with-copied-spans automaton, and [`schema`], the response schema
 //!   it follows.
@@ -12,12 +14,14 @@
 //! [`TeacherLlm`] ties them together. It is synchronous and `&mut self`: the server runs it on
 //! its own thread. Requests are admitted with [`TeacherLlm::start`] and advanced together by
 //! [`TeacherLlm::step`], one forward per step for the whole batch (continuous batching: a new
-//! request's prefill joins the other sequences' decode step). [`TeacherLlm::generate`] does
-//! all of that for a single request.
+//! request's prefill joins the other sequences' decode step). A request for `n` choices is
+//! prefilled once; its choices then share the prompt's KV cells (llama.cpp `seq_cp`) and
+//! decode as `n` sequences. [`TeacherLlm::generate`] does all of that for a single request.
 
 pub mod chat;
 pub mod grounded;
 pub mod llama_cpp;
+pub mod logprobs;
 pub mod prefix_cache;
 pub mod schema;
 pub mod sequence;
@@ -28,8 +32,9 @@ use std::time::Instant;
 use candle_core::quantized::gguf_file;
 use tokenizers::Tokenizer;
 
-pub use chat::{ChatMessage, Role};
-pub use sequence::{FinishReason, GenerateRequest, Generation, Sequence};
+pub use chat::{ChatMessage, Prompt, Role};
+pub use logprobs::{MAX_TOP_LOGPROBS, TokenLogprob, TokenProb};
+pub use sequence::{Delta, FinishReason, GenerateRequest, Generation, Sequence};
 
 use crate::error::IoContext;
 use crate::model::gguf_tokenizer::GgufVocab;
@@ -81,6 +86,8 @@ pub struct TeacherLlm {
     prefix_cache: PrefixCache,
     model_id: String,
     context_length: usize,
+    /// Next id for the choices of one request (see [`Sequence`]'s `group`).
+    next_group: u64,
 }
 
 impl TeacherLlm {
@@ -123,6 +130,7 @@ impl TeacherLlm {
             ),
             model_id: model_id(path),
             context_length,
+            next_group: 0,
         })
     }
 
@@ -145,10 +153,12 @@ impl TeacherLlm {
         self.prefix_cache.len()
     }
 
-    /// Tokenize and admit a request. Fails with [`Error::PromptTooLong`] when the prompt
-    /// leaves no room for a reply; `max_tokens` is clamped to the room left.
-    pub fn start(&mut self, request: &GenerateRequest) -> Result<Sequence> {
-        let prompt = chat::encode_chatml(&self.tokenizer, &request.messages)?;
+    /// Tokenize and admit a request: its `n` choices, in order. Fails with
+    /// [`Error::PromptTooLong`] when the prompt leaves no room for a reply; `max_tokens` is
+    /// clamped to the room left. Only the first choice prefills; the others wait for its
+    /// logits and continue from its KV cache (shared cells, so `n` choices cost one prompt).
+    pub fn start(&mut self, request: &GenerateRequest) -> Result<Vec<Sequence>> {
+        let prompt = request.prompt.encode(&self.tokenizer)?;
         if prompt.ids.len() >= self.context_length {
             return Err(Error::PromptTooLong { prompt_tokens: prompt.ids.len(), context_length: self.context_length });
         }
@@ -173,9 +183,22 @@ impl TeacherLlm {
         let cache = self.prefix_cache.lookup(&prompt.ids).unwrap_or_else(|| self.decoder.new_cache());
         let snapshot =
             shared >= MIN_CACHED_PREFIX && shared > cache.len() && !self.prefix_cache.contains(&prompt.ids[..shared]);
-        let mut sequence = Sequence::new(request, prompt.ids, cache, max_tokens);
-        sequence.snapshot_prefix = snapshot.then_some(shared);
-        Ok(sequence)
+        let ids: std::sync::Arc<[u32]> = prompt.ids.into();
+        let mut first = Sequence::new(request, ids.clone(), cache, max_tokens, 0);
+        first.snapshot_prefix = snapshot.then_some(shared);
+        let mut choices = vec![first];
+        if request.n > 1 {
+            let group = self.next_group;
+            self.next_group += 1;
+            choices[0].group = Some(group);
+            for choice in 1..request.n {
+                let mut fork = Sequence::new(request, ids.clone(), self.decoder.new_cache(), max_tokens, choice);
+                (fork.group, fork.awaiting_prefill) = (Some(group), true);
+                fork.pending.clear();
+                choices.push(fork);
+            }
+        }
+        Ok(choices)
     }
 
     /// One forward pass for every unfinished sequence, then one token sampled for each.
@@ -183,7 +206,7 @@ impl TeacherLlm {
     pub fn step(&mut self, sequences: &mut [Sequence]) -> Result<()> {
         let mut inputs: Vec<SequenceInput<'_>> = sequences
             .iter_mut()
-            .filter(|s| !s.is_finished())
+            .filter(|s| !s.is_finished() && !s.awaiting_prefill)
             .map(|s| SequenceInput { cache: &mut s.cache, tokens: &s.pending })
             .collect();
         if inputs.is_empty() {
@@ -193,56 +216,77 @@ impl TeacherLlm {
         let rows = self.decoder.forward(&mut inputs)?;
         drop(inputs);
         let elapsed = started.elapsed();
-        let active = sequences.iter_mut().filter(|s| !s.is_finished());
+        let active = sequences.iter_mut().filter(|s| !s.is_finished() && !s.awaiting_prefill);
+        // First choices that just prefilled hand their cache and logits to their other choices.
+        let mut prefilled = Vec::new();
         for (sequence, row) in active.zip(rows) {
             sequence.add_time(elapsed);
             if let Some(len) = sequence.snapshot_prefix.take() {
                 let snapshot = sequence.cache.truncated(len)?;
                 self.prefix_cache.insert(sequence.prompt[..len].to_vec(), snapshot);
             }
+            if let Some(group) = sequence.group.filter(|_| sequence.in_prefill()) {
+                prefilled.push((group, sequence.cache.clone(), sequence.cached_prompt_tokens, row.clone()));
+            }
             sequence.advance(row, &self.table, &self.tokenizer)?;
+        }
+        for (group, cache, cached, row) in prefilled {
+            for fork in sequences.iter_mut().filter(|s| s.awaiting_prefill && s.group == Some(group)) {
+                fork.join_prefill(cache.clone(), cached, elapsed);
+                fork.advance(row.clone(), &self.table, &self.tokenizer)?;
+            }
         }
         Ok(())
     }
 
     /// The result of a finished (or abandoned) sequence.
-    pub fn finish(&self, sequence: Sequence) -> Result<Generation> {
-        sequence.into_generation(&self.tokenizer)
+    pub fn finish(&self, sequence: Sequence) -> Generation {
+        sequence.into_generation()
     }
 
-    /// Generate a reply to one request.
+    /// Generate a reply to one request (its first choice).
     pub fn generate(&mut self, request: &GenerateRequest) -> Result<Generation> {
-        self.generate_batch(std::slice::from_ref(request)).pop().expect("one request, one reply")
+        Ok(self.generate_choices(request)?.swap_remove(0))
     }
 
-    /// Generate replies to several requests decoded together (for tests and benches; the
-    /// server admits requests as they arrive instead).
+    /// Generate all `n` choices of one request, in order.
+    pub fn generate_choices(&mut self, request: &GenerateRequest) -> Result<Vec<Generation>> {
+        self.run(std::slice::from_ref(request)).pop().expect("one request, one reply")
+    }
+
+    /// Generate replies (first choices) to several requests decoded together (for tests and
+    /// benches; the server admits requests as they arrive instead).
     pub fn generate_batch(&mut self, requests: &[GenerateRequest]) -> Vec<Result<Generation>> {
-        let mut results: Vec<Option<Result<Generation>>> = (0..requests.len()).map(|_| None).collect();
-        let mut running = Vec::new();
+        self.run(requests).into_iter().map(|r| r.map(|mut choices| choices.swap_remove(0))).collect()
+    }
+
+    /// Every choice of every request, decoded together.
+    fn run(&mut self, requests: &[GenerateRequest]) -> Vec<Result<Vec<Generation>>> {
+        let mut results: Vec<Option<Result<Vec<Generation>>>> = (0..requests.len()).map(|_| None).collect();
+        let (mut sequences, mut owners) = (Vec::new(), Vec::new());
         for (i, request) in requests.iter().enumerate() {
             match self.start(request) {
-                Ok(sequence) => running.push((i, sequence)),
+                Ok(choices) => {
+                    owners.extend(std::iter::repeat_n(i, choices.len()));
+                    sequences.extend(choices);
+                }
                 Err(e) => results[i] = Some(Err(e)),
             }
-        }
-        let mut sequences: Vec<Sequence> = Vec::new();
-        let mut slots = Vec::new();
-        for (i, s) in running {
-            slots.push(i);
-            sequences.push(s);
         }
         while sequences.iter().any(|s| !s.is_finished()) {
             if let Err(e) = self.step(&mut sequences) {
                 let message = e.to_string();
-                for &i in &slots {
+                for &i in &owners {
                     results[i] = Some(Err(Error::Internal(format!("generation failed: {message}"))));
                 }
                 return results.into_iter().map(|r| r.expect("filled above")).collect();
             }
         }
-        for (i, s) in slots.into_iter().zip(sequences) {
-            results[i] = Some(self.finish(s));
+        for (i, s) in owners.into_iter().zip(sequences) {
+            let generation = self.finish(s);
+            if let Ok(choices) = results[i].get_or_insert_with(|| Ok(Vec::new())) {
+                choices.push(generation);
+            }
         }
         results.into_iter().map(|r| r.expect("every request is started or failed")).collect()
     }
@@ -339,6 +383,53 @@ mod tests {
             serde_json::Value::Array(items) => items.iter().for_each(|v| assert_strings_in(v, source)),
             serde_json::Value::Object(map) => map.values().for_each(|v| assert_strings_in(v, source)),
             _ => {}
+        }
+    }
+
+    /// `n` choices from one prefill: identical when greedy, distinct but reproducible when
+    /// sampled, each like a request alone with that choice's seed would be.
+    #[test]
+    fn n_choices_share_one_prefill() {
+        let mut teacher = smollm();
+        let mut request = GenerateRequest::greedy(few_shot("Metformin caused lactic acidosis."), 10);
+        request.n = 3;
+        let greedy = teacher.generate_choices(&request).unwrap();
+        assert_eq!(greedy.len(), 3);
+        assert!(greedy.iter().all(|g| g.tokens == greedy[0].tokens && g.prompt_tokens == greedy[0].prompt_tokens));
+        (request.temperature, request.seed) = (1.0, 7);
+        let sampled = teacher.generate_choices(&request).unwrap();
+        let again = teacher.generate_choices(&request).unwrap();
+        let tokens = |gs: &[Generation]| gs.iter().map(|g| g.tokens.clone()).collect::<Vec<_>>();
+        assert_eq!(tokens(&sampled), tokens(&again), "reproducible with a seed");
+        assert!(sampled[1].tokens != sampled[0].tokens || sampled[2].tokens != sampled[0].tokens, "choices differ");
+        request.n = 1;
+        assert_eq!(teacher.generate(&request).unwrap().tokens, sampled[0].tokens, "choice 0 is the plain request");
+    }
+
+    /// Logprobs cover every token of the text (not the end-of-turn token); streamed deltas add
+    /// up to the reply and its logprobs.
+    #[test]
+    fn logprobs_and_deltas_add_up_to_the_reply() {
+        let mut teacher = smollm();
+        let mut request = GenerateRequest::greedy(vec![ChatMessage::new(Role::User, "Say hello in French.")], 24);
+        request.logprobs = Some(3);
+        request.stop = vec!["!".into()];
+        let mut sequences = teacher.start(&request).unwrap();
+        let (mut text, mut logprobs) = (String::new(), Vec::new());
+        while !sequences[0].is_finished() {
+            teacher.step(&mut sequences).unwrap();
+            if let Some(delta) = sequences[0].take_delta() {
+                text.push_str(&delta.text);
+                logprobs.extend(delta.logprobs);
+            }
+        }
+        let generation = teacher.finish(sequences.pop().unwrap());
+        assert_eq!((text.as_str(), &logprobs), (generation.text.as_str(), &generation.logprobs));
+        let ends_turn = generation.finish_reason == FinishReason::Stop
+            && teacher.table.stop_ids.contains(generation.tokens.last().unwrap());
+        assert_eq!(logprobs.len(), generation.tokens.len() - usize::from(ends_turn));
+        for (lp, &id) in logprobs.iter().zip(&generation.tokens) {
+            assert_eq!((lp.token.id, lp.top.len(), &lp.top[0]), (id, 3, &lp.token), "greedy takes the best");
         }
     }
 

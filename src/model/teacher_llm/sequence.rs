@@ -1,5 +1,6 @@
-//! One request being generated: its KV cache, the tokens still to feed, how to pick the next
-//! token (greedy, temperature/top-p with a seed, optionally grounded) and when to stop.
+//! One choice of a request being generated: its KV cache, the tokens still to feed, how to
+//! pick the next token (greedy, temperature/top-p with a seed, optionally grounded), when to
+//! stop, and which part of the text is final enough to stream.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,16 +9,23 @@ use candle_core::{Device, Tensor};
 use candle_transformers::generation::{LogitsProcessor, Sampling};
 use tokenizers::Tokenizer;
 
-use super::chat::ChatMessage;
+use super::chat::{ChatMessage, Prompt};
 use super::grounded::GroundedJson;
 use super::llama_cpp::KvCache;
+use super::logprobs::{TokenLogprob, token_logprob};
 use super::schema::ResponseSchema;
 use crate::{Error, Result};
 
 /// What to generate.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GenerateRequest {
-    pub messages: Vec<ChatMessage>,
+    pub prompt: Prompt,
+    /// Continuations sampled from one prefill of the prompt (OpenAI's `n`); choice `i` samples
+    /// with its own seed derived from `seed` (choice 0 with `seed` itself).
+    pub n: usize,
+    /// Record each generated token's log probability and this many alternatives (at most
+    /// [`super::logprobs::MAX_TOP_LOGPROBS`]); `None` computes none.
+    pub logprobs: Option<usize>,
     /// Upper bound on generated tokens (clamped to what the context leaves).
     pub max_tokens: usize,
     /// 0 means greedy.
@@ -40,7 +48,9 @@ impl GenerateRequest {
     /// A greedy request for `messages` with no stop strings and no grounding.
     pub fn greedy(messages: Vec<ChatMessage>, max_tokens: usize) -> Self {
         Self {
-            messages,
+            prompt: Prompt::Chat(messages),
+            n: 1,
+            logprobs: None,
             max_tokens,
             temperature: 0.0,
             top_p: 1.0,
@@ -68,6 +78,9 @@ pub struct Generation {
     pub text: String,
     /// Sampled ids, including a final end-of-turn token if there was one.
     pub tokens: Vec<u32>,
+    /// Log probabilities of the sampled tokens but a final end-of-turn token (which is not
+    /// part of the text), when the request asked for them.
+    pub logprobs: Vec<TokenLogprob>,
     pub prompt_tokens: usize,
     /// Prompt tokens whose KV came from the prefix cache.
     pub cached_prompt_tokens: usize,
@@ -93,10 +106,44 @@ pub struct TokenTable {
     pub stop_ids: Vec<u32>,
 }
 
+impl TokenTable {
+    /// What token `id` stands for: its bytes, or a special token's text (`<|im_end|>`).
+    pub fn token_bytes(&self, id: u32, tokenizer: &Tokenizer) -> Vec<u8> {
+        match self.bytes.get(id as usize) {
+            Some(Some(bytes)) => bytes.clone(),
+            _ => tokenizer.id_to_token(id).unwrap_or_default().into_bytes(),
+        }
+    }
+}
+
+/// Text ready to stream and the log probabilities of the tokens it completes.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Delta {
+    pub text: String,
+    pub logprobs: Vec<TokenLogprob>,
+}
+
+/// How much of the not yet finished `text` can be streamed: all but a trailing incomplete
+/// UTF-8 character (decoded as U+FFFD until its last byte arrives) and a tail that may still
+/// grow into a stop string (which must never be sent).
+pub fn streamable_len(text: &str, stop: &[String]) -> usize {
+    let mut end = text.trim_end_matches('\u{FFFD}').len();
+    for s in stop {
+        // The longest proper prefix of `s` that `text[..end]` ends with.
+        let held = (1..s.len())
+            .rev()
+            .filter(|&k| s.is_char_boundary(k))
+            .find(|&k| text[..end].ends_with(&s[..k]))
+            .unwrap_or(0);
+        end = end.min(text[..end].len() - held);
+    }
+    end
+}
+
 /// How many of the best tokens are tried under a grounding constraint before scanning all.
 const GROUNDED_CANDIDATES: usize = 64;
 
-/// A request in flight.
+/// One choice of a request in flight.
 pub struct Sequence {
     pub(super) cache: KvCache,
     /// Tokens to feed in the next forward (the uncached prompt, then the last sampled token).
@@ -105,6 +152,11 @@ pub struct Sequence {
     /// forward, if it is not cached yet.
     pub(super) snapshot_prefix: Option<usize>,
     pub(super) prompt: Arc<[u32]>,
+    /// The choices of one request share an id; all but the first wait for its prefill, then
+    /// continue from its KV cache and logits (see [`super::TeacherLlm::start`]).
+    pub(super) group: Option<u64>,
+    pub(super) awaiting_prefill: bool,
+    choice: usize,
     generated: Vec<u32>,
     max_tokens: usize,
     sampler: LogitsProcessor,
@@ -113,15 +165,27 @@ pub struct Sequence {
     ignore_eos: bool,
     grounded: Option<GroundedJson>,
     finish: Option<FinishReason>,
-    text: Option<String>,
-    cached_prompt_tokens: usize,
+    /// The reply so far, cut before a stop string once one appears.
+    text: String,
+    /// Bytes of `text` and entries of `logprobs` handed out by [`Sequence::take_delta`].
+    streamed: usize,
+    streamed_logprobs: usize,
+    top_logprobs: Option<usize>,
+    logprobs: Vec<TokenLogprob>,
+    pub(super) cached_prompt_tokens: usize,
     prefill_time: Duration,
     decode_time: Duration,
 }
 
 impl Sequence {
-    /// A sequence for `request` whose prompt is `prompt`, starting from `cache`.
-    pub(super) fn new(request: &GenerateRequest, prompt: Vec<u32>, cache: KvCache, max_tokens: usize) -> Self {
+    /// Choice `choice` of `request`, whose prompt is `prompt`, starting from `cache`.
+    pub(super) fn new(
+        request: &GenerateRequest,
+        prompt: Arc<[u32]>,
+        cache: KvCache,
+        max_tokens: usize,
+        choice: usize,
+    ) -> Self {
         let greedy = request.temperature <= 1e-7;
         let sampling = match (greedy, request.top_p) {
             (true, _) => Sampling::ArgMax,
@@ -131,12 +195,15 @@ impl Sequence {
         let cached = cache.len();
         Self {
             pending: prompt[cached..].to_vec(),
-            prompt: prompt.into(),
+            prompt,
             cache,
             snapshot_prefix: None,
+            group: None,
+            awaiting_prefill: false,
+            choice,
             generated: Vec::new(),
             max_tokens,
-            sampler: LogitsProcessor::from_sampling(request.seed, sampling),
+            sampler: LogitsProcessor::from_sampling(choice_seed(request.seed, choice), sampling),
             greedy,
             stop: request.stop.iter().filter(|s| !s.is_empty()).cloned().collect(),
             ignore_eos: request.ignore_eos,
@@ -146,7 +213,11 @@ impl Sequence {
                 (None, None) => None,
             },
             finish: if max_tokens == 0 { Some(FinishReason::Length) } else { None },
-            text: None,
+            text: String::new(),
+            streamed: 0,
+            streamed_logprobs: 0,
+            top_logprobs: request.logprobs,
+            logprobs: Vec::new(),
             cached_prompt_tokens: cached,
             prefill_time: Duration::ZERO,
             decode_time: Duration::ZERO,
@@ -155,6 +226,41 @@ impl Sequence {
 
     pub fn is_finished(&self) -> bool {
         self.finish.is_some()
+    }
+
+    /// Which of the request's `n` choices this is.
+    pub fn choice(&self) -> usize {
+        self.choice
+    }
+
+    /// Continue from the first choice's prefill: its KV cache (shared, copied on write) and
+    /// the logits after the prompt (the caller then calls [`Sequence::advance`]).
+    pub(super) fn join_prefill(&mut self, cache: KvCache, cached_prompt_tokens: usize, elapsed: Duration) {
+        self.cache = cache;
+        self.cached_prompt_tokens = cached_prompt_tokens;
+        self.prefill_time += elapsed;
+        self.awaiting_prefill = false;
+    }
+
+    /// The text (and logprobs) generated since the last call that can no longer change; all
+    /// of the rest once finished. `None` when there is nothing new.
+    pub fn take_delta(&mut self) -> Option<Delta> {
+        let end = if self.is_finished() { self.text.len() } else { streamable_len(&self.text, &self.stop) };
+        if self.streamed > self.text.len() || !self.text.is_char_boundary(self.streamed) {
+            // Byte-level decoding only ever appends, so this is a bug; never slice mid-character.
+            tracing::warn!("the decoded reply changed behind the streamed part; skipping the change");
+            self.streamed = self.text.len();
+        }
+        let end = end.max(self.streamed);
+        let flush_logprobs = self.is_finished() && self.streamed_logprobs < self.logprobs.len();
+        if end == self.streamed && !flush_logprobs {
+            return None;
+        }
+        let text = self.text[self.streamed..end].to_string();
+        self.streamed = end;
+        let logprobs = self.logprobs[self.streamed_logprobs..].to_vec();
+        self.streamed_logprobs = self.logprobs.len();
+        Some(Delta { text, logprobs })
     }
 
     /// Whether the next forward is this sequence's prefill.
@@ -173,6 +279,8 @@ impl Sequence {
 
     /// Pick the next token from this sequence's `logits` row and decide whether to stop.
     pub(super) fn advance(&mut self, logits: Vec<f32>, table: &TokenTable, tokenizer: &Tokenizer) -> Result<()> {
+        // The raw row, before sampling masks it (see `logprobs` for why this distribution).
+        let raw = self.top_logprobs.map(|k| (k, logits.clone()));
         let token = match self.grounded.clone() {
             Some(state) => match self.sample_grounded(logits, state, table)? {
                 Some(token) => token,
@@ -188,19 +296,24 @@ impl Sequence {
         };
         self.generated.push(token);
         self.pending = vec![token];
-        if table.stop_ids.contains(&token) && !self.ignore_eos {
+        let ends_turn = table.stop_ids.contains(&token) && !self.ignore_eos;
+        if let Some((k, raw)) = raw.filter(|_| !ends_turn) {
+            self.logprobs.push(token_logprob(&raw, token, k, |id| table.token_bytes(id, tokenizer)));
+        }
+        if ends_turn {
             self.finish = Some(FinishReason::Stop);
         } else if let Some(state) = &self.grounded {
             let bytes = table.bytes.get(token as usize).and_then(|b| b.as_deref()).unwrap_or_default();
             self.grounded = state.advanced(bytes);
         }
-        let text = self.decode(tokenizer)?;
+        let mut text = self.decode(tokenizer)?;
         if let Some(cut) = self.stop.iter().filter_map(|s| text.find(s.as_str())).min() {
-            self.text = Some(text[..cut].to_string());
+            text.truncate(cut);
             self.finish = Some(FinishReason::Stop);
         } else if self.finish.is_none() && self.generated.len() >= self.max_tokens {
             self.finish = Some(FinishReason::Length);
         }
+        self.text = text;
         Ok(())
     }
 
@@ -257,19 +370,39 @@ impl Sequence {
     }
 
     /// The finished generation.
-    pub(super) fn into_generation(self, tokenizer: &Tokenizer) -> Result<Generation> {
-        let text = match &self.text {
-            Some(t) => t.clone(),
-            None => self.decode(tokenizer)?,
-        };
-        Ok(Generation {
-            text,
+    pub(super) fn into_generation(self) -> Generation {
+        Generation {
+            text: self.text,
             prompt_tokens: self.prompt.len(),
             cached_prompt_tokens: self.cached_prompt_tokens,
             finish_reason: self.finish.unwrap_or(FinishReason::Length),
             prefill_time: self.prefill_time,
             decode_time: self.decode_time,
             tokens: self.generated,
-        })
+            logprobs: self.logprobs,
+        }
+    }
+}
+
+/// Choice `choice`'s sampling seed: `seed` for the first, then well-spread distinct values,
+/// so every choice is reproducible on its own.
+fn choice_seed(seed: u64, choice: usize) -> u64 {
+    seed.wrapping_add((choice as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn held_back_tails_are_partial_characters_and_partial_stop_strings() {
+        let stop = vec!["\n\n".to_string(), "END".to_string()];
+        assert_eq!(streamable_len("Hello", &stop), 5);
+        assert_eq!(streamable_len("Hello\u{FFFD}\u{FFFD}", &stop), 5);
+        assert_eq!(streamable_len("Hello\n", &stop), 5, "may become a stop string");
+        assert_eq!(streamable_len("Hello EN", &stop), 6);
+        assert_eq!(streamable_len("Hello E!", &stop), 8);
+        assert_eq!(streamable_len("Hello", &[]), 5);
+        assert_eq!(streamable_len("", &stop), 0);
     }
 }
