@@ -61,21 +61,9 @@ fn to_generate_request(
         .map(|m| m.to_chat())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| ApiError::bad_request(e, "messages"))?;
-    let sampling = Sampling {
-        max_tokens: request.max_completion_tokens.or(request.max_tokens),
-        temperature: request.temperature,
-        top_p: request.top_p,
-        seed: request.seed,
-        stop: request.stop,
-        n: request.n,
-        stream: request.stream,
-        stream_options: request.stream_options,
-        logprobs: logprobs.then(|| top_logprobs.unwrap_or(0)),
-        presence_penalty: request.presence_penalty,
-        frequency_penalty: request.frequency_penalty,
-        logit_bias: request.logit_bias,
-    };
-    let checked = sampling.check(state, usize::MAX)?;
+    let sampling =
+        Sampling { max_tokens: request.max_completion_tokens.or(request.sampling.max_tokens), ..request.sampling };
+    let checked = sampling.check(state, usize::MAX, logprobs.then(|| top_logprobs.unwrap_or(0)))?;
     let generate = GenerateRequest { prompt: Prompt::Chat(messages), json_schema, grounded_source, ..checked.template };
     Ok((generate, checked.stream))
 }

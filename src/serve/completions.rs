@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::generate::{Endpoint, Sampling, respond};
 use super::http::{ApiError, AppState, check_auth};
-use super::types::{OpenAICompatStop, OpenAICompatStreamOptions, finish_reason};
+use super::types::finish_reason;
 use crate::model::teacher_llm::{Delta, FinishReason, GenerateRequest, Generation, Prompt, TokenLogprob};
 
 /// Most alternatives the legacy `logprobs` takes (OpenAI's limit).
@@ -27,23 +27,15 @@ const DEFAULT_MAX_TOKENS: usize = 16;
 pub struct OpenAICompatCompletionRequest {
     pub model: String,
     pub prompt: OpenAICompatPrompt,
-    pub max_tokens: Option<u32>,
-    pub temperature: Option<f32>,
-    pub top_p: Option<f32>,
-    pub seed: Option<i64>,
-    pub stop: Option<OpenAICompatStop>,
-    pub n: Option<u32>,
-    pub stream: Option<bool>,
-    pub stream_options: Option<OpenAICompatStreamOptions>,
+    /// `max_tokens`, `temperature`, `top_p`, `seed`, `stop`, `n`, `stream`, … as for chat.
+    #[serde(flatten)]
+    pub sampling: Sampling,
     /// Log probabilities of each token and of this many alternatives (0..=5).
     pub logprobs: Option<u32>,
     /// Not supported; rejected when set, so a client never gets less than it asked for.
     pub echo: Option<bool>,
     pub best_of: Option<u32>,
     pub suffix: Option<String>,
-    pub presence_penalty: Option<f32>,
-    pub frequency_penalty: Option<f32>,
-    pub logit_bias: Option<serde_json::Value>,
 }
 
 /// A prompt, or several (each gets `n` choices); token-id prompts are not supported.
@@ -127,7 +119,7 @@ fn to_generate_requests(
     if request.echo == Some(true) {
         return Err(ApiError::bad_request("echo is not supported", "echo"));
     }
-    if request.best_of.is_some_and(|b| Some(b) != request.n.or(Some(1))) {
+    if request.best_of.is_some_and(|b| Some(b) != request.sampling.n.or(Some(1))) {
         return Err(ApiError::bad_request("best_of is not supported (only best_of = n)", "best_of"));
     }
     if request.suffix.is_some() {
@@ -137,21 +129,7 @@ fn to_generate_requests(
     if logprobs.is_some_and(|k| k > MAX_LOGPROBS) {
         return Err(ApiError::bad_request(format!("logprobs must be between 0 and {MAX_LOGPROBS}"), "logprobs"));
     }
-    let sampling = Sampling {
-        max_tokens: request.max_tokens,
-        temperature: request.temperature,
-        top_p: request.top_p,
-        seed: request.seed,
-        stop: request.stop,
-        n: request.n,
-        stream: request.stream,
-        stream_options: request.stream_options,
-        logprobs,
-        presence_penalty: request.presence_penalty,
-        frequency_penalty: request.frequency_penalty,
-        logit_bias: request.logit_bias,
-    };
-    let checked = sampling.check(state, DEFAULT_MAX_TOKENS)?;
+    let checked = request.sampling.check(state, DEFAULT_MAX_TOKENS, logprobs)?;
     let requests =
         prompts.into_iter().map(|p| GenerateRequest { prompt: Prompt::Text(p), ..checked.template.clone() }).collect();
     Ok((requests, checked.stream))

@@ -11,7 +11,7 @@ use axum::Json;
 use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use super::backend::{BackendError, Event, Events};
@@ -44,8 +44,8 @@ pub trait Endpoint: Send + 'static {
     fn closing(&self, index: u32, finish: FinishReason) -> Self::ChunkChoice;
 }
 
-/// Parameters both endpoints take, as sent.
-#[derive(Debug, Clone, Default)]
+/// Parameters both endpoints take, as sent: flattened into each request body.
+#[derive(Debug, Clone, Default, Deserialize)]
 pub struct Sampling {
     pub max_tokens: Option<u32>,
     pub temperature: Option<f32>,
@@ -55,8 +55,6 @@ pub struct Sampling {
     pub n: Option<u32>,
     pub stream: Option<bool>,
     pub stream_options: Option<OpenAICompatStreamOptions>,
-    /// Alternatives per token when logprobs are asked for (each endpoint has its own field).
-    pub logprobs: Option<usize>,
     /// Not implemented: rejected unless neutral, so no client silently gets less.
     pub presence_penalty: Option<f32>,
     pub frequency_penalty: Option<f32>,
@@ -74,8 +72,14 @@ pub struct Checked {
 impl Sampling {
     /// Check every parameter (400 naming it when out of range) and build the request
     /// template (its prompt is filled in per prompt). `default_max_tokens` is the endpoint's
-    /// (chat: the room the context leaves; legacy completions: 16, as OpenAI).
-    pub fn check(self, state: &AppState, default_max_tokens: usize) -> Result<Checked, ApiError> {
+    /// (chat: the room the context leaves; legacy completions: 16, as OpenAI). `logprobs`:
+    /// alternatives per token when logprobs are asked for (each endpoint has its own field).
+    pub fn check(
+        self,
+        state: &AppState,
+        default_max_tokens: usize,
+        logprobs: Option<usize>,
+    ) -> Result<Checked, ApiError> {
         let n = self.n.unwrap_or(1) as usize;
         if n == 0 {
             return Err(ApiError::bad_request("n must be at least 1", "n"));
@@ -114,7 +118,7 @@ impl Sampling {
         let template = GenerateRequest {
             prompt: Prompt::Text(String::new()),
             n,
-            logprobs: self.logprobs,
+            logprobs,
             max_tokens: self.max_tokens.map_or(default_max_tokens, |m| m as usize),
             temperature,
             top_p,

@@ -6,6 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::generate::Sampling;
 use crate::model::teacher_llm::schema::ResponseSchema;
 use crate::model::teacher_llm::{ChatMessage, FinishReason, Role, TokenLogprob, TokenProb};
 
@@ -14,24 +15,17 @@ use crate::model::teacher_llm::{ChatMessage, FinishReason, Role, TokenLogprob, T
 pub struct OpenAICompatChatRequest {
     pub model: String,
     pub messages: Vec<OpenAICompatMessage>,
+    /// `max_tokens`, `temperature`, `top_p`, `seed`, `stop`, `n`, `stream`, … as for
+    /// `/v1/completions`.
+    #[serde(flatten)]
+    pub sampling: Sampling,
     /// Newer name of `max_tokens`; wins when both are given.
     pub max_completion_tokens: Option<u32>,
-    pub max_tokens: Option<u32>,
-    pub temperature: Option<f32>,
-    pub top_p: Option<f32>,
-    pub seed: Option<i64>,
-    pub stop: Option<OpenAICompatStop>,
-    pub n: Option<u32>,
-    pub stream: Option<bool>,
-    pub stream_options: Option<OpenAICompatStreamOptions>,
     /// Return each generated token's log probability ...
     pub logprobs: Option<bool>,
     /// ... and this many alternatives at each position (0..=20; needs `logprobs`).
     pub top_logprobs: Option<u32>,
-    /// Not implemented; rejected unless neutral (0, `{}`, no tools).
-    pub presence_penalty: Option<f32>,
-    pub frequency_penalty: Option<f32>,
-    pub logit_bias: Option<serde_json::Value>,
+    /// Not implemented; rejected unless empty.
     pub tools: Option<Vec<serde_json::Value>>,
     /// Vendor extension (send with Python's `extra_body`).
     pub biodistill: Option<OpenAICompatExtension>,
@@ -309,12 +303,15 @@ mod tests {
         let body = r#"{"model":"m","messages":[
             {"role":"developer","content":"Be brief."},
             {"role":"user","content":[{"type":"text","text":"Hi "},{"type":"text","text":"there"}]}],
-            "stop":"\n","seed":7,"metadata":{"biodistill_source_text":"Hi there"},"logprobs":false}"#;
+            "stop":"\n","seed":7,"metadata":{"biodistill_source_text":"Hi there"},"logprobs":false,
+            "temperature":0,"n":2}"#;
         let req: OpenAICompatChatRequest = serde_json::from_str(body).unwrap();
         let msgs: Vec<_> = req.messages.iter().map(|m| m.to_chat().unwrap()).collect();
         assert_eq!(msgs[0], ChatMessage::new(Role::System, "Be brief."));
         assert_eq!(msgs[1].content, "Hi there");
-        assert_eq!(req.stop.clone().unwrap().into_vec(), vec!["\n"]);
+        assert_eq!(req.sampling.stop.clone().unwrap().into_vec(), vec!["\n"]);
+        // Flattened sampling fields: an integer temperature still reads as a float.
+        assert_eq!((req.sampling.temperature, req.sampling.n, req.sampling.seed), (Some(0.0), Some(2), Some(7)));
         assert_eq!(req.grounded_source().as_deref(), Some("Hi there"));
         let ext = r#"{"model":"m","messages":[],"biodistill":{"grounded":true,"source_text":"x"}}"#;
         let req: OpenAICompatChatRequest = serde_json::from_str(ext).unwrap();
