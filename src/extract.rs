@@ -105,7 +105,7 @@ impl Default for ExtractConfig {
             splits: Vec::new(),
             sources: BTreeMap::new(),
             only_documents: None,
-            phi_recognizers: recognizers::NAMES.iter().map(|n| n.to_string()).collect(),
+            phi_recognizers: recognizers::all(),
         }
     }
 }

@@ -262,7 +262,7 @@ pub fn system_pairs(
 /// What every PHI recognizer finds in the sentences of the documents in `sentences`, in
 /// document offsets.
 pub fn rules_phi(run_dir: &RunDir, sentences: &Sentences) -> Result<Vec<PredSpan>> {
-    let all: Vec<String> = recognizers::NAMES.iter().map(|n| n.to_string()).collect();
+    let all = recognizers::all();
     let mut spans = Vec::new();
     for c in TableStream::open(run_dir, table::SENTENCES, 8192)? {
         let c = c?;

@@ -221,8 +221,7 @@ impl ScalarUDFImpl for StudentFunction {
         let threads = crate::parallel::available_threads();
         let (mut rows, _) = spans_per_row(&checkpoint, texts, true, BATCH_SIZE, threads).map_err(execution)?;
         if self.task == Task::Phi {
-            let all: Vec<String> = recognizers::NAMES.iter().map(|n| n.to_string()).collect();
-            fuse_recognizers(texts, &mut rows, &all);
+            fuse_recognizers(texts, &mut rows, &recognizers::all());
         }
         let out = match self.output {
             Output::Redacted => redacted(texts, &rows),

@@ -118,6 +118,12 @@ const SPAN_GROUPS: [&str; 3] = ["span", "span2", "span3"];
 /// Every recognizer's name, in priority order.
 pub static NAMES: LazyLock<Vec<&'static str>> = LazyLock::new(|| RECOGNIZERS.iter().map(|r| r.name).collect());
 
+/// Every recognizer's name, owned: `extract.phi_recognizers`' default and what the SQL
+/// functions and the `phi_rules` evaluation run.
+pub fn all() -> Vec<String> {
+    NAMES.iter().map(|n| n.to_string()).collect()
+}
+
 /// Check `names` (from `extract.phi_recognizers`): each must be a recognizer.
 pub fn validate(names: &[String]) -> Result<(), String> {
     match names.iter().find(|n| !NAMES.contains(&n.as_str())) {
@@ -258,10 +264,6 @@ fn valid_date(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn all() -> Vec<String> {
-        NAMES.iter().map(|n| n.to_string()).collect()
-    }
 
     /// (recognizer, matched text) for every span found in `text`.
     fn found(text: &str) -> Vec<(&'static str, String)> {
