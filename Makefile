@@ -45,6 +45,7 @@ sql: build
 
 ## Tests: formatting, unit and integration tests (real corpora, real model files).
 test: deps models-test
+	bash scripts/install_build_deps.sh chromium || echo "note: no Chromium; the span viewer's browser check is skipped"
 	cargo fmt --check
 	cargo test $(CARGO_FLAGS) --lib --bins --tests
 

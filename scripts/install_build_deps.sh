@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build tools the llama.cpp teacher backend (llama-cpp-sys-2) needs beyond Rust and a C++
 # compiler: cmake (builds the vendored llama.cpp) and libclang (bindgen). Installed from
-# Debian's packages when missing; a second run is a no-op.
+# Debian's packages when missing; a second run is a no-op. Arguments name more commands to
+# install the same way (`make test` adds chromium, for the span viewer's browser check).
 set -euo pipefail
 have_libclang() {
     [ -n "${LIBCLANG_PATH:-}" ] && return 0
@@ -11,6 +12,9 @@ missing=()
 command -v cmake >/dev/null || missing+=(cmake)
 have_libclang || missing+=(libclang-dev)
 command -v c++ >/dev/null || missing+=(g++)
+for tool in "$@"; do
+    command -v "$tool" >/dev/null || missing+=("$tool")
+done
 [ ${#missing[@]} -eq 0 ] && exit 0
 echo "installing build tools: ${missing[*]}"
 if [ "$(id -u)" -ne 0 ]; then

@@ -15,7 +15,7 @@ use super::load::{GoldAde, SentKey, Sentences};
 use super::metrics::{Counts, Mention, MentionKey, Metric, dedupe_by, macro_f1, prf};
 use super::systems::PredPair;
 
-type Pair = (Mention, Mention);
+pub type Pair = (Mention, Mention);
 
 /// The ADE gold of one split: the sentences in scope and their de-duplicated gold pairs.
 #[derive(Debug, Clone, Default)]
@@ -46,6 +46,11 @@ impl AdeGold {
     /// Sentences in scope.
     pub fn units(&self) -> &BTreeSet<SentKey> {
         &self.units
+    }
+
+    /// The de-duplicated gold pairs of each sentence that has some.
+    pub fn pairs(&self) -> impl Iterator<Item = (&SentKey, &[Pair])> {
+        self.pairs.iter().map(|(k, v)| (k, v.as_slice()))
     }
 }
 

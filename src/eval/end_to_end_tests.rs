@@ -347,3 +347,67 @@ fn a_dataset_the_students_were_not_run_over_is_not_scored_for_them() {
     let report = run(&cfg, &run_dir, "r").unwrap();
     assert!(!report.rows.iter().any(|r| r.system == "student"), "the students never read the dev split");
 }
+
+/// The DOM of `page` after its scripts ran in headless Chromium, and the console messages the
+/// page logged; `None` (with the reason printed) when Chromium is not installed.
+fn in_chromium(page: &std::path::Path) -> Option<(String, Vec<String>)> {
+    use std::process::{Command, Stdio};
+    let chromium =
+        ["/usr/bin/chromium", "/usr/bin/chromium-browser"].into_iter().find(|p| std::path::Path::new(p).exists());
+    let Some(chromium) = chromium else {
+        println!("SKIPPED the browser check: no Chromium (make test installs Debian's chromium when run as root)");
+        return None;
+    };
+    let profile = tempfile::tempdir().unwrap();
+    // Flags: no sandbox (root in CI), and no background connections this machine refuses.
+    let mut child = Command::new(chromium)
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run"])
+        .args(["--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .args(["--enable-logging=stderr", "--v=0", "--dump-dom"])
+        .arg(format!("file://{}", page.display()))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("Chromium did not render {} within 90 s", page.display());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "chromium: {}", String::from_utf8_lossy(&out.stderr));
+    let console =
+        String::from_utf8_lossy(&out.stderr).lines().filter(|l| l.contains(":CONSOLE")).map(str::to_string).collect();
+    Some((String::from_utf8(out.stdout).unwrap(), console))
+}
+
+#[test]
+fn the_span_viewer_shows_each_systems_spans_and_loads_in_a_browser() {
+    let (_dir, run_dir) = three_systems();
+    let report = run(&EvalConfig::default(), &run_dir, "run-1").unwrap();
+    let path = run_dir.root().join(viewer::FILE);
+    let page = std::fs::read_to_string(&path).unwrap();
+    // The teacher's sample: ADE doc 1 s0 (gold, teacher and student: Taxol -> rash, 2 spans
+    // each), doc 2 s0 (the student's false pair; the teacher's call failed), PHI m1 s0 (one
+    // name each). 11 spans in 3 sentences.
+    assert_eq!(page.matches("<tr><td class=\"key\">").count(), 3, "{page}");
+    assert_eq!(page.matches("<mark ").count(), 11, "{page}");
+    assert!(page.contains(
+        "<mark class=\"c0\" title=\"drug\">Taxol</mark> caused severe <mark class=\"c1\" title=\"effect\">rash</mark>"
+    ));
+    assert_eq!(page.matches("<li class=\"hit\">taxol → rash</li>").count(), 3, "gold, teacher and student");
+    assert!(page.contains("<li class=\"miss\">no → adverse effects</li>"), "{page}");
+    assert_eq!(page.matches("the teacher's call failed").count(), 1, "{page}");
+    assert!(page.contains("title=\"NAME\">Juan</mark>"), "the student's shorter name span");
+    assert!(report.markdown().contains("[spans.html](spans.html): 3 sentences"), "{}", report.markdown());
+    assert!(report.html().contains("<a href=\"spans.html\">spans.html</a>"));
+
+    let Some((dom, console)) = in_chromium(&path) else { return };
+    assert!(console.is_empty(), "console messages: {console:?}");
+    assert!(dom.contains("data-marks=\"11\"") && dom.contains("data-rows=\"3\""), "{dom}");
+    assert!(dom.contains("11 highlighted spans in 3 sentences."), "{dom}");
+}

@@ -59,6 +59,11 @@ impl GeneDiseaseGold {
     pub fn docs(&self) -> impl Iterator<Item = &String> {
         self.datasets.values().flat_map(|d| &d.docs)
     }
+
+    /// Every gold row, of every dataset.
+    pub fn rows(&self) -> impl Iterator<Item = &GoldGeneDisease> {
+        self.datasets.values().flat_map(|d| &d.rows)
+    }
 }
 
 /// Metrics per dataset of `preds` (sentence offsets) on what `scope` admits.

@@ -25,6 +25,7 @@ pub mod phi;
 mod render;
 pub mod report;
 pub mod systems;
+pub mod viewer;
 
 #[cfg(test)]
 mod end_to_end_tests;
@@ -247,6 +248,7 @@ pub fn run_with_context(
     }
 
     let mut rows = Vec::new();
+    let mut viewer = viewer::Viewer::default();
     let mut not_extracted = BTreeSet::new();
     let mut differences = Vec::new();
     for (task, gold) in &golds {
@@ -287,6 +289,7 @@ pub fn run_with_context(
             }
             scored.insert(system.as_str(), preds);
         }
+        viewer.add(task, gold, &scored, &sentences, task_calls);
         if let (Some(c), Some(student), Some(teacher)) =
             (task_calls, scored.get(System::Student.as_str()), scored.get(System::Teacher.as_str()))
         {
@@ -327,6 +330,18 @@ pub fn run_with_context(
     if !not_extracted.is_empty() {
         let list = not_extracted.into_iter().collect::<Vec<_>>().join(", ");
         note(format!("not extracted by the students (see [extract]), so not scored for them: {list}"));
+    }
+    if cfg.report && viewer.sentences() > 0 {
+        let marks = viewer.write(run_dir, run_id, split)?;
+        extra.push((
+            "Spans".to_string(),
+            format!(
+                "[{file}]({file}): {} sentences with the gold, teacher and student spans side by side \
+                 ({marks} highlighted).",
+                viewer.sentences(),
+                file = viewer::FILE,
+            ),
+        ));
     }
     let report = EvalReport { run_id: run_id.to_string(), split: split.to_string(), rows, notes, extra };
     run_dir.write_table(table::EVAL_RESULTS, EVAL_RESULTS.clone(), &[report.batch()?])?;

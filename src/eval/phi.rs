@@ -53,6 +53,11 @@ impl PhiGold {
     pub fn docs(&self) -> impl Iterator<Item = &String> {
         self.datasets.values().flat_map(|d| &d.docs)
     }
+
+    /// Every gold span, of every dataset.
+    pub fn rows(&self) -> impl Iterator<Item = &GoldPhi> {
+        self.datasets.values().flat_map(|d| &d.rows)
+    }
 }
 
 type Typed = (Mention, String);

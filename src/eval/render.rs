@@ -8,6 +8,37 @@ pub fn esc(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
+/// Escaped text whose markdown links `[text](target)` become HTML links (a target with no
+/// white space or quote); the rest stays literal.
+fn linked(text: &str) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(open) = rest.find('[') {
+        let link = rest[open..].split_once("](").and_then(|(label, tail)| {
+            let (target, after) = tail.split_once(')')?;
+            let plain = !label[1..].contains(['[', ']']) && !target.is_empty();
+            (plain && !target.contains(|c: char| c.is_whitespace() || c == '"' || c == '\'')).then_some((
+                &label[1..],
+                target,
+                after,
+            ))
+        });
+        match link {
+            Some((label, target, after)) => {
+                out.push_str(&esc(&rest[..open]));
+                out.push_str(&format!("<a href=\"{}\">{}</a>", esc(target), esc(label)));
+                rest = after;
+            }
+            None => {
+                out.push_str(&esc(&rest[..=open]));
+                rest = &rest[open + 1..];
+            }
+        }
+    }
+    out.push_str(&esc(rest));
+    out
+}
+
 /// A value in [0, 1] short enough to sit above an 18 px bar: `.93`, `1`, `0`.
 fn bar_label(v: f64) -> String {
     match format!("{v:.2}").as_str() {
@@ -130,7 +161,7 @@ impl Block {
     pub fn html(&self, s: &mut String) {
         match self {
             Block::Heading(level, text) => s.push_str(&format!("<h{level}>{}</h{level}>\n", esc(text))),
-            Block::Text(text) => s.push_str(&format!("<p>{}</p>\n", esc(text))),
+            Block::Text(text) => s.push_str(&format!("<p>{}</p>\n", linked(text))),
             Block::Table(header, rows) => {
                 s.push_str("<table><tr>");
                 header.iter().for_each(|h| s.push_str(&format!("<th>{}</th>", esc(h))));
@@ -214,6 +245,13 @@ mod tests {
         let mut md = String::new();
         Block::Markdown(body.into()).markdown(&mut md);
         assert_eq!(md, format!("{}\n\n", body.trim_end()));
+    }
+
+    #[test]
+    fn markdown_links_in_paragraphs_become_html_links() {
+        assert_eq!(linked("[spans.html](spans.html): 3 <b>"), "<a href=\"spans.html\">spans.html</a>: 3 &lt;b&gt;");
+        assert_eq!(linked("a [x] (y) [b](c d) [e](\"f)"), "a [x] (y) [b](c d) [e](&quot;f)", "not links");
+        assert_eq!(linked("[[a](b)"), "[<a href=\"b\">a</a>");
     }
 
     #[test]

@@ -165,12 +165,17 @@ impl EvalReport {
     /// Write `report.md` and `report.html` into `dir`, each through a temporary file.
     pub fn write_reports(&self, dir: &Path) -> Result<()> {
         for (name, text) in [("report.md", self.markdown()), ("report.html", self.html())] {
-            let (path, tmp) = (dir.join(name), dir.join(format!(".{name}.{}.tmp", std::process::id())));
-            fs::write(&tmp, text).with_path(&tmp)?;
-            fs::rename(&tmp, &path).with_path(&path)?;
+            write_text(dir, name, &text)?;
         }
         Ok(())
     }
+}
+
+/// Write `dir/name` through a temporary file, so a reader never sees half a page.
+pub(super) fn write_text(dir: &Path, name: &str, text: &str) -> Result<()> {
+    let (path, tmp) = (dir.join(name), dir.join(format!(".{name}.{}.tmp", std::process::id())));
+    fs::write(&tmp, text).with_path(&tmp)?;
+    fs::rename(&tmp, &path).with_path(&path)
 }
 
 /// The report's rows, indexed for rendering.
