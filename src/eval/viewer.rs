@@ -342,9 +342,15 @@ fn cell(s: &mut String, text: &str, m: &Marks, gold: &BTreeSet<(MentionKey, Ment
         let _ = write!(s, "<div class=\"note\">not in the text: {}</div>", list.join("; "));
     }
     if !m.pairs.is_empty() {
+        // One arrow per pair of texts (a text twice in the sentence is one arrow), green when
+        // one of its span pairs is in the gold.
+        let mut shown: BTreeMap<&(String, String), bool> = BTreeMap::new();
+        for (keys, texts) in &m.pairs {
+            *shown.entry(texts).or_default() |= gold.contains(keys);
+        }
         s.push_str("<ul class=\"pairs\">");
-        for (keys, (subject, object)) in &m.pairs {
-            let class = if gold.contains(keys) { "hit" } else { "miss" };
+        for ((subject, object), hit) in shown {
+            let class = if hit { "hit" } else { "miss" };
             let _ = write!(s, "<li class=\"{class}\">{} → {}</li>", esc(subject), esc(object));
         }
         s.push_str("</ul>");
@@ -403,6 +409,12 @@ mod tests {
         let mut s = String::new();
         cell(&mut s, text, &m, &BTreeSet::new());
         assert!(s.contains("<li class=\"miss\">"), "{s}");
+        // The same texts at other spans: still one arrow, green when any of them is gold.
+        m.pair(&Mention::new(Some((20, 23)), "<b>"), &effect, ("drug", "effect"));
+        let mut s = String::new();
+        cell(&mut s, text, &m, &gold);
+        assert_eq!(s.matches("<li ").count(), 1, "{s}");
+        assert!(s.contains("<li class=\"hit\">"), "{s}");
     }
 
     #[test]
