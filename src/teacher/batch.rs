@@ -25,7 +25,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -490,7 +490,7 @@ fn failure_message(batch: &Batch) -> String {
 }
 
 /// custom_id -> `max_tokens` of every line of a batch input file.
-fn budgets(bytes: &[u8], path: &std::path::Path) -> Result<BTreeMap<String, Option<u32>>> {
+fn budgets(bytes: &[u8], path: &Path) -> Result<BTreeMap<String, Option<u32>>> {
     let mut out = BTreeMap::new();
     for (i, line) in bytes.split(|&b| b == b'\n').enumerate().filter(|(_, l)| !l.is_empty()) {
         let value: serde_json::Value =
@@ -552,4 +552,35 @@ fn output_lines(bytes: &[u8], file_id: &str) -> Result<Vec<OutputLine>> {
         .filter(|(_, l)| !l.iter().all(u8::is_ascii_whitespace))
         .map(|(i, line)| serde_json::from_slice(line).map_err(|e| Error::input_row(&path, i + 1, e.to_string())))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_lines_become_replies_or_failures() {
+        let file = br#"{"id":"r1","custom_id":"k1","response":{"status_code":200,"request_id":"q1","body":{"id":"c","object":"chat.completion","created":0,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"{}"},"finish_reason":"stop"}],"usage":{"prompt_tokens":7,"completion_tokens":2,"total_tokens":9}}},"error":null}
+{"id":"r2","custom_id":"k2","response":{"status_code":400,"request_id":"q2","body":{"error":{"message":"bad max_tokens"}}},"error":null}
+
+{"id":"r3","custom_id":"k3","response":null,"error":{"code":"batch_expired","message":"not run"}}
+"#;
+        let lines = output_lines(file, "file-1").unwrap();
+        assert_eq!(lines.len(), 3, "blank lines are skipped");
+        let reply = lines[0].outcome().unwrap();
+        assert_eq!((reply.content.as_str(), reply.prompt_tokens, reply.completion_tokens), ("{}", 7, 2));
+        assert_eq!(lines[1].outcome().unwrap_err(), ("HTTP 400".into(), "bad max_tokens".into()));
+        assert_eq!(lines[2].outcome().unwrap_err().0, "batch_expired");
+        let err = output_lines(b"{\"custom_id\":", "file-9").unwrap_err().to_string();
+        assert!(err.contains("batch file file-9:1"), "{err}");
+    }
+
+    #[test]
+    fn budgets_come_from_the_input_lines() {
+        let input = br#"{"custom_id":"a","method":"POST","url":"/v1/chat/completions","body":{"max_tokens":64}}
+{"custom_id":"b","method":"POST","url":"/v1/chat/completions","body":{}}
+"#;
+        let budgets = budgets(input, Path::new("in.jsonl")).unwrap();
+        assert_eq!(budgets, BTreeMap::from([("a".to_string(), Some(64)), ("b".to_string(), None)]));
+    }
 }
