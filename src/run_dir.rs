@@ -176,6 +176,22 @@ impl Drop for TableSink {
     }
 }
 
+/// Write a small file (JSON state, not a table) through a temporary file, fsync and a rename:
+/// a reader, or a rerun after `kill -9`, sees the old contents or the new, never half.
+pub fn write_file_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(dir).with_path(dir)?;
+    let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let tmp = dir.join(format!(".{file_name}.{}.tmp", std::process::id()));
+    let write = || -> std::io::Result<()> {
+        let mut file = fs::File::create(&tmp)?;
+        std::io::Write::write_all(&mut file, bytes)?;
+        file.sync_all()
+    };
+    write().with_path(&tmp)?;
+    fs::rename(&tmp, path).with_path(path)
+}
+
 /// Read a whole Parquet file; a corrupt or non-Parquet file is an input error naming it.
 pub fn read_parquet(path: &Path) -> Result<Vec<RecordBatch>> {
     let file = fs::File::open(path).with_path(path)?;

@@ -7,7 +7,13 @@
 //! [`faulty`] mixes them all at a given rate. The server counts what happened, so tests can
 //! check the client from its side: requests per body, answers per body, requests re-sent after
 //! an answer, actions by kind, and the most requests it ever had in flight at once.
+//!
+//! It also serves the Batch API ([`batch`]): each batch line is answered by the same script.
 #![allow(dead_code)]
+
+/// `/v1/files` and `/v1/batches` over the same script.
+#[path = "mock_batch.rs"]
+pub mod batch;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -165,6 +171,7 @@ struct Shared {
     script: Mutex<Script>,
     latency: Mutex<Duration>,
     stats: Stats,
+    batch: batch::BatchApi,
 }
 
 /// A running loopback server; stops when dropped.
@@ -189,9 +196,16 @@ impl MockServer {
         let listener = listener.tap_io(|stream| {
             let _ = stream.set_zero_linger();
         });
-        let shared =
-            Arc::new(Shared { script: Mutex::new(script), latency: Mutex::new(latency), stats: Stats::default() });
-        let app = Router::new().route("/v1/chat/completions", post(chat)).with_state(Arc::clone(&shared));
+        let shared = Arc::new(Shared {
+            script: Mutex::new(script),
+            latency: Mutex::new(latency),
+            stats: Stats::default(),
+            batch: batch::BatchApi::default(),
+        });
+        let app = Router::new()
+            .route("/v1/chat/completions", post(chat))
+            .merge(batch::routes())
+            .with_state(Arc::clone(&shared));
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
@@ -244,6 +258,11 @@ impl MockServer {
         self.shared.stats.log.lock().unwrap().clone()
     }
 
+    /// The Batch API side: how batches end, and what it saw.
+    pub fn batches(&self) -> &batch::BatchApi {
+        &self.shared.batch
+    }
+
     /// Reset the counters (not the script).
     pub fn reset_counts(&self) {
         let stats = &self.shared.stats;
@@ -281,48 +300,22 @@ async fn chat(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
         entry.0 - 1
     };
     let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-    let schema_name = json["response_format"]["json_schema"]["name"].as_str().map(str::to_owned);
-    let user = json["messages"]
-        .as_array()
-        .and_then(|m| m.iter().rev().find(|m| m["role"] == "user"))
-        .and_then(|m| m["content"].as_str())
-        .unwrap_or_default()
-        .to_string();
-    let conversation: Vec<&str> =
-        json["messages"].as_array().into_iter().flatten().filter_map(|m| m["content"].as_str()).collect();
-    // About the sentence: the last user message of the prompt's `Label: text` form (a re-ask
-    // ends with an instruction after the sentence and the bad reply).
-    let labeled = |c: &&str| c.split_once(": ").is_some_and(|(label, _)| label.chars().all(char::is_alphabetic));
-    let asked = json["messages"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .rev()
-        .filter(|m| m["role"] == "user")
-        .filter_map(|m| m["content"].as_str())
-        .find(labeled)
-        .unwrap_or(&user);
-    let plausible = plausible_reply(schema_name.as_deref(), asked);
-    let request =
-        Request { seq, seen_before, schema_name, user: user.clone(), conversation: conversation.join("\n"), plausible };
-    let action = {
-        let script = shared.script.lock().unwrap().clone();
-        script(&request)
-    };
+    let (request, action) = decide(&shared, &json, seq, seen_before);
+    let user = request.user.clone();
     *stats.actions.lock().unwrap().entry(action.kind()).or_default() += 1;
     let latency = *shared.latency.lock().unwrap();
     tokio::time::sleep(latency).await;
     if action.answers() {
         stats.per_body.lock().unwrap().entry(hash).or_default().1 += 1;
     }
+    if let Some((content, finish_reason)) = content_of(&action, &request) {
+        stats.log.lock().unwrap().push((arrived, user, 200));
+        return completion(&json, &content, finish_reason);
+    }
     let (status, response) = match action {
-        Action::Reply(content) => (200, completion(&json, &content, "stop")),
-        Action::Hallucinated => {
-            let [name, event] = HALLUCINATED;
-            (200, completion(&json, &reply_naming(request.schema_name.as_deref(), name, event), "stop"))
+        Action::Reply(_) | Action::Hallucinated | Action::Malformed | Action::Truncated => {
+            unreachable!("answered above")
         }
-        Action::Malformed => (200, completion(&json, "Sure! Here are the entities: drugs = [aspirin", "stop")),
-        Action::Truncated => (200, completion(&json, r#"{"pairs": [{"drug": "aspirin", "eff"#, "length")),
         Action::Status { code, retry_after, retry_after_ms, body } => {
             let mut headers = HeaderMap::new();
             if let Some(v) = retry_after.and_then(|v| HeaderValue::from_str(&v).ok()) {
@@ -354,6 +347,52 @@ async fn chat(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
     };
     stats.log.lock().unwrap().push((arrived, user, status));
     response
+}
+
+/// What the request asks (`json` is its body) and what the script does with it.
+fn decide(shared: &Shared, json: &serde_json::Value, seq: usize, seen_before: usize) -> (Request, Action) {
+    let schema_name = json["response_format"]["json_schema"]["name"].as_str().map(str::to_owned);
+    let user = json["messages"]
+        .as_array()
+        .and_then(|m| m.iter().rev().find(|m| m["role"] == "user"))
+        .and_then(|m| m["content"].as_str())
+        .unwrap_or_default()
+        .to_string();
+    let conversation: Vec<&str> =
+        json["messages"].as_array().into_iter().flatten().filter_map(|m| m["content"].as_str()).collect();
+    // About the sentence: the last user message of the prompt's `Label: text` form (a re-ask
+    // ends with an instruction after the sentence and the bad reply).
+    let labeled = |c: &&str| c.split_once(": ").is_some_and(|(label, _)| label.chars().all(char::is_alphabetic));
+    let asked = json["messages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .rev()
+        .filter(|m| m["role"] == "user")
+        .filter_map(|m| m["content"].as_str())
+        .find(labeled)
+        .unwrap_or(&user);
+    let plausible = plausible_reply(schema_name.as_deref(), asked);
+    let request = Request { seq, seen_before, schema_name, user, conversation: conversation.join("\n"), plausible };
+    let action = {
+        let script = shared.script.lock().unwrap().clone();
+        script(&request)
+    };
+    (request, action)
+}
+
+/// The assistant content and finish reason of an action that answers with a chat completion.
+fn content_of(action: &Action, request: &Request) -> Option<(String, &'static str)> {
+    match action {
+        Action::Reply(content) => Some((content.clone(), "stop")),
+        Action::Hallucinated => {
+            let [name, event] = HALLUCINATED;
+            Some((reply_naming(request.schema_name.as_deref(), name, event), "stop"))
+        }
+        Action::Malformed => Some(("Sure! Here are the entities: drugs = [aspirin".into(), "stop")),
+        Action::Truncated => Some((r#"{"pairs": [{"drug": "aspirin", "eff"#.into(), "length")),
+        _ => None,
+    }
 }
 
 fn completion(request: &serde_json::Value, content: &str, finish_reason: &str) -> Response {

@@ -28,6 +28,9 @@ mod student;
 /// Teacher labeling against a loopback OpenAI-compatible server: limits, retries, cache (issue 4).
 mod teacher;
 
+/// `teacher.mode = "batch"` against the mock's Batch API (issue 18).
+mod batch;
+
 /// Issue 15: a 30% fault mix against the teacher client, every kind of bad input to ingest.
 mod reliability;
 

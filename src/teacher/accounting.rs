@@ -10,7 +10,7 @@ use std::fmt;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 
-use super::config::Price;
+use super::config::{Price, TeacherConfig};
 use super::ground::Alignment;
 use super::label::{Outcome, Status};
 
@@ -18,6 +18,25 @@ use super::label::{Outcome, Status};
 pub fn cost(price: Option<Price>, prompt_tokens: u64, completion_tokens: u64) -> f64 {
     price
         .map_or(0.0, |p| (prompt_tokens as f64 * p.input_per_mtok + completion_tokens as f64 * p.output_per_mtok) / 1e6)
+}
+
+/// The prices a run charges: online, and through the Batch API.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Pricing {
+    pub online: Option<Price>,
+    pub batch: Option<Price>,
+}
+
+impl Pricing {
+    pub fn of(cfg: &TeacherConfig) -> Self {
+        Pricing { online: cfg.price(), batch: cfg.batch_price() }
+    }
+
+    /// What `o` cost when it was paid: at the batch price when its first reply came from a
+    /// batch (its re-ask, if any, went the same way in that run).
+    pub fn cost(&self, o: &Outcome) -> f64 {
+        cost(if o.batched { self.batch } else { self.online }, o.prompt_tokens, o.completion_tokens)
+    }
 }
 
 /// How one task's silver set grew in a run.
@@ -84,11 +103,14 @@ pub struct LabelReport {
     pub silver: BTreeMap<String, SilverGrowth>,
     /// New requests not sent because `label.budget_minutes` ran out.
     pub unsent: usize,
+    /// `teacher.mode = "batch"`: the batches this run sent or resumed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batches: Option<super::batch::BatchReport>,
 }
 
 impl LabelReport {
     /// Add one finished input.
-    pub fn add(&mut self, o: &Outcome, price: Option<Price>) {
+    pub fn add(&mut self, o: &Outcome, pricing: &Pricing) {
         self.inputs += 1;
         match o.status {
             Status::Ok => self.ok += 1,
@@ -103,7 +125,7 @@ impl LabelReport {
         if !o.cached {
             self.prompt_tokens += o.prompt_tokens;
             self.completion_tokens += o.completion_tokens;
-            self.cost_usd += cost(price, o.prompt_tokens, o.completion_tokens);
+            self.cost_usd += pricing.cost(o);
         }
         self.labels += o.rows.len();
         for row in &o.rows {
@@ -153,6 +175,9 @@ impl fmt::Display for LabelReport {
                 g.remaining,
                 too_long(g.too_long)
             )?;
+        }
+        if let Some(batches) = &self.batches {
+            writeln!(f, "{batches}")?;
         }
         if self.unsent > 0 {
             writeln!(f, "time budget spent: {} new requests left for the next run", self.unsent)?;

@@ -53,6 +53,10 @@ pub struct CachedReply {
     /// holds it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_tokens: Option<u32>,
+    /// The Batch API batch that answered it (`teacher.mode = "batch"`): its tokens cost the
+    /// batch price, in this run and in any later one that reads it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_id: Option<String>,
 }
 
 impl CachedReply {
@@ -313,6 +317,7 @@ mod tests {
             latency_ms: 1.0,
             first_run: None,
             max_tokens: None,
+            batch_id: None,
         }
     }
 

@@ -170,6 +170,40 @@ impl TeacherClient {
         }
     }
 
+    /// The async-openai client, for the Batch API's file and batch calls ([`super::batch`]);
+    /// send them through [`Self::retrying`].
+    pub fn openai(&self) -> &Client<OpenAIConfig> {
+        &self.client
+    }
+
+    /// One Batch API call (no chat rate limits: the provider meters batches apart), under
+    /// `timeout` per attempt and retried like a chat request. `idempotent = false` (creating a
+    /// batch) retries only what the server refused outright (429, 503): after a timeout or a
+    /// 5xx the batch may exist, and a second one would be paid twice.
+    pub async fn retrying<T, F, Fut>(&self, timeout: Duration, idempotent: bool, call: F) -> Result<T, TeacherError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T, OpenAIError>>,
+    {
+        let mut retries = 0;
+        loop {
+            self.attempts.fetch_add(1, Ordering::Relaxed);
+            let error = match tokio::time::timeout(timeout, call()).await {
+                Ok(Ok(value)) => return Ok(value),
+                Ok(Err(e)) => classify(e),
+                Err(_elapsed) => TeacherError::Timeout(timeout),
+            };
+            let refused = matches!(error, TeacherError::RateLimited { .. } | TeacherError::Overloaded { .. });
+            if !(error.is_retryable() && (idempotent || refused)) || retries >= self.settings.max_retries {
+                return Err(error);
+            }
+            let delay = error.retry_after().unwrap_or_else(|| self.backoff(retries));
+            tracing::debug!(retry = retries + 1, ?delay, "batch API call failed, retrying: {error}");
+            tokio::time::sleep(delay).await;
+            retries += 1;
+        }
+    }
+
     /// Exponential backoff with full jitter: uniform in [d/2, d], d = base·2^retry capped.
     fn backoff(&self, retry: u32) -> Duration {
         let ceiling =
@@ -178,7 +212,7 @@ impl TeacherClient {
     }
 }
 
-fn reply_of(response: CreateChatCompletionResponse, latency: Duration) -> Result<CachedReply, TeacherError> {
+pub(super) fn reply_of(response: CreateChatCompletionResponse, latency: Duration) -> Result<CachedReply, TeacherError> {
     let choice =
         response.choices.into_iter().next().ok_or_else(|| TeacherError::Transport("reply has no choices".into()))?;
     let usage = response.usage.unwrap_or_default();
@@ -191,6 +225,7 @@ fn reply_of(response: CreateChatCompletionResponse, latency: Duration) -> Result
         latency_ms: latency.as_secs_f64() * 1000.0,
         first_run: None,
         max_tokens: None,
+        batch_id: None,
     })
 }
 

@@ -26,6 +26,18 @@ pub struct Price {
     pub output_per_mtok: f64,
 }
 
+/// How requests reach the teacher.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TeacherMode {
+    /// One chat request per (task, sentence, pass), answered as it goes.
+    #[default]
+    Online,
+    /// The provider's Batch API (`/v1/files` + `/v1/batches`): the same requests in JSONL
+    /// files, answered within a day at batch prices ([`super::batch`]).
+    Batch,
+}
+
 /// How to reach the teacher and how hard to push it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -69,6 +81,19 @@ pub struct TeacherConfig {
     pub fuzzy_threshold: f64,
     /// Draw a progress bar on stderr (only when it is a terminal).
     pub progress: bool,
+    /// `"online"` or `"batch"` (the Batch API; hosted endpoints only).
+    pub mode: TeacherMode,
+    /// Batch mode: seconds between status checks of a running batch.
+    pub batch_poll_secs: f64,
+    /// Batch mode: requests per batch file (OpenAI accepts at most 50,000 lines and 200 MB);
+    /// more requests are split over several batches.
+    pub batch_max_requests: usize,
+    pub batch_max_bytes: u64,
+    /// Batch mode: price of batch tokens as a share of `prices` (OpenAI: half).
+    pub batch_discount: f64,
+    /// Batch mode: send the requests an expired batch left unanswered once more, in a new
+    /// batch (else they are recorded as failed).
+    pub batch_resubmit_expired: bool,
 }
 
 impl Default for TeacherConfig {
@@ -94,6 +119,13 @@ impl Default for TeacherConfig {
             prompts_dir: PathBuf::from("pipelines/prompts"),
             fuzzy_threshold: 0.8,
             progress: true,
+            mode: TeacherMode::Online,
+            batch_poll_secs: 60.0,
+            batch_max_requests: 50_000,
+            // OpenAI's 200 MB limit, less room for the multipart envelope.
+            batch_max_bytes: 190_000_000,
+            batch_discount: 0.5,
+            batch_resubmit_expired: true,
         }
     }
 }
@@ -124,6 +156,21 @@ impl TeacherConfig {
                 self.base_url
             )));
         }
+        if self.mode == TeacherMode::Batch {
+            if self.base_url == EMBEDDED {
+                return bad("mode = \"batch\" needs a hosted endpoint with the Batch API (/v1/files, /v1/batches); \
+                     the embedded teacher answers online only");
+            }
+            if self.batch_poll_secs.is_nan() || self.batch_poll_secs <= 0.0 {
+                return bad("batch_poll_secs must be positive");
+            }
+            if self.batch_max_requests == 0 || self.batch_max_bytes == 0 {
+                return bad("batch_max_requests and batch_max_bytes must be at least 1");
+            }
+            if !(self.batch_discount > 0.0 && self.batch_discount <= 1.0) {
+                return bad("batch_discount must be in (0, 1] (a share of the online price)");
+            }
+        }
         Ok(())
     }
 
@@ -136,6 +183,14 @@ impl TeacherConfig {
     /// The price of the configured model, if the price table has it.
     pub fn price(&self) -> Option<Price> {
         self.prices.get(&self.model).copied()
+    }
+
+    /// The price of the configured model through the Batch API: `batch_discount` × [`Self::price`].
+    pub fn batch_price(&self) -> Option<Price> {
+        self.price().map(|p| Price {
+            input_per_mtok: p.input_per_mtok * self.batch_discount,
+            output_per_mtok: p.output_per_mtok * self.batch_discount,
+        })
     }
 }
 
@@ -257,6 +312,13 @@ impl LabelConfig {
         if self.budget_minutes.is_nan() || self.budget_minutes < 0.0 {
             return Err(Error::Config("label.budget_minutes must be 0 (no limit) or positive".into()));
         }
+        if self.teacher.mode == TeacherMode::Batch && self.budget_minutes > 0.0 {
+            return Err(Error::Config(
+                "label.budget_minutes limits online sending; with teacher.mode = \"batch\" the provider answers \
+                 within its completion window (use label.budget to bound the requests)"
+                    .into(),
+            ));
+        }
         if self.splits.iter().any(|s| s == crate::schema::split::DEV) {
             return Err(Error::Config(
                 "label.splits must not include \"dev\": dev text is labeled only to score the teacher \
@@ -295,5 +357,32 @@ mod tests {
         let cfg = TeacherConfig { base_url: "localhost:8000".into(), ..Default::default() };
         assert!(cfg.validate().unwrap_err().to_string().contains("base_url"));
         TeacherConfig::default().validate().unwrap();
+    }
+
+    #[test]
+    fn batch_mode_is_checked_when_chosen() {
+        let hosted = "https://api.example.com/v1".to_string();
+        let batch: TeacherConfig = toml::from_str(&format!("mode = \"batch\"\nbase_url = {hosted:?}\n")).unwrap();
+        assert_eq!(batch.mode, TeacherMode::Batch);
+        batch.validate().unwrap();
+        let err = toml::from_str::<TeacherConfig>("mode = \"bulk\"\n").unwrap_err().to_string();
+        assert!(err.contains("online") && err.contains("batch"), "{err}");
+        let embedded = TeacherConfig { mode: TeacherMode::Batch, ..Default::default() };
+        assert!(embedded.validate().unwrap_err().to_string().contains("hosted endpoint"));
+        for bad in [
+            TeacherConfig { batch_poll_secs: 0.0, ..batch.clone() },
+            TeacherConfig { batch_max_requests: 0, ..batch.clone() },
+            TeacherConfig { batch_discount: 1.5, ..batch.clone() },
+        ] {
+            let err = bad.validate().unwrap_err().to_string();
+            assert!(err.contains("teacher.batch_"), "{err}");
+        }
+        // Batch keys are only checked in batch mode.
+        TeacherConfig { batch_poll_secs: 0.0, ..Default::default() }.validate().unwrap();
+        let priced = TeacherConfig {
+            prices: BTreeMap::from([(batch.model.clone(), Price { input_per_mtok: 2.0, output_per_mtok: 8.0 })]),
+            ..batch
+        };
+        assert_eq!(priced.batch_price(), Some(Price { input_per_mtok: 1.0, output_per_mtok: 4.0 }));
     }
 }

@@ -24,6 +24,14 @@ pub enum TeacherError {
     /// A 4xx that retrying cannot fix (bad request, bad key, unknown model, no quota).
     #[error("HTTP {status}: {message}")]
     Http { status: u16, message: String },
+    /// A Batch API batch failed as a whole (its input file was rejected): nothing in it was
+    /// answered or billed.
+    #[error("batch {batch_id} failed: {message}")]
+    BatchFailed { batch_id: String, message: String },
+    /// One line of a Batch API batch came back with an error, or never ran (expired,
+    /// cancelled).
+    #[error("batch {batch_id}: {code}: {message}")]
+    BatchLine { batch_id: String, code: String, message: String },
     /// The reply was not valid JSON for the task's schema, even after one re-ask.
     #[error("unparseable reply: {0}")]
     Unparseable(String),
@@ -36,7 +44,13 @@ fn fmt_after(after: &Option<Duration>) -> String {
 impl TeacherError {
     /// Whether another attempt could succeed.
     pub fn is_retryable(&self) -> bool {
-        !matches!(self, TeacherError::Http { .. } | TeacherError::Unparseable(_))
+        !matches!(
+            self,
+            TeacherError::Http { .. }
+                | TeacherError::Unparseable(_)
+                | TeacherError::BatchFailed { .. }
+                | TeacherError::BatchLine { .. }
+        )
     }
 
     /// The delay the server asked for, if any.

@@ -7,6 +7,7 @@ use std::time::Instant;
 use async_openai::types::chat::{CreateChatCompletionRequest, ResponseFormat, ResponseFormatJsonSchema};
 use tokio::sync::{OnceCell, Semaphore};
 
+use super::batch::Collector;
 use super::cache::{Cache, CachedReply, RequestKey};
 use super::client::TeacherClient;
 use super::config::{Task, TeacherConfig};
@@ -67,6 +68,8 @@ pub struct Outcome {
     pub status: Status,
     /// Every request it needed was answered from the cache (nothing paid this run).
     pub cached: bool,
+    /// Its first reply came from a Batch API batch (priced at the batch price).
+    pub batched: bool,
     pub latency_ms: f64,
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
@@ -111,6 +114,9 @@ pub struct Labeler<'a> {
     pub run_id: String,
     /// No request is sent after this (`label.budget_minutes`); cached answers still count.
     pub deadline: Option<Instant>,
+    /// Batch mode: requests the cache lacks are collected here instead of sent (and come
+    /// back as not asked), or answered with the failure their batch line recorded.
+    pub batch: Option<&'a Collector>,
     pub prompts: &'a BTreeMap<Task, Prompt>,
     pub cache: &'a Cache,
     pub client: &'a TeacherClient,
@@ -184,7 +190,17 @@ impl<'a> Labeler<'a> {
     ) -> Self {
         assert!(!passes.is_empty(), "at least one pass");
         let unstored = Semaphore::new(passes[0].concurrency.max(1));
-        Labeler { passes, run_id, deadline: None, prompts, cache, client, in_run: Mutex::new(HashMap::new()), unstored }
+        Labeler {
+            passes,
+            run_id,
+            deadline: None,
+            batch: None,
+            prompts,
+            cache,
+            client,
+            in_run: Mutex::new(HashMap::new()),
+            unstored,
+        }
     }
 
     /// The answer to one request, or `None` when it is not cached and the time budget is
@@ -230,7 +246,20 @@ impl<'a> Labeler<'a> {
         max_tokens: u32,
     ) -> Result<Option<Asked>> {
         if let Some(reply) = self.cache.get(&key).await? {
-            return Ok(Some(Asked { key: key.key, reply: Ok(reply), cached: true, retries: 0, latency_ms: 0.0 }));
+            // A batch answer stored by this run (or by its killed predecessor, which had the
+            // same run id) was paid by this run.
+            let cached = self.batch.is_none() || reply.first_run.as_deref() != Some(self.run_id.as_str());
+            return Ok(Some(Asked { key: key.key, reply: Ok(reply), cached, retries: 0, latency_ms: 0.0 }));
+        }
+        if let Some(batch) = self.batch {
+            let reply = match batch.failure(&key.key) {
+                Some(error) => Err(error),
+                None => {
+                    batch.collect(key, request);
+                    return Ok(None);
+                }
+            };
+            return Ok(Some(Asked { key: key.key, reply, cached: false, retries: 0, latency_ms: 0.0 }));
         }
         let estimate = prompt::estimate_tokens(messages) + u64::from(max_tokens);
         let _unstored = self.unstored.acquire().await.map_err(|_| Error::Internal("label slots closed".into()))?;
@@ -270,6 +299,7 @@ impl<'a> Labeler<'a> {
             first_run: first.reply.as_ref().ok().and_then(|r| r.first_run.clone()),
             status: Status::Failed,
             cached: first.cached,
+            batched: first.reply.as_ref().is_ok_and(|r| r.batch_id.is_some()),
             latency_ms: 0.0,
             prompt_tokens: 0,
             completion_tokens: 0,

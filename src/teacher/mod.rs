@@ -19,6 +19,7 @@
 
 pub mod accounting;
 pub mod agreement;
+pub mod batch;
 pub mod cache;
 pub mod client;
 pub mod config;
@@ -40,8 +41,8 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 
-pub use accounting::{LabelPlan, LabelReport, SilverGrowth, TaskPlan};
-pub use config::{EMBEDDED, LabelConfig, Price, Selection, Task, TeacherConfig};
+pub use accounting::{LabelPlan, LabelReport, Pricing, SilverGrowth, TaskPlan};
+pub use config::{EMBEDDED, LabelConfig, Price, Selection, Task, TeacherConfig, TeacherMode};
 pub use error::TeacherError;
 pub use phi::PhiType;
 
@@ -219,15 +220,27 @@ pub async fn run_with_endpoint(cfg: &LabelConfig, run_dir: &RunDir, base_url: &s
     );
     let passes = label::pass_configs(teacher, cfg.passes, cfg.pass_temperature);
     let run_id = if cfg.run_id.is_empty() { adhoc_run_id() } else { cfg.run_id.clone() };
-    let mut labeler = Labeler::new(passes, run_id, &prompts, &cache, &client);
-    labeler.deadline = (cfg.budget_minutes > 0.0).then(|| started + Duration::from_secs_f64(cfg.budget_minutes * 60.0));
+    let mut batcher = match teacher.mode {
+        TeacherMode::Batch => Some(batch::Batcher::open(teacher, &client, &cache, run_dir, run_id.clone())?),
+        TeacherMode::Online => None,
+    };
+    let run_id = batcher.as_ref().map_or(run_id, |b| b.run_id().to_string());
+    let collector = batch::Collector::default();
+    let batch_mode = batcher.is_some();
+    let labeler = || {
+        let mut labeler = Labeler::new(passes.clone(), run_id.clone(), &prompts, &cache, &client);
+        labeler.deadline =
+            (cfg.budget_minutes > 0.0).then(|| started + Duration::from_secs_f64(cfg.budget_minutes * 60.0));
+        labeler.batch = batch_mode.then_some(&collector);
+        labeler
+    };
     let jobs = jobs(&selected, cfg.passes);
-    let price = teacher.price();
+    let pricing = Pricing::of(teacher);
     let mut report = LabelReport {
         endpoint: teacher.base_url.clone(),
         model: teacher.model.clone(),
         prompt_versions: prompts.iter().map(|(t, p)| (t.to_string(), p.version.clone())).collect(),
-        price_known: price.is_some(),
+        price_known: pricing.online.is_some(),
         silver: selected
             .iter()
             .map(|(t, sel)| {
@@ -255,47 +268,23 @@ pub async fn run_with_endpoint(cfg: &LabelConfig, run_dir: &RunDir, base_url: &s
             sel.dev_cached
         );
     }
-    let bar = accounting::progress_bar(jobs.len(), teacher.progress);
-    // Cache hits finish at once, so keep more jobs in hand than requests in flight.
-    let in_hand = (teacher.concurrency * 4).clamp(16, 1024);
-    let mut outcomes: Vec<Outcome> = Vec::with_capacity(jobs.len());
-    let log_every = (jobs.len() / 10).max(1);
-    let mut finished = futures::stream::iter(jobs.iter().map(|&(task, s, pass, role)| {
-        let labeler = &labeler;
-        async move { Ok::<_, Error>(labeler.label(task, s, pass).await?.map(|o| (o, role))) }
-    }))
-    .buffer_unordered(in_hand);
-    let mut done = 0;
-    while let Some(outcome) = finished.next().await {
-        done += 1;
-        bar.inc(1);
-        let Some((outcome, role)) = outcome? else {
-            report.unsent += 1;
-            continue;
-        };
-        report.add(&outcome, price);
-        if outcome.pass == 0 && outcome.status == label::Status::Ok {
-            let growth = report.silver.entry(outcome.task.to_string()).or_default();
-            match role {
-                Role::Silver => growth.silver_ok += 1,
-                Role::New => growth.added += 1,
-                Role::Dev => {}
+    let before = report.clone();
+    let mut outcomes = label_jobs(&labeler(), &jobs, &mut report, &pricing, teacher.progress).await?;
+    if let Some(batcher) = batcher.as_mut() {
+        // Each round labels from the cache and gathers what it lacks; a new labeler per round,
+        // so answers the last batch stored count as paid here. Rounds: first asks, re-asks.
+        for round in 1.. {
+            if collector.is_settled() {
+                break;
             }
+            if round > 3 {
+                return Err(Error::Internal("batch mode still gathering requests after 3 rounds".into()));
+            }
+            batcher.settle(&collector).await?;
+            report = before.clone();
+            outcomes = label_jobs(&labeler(), &jobs, &mut report, &pricing, teacher.progress).await?;
         }
-        bar.set_message(accounting::progress_message(&report));
-        // Without a terminal (cron, CI, logs) the bar is hidden: log every tenth instead.
-        if !std::io::IsTerminal::is_terminal(&std::io::stderr()) && done % log_every == 0 {
-            tracing::info!(
-                "label: {done}/{} ({:.1}/s) {}",
-                jobs.len(),
-                done as f64 / started.elapsed().as_secs_f64().max(1e-9),
-                accounting::progress_message(&report)
-            );
-        }
-        outcomes.push(outcome);
     }
-    drop(finished);
-    bar.finish_and_clear();
     if report.unsent > 0 {
         tracing::warn!(
             "label.budget_minutes = {} spent: {} new requests left for the next run",
@@ -312,13 +301,69 @@ pub async fn run_with_endpoint(cfg: &LabelConfig, run_dir: &RunDir, base_url: &s
     run_dir.write_table(
         table::TEACHER_CALLS,
         schema::TEACHER_CALLS.clone(),
-        &[tables::calls(&outcomes, &teacher.model, price)?],
+        &[tables::calls(&outcomes, &teacher.model, &pricing)?],
     )?;
+    if let Some(batcher) = batcher {
+        report.batches = Some(batcher.finish()?);
+    }
     report.http_attempts = client.attempts();
     report.wall_secs = started.elapsed().as_secs_f64();
     report.finish();
     tracing::info!("{report}");
     Ok(report)
+}
+
+/// Label every job (cache, else teacher or, in batch mode, gathered for a batch), adding each
+/// finished one to `report`, with a progress bar and, without a terminal, a log line per tenth.
+async fn label_jobs(
+    labeler: &Labeler<'_>,
+    jobs: &[(Task, &select::Sentence, usize, Role)],
+    report: &mut LabelReport,
+    pricing: &Pricing,
+    progress: bool,
+) -> Result<Vec<Outcome>> {
+    let started = Instant::now();
+    let bar = accounting::progress_bar(jobs.len(), progress);
+    // Cache hits finish at once, so keep more jobs in hand than requests in flight.
+    let in_hand = (labeler.passes[0].concurrency * 4).clamp(16, 1024);
+    let mut outcomes: Vec<Outcome> = Vec::with_capacity(jobs.len());
+    let log_every = (jobs.len() / 10).max(1);
+    let mut finished = futures::stream::iter(jobs.iter().map(|&(task, s, pass, role)| async move {
+        Ok::<_, Error>(labeler.label(task, s, pass).await?.map(|o| (o, role)))
+    }))
+    .buffer_unordered(in_hand);
+    let mut done = 0;
+    while let Some(outcome) = finished.next().await {
+        done += 1;
+        bar.inc(1);
+        let Some((outcome, role)) = outcome? else {
+            report.unsent += 1;
+            continue;
+        };
+        report.add(&outcome, pricing);
+        if outcome.pass == 0 && outcome.status == label::Status::Ok {
+            let growth = report.silver.entry(outcome.task.to_string()).or_default();
+            match role {
+                Role::Silver => growth.silver_ok += 1,
+                Role::New => growth.added += 1,
+                Role::Dev => {}
+            }
+        }
+        bar.set_message(accounting::progress_message(report));
+        // Without a terminal (cron, CI, logs) the bar is hidden: log every tenth instead.
+        if !std::io::IsTerminal::is_terminal(&std::io::stderr()) && done % log_every == 0 {
+            tracing::info!(
+                "label: {done}/{} ({:.1}/s) {}",
+                jobs.len(),
+                done as f64 / started.elapsed().as_secs_f64().max(1e-9),
+                accounting::progress_message(report)
+            );
+        }
+        outcomes.push(outcome);
+    }
+    drop(finished);
+    bar.finish_and_clear();
+    Ok(outcomes)
 }
 
 /// The run id recorded for replies paid by a standalone `biodistill label`.
@@ -389,7 +434,11 @@ pub fn plan(cfg: &LabelConfig, run_dir: &RunDir) -> Result<LabelPlan> {
         endpoint: teacher.base_url.clone(),
         model: teacher.model.clone(),
         calls: tasks.iter().map(|t| t.calls).sum(),
-        est_cost_usd: teacher.price().map(|p| accounting::cost(Some(p), est_prompt_tokens, est_completion_tokens)),
+        est_cost_usd: match teacher.mode {
+            TeacherMode::Online => teacher.price(),
+            TeacherMode::Batch => teacher.batch_price(),
+        }
+        .map(|p| accounting::cost(Some(p), est_prompt_tokens, est_completion_tokens)),
         est_prompt_tokens,
         est_completion_tokens,
         tasks,

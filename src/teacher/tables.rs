@@ -6,8 +6,7 @@ use std::sync::Arc;
 use arrow::array::{ArrayRef, BooleanArray, Float64Array, Int32Array, Int64Array, StringArray};
 use arrow::record_batch::RecordBatch;
 
-use super::accounting::cost;
-use super::config::Price;
+use super::accounting::Pricing;
 use super::label::{Outcome, Side};
 use crate::error::Result;
 use crate::run_dir::batch;
@@ -59,7 +58,7 @@ pub fn labels(outcomes: &[Outcome], model: &str) -> Result<RecordBatch> {
 /// `teacher_calls`: one row per outcome. `cost_usd` is what the call cost when it was paid
 /// (also for cached rows, so a query can total either); `cached` says whether it was paid
 /// this run.
-pub fn calls(outcomes: &[Outcome], model: &str, price: Option<Price>) -> Result<RecordBatch> {
+pub fn calls(outcomes: &[Outcome], model: &str, pricing: &Pricing) -> Result<RecordBatch> {
     let columns: Vec<ArrayRef> = vec![
         strings(outcomes.iter().map(|o| o.task.as_str())),
         strings(outcomes.iter().map(|o| o.doc_id.as_str())),
@@ -70,9 +69,7 @@ pub fn calls(outcomes: &[Outcome], model: &str, price: Option<Price>) -> Result<
         Arc::new(Float64Array::from_iter_values(outcomes.iter().map(|o| o.latency_ms))),
         Arc::new(Int64Array::from_iter_values(outcomes.iter().map(|o| o.prompt_tokens as i64))),
         Arc::new(Int64Array::from_iter_values(outcomes.iter().map(|o| o.completion_tokens as i64))),
-        Arc::new(Float64Array::from_iter_values(
-            outcomes.iter().map(|o| cost(price, o.prompt_tokens, o.completion_tokens)),
-        )),
+        Arc::new(Float64Array::from_iter_values(outcomes.iter().map(|o| pricing.cost(o)))),
         Arc::new(Int32Array::from_iter_values(outcomes.iter().map(|o| o.retries as i32))),
         opt_strings(outcomes.iter().map(|o| o.error.as_deref())),
         strings(outcomes.iter().map(|_| model)),
