@@ -18,7 +18,7 @@ use ballista_executor::executor_process::{ExecutorProcessConfig, start_executor_
 use ballista_scheduler::cluster::BallistaCluster;
 use ballista_scheduler::config::SchedulerConfig;
 use ballista_scheduler::scheduler_process::start_server;
-use datafusion::execution::{FunctionRegistry, SessionState};
+use datafusion::execution::{FunctionRegistry, SessionState, SessionStateBuilder};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use tokio::net::TcpStream;
 
@@ -47,7 +47,12 @@ pub(super) async fn remote(ctx: SessionContext, host: &str, port: u16) -> Result
     );
     ensure_reachable(host, port, "Ballista scheduler", &start).await?;
     let url = format!("df://{host}:{port}");
-    SessionContext::remote_with_state(&url, ctx.state()).await.map_err(|e| cluster_error(&url, e))
+    // Ballista rebuilds the state with the given config; a config that still asks for the
+    // default catalog would replace the one holding the run directory's tables.
+    let state = ctx.state();
+    let config = state.config().clone().with_create_default_catalog_and_schema(false);
+    let state = SessionStateBuilder::new_from_existing(state).with_config(config).build();
+    SessionContext::remote_with_state(&url, state).await.map_err(|e| cluster_error(&url, e))
 }
 
 /// Run a Ballista scheduler on `bind` until the process is stopped.
