@@ -109,6 +109,11 @@ fn trains_on_silver_labels_and_extracts_to_every_table() {
         assert!(losses.last().unwrap() < &(losses[0] / 2.0), "{}: loss should fall: {losses:?}", t.task);
     }
 
+    let ade_dir = run.root().join(train::STUDENT_DIR).join("ade");
+    batched_extraction_equals_each_sentence_alone(
+        &biodistill::model::checkpoint::Checkpoint::load(&ade_dir, &candle_core::Device::Cpu).unwrap(),
+    );
+
     let cfg = ExtractConfig { progress: false, batch_size: 4, read_rows: 5, ..Default::default() };
     let extracted = block_on(extract::run(&cfg, &run)).unwrap();
     println!("{extracted}");
@@ -176,7 +181,6 @@ fn trains_on_silver_labels_and_extracts_to_every_table() {
     let rows: Vec<SentenceRow> = pool.iter().map(|s| SentenceRow::standalone(&s.doc_id, s.sent_id, &s.text)).collect();
     let mut checkpoint = Checkpoint::load(&student_dir, &candle_core::Device::Cpu).unwrap();
     assert_eq!(checkpoint.config.min_score, 0.0, "no dev split, no calibration");
-    batched_extraction_equals_each_sentence_alone(&checkpoint);
     let mut all: Vec<f32> = predict(&checkpoint, &rows, 4, 1).unwrap().pairs.iter().map(|p| p.score).collect();
     all.sort_by(f32::total_cmp);
     checkpoint.config.min_score = all[all.len() / 2];
