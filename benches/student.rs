@@ -5,7 +5,9 @@
 //! on single-threaded ops (the binary's way, [`biodistill::parallel`]) to candle's intra-op
 //! threads. `cargo bench --bench student` (or `make bench`). Needs `models/all-MiniLM-L6-v2`; the
 //! reference needs `pip install onnxruntime onnx numpy tokenizers` and is skipped, with a note,
-//! without them. Sentences are synthetic ADE-style sentences of ~30–60 word pieces; the
+//! without them. Two sets of sentences, each measured against the reference in the same run:
+//! synthetic ADE-style sentences of ~30–60 word pieces, and real ones from the ADE corpus
+//! (`../shared/data`, or `BIODISTILL_INGEST_DATA_DIR`; skipped with a note without it). The
 //! reference gets the very same sentences and batch size.
 
 #[path = "../tests/silver.rs"]
@@ -17,8 +19,11 @@ use std::time::Instant;
 
 use biodistill::extract::{self, ExtractConfig};
 use biodistill::model::batch::{Batch, Example};
-use biodistill::model::checkpoint::Checkpoint;
+use biodistill::model::checkpoint::{Checkpoint, CheckpointConfig, TOKENIZER_FILE, WEIGHTS_FILE};
+use biodistill::model::encoder::Mode;
+use biodistill::model::student::Student;
 use biodistill::model::tags::Task;
+use biodistill::model::wordpiece::WordPieces;
 use biodistill::run_dir::RunDir;
 use biodistill::train::{self, TrainConfig};
 use candle_core::{DType, Device, Tensor};
@@ -70,6 +75,17 @@ fn candle_encoder_rate(checkpoint: &Checkpoint, texts: &[String]) -> f64 {
     })
     .unwrap();
     texts.len() as f64 / start.elapsed().as_secs_f64()
+}
+
+/// The checkpoint at `dir` loaded as before 2026-12-06: query, key and value not fused.
+fn unfused_checkpoint(dir: &Path) -> Checkpoint {
+    let config = CheckpointConfig::read(dir).unwrap();
+    let encoder: BertConfig = serde_json::from_value(config.encoder.clone()).unwrap();
+    let vb =
+        unsafe { VarBuilder::from_mmaped_safetensors(&[dir.join(WEIGHTS_FILE)], DType::F32, &Device::Cpu) }.unwrap();
+    let student = Student::load(vb, &encoder, &config.spec, Mode::Infer).unwrap();
+    let tokenizer = WordPieces::from_file(&dir.join(TOKENIZER_FILE)).unwrap();
+    Checkpoint { dir: dir.to_path_buf(), config, student, tokenizer }
 }
 
 /// Mean hidden state of `text` under the pretrained encoder (to check the reference agrees).
@@ -187,25 +203,99 @@ fn main() {
         fit.tokens_per_sec, fit.steps, fit.tokens, fit.seconds
     );
 
-    let extract_cfg =
-        ExtractConfig { tasks: vec![Task::Ade], batch_size: BATCH_SIZE, progress: false, ..Default::default() };
-    // Extraction's plan runs its partitions on the runtime's threads, as in the binary.
+    // Extraction's plan runs its partitions on the runtime's threads, as in the binary. The
+    // checkpoint is loaded and every code path run once first (a small warm-up run), as the
+    // reference builds and warms its session before timing.
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
-    let extracted = runtime.block_on(extract::run(&extract_cfg, &run)).unwrap();
-    println!(
-        "extract {:>8.1} sentences/s ({} sentences, batch {BATCH_SIZE}, encoder + entity + conditioned heads, Parquet out)",
-        extracted.sentences_per_sec, extracted.sentences
-    );
-    #[cfg(feature = "cluster")]
-    ballista_ratio(&runtime, &extract_cfg, &run, tmp.path(), extracted.sentences_per_sec);
-
+    let extract_cfg = ExtractConfig {
+        checkpoint_dir: Some(run.root().join(train::STUDENT_DIR)),
+        tasks: vec![Task::Ade],
+        batch_size: BATCH_SIZE,
+        progress: false,
+        ..Default::default()
+    };
+    let warm: Vec<(String, &str)> = texts[..BATCH_SIZE].iter().map(|(d, t)| (d.clone(), t.as_str())).collect();
+    runtime.block_on(extract::run(&extract_cfg, &sentence_run(&tmp.path().join("warm-up"), &warm))).unwrap();
     let checkpoint = Checkpoint::load(&report.tasks[0].checkpoint, &Device::Cpu).unwrap();
-    let sentences: Vec<String> = texts.iter().map(|(_, t)| t.clone()).collect();
-    candle_encoder_rate(&checkpoint, &sentences[..BATCH_SIZE]); // warm-up
-    let encoder_rate = candle_encoder_rate(&checkpoint, &sentences);
-    println!("encoder {encoder_rate:>8.1} sentences/s (the encoder alone, no heads, same batches side by side)");
+    let synthetic: Vec<(String, &str)> = texts.iter().map(|(d, t)| (d.clone(), t.as_str())).collect();
+    let measured = measure_set("synthetic", &run, &synthetic, &runtime, &extract_cfg, &checkpoint, &model, tmp.path());
+    #[cfg(feature = "cluster")]
+    ballista_ratio(&runtime, &extract_cfg, &run, tmp.path(), measured);
+    #[cfg(not(feature = "cluster"))]
+    let _ = measured;
+    match real_sentences(EXTRACT_SENTENCES) {
+        Some(real) => {
+            let docs: Vec<(String, &str)> =
+                real.iter().enumerate().map(|(i, t)| (format!("real:{i}"), t.as_str())).collect();
+            let real_run = sentence_run(&tmp.path().join("real"), &docs);
+            measure_set("real", &real_run, &docs, &runtime, &extract_cfg, &checkpoint, &model, tmp.path());
+        }
+        None => println!("real sentences skipped: no {}", data_dir().join(ADE_CORPUS).display()),
+    }
+}
 
-    let file = tmp.path().join("sentences.txt");
+/// The ADE corpus under the shared data directory (as `make` finds it).
+const ADE_CORPUS: &str = "ade_corpus_v2";
+
+fn data_dir() -> PathBuf {
+    std::env::var_os("BIODISTILL_INGEST_DATA_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data"))
+}
+
+/// `n` real biomedical sentences, the same on every run: the ADE corpus's first distinct
+/// sentences with an adverse effect (`DRUG-AE.rel`) alternating with its first without
+/// (`ADE-NEG.txt`), 5 to ~100 words, as extraction meets them. `None` without the corpus.
+fn real_sentences(n: usize) -> Option<Vec<String>> {
+    let dir = data_dir().join(ADE_CORPUS);
+    let read = |file: &str, text: fn(&str) -> Option<&str>| -> Option<Vec<String>> {
+        let content = std::fs::read_to_string(dir.join(file)).ok()?;
+        let mut seen = std::collections::HashSet::new();
+        Some(content.lines().filter_map(text).filter(|t| seen.insert(t.to_string())).map(String::from).collect())
+    };
+    let positive = read("DRUG-AE.rel", |line| line.split('|').nth(1))?;
+    let negative = read("ADE-NEG.txt", |line| line.splitn(3, ' ').nth(2))?;
+    Some(positive.into_iter().zip(negative).flat_map(|(p, q)| [p, q]).take(n).collect())
+}
+
+/// A run directory whose `documents` and `sentences` are `docs` (`(doc_id, text)`).
+fn sentence_run(dir: &Path, docs: &[(String, &str)]) -> RunDir {
+    let run = RunDir::create(dir).unwrap();
+    let docs: Vec<(&str, &str)> = docs.iter().map(|(d, t)| (d.as_str(), *t)).collect();
+    silver::write_silver_run(&run, &docs, &[]);
+    run
+}
+
+/// Extraction, the encoder alone and the reference over the sentences of `run` (whose
+/// documents are `docs`), one after the other; prints each rate and the ratios. Returns
+/// extraction's sentences/s.
+#[allow(clippy::too_many_arguments)]
+fn measure_set(
+    name: &str,
+    run: &RunDir,
+    docs: &[(String, &str)],
+    runtime: &tokio::runtime::Runtime,
+    cfg: &ExtractConfig,
+    checkpoint: &Checkpoint,
+    model: &Path,
+    work: &Path,
+) -> f64 {
+    let extracted = runtime.block_on(extract::run(cfg, run)).unwrap();
+    println!(
+        "extract   {name:<9} {:>7.1} sentences/s ({} sentences, {} windows, batch {BATCH_SIZE}, encoder + entity + conditioned heads, Parquet out)",
+        extracted.sentences_per_sec, extracted.sentences, extracted.windows
+    );
+    // The sentences exactly as the run holds them (its documents split as `silver` splits them).
+    let borrowed: Vec<(&str, &str)> = docs.iter().map(|(d, t)| (d.as_str(), *t)).collect();
+    let sentences: Vec<String> = silver::sentences(&borrowed).iter().map(|s| s.3.to_string()).collect();
+    let unfused_rate = candle_encoder_rate(&unfused_checkpoint(&checkpoint.dir), &sentences);
+    let encoder_rate = candle_encoder_rate(checkpoint, &sentences);
+    println!(
+        "encoder   {name:<9} {encoder_rate:>7.1} sentences/s (the encoder alone, no heads, same batches side by side; \
+         {unfused_rate:.1} with query, key and value unfused, as before 2026-12-06)"
+    );
+
+    let file = work.join(format!("{name}.txt"));
     std::fs::write(&file, sentences.join("\n")).unwrap();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/reference_minilm.py");
     let output = Command::new("python3")
@@ -219,12 +309,17 @@ fn main() {
             let rate = result["sentences_per_sec"].as_f64().unwrap();
             let first: Vec<f32> =
                 result["first_mean"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
-            let agreement = cosine(&first, &pretrained_mean(&model, &checkpoint, &sentences[0]));
-            println!("reference {rate:>6.1} sentences/s ({}, same sentences and batch size)", result["runtime"]);
+            let agreement = cosine(&first, &pretrained_mean(model, checkpoint, &sentences[0]));
             println!(
-                "ratio   extract/reference = {:.2}, encoder/reference = {:.2} (hidden-state cosine candle vs reference {agreement:.5})",
+                "reference {name:<9} {rate:>7.1} sentences/s ({}, same sentences and batch size)",
+                result["runtime"]
+            );
+            println!(
+                "ratio     {name:<9} extract/reference = {:.2}, encoder/reference = {:.2}, unfused encoder/reference = {:.2} \
+                 (hidden-state cosine candle vs reference {agreement:.5})",
                 extracted.sentences_per_sec / rate,
-                encoder_rate / rate
+                encoder_rate / rate,
+                unfused_rate / rate
             );
         }
         Ok(out) => {
@@ -232,4 +327,5 @@ fn main() {
         }
         Err(e) => println!("reference skipped: cannot run python3: {e}"),
     }
+    extracted.sentences_per_sec
 }

@@ -109,6 +109,11 @@ fn trains_on_silver_labels_and_extracts_to_every_table() {
         assert!(losses.last().unwrap() < &(losses[0] / 2.0), "{}: loss should fall: {losses:?}", t.task);
     }
 
+    let ade_dir = run.root().join(train::STUDENT_DIR).join("ade");
+    batched_extraction_equals_each_sentence_alone(
+        &biodistill::model::checkpoint::Checkpoint::load(&ade_dir, &candle_core::Device::Cpu).unwrap(),
+    );
+
     let cfg = ExtractConfig { progress: false, batch_size: 4, read_rows: 5, ..Default::default() };
     let extracted = block_on(extract::run(&cfg, &run)).unwrap();
     println!("{extracted}");
@@ -184,6 +189,70 @@ fn trains_on_silver_labels_and_extracts_to_every_table() {
     assert!(all[0] < min, "the toy student's scores differ: {all:?}");
     assert_eq!(kept.len(), all.iter().filter(|&&s| s >= min).count(), "{all:?}");
     assert!(kept.iter().all(|p| p.score >= min));
+}
+
+/// Real sentences from the ADE corpus (`../shared/data/ade_corpus_v2`, `DRUG-AE.rel` and
+/// `ADE-NEG.txt`), 3 to 35 words: lengths as extraction meets them.
+const REAL_SENTENCES: &[&str] = &[
+    "Diclofenac-associated hepatitis.",
+    "Myotonia associated with sarcoidosis: marked exacerbation with pravastatin.",
+    "Detection of activated eosinophils in nasal polyps of an aspirin-induced asthma patient.",
+    "Lupus-like syndrome caused by 5-aminosalicylic acid in patients with inflammatory bowel disease.",
+    "One case of priapism occurred during heparin therapy for a previous surgical operation to the knee is reported.",
+    "Methemoglobinemia after axillary block with bupivacaine and additional injection of lidocaine in the operative field.",
+    "Calcipotriol (Daivonex R; Leo Pharmaceuticals, Zurich, Switzerland) may cause irritation of the skin, whereas allergic reactions are less common.",
+    "We believe that this represents an unusual case of moderate-dose MTX-induced neurotoxicity in a patient with gastric cancer, which has not previously been reported.",
+    "Immobilization, while Paget's bone disease was present, and perhaps enhanced activation of dihydrotachysterol by rifampicin, could have led to increased calcium-release into the circulation.",
+    "We describe the side effects of 5-FU in a colon cancer patient who suffered severe mucositis, desquamating dermatitis, prolonged myelosuppression, and neurologic toxicity that required admission to the intensive care unit.",
+    "BACKGROUND: External beam radiation therapy often is avoided in the treatment of rhabdomyosarcoma (RMS) in young children because of the long-term sequelae.",
+    "Dihydropyrimidine dehydrogenase (DPD) is the rate-limiting enzyme in the catabolism of 5-FU.",
+    "The day after the infusion, she no longer complained of diplopia, and her ophthalmoplegia had improved dramatically.",
+];
+
+/// Entities `(sentence, start, end, type)` and pairs `(sentence, anchor start, anchor end,
+/// start, end)` with their scores, sorted; `sentence` maps a prediction's sentence index.
+type Keyed = (Vec<([usize; 4], f32)>, Vec<([usize; 5], f32)>);
+
+fn keyed(p: &biodistill::model::predict::Predictions, sentence: &dyn Fn(usize) -> usize) -> Keyed {
+    let mut entities: Vec<([usize; 4], f32)> =
+        p.entities.iter().map(|e| ([sentence(e.sentence), e.start, e.end, e.type_index], e.score)).collect();
+    let mut pairs: Vec<([usize; 5], f32)> = p
+        .pairs
+        .iter()
+        .map(|q| ([sentence(q.anchor.sentence), q.anchor.start, q.anchor.end, q.start, q.end], q.score))
+        .collect();
+    entities.sort_by_key(|e| e.0);
+    pairs.sort_by_key(|q| q.0);
+    (entities, pairs)
+}
+
+/// Issue 17: extraction's fast path (windows sorted by length and padded into batches of 16,
+/// run on 2 threads, attention inputs fused at load) gives, on a fixed set of real and toy
+/// sentences, the spans and pairs each sentence gives alone (batch of 1: no padding, no
+/// neighbours) and in reverse order, scores within 1e-4.
+fn batched_extraction_equals_each_sentence_alone(checkpoint: &biodistill::model::checkpoint::Checkpoint) {
+    use biodistill::model::predict::{SentenceRow, predict};
+    let texts: Vec<&str> = REAL_SENTENCES.iter().copied().chain(sentences(DOCS).iter().map(|s| s.3)).collect();
+    let rows: Vec<SentenceRow> =
+        texts.iter().enumerate().map(|(i, t)| SentenceRow::standalone("fixed", i as i32, t)).collect();
+    let batched = keyed(&predict(checkpoint, &rows, 16, 2).unwrap(), &|s| s);
+    let mut alone: Keyed = Default::default();
+    for (i, row) in rows.iter().enumerate() {
+        let (entities, pairs) = keyed(&predict(checkpoint, std::slice::from_ref(row), 1, 1).unwrap(), &|_| i);
+        alone.0.extend(entities);
+        alone.1.extend(pairs);
+    }
+    let reversed_rows: Vec<SentenceRow> = rows.iter().rev().cloned().collect();
+    let reversed = keyed(&predict(checkpoint, &reversed_rows, 16, 2).unwrap(), &|s| rows.len() - 1 - s);
+    assert!(!batched.1.is_empty(), "the fixed set must hold pairs to compare: {batched:?}");
+    for (name, other) in [("alone", &alone), ("reversed", &reversed)] {
+        let keys =
+            |k: &Keyed| (k.0.iter().map(|e| e.0).collect::<Vec<_>>(), k.1.iter().map(|q| q.0).collect::<Vec<_>>());
+        assert_eq!(keys(&batched), keys(other), "batched vs {name}: different spans or pairs");
+        let scores = |k: &Keyed| k.0.iter().map(|e| e.1).chain(k.1.iter().map(|q| q.1)).collect::<Vec<f32>>();
+        let worst = scores(&batched).iter().zip(scores(other)).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(worst < 1e-4, "batched vs {name}: score differs by {worst}");
+    }
 }
 
 /// Two guards of `train`, end to end on one short run. Teacher labels of gold *dev*

@@ -133,6 +133,7 @@ impl Checkpoint {
         let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&weights], DType::F32, device) }
             .map_err(|e| Error::Model(format!("{}: {e}", weights.display())))?;
         let student = Student::load(vb, &encoder, &config.spec, Mode::Infer)
+            .and_then(|mut s| s.fuse_for_inference().map(|()| s))
             .map_err(|e| Error::Model(format!("{}: {e}", weights.display())))?;
         let tokenizer = WordPieces::from_file(&dir.join(TOKENIZER_FILE))?;
         Ok(Self { dir: dir.to_path_buf(), config, student, tokenizer })

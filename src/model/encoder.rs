@@ -112,6 +112,11 @@ struct Layer {
     heads: usize,
     act: HiddenAct,
     mode: Mode,
+    /// `query`, `key` and `value` as one `(3 × hidden, hidden)` layer, the query's rows
+    /// pre-multiplied by 1/√head_dim: set by [`Encoder::fuse_for_inference`] on weights that
+    /// no longer change. One matmul and one head split instead of three, and no scaling pass
+    /// over the `(batch, head, tokens, tokens)` scores.
+    fused_qkv: Option<Dense>,
 }
 
 impl Layer {
@@ -131,7 +136,52 @@ impl Layer {
             heads: c.num_attention_heads,
             act: c.hidden_act,
             mode,
+            fused_qkv: None,
         })
+    }
+
+    /// Build [`Layer::fused_qkv`] from the current weights (copies them: later changes to the
+    /// variables are not seen).
+    fn fuse_qkv(&mut self) -> Result<()> {
+        let head_dim = self.query.0.weight().dim(0)? / self.heads;
+        let scale = 1.0 / (head_dim as f64).sqrt();
+        let part = |dense: &Dense, scale: f64| -> Result<(Tensor, Tensor)> {
+            let bias = dense.0.bias().ok_or_else(|| Error::Internal("BERT linear layers have a bias".into()))?;
+            Ok(((dense.0.weight() * scale)?, (bias * scale)?))
+        };
+        let (q, k, v) = (part(&self.query, scale)?, part(&self.key, 1.0)?, part(&self.value, 1.0)?);
+        let weight = Tensor::cat(&[&q.0, &k.0, &v.0], 0)?;
+        let bias = Tensor::cat(&[&q.1, &k.1, &v.1], 0)?;
+        self.fused_qkv = Some(Dense(Linear::new(weight, Some(bias))));
+        Ok(())
+    }
+
+    /// Attention scores `(batch, head, tokens, tokens)` before the mask, and the values
+    /// `(batch, head, tokens, head_dim)`.
+    fn scores_and_values(&self, xs: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (q, k, v) = self.attention_inputs(xs)?;
+        let scores = q.matmul(&k.t()?)?;
+        if self.fused_qkv.is_some() {
+            return Ok((scores, v)); // the scale is in the query weights
+        }
+        let scale = 1.0 / ((xs.dim(2)? / self.heads) as f64).sqrt();
+        Ok(((scores * scale)?, v))
+    }
+
+    /// Queries, keys and values, each `(batch, head, tokens, head_dim)`; the queries are
+    /// scaled by 1/√head_dim only when fused.
+    fn attention_inputs(&self, xs: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+        let (b, t, h) = xs.dims3()?;
+        let Some(fused) = &self.fused_qkv else {
+            let q = self.split_heads(&self.query.forward(xs)?)?;
+            let k = self.split_heads(&self.key.forward(xs)?)?;
+            let v = self.split_heads(&self.value.forward(xs)?)?;
+            return Ok((q, k, v));
+        };
+        // (batch, tokens, 3 × hidden) -> (3, batch, head, tokens, head_dim), one copy.
+        let all = fused.forward(xs)?.reshape((b, t, 3, self.heads, h / self.heads))?.permute((2, 0, 3, 1, 4))?;
+        let all = all.contiguous()?;
+        Ok((all.get(0)?, all.get(1)?, all.get(2)?))
     }
 
     /// `(batch, tokens, hidden)` -> `(batch, tokens, head, head_dim)` -> `(batch, head, tokens, head_dim)`.
@@ -143,11 +193,8 @@ impl Layer {
     /// `bias` is `(batch, 1, 1, tokens)`: 0 for real tokens, a large negative for padding.
     fn forward(&self, xs: &Tensor, bias: &Tensor) -> Result<Tensor> {
         let (b, t, h) = xs.dims3()?;
-        let scale = 1.0 / ((h / self.heads) as f64).sqrt();
-        let q = self.split_heads(&self.query.forward(xs)?)?;
-        let k = self.split_heads(&self.key.forward(xs)?)?;
-        let v = self.split_heads(&self.value.forward(xs)?)?;
-        let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(bias)?;
+        let (scores, v) = self.scores_and_values(xs)?;
+        let scores = scores.broadcast_add(bias)?;
         let probs = match self.mode {
             Mode::Train => candle_nn::ops::softmax(&scores, D::Minus1)?,
             Mode::Infer => candle_nn::ops::softmax_last_dim(&scores)?,
@@ -198,6 +245,21 @@ impl Encoder {
 
     pub fn frozen_layers(&self) -> usize {
         self.frozen
+    }
+
+    /// Fuse each layer's query, key and value into one matmul, the attention scale folded
+    /// into the query weights. Only for [`Mode::Infer`] on weights that no longer change (a
+    /// loaded checkpoint): the fused copy does not follow later updates of the variables, so
+    /// `train`'s live view of the weights being trained stays unfused. Same outputs within
+    /// float rounding (tested).
+    pub fn fuse_for_inference(&mut self) -> Result<()> {
+        for layer in &mut self.layers {
+            if layer.mode != Mode::Infer {
+                return Err(Error::Internal("fuse_for_inference on a training encoder".into()));
+            }
+            layer.fuse_qkv()?;
+        }
+        Ok(())
     }
 
     /// Hidden states `(batch, tokens, hidden)` of `ids`; `mask` is 1 for real tokens, 0 for padding.
@@ -272,6 +334,22 @@ mod tests {
         let mut missing: Vec<&String> = data.iter().filter(|(_, v)| grads.get(v).is_none()).map(|(n, _)| n).collect();
         missing.sort();
         assert_eq!(missing, ["embeddings.word_embeddings.weight"], "frozen, and nothing else");
+    }
+
+    #[test]
+    fn fused_attention_inputs_compute_the_same_function() {
+        let varmap = VarMap::new();
+        let mut fused = tiny(Mode::Infer, &varmap);
+        crate::model::student::seeded_init(&varmap, 5, 0.5).unwrap();
+        let unfused = tiny(Mode::Infer, &varmap);
+        fused.fuse_for_inference().unwrap();
+        assert!(tiny(Mode::Train, &varmap).fuse_for_inference().is_err());
+        let (ids, types, mask) = inputs();
+        let a = unfused.forward(&ids, &types, &mask).unwrap();
+        let b = fused.forward(&ids, &types, &mask).unwrap();
+        // Padding rows included: they go through the same arithmetic.
+        let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(diff < 1e-5, "max |diff| {diff}");
     }
 
     #[test]

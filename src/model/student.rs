@@ -238,6 +238,12 @@ impl Student {
         self.encoder.forward(&ids, &types, &mask)
     }
 
+    /// Fuse the encoder's attention inputs for inference on fixed weights (see
+    /// [`Encoder::fuse_for_inference`]).
+    pub fn fuse_for_inference(&mut self) -> Result<()> {
+        self.encoder.fuse_for_inference()
+    }
+
     /// Keep the embeddings and the bottom `layers` encoder layers at their pretrained weights.
     pub fn set_frozen_layers(&mut self, layers: usize) -> Result<()> {
         self.encoder.set_frozen_layers(layers)
