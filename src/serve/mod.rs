@@ -67,7 +67,7 @@ pub struct ServeConfig {
     pub prefix_cache_mib: usize,
     /// Most drafted tokens a sequence feeds per decode step (prompt lookup, each checked
     /// against the model's own pick in the same pass, so replies do not change); 0 turns
-    /// drafting off. See [`TeacherLlmConfig::draft_tokens`].
+    /// drafting off (the default). See [`TeacherLlmConfig::draft_tokens`].
     pub draft_tokens: usize,
     /// Serve on a non-loopback address without a token (`--insecure-no-token`); otherwise
     /// [`spawn`] refuses to (see [`check_exposure`]). Not serialized when off, so it leaves

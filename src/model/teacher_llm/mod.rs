@@ -60,15 +60,20 @@ pub struct TeacherLlmConfig {
     /// CPU threads for the forward pass.
     pub threads: usize,
     /// Most drafted tokens a sequence feeds per step (prompt lookup, see [`TeacherLlm::step`]);
-    /// 0 decodes one token per sequence per step. The reply is the same either way.
+    /// 0 decodes one token per sequence per step. The reply is the same either way up to
+    /// float noise: a near tie may break the other way.
     pub draft_tokens: usize,
     /// Drafts stop once a step feeds this many tokens in all (prefills and sampled tokens
     /// count; with a full batch the cores are busy and a rejected draft costs a full token).
     pub draft_step_tokens: usize,
 }
 
-/// Default of [`TeacherLlmConfig::draft_tokens`] (see the README's teacher speed figures).
-pub const DEFAULT_DRAFT_TOKENS: usize = 8;
+/// Default of [`TeacherLlmConfig::draft_tokens`]: off, because drafted replies are the plain
+/// ones only up to float-noise ties (1 of 24 ADE replies differed) and the measured gain is
+/// small (README, teacher speed figures of 2026-12-06); 8 is the measured setting.
+pub const DEFAULT_DRAFT_TOKENS: usize = 0;
+/// The drafted tokens per step measured and tested.
+pub const MEASURED_DRAFT_TOKENS: usize = 8;
 /// Default of [`TeacherLlmConfig::draft_step_tokens`].
 pub const DEFAULT_DRAFT_STEP_TOKENS: usize = 48;
 
@@ -476,10 +481,11 @@ mod tests {
     }
 
     /// Logprobs cover every token of the text (not the end-of-turn token); streamed deltas add
-    /// up to the reply and its logprobs.
+    /// up to the reply and its logprobs, also when a step appends several drafted tokens.
     #[test]
     fn logprobs_and_deltas_add_up_to_the_reply() {
         let mut teacher = smollm();
+        teacher.draft_tokens = MEASURED_DRAFT_TOKENS;
         let mut request = GenerateRequest::greedy(vec![ChatMessage::new(Role::User, "Say hello in French.")], 24);
         request.logprobs = Some(3);
         request.stop = vec!["!".into()];
@@ -620,7 +626,7 @@ mod tests {
             )
         };
         let (plain, plain_stepped, plain_accepted, plain_forwards) = run(&mut teacher, 0);
-        let (drafted, stepped, accepted, forwards) = run(&mut teacher, DEFAULT_DRAFT_TOKENS);
+        let (drafted, stepped, accepted, forwards) = run(&mut teacher, MEASURED_DRAFT_TOKENS);
         for (i, (a, b)) in plain.iter().zip(&drafted).enumerate() {
             assert_eq!(a.len(), b.len());
             for (a, b) in a.iter().zip(b) {
