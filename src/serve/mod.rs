@@ -65,6 +65,10 @@ pub struct ServeConfig {
     pub seed: u64,
     /// Memory for prompt-prefix KV snapshots, in MiB; 0 disables the prefix cache.
     pub prefix_cache_mib: usize,
+    /// Most drafted tokens a sequence feeds per decode step (prompt lookup, each checked
+    /// against the model's own pick in the same pass, so replies do not change); 0 turns
+    /// drafting off (the default). See [`TeacherLlmConfig::draft_tokens`].
+    pub draft_tokens: usize,
     /// Serve on a non-loopback address without a token (`--insecure-no-token`); otherwise
     /// [`spawn`] refuses to (see [`check_exposure`]). Not serialized when off, so it leaves
     /// config hashes alone.
@@ -85,6 +89,7 @@ impl Default for ServeConfig {
             context_length: 4096,
             seed: 0,
             prefix_cache_mib: 512,
+            draft_tokens: crate::model::teacher_llm::DEFAULT_DRAFT_TOKENS,
             insecure_no_token: false,
         }
     }
@@ -104,6 +109,7 @@ impl std::fmt::Debug for ServeConfig {
             .field("context_length", &self.context_length)
             .field("seed", &self.seed)
             .field("prefix_cache_mib", &self.prefix_cache_mib)
+            .field("draft_tokens", &self.draft_tokens)
             .field("insecure_no_token", &self.insecure_no_token)
             .finish()
     }
@@ -125,6 +131,8 @@ impl ServeConfig {
             prefix_cache_bytes: self.prefix_cache_mib << 20,
             max_batch: self.max_batch,
             threads: self.threads.unwrap_or_else(crate::model::teacher_llm::default_threads),
+            draft_tokens: self.draft_tokens,
+            ..TeacherLlmConfig::new(&self.model)
         }
     }
 }

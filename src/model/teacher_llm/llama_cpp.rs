@@ -191,6 +191,18 @@ impl LlamaDecoder {
     /// Append each input's tokens to its cache and return the logits after each input's last
     /// token, one row of `vocab` floats per input. Every input needs at least one token.
     pub fn forward(&mut self, inputs: &mut [SequenceInput<'_>]) -> Result<Vec<Vec<f32>>> {
+        let outputs = vec![1; inputs.len()];
+        let rows = self.forward_rows(inputs, &outputs)?;
+        Ok(rows.into_iter().map(|mut r| r.pop().expect("one row per input")).collect())
+    }
+
+    /// Like [`LlamaDecoder::forward`], with the logits after each of input `i`'s last
+    /// `outputs[i]` tokens (at least 1, at most all): rows in token order, per input. Drafted
+    /// tokens are checked this way, every one against the row before it, in one pass.
+    pub fn forward_rows(&mut self, inputs: &mut [SequenceInput<'_>], outputs: &[usize]) -> Result<Vec<Vec<Vec<f32>>>> {
+        if outputs.len() != inputs.len() {
+            return Err(Error::Internal(format!("{} outputs for {} inputs", outputs.len(), inputs.len())));
+        }
         self.recycle_ids()?;
         for input in inputs.iter_mut() {
             if input.tokens.is_empty() {
@@ -213,31 +225,42 @@ impl LlamaDecoder {
                 tokens += inputs[end].tokens.len();
                 end += 1;
             }
-            self.decode(&mut inputs[start..end], &mut rows[start..end])?;
+            self.decode(&mut inputs[start..end], &outputs[start..end], &mut rows[start..end])?;
             start = end;
         }
         Ok(rows)
     }
 
-    fn decode(&mut self, inputs: &mut [SequenceInput<'_>], rows: &mut [Vec<f32>]) -> Result<()> {
+    fn decode(
+        &mut self,
+        inputs: &mut [SequenceInput<'_>],
+        outputs: &[usize],
+        rows: &mut [Vec<Vec<f32>>],
+    ) -> Result<()> {
         self.batch.clear();
-        let mut last = Vec::with_capacity(inputs.len());
-        for input in inputs.iter() {
+        // Per input: the batch index of its first row of logits and how many rows.
+        let mut first = Vec::with_capacity(inputs.len());
+        for (input, &outputs) in inputs.iter().zip(outputs) {
             let seq = input.cache.seq.as_ref().expect("made writable above");
             let n = input.tokens.len();
+            let from = n - outputs.clamp(1, n);
             for (i, &token) in input.tokens.iter().enumerate() {
                 let pos = (input.cache.len + i) as i32;
                 self.batch
-                    .add(LlamaToken::new(token as i32), pos, &[seq.id], i + 1 == n)
+                    .add(LlamaToken::new(token as i32), pos, &[seq.id], i >= from)
                     .map_err(|e| Error::Internal(format!("llama.cpp batch: {e}")))?;
             }
-            last.push(self.batch.n_tokens() - 1);
+            first.push((self.batch.n_tokens() - (n - from) as i32, n - from));
         }
         self.context.decode(&mut self.batch).map_err(|e| Error::Model(format!("llama.cpp decode failed: {e}")))?;
-        for ((input, row), index) in inputs.iter_mut().zip(rows.iter_mut()).zip(last) {
-            let logits = self.context.get_logits_ith(index);
-            debug_assert_eq!(logits.len(), self.vocab);
-            *row = logits.to_vec();
+        for ((input, out), (index, count)) in inputs.iter_mut().zip(rows.iter_mut()).zip(first) {
+            *out = (0..count as i32)
+                .map(|k| {
+                    let logits = self.context.get_logits_ith(index + k);
+                    debug_assert_eq!(logits.len(), self.vocab);
+                    logits.to_vec()
+                })
+                .collect();
             input.cache.len += input.tokens.len();
             let seq = input.cache.seq.as_ref().expect("made writable above");
             seq.filled.store(input.cache.len, Ordering::Relaxed);
@@ -367,6 +390,34 @@ pub(crate) mod tests {
         let rz = decoder.forward(&mut [SequenceInput { cache: &mut z, tokens: &expected }]).unwrap();
         assert!(close(&ry[0], &rz[0]));
         assert_eq!(prefix.len(), 6);
+    }
+
+    /// Rows after every fed token (a drafted run) are the logits single steps give, next to
+    /// another input that asks for its last row only.
+    #[test]
+    fn rows_after_every_token_match_single_steps() {
+        let mut decoder = load();
+        let mut stepped = decoder.new_cache();
+        decoder.forward(&mut [SequenceInput { cache: &mut stepped, tokens: &A[..6] }]).unwrap();
+        let steps: Vec<Vec<f32>> = A[6..]
+            .iter()
+            .map(|&t| decoder.forward(&mut [SequenceInput { cache: &mut stepped, tokens: &[t] }]).unwrap().remove(0))
+            .collect();
+        let (mut run, mut other) = (decoder.new_cache(), decoder.new_cache());
+        decoder.forward(&mut [SequenceInput { cache: &mut run, tokens: &A[..5] }]).unwrap();
+        let rows = decoder
+            .forward_rows(
+                &mut [
+                    SequenceInput { cache: &mut run, tokens: &A[5..] },
+                    SequenceInput { cache: &mut other, tokens: &B },
+                ],
+                &[steps.len(), 1],
+            )
+            .unwrap();
+        assert_eq!((rows[0].len(), rows[1].len(), run.len()), (steps.len(), 1, A.len()));
+        for (i, (row, step)) in rows[0].iter().zip(&steps).enumerate() {
+            assert!(close(row, step), "row {i}");
+        }
     }
 
     /// Dropped caches give their ids back: far more sequences than ids can come and go.

@@ -59,6 +59,43 @@ pub struct TeacherLlmConfig {
     pub max_batch: usize,
     /// CPU threads for the forward pass.
     pub threads: usize,
+    /// Most drafted tokens a sequence feeds per step (prompt lookup, see [`TeacherLlm::step`]);
+    /// 0 decodes one token per sequence per step. The reply is the same either way up to
+    /// float noise: a near tie may break the other way.
+    pub draft_tokens: usize,
+    /// Drafts stop once a step feeds this many tokens in all (prefills and sampled tokens
+    /// count; with a full batch the cores are busy and a rejected draft costs a full token).
+    pub draft_step_tokens: usize,
+}
+
+/// Default of [`TeacherLlmConfig::draft_tokens`]: off, because drafted replies are the plain
+/// ones only up to float-noise ties (1 of 24 ADE replies differed) and the measured gain is
+/// small (README, teacher speed figures of 2026-12-06); 8 is the measured setting.
+pub const DEFAULT_DRAFT_TOKENS: usize = 0;
+/// The drafted tokens per step measured and tested.
+pub const MEASURED_DRAFT_TOKENS: usize = 8;
+/// Default of [`TeacherLlmConfig::draft_step_tokens`].
+pub const DEFAULT_DRAFT_STEP_TOKENS: usize = 48;
+
+/// Work counters since load (see [`TeacherLlm::stats`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DecodeStats {
+    /// Forward passes of [`TeacherLlm::step`].
+    pub forwards: u64,
+    /// Reply tokens picked, each from its own row of logits.
+    pub picked: u64,
+    /// Drafted tokens fed.
+    pub drafted: u64,
+    /// Drafted tokens that were the model's own pick: appended in a run with the token before
+    /// them instead of in a decode step of their own.
+    pub accepted: u64,
+}
+
+impl DecodeStats {
+    /// Reply tokens that each took a decode step (a sequence's first or only token of a step).
+    pub fn stepped(&self) -> u64 {
+        self.picked - self.accepted
+    }
 }
 
 impl TeacherLlmConfig {
@@ -69,6 +106,8 @@ impl TeacherLlmConfig {
             prefix_cache_bytes: 512 << 20,
             max_batch: crate::serve::DEFAULT_MAX_BATCH,
             threads: default_threads(),
+            draft_tokens: DEFAULT_DRAFT_TOKENS,
+            draft_step_tokens: DEFAULT_DRAFT_STEP_TOKENS,
         }
     }
 }
@@ -88,6 +127,9 @@ pub struct TeacherLlm {
     context_length: usize,
     /// Next id for the choices of one request (see [`Sequence`]'s `group`).
     next_group: u64,
+    draft_tokens: usize,
+    draft_step_tokens: usize,
+    stats: DecodeStats,
 }
 
 impl TeacherLlm {
@@ -131,6 +173,9 @@ impl TeacherLlm {
             model_id: model_id(path),
             context_length,
             next_group: 0,
+            draft_tokens: config.draft_tokens,
+            draft_step_tokens: config.draft_step_tokens,
+            stats: DecodeStats::default(),
         })
     }
 
@@ -146,6 +191,11 @@ impl TeacherLlm {
 
     pub fn tokenizer(&self) -> &Tokenizer {
         &self.tokenizer
+    }
+
+    /// Forwards and tokens so far (drafted, accepted).
+    pub fn stats(&self) -> DecodeStats {
+        self.stats
     }
 
     /// Number of prompt prefixes whose KV is cached.
@@ -201,39 +251,61 @@ impl TeacherLlm {
         Ok(choices)
     }
 
-    /// One forward pass for every unfinished sequence, then one token sampled for each.
+    /// One forward pass for every unfinished sequence, then one token sampled for each, or
+    /// more with drafts: a sequence between decode steps may feed, after its last sampled
+    /// token, up to `draft_tokens` tokens copied from its context (prompt lookup: the rest of
+    /// a JSON key or of a span of the sentence, as in the few-shot replies) while the step
+    /// stays within `draft_step_tokens`. The forward returns a row of logits after each, and
+    /// [`Sequence::advance_rows`] keeps the drafted tokens the sampler picks from them, so the
+    /// reply is token for token the one decoded without drafts (from the same logits: a
+    /// batched pass may differ from single steps in the last bits, as batching sequences does);
+    /// fewer steps, and logprobs and streaming see every token as before.
     /// On error the sequences are in an unknown state and should be dropped.
     pub fn step(&mut self, sequences: &mut [Sequence]) -> Result<()> {
+        let active = |s: &Sequence| !s.is_finished() && !s.awaiting_prefill;
+        if self.draft_tokens > 0 {
+            let fed: usize = sequences.iter().filter(|s| active(s)).map(|s| s.pending.len() - s.drafted).sum();
+            let mut budget = self.draft_step_tokens.saturating_sub(fed);
+            for sequence in sequences.iter_mut().filter(|s| active(s)) {
+                budget -= sequence.draft(self.draft_tokens.min(budget), &self.table);
+            }
+        }
+        let outputs: Vec<usize> = sequences.iter().filter(|s| active(s)).map(|s| 1 + s.drafted).collect();
         let mut inputs: Vec<SequenceInput<'_>> = sequences
             .iter_mut()
-            .filter(|s| !s.is_finished() && !s.awaiting_prefill)
+            .filter(|s| active(s))
             .map(|s| SequenceInput { cache: &mut s.cache, tokens: &s.pending })
             .collect();
         if inputs.is_empty() {
             return Ok(());
         }
         let started = Instant::now();
-        let rows = self.decoder.forward(&mut inputs)?;
+        let rows = self.decoder.forward_rows(&mut inputs, &outputs)?;
         drop(inputs);
         let elapsed = started.elapsed();
-        let active = sequences.iter_mut().filter(|s| !s.is_finished() && !s.awaiting_prefill);
+        self.stats.forwards += 1;
         // First choices that just prefilled hand their cache and logits to their other choices.
         let mut prefilled = Vec::new();
-        for (sequence, row) in active.zip(rows) {
+        for (sequence, rows) in sequences.iter_mut().filter(|s| active(s)).zip(rows) {
             sequence.add_time(elapsed);
             if let Some(len) = sequence.snapshot_prefix.take() {
                 let snapshot = sequence.cache.truncated(len)?;
                 self.prefix_cache.insert(sequence.prompt[..len].to_vec(), snapshot);
             }
             if let Some(group) = sequence.group.filter(|_| sequence.in_prefill()) {
-                prefilled.push((group, sequence.cache.clone(), sequence.cached_prompt_tokens, row.clone()));
+                let row = rows.last().expect("a prefill has one row").clone();
+                prefilled.push((group, sequence.cache.clone(), sequence.cached_prompt_tokens, row));
             }
-            sequence.advance(row, &self.table, &self.tokenizer)?;
+            self.stats.drafted += sequence.drafted as u64;
+            let (picked, accepted) = sequence.advance_rows(rows, &self.table, &self.tokenizer)?;
+            self.stats.picked += picked as u64;
+            self.stats.accepted += accepted as u64;
         }
         for (group, cache, cached, row) in prefilled {
             for fork in sequences.iter_mut().filter(|s| s.awaiting_prefill && s.group == Some(group)) {
                 fork.join_prefill(cache.clone(), cached, elapsed);
                 fork.advance(row.clone(), &self.table, &self.tokenizer)?;
+                self.stats.picked += 1;
             }
         }
         Ok(())
@@ -355,11 +427,13 @@ mod tests {
         let mut teacher = smollm();
         let requests: Vec<_> = ["Metformin caused lactic acidosis.", "Hi", "Warfarin led to bleeding."]
             .iter()
-            .map(|s| GenerateRequest::greedy(few_shot(s), 8))
+            .map(|s| GenerateRequest { logprobs: Some(MAX_TOP_LOGPROBS), ..GenerateRequest::greedy(few_shot(s), 8) })
             .collect();
-        let alone: Vec<_> = requests.iter().map(|r| teacher.generate(r).unwrap().tokens).collect();
-        let together: Vec<_> = teacher.generate_batch(&requests).into_iter().map(|g| g.unwrap().tokens).collect();
-        assert_eq!(alone, together);
+        let alone: Vec<_> = requests.iter().map(|r| teacher.generate(r).unwrap()).collect();
+        let together: Vec<_> = teacher.generate_batch(&requests).into_iter().map(|g| g.unwrap()).collect();
+        for (i, (a, b)) in alone.iter().zip(&together).enumerate() {
+            assert_same_up_to_a_tie(a, b, &format!("request {i}"));
+        }
     }
 
     #[test]
@@ -407,10 +481,11 @@ mod tests {
     }
 
     /// Logprobs cover every token of the text (not the end-of-turn token); streamed deltas add
-    /// up to the reply and its logprobs.
+    /// up to the reply and its logprobs, also when a step appends several drafted tokens.
     #[test]
     fn logprobs_and_deltas_add_up_to_the_reply() {
         let mut teacher = smollm();
+        teacher.draft_tokens = MEASURED_DRAFT_TOKENS;
         let mut request = GenerateRequest::greedy(vec![ChatMessage::new(Role::User, "Say hello in French.")], 24);
         request.logprobs = Some(3);
         request.stop = vec!["!".into()];
@@ -431,6 +506,219 @@ mod tests {
         for (lp, &id) in logprobs.iter().zip(&generation.tokens) {
             assert_eq!((lp.token.id, lp.top.len(), &lp.top[0]), (id, 3, &lp.token), "greedy takes the best");
         }
+    }
+
+    /// A request as the label stage sends it: the task's prompt file (few-shot), greedy,
+    /// grounded in the sentence with the task's schema (PHI: JSON mode, its types are not in
+    /// the sentence).
+    fn task_request(task: crate::teacher::Task, sentence: &str, max_tokens: usize) -> GenerateRequest {
+        let dir = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/pipelines/prompts"));
+        let prompt = crate::teacher::prompt::Prompt::load(dir, task).unwrap();
+        let messages = prompt
+            .messages(sentence)
+            .into_iter()
+            .map(|(role, content)| {
+                let role = match role {
+                    "system" => Role::System,
+                    "assistant" => Role::Assistant,
+                    _ => Role::User,
+                };
+                ChatMessage::new(role, content)
+            })
+            .collect();
+        let mut request = GenerateRequest::greedy(messages, max_tokens);
+        request.json_schema = Some(schema::ResponseSchema::from_json_schema(&crate::teacher::parse::json_schema(task)));
+        if task != crate::teacher::Task::Phi {
+            request.grounded_source = Some(sentence.to_string());
+        }
+        request
+    }
+
+    /// What must not change with drafts: everything but the timings.
+    fn reply(g: &Generation) -> (&str, &[u32], &[TokenLogprob], FinishReason, usize) {
+        (&g.text, &g.tokens, &g.logprobs, g.finish_reason, g.prompt_tokens)
+    }
+
+    /// Log probabilities closer than this are a tie that float noise may break.
+    const TIE: f32 = 0.25;
+
+    /// `a` and `b`, two decodings of one request (with logprobs), are the same reply token for
+    /// token, or the same up to a token where they part at a near tie: in one of them the
+    /// other's token was within [`TIE`] of the one taken. Differently shaped batches (other
+    /// sequences, drafted runs, KV cells in another order) sum in another order; the last bits
+    /// of the logits then differ, and only a near tie can turn on them.
+    fn assert_same_up_to_a_tie(a: &Generation, b: &Generation, what: &str) {
+        let Some(i) = a.tokens.iter().zip(&b.tokens).position(|(x, y)| x != y) else {
+            assert_eq!((&a.text, &a.tokens, a.finish_reason), (&b.text, &b.tokens, b.finish_reason), "{what}");
+            for (x, y) in a.logprobs.iter().zip(&b.logprobs) {
+                assert!((x.token.logprob - y.token.logprob).abs() < TIE, "{what}: {x:?} vs {y:?}");
+            }
+            return;
+        };
+        let tie = [(a, b), (b, a)].iter().any(|(x, y)| {
+            x.logprobs
+                .get(i)
+                .is_some_and(|lp| lp.top.iter().any(|t| t.id == y.tokens[i] && lp.token.logprob - t.logprob < TIE))
+        });
+        assert!(tie, "{what}: token {i} differs ({} vs {}) and is no near tie", a.tokens[i], b.tokens[i]);
+        eprintln!("{what}: parts at a near tie at token {i}");
+    }
+
+    /// Drafted tokens change how many decode steps a reply takes, never the reply: grounded
+    /// replies of three task schemas, JSON mode, free text with logprobs and a stop string,
+    /// seeded sampling with `n` = 2, all decoded together, token for token; and fewer tokens
+    /// take a decode step of their own.
+    #[test]
+    fn drafts_give_the_reply_of_plain_decoding() {
+        use crate::teacher::Task;
+        let mut config = TeacherLlmConfig::new(llama_cpp::tests::SMOLLM);
+        (config.context_length, config.max_batch) = (1536, 4);
+        let mut teacher = TeacherLlm::load(&config).expect("run `make models` first");
+        let mut requests = [
+            task_request(
+                Task::Ade,
+                "Unaccountable severe hypercalcemia in a patient treated for hypoparathyroidism with dihydrotachysterol.",
+                64,
+            ),
+            task_request(
+                Task::Ade,
+                "METHODS: We report two cases of pseudoporphyria caused by naproxen and oxaprozin.",
+                64,
+            ),
+            task_request(Task::Ade, "Tardive dyskinesia appeared after long-term treatment with metoclopramide.", 64),
+            task_request(
+                Task::GeneDisease,
+                "Polymorphisms of the APOE gene are associated with Alzheimer disease.",
+                64,
+            ),
+            task_request(Task::Phi, "John Smith was admitted to St. Mary's Hospital on 03/12/2019.", 64),
+            GenerateRequest {
+                stop: vec!["]".into()],
+                ..GenerateRequest::greedy(
+                    few_shot("Metformin caused lactic acidosis and warfarin led to bleeding."),
+                    24,
+                )
+            },
+            GenerateRequest {
+                temperature: 0.8,
+                seed: 3,
+                n: 2,
+                ..task_request(
+                    Task::Ade,
+                    "Severe hyponatremia occurred in a 70-year-old woman after initiation of sertraline.",
+                    48,
+                )
+            },
+        ];
+        for request in &mut requests {
+            request.logprobs = Some(MAX_TOP_LOGPROBS);
+        }
+        let run = |teacher: &mut TeacherLlm, draft_tokens| {
+            teacher.draft_tokens = draft_tokens;
+            let before = teacher.stats();
+            let replies: Vec<Vec<Generation>> = teacher.run(&requests).into_iter().map(|r| r.unwrap()).collect();
+            let after = teacher.stats();
+            (
+                replies,
+                after.stepped() - before.stepped(),
+                after.accepted - before.accepted,
+                after.forwards - before.forwards,
+            )
+        };
+        let (plain, plain_stepped, plain_accepted, plain_forwards) = run(&mut teacher, 0);
+        let (drafted, stepped, accepted, forwards) = run(&mut teacher, MEASURED_DRAFT_TOKENS);
+        for (i, (a, b)) in plain.iter().zip(&drafted).enumerate() {
+            assert_eq!(a.len(), b.len());
+            for (a, b) in a.iter().zip(b) {
+                assert_same_up_to_a_tie(a, b, &format!("request {i}"));
+            }
+        }
+        assert!(plain.iter().flatten().any(|g| g.text.len() > 20), "replies long enough to draft in");
+        assert_eq!(plain_accepted, 0);
+        assert!(
+            accepted > 0 && stepped < plain_stepped && forwards < plain_forwards,
+            "{stepped} vs {plain_stepped} stepped tokens, {forwards} vs {plain_forwards} forwards"
+        );
+    }
+
+    /// `BIODISTILL_BENCH_MODEL` (default the Qwen 1.5B teacher) labels `BIODISTILL_ADE_N` (48)
+    /// ADE-Corpus-V2 sentences (3 of 4 from DRUG-AE.rel, 1 of 4 from ADE-NEG.txt, in file
+    /// order) as the label stage asks, admitted as a batch of up to 16 frees up (continuous
+    /// batching, as the server), once per draft setting in `BIODISTILL_DRAFTS`
+    /// (`tokens:step_tokens,...`, default `0:0,8:48`). Prints wall time, sentences/hour and
+    /// tokens per sentence, and checks every setting's replies against the first.
+    /// `cargo test --locked --lib -- --ignored --nocapture measure_drafts_on_ade`
+    #[test]
+    #[ignore = "minutes with the 1.5B teacher; prints the README's figures"]
+    fn measure_drafts_on_ade() {
+        let env = |k: &str, d: &str| std::env::var(k).unwrap_or_else(|_| d.to_string());
+        let model = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join(env("BIODISTILL_BENCH_MODEL", "models/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"));
+        let n: usize = env("BIODISTILL_ADE_N", "48").parse().unwrap();
+        let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/ade_corpus_v2");
+        let read = |file: &str, field: fn(&str) -> Option<&str>| -> Vec<String> {
+            let text = std::fs::read_to_string(data.join(file)).unwrap();
+            let mut seen = std::collections::BTreeSet::new();
+            text.lines().filter_map(field).filter(|s| seen.insert(s.to_string())).map(str::to_string).collect()
+        };
+        let positive = read("DRUG-AE.rel", |l| l.split('|').nth(1));
+        let negative = read("ADE-NEG.txt", |l| l.splitn(3, ' ').nth(2));
+        let sentences: Vec<String> =
+            (0..n).map(|i| if i % 4 == 3 { negative[i / 4].clone() } else { positive[i - i / 4].clone() }).collect();
+        let requests: Vec<GenerateRequest> =
+            sentences.iter().map(|s| task_request(crate::teacher::Task::Ade, s, 512)).collect();
+        let mut config = TeacherLlmConfig::new(&model);
+        config.threads = env("BIODISTILL_THREADS", "2").parse().unwrap();
+        let mut teacher = TeacherLlm::load(&config).unwrap();
+        teacher.draft_tokens = 0;
+        teacher.generate(&requests[0]).unwrap(); // the few-shot prefix into the prefix cache
+        let mut first: Option<Vec<Generation>> = None;
+        println!(
+            "| drafts (tokens:step) | wall s | sentences/hour | forwards | tokens/sentence | stepped/sentence | drafted/sentence | accepted/sentence | replies as the first |"
+        );
+        println!("|---|---|---|---|---|---|---|---|---|");
+        for setting in env("BIODISTILL_DRAFTS", "0:0,8:48").split(',') {
+            let (tokens, step) = setting.split_once(':').unwrap();
+            (teacher.draft_tokens, teacher.draft_step_tokens) = (tokens.parse().unwrap(), step.parse().unwrap());
+            let before = teacher.stats();
+            let started = Instant::now();
+            let replies = label_continuously(&mut teacher, &requests, 16);
+            let wall = started.elapsed().as_secs_f64();
+            let s = teacher.stats();
+            let per = |x: u64| x as f64 / n as f64;
+            let same =
+                first.as_ref().map_or(n, |f| f.iter().zip(&replies).filter(|(a, b)| reply(a) == reply(b)).count());
+            println!(
+                "| {setting} | {wall:.1} | {:.0} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {same}/{n} |",
+                n as f64 * 3600.0 / wall,
+                s.forwards - before.forwards,
+                per(s.picked - before.picked),
+                per(s.stepped() - before.stepped()),
+                per(s.drafted - before.drafted),
+                per(s.accepted - before.accepted),
+            );
+            first.get_or_insert(replies);
+        }
+    }
+
+    /// Every request's first choice, admitted as the batch has room (as the server does).
+    fn label_continuously(teacher: &mut TeacherLlm, requests: &[GenerateRequest], max_batch: usize) -> Vec<Generation> {
+        let mut done: Vec<Option<Generation>> = vec![None; requests.len()];
+        let (mut owners, mut running, mut next) = (Vec::new(), Vec::new(), 0);
+        while next < requests.len() || !running.is_empty() {
+            while running.len() < max_batch && next < requests.len() {
+                running.extend(teacher.start(&requests[next]).unwrap().into_iter().take(1));
+                owners.push(next);
+                next += 1;
+            }
+            teacher.step(&mut running).unwrap();
+            for i in (0..running.len()).rev() {
+                if running[i].is_finished() {
+                    done[owners.swap_remove(i)] = Some(teacher.finish(running.swap_remove(i)));
+                }
+            }
+        }
+        done.into_iter().map(|g| g.unwrap()).collect()
     }
 
     #[test]

@@ -146,8 +146,12 @@ const GROUNDED_CANDIDATES: usize = 64;
 /// One choice of a request in flight.
 pub struct Sequence {
     pub(super) cache: KvCache,
-    /// Tokens to feed in the next forward (the uncached prompt, then the last sampled token).
+    /// Tokens to feed in the next forward (the uncached prompt, then the last sampled token
+    /// and the [`Sequence::draft`], if any).
     pub(super) pending: Vec<u32>,
+    /// Drafted tokens at the end of `pending`: the next forward returns a row of logits for
+    /// each (see [`Sequence::advance_rows`]).
+    pub(super) drafted: usize,
     /// Length of the shared prompt prefix to snapshot into the prefix cache after the first
     /// forward, if it is not cached yet.
     pub(super) snapshot_prefix: Option<usize>,
@@ -195,6 +199,7 @@ impl Sequence {
         let cached = cache.len();
         Self {
             pending: prompt[cached..].to_vec(),
+            drafted: 0,
             prompt,
             cache,
             snapshot_prefix: None,
@@ -317,6 +322,68 @@ impl Sequence {
         Ok(())
     }
 
+    /// Propose up to `max` tokens to follow the last sampled one (prompt lookup, see
+    /// [`lookup`]), cut before the first token the grounding automaton rejects (it could never
+    /// be picked) and before any special token; they are fed with it in the next forward.
+    /// Returns how many. Only between decode steps: not in prefill, not for a finished
+    /// sequence, never past `max_tokens` (which also keeps them inside the context).
+    pub(super) fn draft(&mut self, max: usize, table: &TokenTable) -> usize {
+        self.pending.truncate(self.pending.len() - self.drafted);
+        self.drafted = 0;
+        let room = self.max_tokens.saturating_sub(self.generated.len() + 1);
+        if max.min(room) == 0 || self.is_finished() || self.awaiting_prefill || self.pending.len() != 1 {
+            return 0;
+        }
+        let Some(draft) = lookup(&self.prompt, &self.generated, max.min(room)) else { return 0 };
+        let mut state = self.grounded.clone();
+        let mut keep = 0;
+        for &token in draft {
+            let Some(Some(bytes)) = table.bytes.get(token as usize) else { break };
+            if let Some(current) = &state {
+                match current.advanced(bytes) {
+                    Some(next) if !current.is_complete() => state = Some(next),
+                    _ => break,
+                }
+            }
+            keep += 1;
+        }
+        self.pending.extend_from_slice(&draft[..keep]);
+        self.drafted = keep;
+        keep
+    }
+
+    /// Take the rows of logits of one forward: one after the last sampled token and one after
+    /// each drafted token. Each row picks a token exactly as plain decoding would from the
+    /// same logits (same mask, same sampler state); while it is the next drafted token, that
+    /// token is already in the cache and the next row continues. At the first other token (or
+    /// when the sequence finishes) the rest of the draft is dropped from the cache. Returns
+    /// (tokens picked, drafted tokens kept).
+    pub(super) fn advance_rows(
+        &mut self,
+        rows: Vec<Vec<f32>>,
+        table: &TokenTable,
+        tokenizer: &Tokenizer,
+    ) -> Result<(usize, usize)> {
+        let draft = self.pending.split_off(self.pending.len() - self.drafted);
+        self.drafted = 0;
+        let (mut picked, mut accepted) = (0, 0);
+        for row in rows {
+            let before = self.generated.len();
+            self.advance(row, table, tokenizer)?;
+            picked += self.generated.len() - before;
+            let token = self.generated.last().filter(|_| self.generated.len() > before);
+            if self.is_finished() || token.is_none() || draft.get(accepted) != token {
+                break;
+            }
+            accepted += 1;
+        }
+        let unused = draft.len() - accepted;
+        if unused > 0 {
+            self.cache = self.cache.truncated(self.cache.len() - unused)?;
+        }
+        Ok((picked, accepted))
+    }
+
     fn sample(&mut self, logits: Vec<f32>) -> Result<u32> {
         if self.greedy {
             // Same tie-breaking as `Tensor::argmax` (first maximum) without the round trip.
@@ -384,6 +451,40 @@ impl Sequence {
     }
 }
 
+/// Longest n-gram matched by [`lookup`].
+const LOOKUP_NGRAM: usize = 3;
+
+/// Prompt lookup decoding: the up to `max` tokens that followed the latest earlier occurrence
+/// of the longest (at most [`LOOKUP_NGRAM`] tokens) tail of the context (prompt then
+/// `generated`) in the context itself. In a labeling prompt that is the rest of a JSON key or
+/// punctuation run of a few-shot reply, or the rest of a span of the sentence.
+pub fn lookup<'a>(prompt: &'a [u32], generated: &'a [u32], max: usize) -> Option<&'a [u32]> {
+    let len = prompt.len() + generated.len();
+    let at = |i: usize| if i < prompt.len() { prompt[i] } else { generated[i - prompt.len()] };
+    let slice = |from: usize, to: usize| -> &'a [u32] {
+        // A continuation is read from one of the two parts: up to the end of that part.
+        if from < prompt.len() {
+            &prompt[from..to.min(prompt.len())]
+        } else {
+            &generated[from - prompt.len()..to - prompt.len()]
+        }
+    };
+    if max == 0 {
+        return None;
+    }
+    for n in (1..=LOOKUP_NGRAM.min(len)).rev() {
+        let tail = len - n;
+        // Latest first; the tail itself (at `tail`) is not an earlier occurrence.
+        for start in (0..tail).rev() {
+            if (0..n).all(|k| at(start + k) == at(tail + k)) {
+                let from = start + n;
+                return Some(slice(from, (from + max).min(len)));
+            }
+        }
+    }
+    None
+}
+
 /// Choice `choice`'s sampling seed: `seed` for the first, then well-spread distinct values,
 /// so every choice is reproducible on its own.
 fn choice_seed(seed: u64, choice: usize) -> u64 {
@@ -393,6 +494,20 @@ fn choice_seed(seed: u64, choice: usize) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lookup_continues_the_latest_longest_match() {
+        let prompt = [1, 2, 3, 9, 1, 2, 4, 5, 6, 7];
+        assert_eq!(lookup(&prompt, &[1, 2], 3), Some(&[4, 5, 6][..]), "latest occurrence of [1, 2]");
+        let shots = [9, 1, 2, 4, 0, 1, 2, 5];
+        assert_eq!(lookup(&shots, &[9, 1, 2], 2), Some(&[4, 0][..]), "the 3-gram wins over a later 2-gram");
+        assert_eq!(lookup(&shots, &[7, 1, 2], 2), Some(&[5][..]), "the latest 2-gram, up to the prompt's end");
+        assert_eq!(lookup(&prompt, &[6], 8), Some(&[7][..]));
+        assert_eq!(lookup(&[3], &[4, 5, 6, 4], 8), Some(&[5, 6, 4][..]), "a match in the reply itself");
+        assert_eq!(lookup(&prompt, &[8], 3), None);
+        assert_eq!(lookup(&prompt, &[1], 0), None);
+        assert_eq!(lookup(&[], &[5, 5], 4), Some(&[5][..]));
+    }
 
     #[test]
     fn held_back_tails_are_partial_characters_and_partial_stop_strings() {
