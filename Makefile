@@ -11,7 +11,9 @@ export CARGO_TARGET_DIR ?= $(HOME)/.cache/biodistill/target
 DATA_DIR ?= $(firstword $(wildcard ../shared/data /work/shared/data) ../shared/data)
 export BIODISTILL_INGEST_DATA_DIR ?= $(abspath $(DATA_DIR))
 BIN := $(CARGO_TARGET_DIR)/debug/biodistill
-CARGO_FLAGS ?= --locked
+# Every make target builds the one binary with the Ballista cluster (the `cluster` feature), so
+# tests, bench and pipeline share one build; plain `cargo build` stays without it.
+CARGO_FLAGS ?= --locked --features cluster
 
 .PHONY: deps setup models models-test models-pipeline build pipeline ingest sql test test-unit fmt lint bench bench-reference learning-curve ablation clean
 

@@ -4,6 +4,10 @@
 //! the measurements do not see each other; the reference is the merge done the way it was
 //! before 2026-12-06 (whole tables read, concatenated and sorted in memory), in the same run.
 //!
+//! With the `cluster` feature (as `make bench` builds it), also extraction throughput on a
+//! Ballista cluster of two executors started in this process against local extraction of the
+//! same corpus, in one run.
+//!
 //! `cargo bench --bench memory` (part of `make bench`). Needs `models/all-MiniLM-L6-v2`.
 
 #[path = "../tests/silver.rs"]
@@ -155,12 +159,42 @@ fn measure(what: &str, a: &Path, b: &Path) -> f64 {
     String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
 }
 
+/// Sentences per second of local extraction and of the same extraction on an in-process
+/// Ballista cluster of two executors (two tasks each), over the 4× corpus.
+#[cfg(feature = "cluster")]
+fn cluster_throughput(tmp: &Path, students: &Path) {
+    let run = corpus(&tmp.join("cluster"), 4);
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let local =
+        ExtractConfig { checkpoint_dir: Some(students.to_path_buf()), progress: false, threads: 2, ..Default::default() };
+    let engine =
+        runtime.block_on(biodistill::cluster::start_on_loopback(2, 2, &tmp.join("executors"))).unwrap();
+    let remote = ExtractConfig { engine: engine.clone(), threads: 4, ..local.clone() };
+    let mut rates = Vec::new();
+    for (name, cfg) in [("local", &local), ("ballista", &remote), ("local", &local), ("ballista", &remote)] {
+        let start = std::time::Instant::now();
+        let report = runtime.block_on(extract::run(cfg, &run)).unwrap();
+        let rate = report.sentences as f64 / start.elapsed().as_secs_f64();
+        println!("extract  {name:8} {} sentences: {rate:.1} sentences/s", report.sentences);
+        rates.push(rate);
+    }
+    // Second round only: the first loads checkpoints (locally and on each executor).
+    println!(
+        "extract  Ballista (2 executors on this machine, {engine}) / local: {:.2} (one machine: the ratio is the \
+         cluster's overhead; more machines add cores)",
+        rates[3] / rates[2]
+    );
+    runtime.shutdown_background();
+}
+
 fn main() {
     if let Ok(spec) = std::env::var(CHILD) {
         return child(&spec);
     }
     let tmp = tempfile::tempdir().unwrap();
     let students = students(&tmp.path().join("train"));
+    #[cfg(feature = "cluster")]
+    cluster_throughput(tmp.path(), &students);
     let mut extract_rss = Vec::new();
     for scale in [1, 4] {
         let run = corpus(&tmp.path().join(format!("corpus{scale}")), scale);
