@@ -165,10 +165,13 @@ fn measure(what: &str, a: &Path, b: &Path) -> f64 {
 fn cluster_throughput(tmp: &Path, students: &Path) {
     let run = corpus(&tmp.join("cluster"), 4);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
-    let local =
-        ExtractConfig { checkpoint_dir: Some(students.to_path_buf()), progress: false, threads: 2, ..Default::default() };
-    let engine =
-        runtime.block_on(biodistill::cluster::start_on_loopback(2, 2, &tmp.join("executors"))).unwrap();
+    let local = ExtractConfig {
+        checkpoint_dir: Some(students.to_path_buf()),
+        progress: false,
+        threads: 2,
+        ..Default::default()
+    };
+    let engine = runtime.block_on(biodistill::cluster::start_on_loopback(2, 2, &tmp.join("executors"))).unwrap();
     let remote = ExtractConfig { engine: engine.clone(), threads: 4, ..local.clone() };
     let mut rates = Vec::new();
     for (name, cfg) in [("local", &local), ("ballista", &remote), ("local", &local), ("ballista", &remote)] {

@@ -90,8 +90,21 @@ async fn a_killed_run_resumes_its_batch_instead_of_paying_again() {
     let (tmp, run) = run_dir_with(&numbered(10));
     let mut cfg = batch_config(&server, tmp.path());
     cfg.run_id = String::new();
-    let killed = tokio::time::timeout(Duration::from_millis(500), teacher::run(&cfg, &run)).await;
-    assert!(killed.is_err(), "the batch never ends: the run is stopped while polling");
+    // The batch never ends: the run is stopped while it polls, once the batch exists and its
+    // state is saved (waiting for that, not a fixed time, keeps a loaded machine from failing it).
+    let state_file = run.root().join(teacher::batch::STATE_FILE);
+    let created = async {
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        while server.batches().created() == 0 || !state_file.exists() {
+            assert!(std::time::Instant::now() < deadline, "no batch created within 120 s");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    tokio::select! {
+        report = teacher::run(&cfg, &run) => panic!("the run ended before it was stopped: {:?}", report.map(|r| r.to_string())),
+        () = created => {}
+    }
     assert_eq!(server.batches().created(), 1);
     let state: serde_json::Value =
         serde_json::from_slice(&std::fs::read(run.root().join(teacher::batch::STATE_FILE)).unwrap()).unwrap();

@@ -366,9 +366,11 @@ async fn label_jobs(
     Ok(outcomes)
 }
 
-/// The run id recorded for replies paid by a standalone `biodistill label`.
+/// The run id recorded for replies paid by a standalone `biodistill label`. Milliseconds: a
+/// run that starts in the same second as the one that paid for cached replies must not count
+/// them as its own (seen in a test: a finished batch's answers were not cache hits).
 fn adhoc_run_id() -> String {
-    format!("label-{}", chrono::Utc::now().format("%Y%m%dT%H%M%SZ"))
+    format!("label-{}", chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ"))
 }
 
 /// Estimate calls, tokens and cost without sending anything (reads the cache, read-only).
