@@ -44,7 +44,7 @@ const TABLES: &[&str] = &["ade_relations", "phi_spans", "redacted_documents"];
 #[test]
 fn ballista_extraction_with_two_executors_equals_local_extraction() {
     let tmp = tempfile::tempdir().unwrap();
-    let run = RunDir::create(&tmp.path().join("run")).unwrap();
+    let run = RunDir::create(tmp.path().join("run")).unwrap();
     write_silver_run(&run, DOCS, LABELS);
     let tasks = vec![Task::Ade, Task::Phi];
     train::run(&TrainConfig { tasks: tasks.clone(), ..overfit() }, &run).unwrap();
