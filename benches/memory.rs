@@ -92,6 +92,17 @@ fn corpus(dir: &Path, scale: usize) -> RunDir {
     run
 }
 
+/// `phi_spans.found_by` of `n` spans the student alone found.
+fn found_by_student(n: usize) -> ArrayRef {
+    let item = Arc::new(arrow::datatypes::Field::new("item", arrow::datatypes::DataType::Utf8, false));
+    let mut builder = arrow::array::ListBuilder::new(arrow::array::StringBuilder::new()).with_field(item);
+    for _ in 0..n {
+        builder.values().append_value("student");
+        builder.append(true);
+    }
+    Arc::new(builder.finish())
+}
+
 /// `rows` PHI spans over `rows / 4` documents, written as a publication with its versions.
 fn publication(dir: &Path, rows: usize) -> RunDir {
     let run = RunDir::create(dir).unwrap();
@@ -110,6 +121,7 @@ fn publication(dir: &Path, rows: usize) -> RunDir {
             Arc::new(Int32Array::from(starts.iter().map(|s| s + 10).collect::<Vec<_>>())),
             Arc::new(StringArray::from_iter_values(chunk.iter().map(|r| ["NAME", "DATE", "LOCATION", "ID"][r % 4]))),
             Arc::new(Float32Array::from(vec![0.9; chunk.len()])),
+            found_by_student(chunk.len()),
             Arc::new(StringArray::from(vec!["student-phi-0123456789abcdef"; chunk.len()])),
             Arc::new(StringArray::from(vec!["r0123456789ab"; chunk.len()])),
         ];
