@@ -136,6 +136,16 @@ impl Columns {
         self.column(name)?.as_primitive_opt::<Int32Type>().ok_or_else(|| self.wrong_type(name, "Int32"))
     }
 
+    /// The document id column every table keys its rows by.
+    pub fn doc_id(&self) -> Result<&StringArray> {
+        self.str(crate::schema::column::DOC_ID)
+    }
+
+    /// The sentence number within its document.
+    pub fn sent_id(&self) -> Result<&Int32Array> {
+        self.i32(crate::schema::column::SENT_ID)
+    }
+
     pub fn i64(&self, name: &str) -> Result<&Int64Array> {
         self.column(name)?.as_primitive_opt::<Int64Type>().ok_or_else(|| self.wrong_type(name, "Int64"))
     }

@@ -121,7 +121,7 @@ impl ExtractConfig {
             self.tasks.iter().map(|&t| (t, Some(HashSet::new()))).collect();
         for cols in TableStream::open(run_dir, table::DOCUMENTS, self.read_rows)? {
             let cols = cols?;
-            let (doc, source, split) = (cols.str("doc_id")?, cols.str("source")?, cols.str("split")?);
+            let (doc, source, split) = (cols.doc_id()?, cols.str("source")?, cols.str("split")?);
             for r in 0..cols.len() {
                 let base = (self.splits.is_empty() || self.splits.iter().any(|s| s == split.value(r)))
                     && self.only_documents.as_ref().is_none_or(|only| only.contains(doc.value(r)));
@@ -329,7 +329,7 @@ async fn redact(
     let documents_path = run_dir.table_path(table::DOCUMENTS);
     while let Some(read) = next(&mut documents).await? {
         let cols = crate::columns::Columns::new(read, documents_path.clone())?;
-        let (doc, text) = (cols.str("doc_id")?, cols.str("text")?);
+        let (doc, text) = (cols.doc_id()?, cols.str("text")?);
         let (mut ids, mut redacted) = (Vec::new(), Vec::new());
         for r in 0..cols.len() {
             let found = spans.take(doc.value(r)).await?;
@@ -366,7 +366,7 @@ impl SpanCursor {
                 continue;
             }
             let cols = self.batch.as_ref().expect("checked above");
-            let at = cols.str("doc_id")?.value(self.row);
+            let at = cols.doc_id()?.value(self.row);
             if at > doc {
                 return Ok(out);
             }

@@ -25,6 +25,13 @@ pub mod table {
     pub const DOCUMENT_VERSIONS: &str = "document_versions";
 }
 
+/// The key columns most tables share; stages name them through these (or
+/// [`crate::columns::Columns::doc_id`]), never as bare strings.
+pub mod column {
+    pub const DOC_ID: &str = "doc_id";
+    pub const SENT_ID: &str = "sent_id";
+}
+
 /// `split` values. Gold-set documents are `train` or `dev`; unlabeled corpora are `unlabeled`.
 pub mod split {
     pub const TRAIN: &str = "train";
@@ -51,7 +58,7 @@ fn int32_null(name: &str) -> Field {
 /// hex sha256 of `text`, which identifies a document's content across runs.
 pub static DOCUMENTS: LazyLock<SchemaRef> = LazyLock::new(|| {
     Arc::new(Schema::new(vec![
-        utf8("doc_id"),
+        utf8(column::DOC_ID),
         utf8("source"),
         utf8("split"),
         utf8_null("title"),
@@ -62,15 +69,21 @@ pub static DOCUMENTS: LazyLock<SchemaRef> = LazyLock::new(|| {
 
 /// `sentences(doc_id, sent_id, start, end, text)`: `text` equals `documents.text[start..end]`.
 pub static SENTENCES: LazyLock<SchemaRef> = LazyLock::new(|| {
-    Arc::new(Schema::new(vec![utf8("doc_id"), int32("sent_id"), int32("start"), int32("end"), utf8("text")]))
+    Arc::new(Schema::new(vec![
+        utf8(column::DOC_ID),
+        int32(column::SENT_ID),
+        int32("start"),
+        int32("end"),
+        utf8("text"),
+    ]))
 });
 
 /// A (first, second) span pair over a sentence, with the pair's gold split. Offsets index `text`,
 /// which is the sentence `sent_id` of `doc_id`.
 fn pair_schema(first: &str, second: &str) -> SchemaRef {
     Arc::new(Schema::new(vec![
-        utf8("doc_id"),
-        int32("sent_id"),
+        utf8(column::DOC_ID),
+        int32(column::SENT_ID),
         utf8("split"),
         utf8("text"),
         utf8(first),
@@ -98,7 +111,7 @@ pub static GOLD_DRUG_DOSE: LazyLock<SchemaRef> = LazyLock::new(|| pair_schema("d
 pub static GOLD_GENE_DISEASE: LazyLock<SchemaRef> = LazyLock::new(|| {
     Arc::new(Schema::new(vec![
         utf8("dataset"),
-        utf8("doc_id"),
+        utf8(column::DOC_ID),
         int32_null("sent_id"),
         utf8("split"),
         utf8("text"),
@@ -120,7 +133,7 @@ pub static GOLD_GENE_DISEASE: LazyLock<SchemaRef> = LazyLock::new(|| {
 pub static GOLD_PHI: LazyLock<SchemaRef> = LazyLock::new(|| {
     Arc::new(Schema::new(vec![
         utf8("dataset"),
-        utf8("doc_id"),
+        utf8(column::DOC_ID),
         utf8("split"),
         int32("start"),
         int32("end"),
@@ -153,8 +166,8 @@ pub static QUARANTINE: LazyLock<SchemaRef> = LazyLock::new(|| {
 pub static TEACHER_LABELS: LazyLock<SchemaRef> = LazyLock::new(|| {
     Arc::new(Schema::new(vec![
         utf8("task"),
-        utf8("doc_id"),
-        int32("sent_id"),
+        utf8(column::DOC_ID),
+        int32(column::SENT_ID),
         utf8("kind"),
         utf8("subject_type"),
         utf8("subject"),
@@ -180,8 +193,8 @@ pub static TEACHER_LABELS: LazyLock<SchemaRef> = LazyLock::new(|| {
 pub static TEACHER_CALLS: LazyLock<SchemaRef> = LazyLock::new(|| {
     Arc::new(Schema::new(vec![
         utf8("task"),
-        utf8("doc_id"),
-        int32("sent_id"),
+        utf8(column::DOC_ID),
+        int32(column::SENT_ID),
         utf8("cache_key"),
         utf8("status"),
         Field::new("cached", DataType::Boolean, false),
@@ -201,8 +214,8 @@ pub static TEACHER_CALLS: LazyLock<SchemaRef> = LazyLock::new(|| {
 /// An extracted (anchor, related) pair with document-level offsets and provenance.
 fn extracted_pair_schema(first: &str, second: &str) -> SchemaRef {
     Arc::new(Schema::new(vec![
-        utf8("doc_id"),
-        int32("sent_id"),
+        utf8(column::DOC_ID),
+        int32(column::SENT_ID),
         utf8(first),
         int32(&format!("{first}_start")),
         int32(&format!("{first}_end")),
@@ -228,7 +241,7 @@ pub static GENE_DISEASE: LazyLock<SchemaRef> = LazyLock::new(|| extracted_pair_s
 /// (`extract::recognizers`) that found the span.
 pub static PHI_SPANS: LazyLock<SchemaRef> = LazyLock::new(|| {
     Arc::new(Schema::new(vec![
-        utf8("doc_id"),
+        utf8(column::DOC_ID),
         int32("start"),
         int32("end"),
         utf8("phi_type"),
@@ -246,9 +259,9 @@ pub fn found_by_type() -> DataType {
 
 /// `redacted_documents(doc_id, redacted_text)`: each PHI span replaced by `[TYPE]`.
 pub static REDACTED_DOCUMENTS: LazyLock<SchemaRef> =
-    LazyLock::new(|| Arc::new(Schema::new(vec![utf8("doc_id"), utf8("redacted_text")])));
+    LazyLock::new(|| Arc::new(Schema::new(vec![utf8(column::DOC_ID), utf8("redacted_text")])));
 
 /// `document_versions(doc_id, content_hash)`: the documents a publication covers, so the next
 /// incremental run knows which are new or changed.
 pub static DOCUMENT_VERSIONS: LazyLock<SchemaRef> =
-    LazyLock::new(|| Arc::new(Schema::new(vec![utf8("doc_id"), utf8("content_hash")])));
+    LazyLock::new(|| Arc::new(Schema::new(vec![utf8(column::DOC_ID), utf8("content_hash")])));

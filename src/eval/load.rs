@@ -14,7 +14,7 @@ use super::metrics::{Mention, Span};
 use crate::columns::{Columns, TableStream, opt_i32, read_all};
 use crate::error::{Error, IoContext, Result};
 use crate::run_dir::RunDir;
-use crate::schema::table;
+use crate::schema::{column, table};
 use crate::teacher::phi::{PhiType, from_gold};
 
 /// A sentence: `(doc_id, sent_id)`.
@@ -58,7 +58,7 @@ pub fn gold_ade(run_dir: &RunDir, split: &str) -> Result<Option<Vec<GoldAde>>> {
     let Some(batches) = read_opt(run_dir, table::GOLD_ADE)? else { return Ok(None) };
     let mut rows = Vec::new();
     for c in &batches {
-        let (doc, sent, splits) = (c.str("doc_id")?, c.i32("sent_id")?, c.str("split")?);
+        let (doc, sent, splits) = (c.doc_id()?, c.sent_id()?, c.str("split")?);
         let (drug, ds, de) = (c.str("drug")?, c.i32("drug_start")?, c.i32("drug_end")?);
         let (effect, es, ee) = (c.str("effect")?, c.i32("effect_start")?, c.i32("effect_end")?);
         for i in (0..c.len()).filter(|&i| splits.value(i) == split) {
@@ -90,7 +90,7 @@ pub fn gold_gene_disease(run_dir: &RunDir, split: &str) -> Result<Option<Vec<Gol
     let Some(batches) = read_opt(run_dir, table::GOLD_GENE_DISEASE)? else { return Ok(None) };
     let mut rows = Vec::new();
     for c in &batches {
-        let (dataset, doc, sent, splits) = (c.str("dataset")?, c.str("doc_id")?, c.i32("sent_id")?, c.str("split")?);
+        let (dataset, doc, sent, splits) = (c.str("dataset")?, c.doc_id()?, c.sent_id()?, c.str("split")?);
         let (gene, gs, ge) = (c.str("gene")?, c.i32("gene_start")?, c.i32("gene_end")?);
         let (disease, ds, de) = (c.str("disease")?, c.i32("disease_start")?, c.i32("disease_end")?);
         let label = c.i8("label")?;
@@ -123,7 +123,7 @@ pub fn gold_phi(run_dir: &RunDir, split: &str) -> Result<Option<Vec<GoldPhi>>> {
     let Some(batches) = read_opt(run_dir, table::GOLD_PHI)? else { return Ok(None) };
     let mut rows = Vec::new();
     for c in &batches {
-        let (dataset, doc, splits) = (c.str("dataset")?, c.str("doc_id")?, c.str("split")?);
+        let (dataset, doc, splits) = (c.str("dataset")?, c.doc_id()?, c.str("split")?);
         let (start, end, phi_type, span) = (c.i32("start")?, c.i32("end")?, c.str("phi_type")?, c.str("span")?);
         for i in (0..c.len()).filter(|&i| splits.value(i) == split) {
             rows.push(GoldPhi {
@@ -149,8 +149,8 @@ pub fn documents_by_source(
         return Ok(None);
     }
     let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    for c in read_projected(run_dir, table::DOCUMENTS, &["doc_id", "source", "split"])? {
-        let (doc, source, splits) = (c.str("doc_id")?, c.str("source")?, c.str("split")?);
+    for c in read_projected(run_dir, table::DOCUMENTS, &[column::DOC_ID, "source", "split"])? {
+        let (doc, source, splits) = (c.doc_id()?, c.str("source")?, c.str("split")?);
         for i in 0..c.len() {
             if splits.value(i) == split && sources.contains(source.value(i)) {
                 out.entry(source.value(i).to_string()).or_default().insert(doc.value(i).to_string());
@@ -183,7 +183,7 @@ impl Sentences {
         for c in TableStream::open(run_dir, table::SENTENCES, 8192)? {
             let c = c?;
             let (doc, sent, start, end, text) =
-                (c.str("doc_id")?, c.i32("sent_id")?, c.i32("start")?, c.i32("end")?, c.str("text")?);
+                (c.doc_id()?, c.sent_id()?, c.i32("start")?, c.i32("end")?, c.str("text")?);
             for i in (0..c.len()).filter(|&i| docs.contains(doc.value(i))) {
                 let range = SentenceRange {
                     sent_id: sent.value(i),

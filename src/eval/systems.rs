@@ -82,7 +82,7 @@ pub fn teacher_calls(run_dir: &RunDir) -> Result<Option<HashMap<String, TeacherC
     let Some(batches) = read_opt(run_dir, table::TEACHER_CALLS)? else { return Ok(None) };
     let mut out: HashMap<String, TeacherCalls> = HashMap::new();
     for c in &batches {
-        let (task, doc, sent, status) = (c.str("task")?, c.str("doc_id")?, c.i32("sent_id")?, c.str("status")?);
+        let (task, doc, sent, status) = (c.str("task")?, c.doc_id()?, c.sent_id()?, c.str("status")?);
         let pass = c.i32("pass")?;
         for i in 0..c.len() {
             let calls = out.entry(task.value(i).to_string()).or_default();
@@ -121,7 +121,7 @@ pub fn teacher_labels(run_dir: &RunDir) -> Result<Option<Vec<TeacherLabel>>> {
     let Some(batches) = read_opt(run_dir, table::TEACHER_LABELS)? else { return Ok(None) };
     let mut rows = Vec::new();
     for c in &batches {
-        let (task, doc, sent, kind) = (c.str("task")?, c.str("doc_id")?, c.i32("sent_id")?, c.str("kind")?);
+        let (task, doc, sent, kind) = (c.str("task")?, c.doc_id()?, c.sent_id()?, c.str("kind")?);
         let (subject_type, subject, ss, se) =
             (c.str("subject_type")?, c.str("subject")?, c.i32("subject_start")?, c.i32("subject_end")?);
         let (object, os, oe) = (c.str("object")?, c.i32("object_start")?, c.i32("object_end")?);
@@ -238,7 +238,7 @@ pub fn system_pairs(
     let mut pairs = Vec::new();
     for c in TableStream::open(run_dir, name, 8192)? {
         let c = c?;
-        let (doc, sent) = (c.str("doc_id")?, c.i32("sent_id")?);
+        let (doc, sent) = (c.doc_id()?, c.sent_id()?);
         let (a, a_start, a_end) =
             (c.str(anchor)?, c.i32(&format!("{anchor}_start"))?, c.i32(&format!("{anchor}_end"))?);
         let (r, r_start, r_end) =
@@ -266,7 +266,7 @@ pub fn rules_phi(run_dir: &RunDir, sentences: &Sentences) -> Result<Vec<PredSpan
     let mut spans = Vec::new();
     for c in TableStream::open(run_dir, table::SENTENCES, 8192)? {
         let c = c?;
-        let (doc, sent, text) = (c.str("doc_id")?, c.i32("sent_id")?, c.str("text")?);
+        let (doc, sent, text) = (c.doc_id()?, c.sent_id()?, c.str("text")?);
         for i in 0..c.len() {
             let Some(base) = sentences.start(doc.value(i), sent.value(i)) else { continue };
             for r in recognizers::recognize(text.value(i), &all) {
@@ -290,7 +290,7 @@ pub fn system_phi(run_dir: &RunDir, name: &str, sentences: &Sentences) -> Result
     let mut spans = Vec::new();
     for c in TableStream::open(run_dir, name, 8192)? {
         let c = c?;
-        let (doc, start, end, phi_type) = (c.str("doc_id")?, c.i32("start")?, c.i32("end")?, c.str("phi_type")?);
+        let (doc, start, end, phi_type) = (c.doc_id()?, c.i32("start")?, c.i32("end")?, c.str("phi_type")?);
         for i in (0..c.len()).filter(|&i| !sentences.of_doc(doc.value(i)).is_empty()) {
             let doc_id = doc.value(i);
             spans.push(PredSpan {

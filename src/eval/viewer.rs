@@ -226,7 +226,7 @@ impl Viewer {
         }
         for c in TableStream::open(run_dir, table::SENTENCES, 8192)? {
             let c = c?;
-            let (doc, sent, text) = (c.str("doc_id")?, c.i32("sent_id")?, c.str("text")?);
+            let (doc, sent, text) = (c.doc_id()?, c.sent_id()?, c.str("text")?);
             for i in 0..c.len() {
                 let key = (doc.value(i).to_string(), sent.value(i));
                 if wanted.contains(&key) {

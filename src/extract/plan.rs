@@ -19,6 +19,7 @@ use super::{ExtractConfig, output_schema};
 use crate::error::Result;
 use crate::model::tags::Task;
 use crate::plan::{ident, literal};
+use crate::schema::column::{DOC_ID, SENT_ID};
 use crate::schema::table;
 
 /// The sentence's char offset in its document, renamed so it cannot clash with `phi_spans.start`.
@@ -43,7 +44,7 @@ impl ExtractConfig {
         if let Some(only) = &self.only_documents {
             let mut only: Vec<&String> = only.iter().collect();
             only.sort_unstable();
-            terms.push(within("doc_id", &mut only.into_iter()));
+            terms.push(within(DOC_ID, &mut only.into_iter()));
         }
         (!terms.is_empty()).then(|| terms.join(" AND "))
     }
@@ -98,8 +99,8 @@ pub(super) async fn task_plan(ctx: &SessionContext, cfg: &ExtractConfig, plan: &
     let df = ctx
         .sql(&sentences)
         .await?
-        .repartition(Partitioning::Hash(vec![col("doc_id"), col("sent_id")], plan.partitions.max(1)))?
-        .select(vec![col("doc_id"), col("sent_id"), col(SENTENCE_START), found])?
+        .repartition(Partitioning::Hash(vec![col(DOC_ID), col(SENT_ID)], plan.partitions.max(1)))?
+        .select(vec![col(DOC_ID), col(SENT_ID), col(SENTENCE_START), found])?
         .unnest_columns_with_options(&[ELEMENT], UnnestOptions::new().with_preserve_nulls(false))?
         .select(output_columns(plan))?
         .sort(sort)?;
@@ -117,7 +118,7 @@ fn output_columns(plan: &TaskPlan<'_>) -> Vec<Expr> {
         .map(|(i, field)| {
             let name = field.name().as_str();
             let value = match name {
-                "doc_id" | "sent_id" => col(name),
+                DOC_ID | SENT_ID => col(name),
                 "model_version" => lit(plan.model_version),
                 "run_id" => lit(plan.run_id),
                 // Pairs: the element's fields in the table's order after doc_id, sent_id;
@@ -148,7 +149,7 @@ fn output_columns(plan: &TaskPlan<'_>) -> Vec<Expr> {
 fn sort_columns(task: Task) -> Vec<String> {
     let schema = output_schema(task);
     let int = |f: &&Arc<arrow::datatypes::Field>| f.data_type() == &arrow::datatypes::DataType::Int32;
-    std::iter::once("doc_id".to_string()).chain(schema.fields().iter().filter(int).map(|f| f.name().clone())).collect()
+    std::iter::once(DOC_ID.to_string()).chain(schema.fields().iter().filter(int).map(|f| f.name().clone())).collect()
 }
 
 #[cfg(test)]

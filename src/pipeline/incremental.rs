@@ -17,7 +17,7 @@ use crate::schema::{self, table};
 pub fn document_versions(run_dir: &RunDir, table: &str) -> Result<BTreeMap<String, String>> {
     let mut out = BTreeMap::new();
     for cols in read_all(run_dir, table)? {
-        let (ids, hashes) = (cols.str("doc_id")?, cols.str("content_hash")?);
+        let (ids, hashes) = (cols.doc_id()?, cols.str("content_hash")?);
         for i in 0..cols.len() {
             out.insert(ids.value(i).to_string(), hashes.value(i).to_string());
         }

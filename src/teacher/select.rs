@@ -66,7 +66,7 @@ pub struct TaskSelection {
 fn document_info(run_dir: &RunDir) -> Result<HashMap<String, (String, String)>> {
     let mut info = HashMap::new();
     for cols in read_all(run_dir, table::DOCUMENTS)? {
-        let (ids, sources, splits) = (cols.str("doc_id")?, cols.str("source")?, cols.str("split")?);
+        let (ids, sources, splits) = (cols.doc_id()?, cols.str("source")?, cols.str("split")?);
         for i in 0..cols.len() {
             info.insert(ids.value(i).to_string(), (sources.value(i).to_string(), splits.value(i).to_string()));
         }
@@ -86,7 +86,7 @@ pub(crate) fn all_sentences(run_dir: &RunDir) -> Result<Vec<(Sentence, String, S
     let mut out = Vec::new();
     for cols in TableStream::open(run_dir, table::SENTENCES, 8192)? {
         let cols = cols?;
-        let (ids, texts, sent_ids) = (cols.str("doc_id")?, cols.str("text")?, cols.i32("sent_id")?);
+        let (ids, texts, sent_ids) = (cols.doc_id()?, cols.str("text")?, cols.sent_id()?);
         for i in 0..cols.len() {
             if sent_ids.is_null(i) || texts.value(i).trim().is_empty() {
                 continue;

@@ -20,7 +20,7 @@ use crate::columns::{Columns, opt_str, read_all};
 use crate::error::{Error, Result};
 use crate::model::tags::Task;
 use crate::run_dir::{RunDir, batch, read_parquet, write_parquet_atomic};
-use crate::schema::table;
+use crate::schema::{column, table};
 
 /// Schema of a shipped-answers file.
 pub static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
@@ -29,8 +29,8 @@ pub static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
         s("cache_key"),
         s("reply"),
         s("task"),
-        s("doc_id"),
-        Field::new("sent_id", DataType::Int32, false),
+        s(column::DOC_ID),
+        Field::new(column::SENT_ID, DataType::Int32, false),
         Field::new("pass", DataType::Int32, false),
         s("model"),
         s("prompt_version"),
@@ -44,9 +44,9 @@ pub fn export(cache: &Cache, run_dir: &RunDir, path: &Path) -> Result<usize> {
     let mut text: [Vec<String>; 6] = Default::default();
     let (mut sents, mut passes, mut first_runs) = (Vec::new(), Vec::new(), Vec::new());
     for cols in read_all(run_dir, table::TEACHER_CALLS)? {
-        let (key, task, doc) = (cols.str("cache_key")?, cols.str("task")?, cols.str("doc_id")?);
+        let (key, task, doc) = (cols.str("cache_key")?, cols.str("task")?, cols.doc_id()?);
         let (sent, pass, model, prompt) =
-            (cols.i32("sent_id")?, cols.i32("pass")?, cols.str("model")?, cols.str("prompt_version")?);
+            (cols.sent_id()?, cols.i32("pass")?, cols.str("model")?, cols.str("prompt_version")?);
         let first_run = cols.str("first_run")?;
         for i in 0..cols.len() {
             let Some(reply) = cache.get_stored(key.value(i))? else { continue };

@@ -116,8 +116,7 @@ pub fn silver(run_dir: &RunDir, task: Task, filters: &SilverFilters) -> Result<(
     // answered "nothing here" votes against every label it did not give.
     let mut answered: HashMap<SentKey, BTreeSet<PassKey>> = HashMap::new();
     for cols in read_all(run_dir, table::TEACHER_CALLS)? {
-        let (t, doc, sent, status) =
-            (cols.str("task")?, cols.str("doc_id")?, cols.i32("sent_id")?, cols.str("status")?);
+        let (t, doc, sent, status) = (cols.str("task")?, cols.doc_id()?, cols.sent_id()?, cols.str("status")?);
         let (model, prompt, pass) = (cols.str("model")?, cols.str("prompt_version")?, cols.i32("pass")?);
         for row in 0..cols.len() {
             if t.value(row) == task.as_str() && status.value(row) == "ok" {
@@ -202,8 +201,8 @@ impl<'a> SilverColumns<'a> {
         };
         Ok(Self {
             task: cols.str("task")?,
-            doc: cols.str("doc_id")?,
-            sent: cols.i32("sent_id")?,
+            doc: cols.doc_id()?,
+            sent: cols.sent_id()?,
             kind: cols.str("kind")?,
             model: cols.str("model")?,
             prompt: cols.str("prompt_version")?,
@@ -261,7 +260,7 @@ fn dev_documents(run_dir: &RunDir) -> Result<HashSet<String>> {
     let mut dev = HashSet::new();
     for cols in TableStream::open(run_dir, table::DOCUMENTS, 8192)? {
         let cols = cols?;
-        let (doc, split_col) = (cols.str("doc_id")?, cols.str("split")?);
+        let (doc, split_col) = (cols.doc_id()?, cols.str("split")?);
         for row in 0..cols.len() {
             if split_col.value(row) == split::DEV {
                 dev.insert(doc.value(row).to_string());
@@ -274,7 +273,7 @@ fn dev_documents(run_dir: &RunDir) -> Result<HashSet<String>> {
 fn fill_texts(run_dir: &RunDir, wanted: &mut BTreeMap<(String, i32), LabeledSentence>) -> Result<()> {
     for cols in TableStream::open(run_dir, table::SENTENCES, 8192)? {
         let cols = cols?;
-        let (doc, sent, text) = (cols.str("doc_id")?, cols.i32("sent_id")?, cols.str("text")?);
+        let (doc, sent, text) = (cols.doc_id()?, cols.sent_id()?, cols.str("text")?);
         for row in 0..cols.len() {
             let key = (doc.value(row).to_string(), sent.value(row));
             if let Some(s) = wanted.get_mut(&key) {
@@ -338,7 +337,7 @@ pub(super) fn train_sentences_of(
     let mut train_docs = HashSet::new();
     for cols in TableStream::open(run_dir, table::DOCUMENTS, 8192)? {
         let cols = cols?;
-        let (doc, split_col) = (cols.str("doc_id")?, cols.str("split")?);
+        let (doc, split_col) = (cols.doc_id()?, cols.str("split")?);
         for row in 0..cols.len() {
             if split_col.value(row) == split::TRAIN && docs.contains(doc.value(row)) {
                 train_docs.insert(doc.value(row).to_string());
@@ -348,8 +347,7 @@ pub(super) fn train_sentences_of(
     let mut out = BTreeMap::new();
     for cols in TableStream::open(run_dir, table::SENTENCES, 8192)? {
         let cols = cols?;
-        let (doc, sent, start, text) =
-            (cols.str("doc_id")?, cols.i32("sent_id")?, cols.i32("start")?, cols.str("text")?);
+        let (doc, sent, start, text) = (cols.doc_id()?, cols.sent_id()?, cols.i32("start")?, cols.str("text")?);
         for row in 0..cols.len() {
             if train_docs.contains(doc.value(row)) {
                 let s = LabeledSentence {

@@ -50,7 +50,7 @@ fn pairs(
     let tables = read_all(run_dir, name)?;
     let (mut docs, mut document_level) = (HashSet::new(), HashSet::new());
     for cols in &tables {
-        let (doc, sent, split_col) = (cols.str("doc_id")?, cols.i32("sent_id")?, cols.str("split")?);
+        let (doc, sent, split_col) = (cols.doc_id()?, cols.sent_id()?, cols.str("split")?);
         for row in 0..cols.len() {
             if split_col.value(row) == split::TRAIN {
                 docs.insert(doc.value(row).to_string());
@@ -63,8 +63,7 @@ fn pairs(
     docs.retain(|d| !document_level.contains(d));
     let mut sentences = train_sentences_of(run_dir, &docs)?;
     for cols in &tables {
-        let (doc, sent, split_col, text) =
-            (cols.str("doc_id")?, cols.i32("sent_id")?, cols.str("split")?, cols.str("text")?);
+        let (doc, sent, split_col, text) = (cols.doc_id()?, cols.sent_id()?, cols.str("split")?, cols.str("text")?);
         let label = if cols.batch.column_by_name("label").is_some() { Some(cols.i8("label")?) } else { None };
         let offsets = |p: &str| -> Result<_> { Ok((cols.i32(&format!("{p}_start"))?, cols.i32(&format!("{p}_end"))?)) };
         let (a_off, b_off) = (offsets(a)?, offsets(b)?);
@@ -122,7 +121,7 @@ fn phi(run_dir: &RunDir, stats: &mut DataStats) -> Result<Vec<LabeledSentence>> 
     let tables = read_all(run_dir, table::GOLD_PHI)?;
     let mut docs = HashSet::new();
     for cols in &tables {
-        let (doc, split_col) = (cols.str("doc_id")?, cols.str("split")?);
+        let (doc, split_col) = (cols.doc_id()?, cols.str("split")?);
         docs.extend((0..cols.len()).filter(|&r| split_col.value(r) == split::TRAIN).map(|r| doc.value(r).to_string()));
     }
     let mut sentences = train_sentences_of(run_dir, &docs)?;
@@ -133,7 +132,7 @@ fn phi(run_dir: &RunDir, stats: &mut DataStats) -> Result<Vec<LabeledSentence>> 
     }
     starts.values_mut().for_each(|list| list.sort_unstable());
     for cols in &tables {
-        let (dataset, doc, split_col) = (cols.str("dataset")?, cols.str("doc_id")?, cols.str("split")?);
+        let (dataset, doc, split_col) = (cols.str("dataset")?, cols.doc_id()?, cols.str("split")?);
         let (start, end, phi_type) = (cols.i32("start")?, cols.i32("end")?, cols.str("phi_type")?);
         for row in 0..cols.len() {
             if split_col.value(row) != split::TRAIN {
