@@ -5,7 +5,6 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::fs;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -15,8 +14,8 @@ use arrow::record_batch::RecordBatch;
 use super::metrics::Metric;
 use super::render::{Block, CSS, Chart, esc};
 use super::{EVAL_RESULTS, TASKS};
-use crate::error::{IoContext, Result};
-use crate::run_dir::batch;
+use crate::error::Result;
+use crate::run_dir::{batch, write_file_atomic};
 
 /// One `eval_results` row without its run id.
 #[derive(Debug, Clone, PartialEq)]
@@ -165,17 +164,10 @@ impl EvalReport {
     /// Write `report.md` and `report.html` into `dir`, each through a temporary file.
     pub fn write_reports(&self, dir: &Path) -> Result<()> {
         for (name, text) in [("report.md", self.markdown()), ("report.html", self.html())] {
-            write_text(dir, name, &text)?;
+            write_file_atomic(&dir.join(name), text.as_bytes())?;
         }
         Ok(())
     }
-}
-
-/// Write `dir/name` through a temporary file, so a reader never sees half a page.
-pub(super) fn write_text(dir: &Path, name: &str, text: &str) -> Result<()> {
-    let (path, tmp) = (dir.join(name), dir.join(format!(".{name}.{}.tmp", std::process::id())));
-    fs::write(&tmp, text).with_path(&tmp)?;
-    fs::rename(&tmp, &path).with_path(&path)
 }
 
 /// The report's rows, indexed for rendering.
@@ -419,7 +411,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         report().write_reports(dir.path()).unwrap();
         let mut names: Vec<String> =
-            fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+            std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
         names.sort();
         assert_eq!(names, ["report.html", "report.md"]);
     }

@@ -20,7 +20,7 @@ use super::render::esc;
 use super::systems::TeacherCalls;
 use crate::columns::TableStream;
 use crate::error::Result;
-use crate::run_dir::RunDir;
+use crate::run_dir::{RunDir, write_file_atomic};
 use crate::schema::table;
 
 /// The page written next to `report.html`.
@@ -280,7 +280,7 @@ impl Viewer {
     /// Write [`FILE`] into the run directory's root, through a temporary file.
     pub fn write(&self, run_dir: &RunDir, run_id: &str, split: &str) -> Result<usize> {
         let texts = self.texts(run_dir)?;
-        super::report::write_text(run_dir.root(), FILE, &self.html(run_id, split, &texts))?;
+        write_file_atomic(&run_dir.root().join(FILE), self.html(run_id, split, &texts).as_bytes())?;
         Ok(self.marks(&texts))
     }
 }
