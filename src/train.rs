@@ -189,6 +189,11 @@ impl TrainConfig {
         if !(0.0..=1.0).contains(&self.self_train_min_score) {
             return bad(format!("self_train_min_score {} outside [0, 1]", self.self_train_min_score));
         }
+        if self.filters.require_agreement && self.filters.per_pass_examples {
+            return bad("filters.require_agreement and filters.per_pass_examples exclude each other: agreement \
+                        keeps the labels passes share, per-pass examples keep each pass's own"
+                .into());
+        }
         Ok(())
     }
 

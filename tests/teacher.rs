@@ -347,7 +347,7 @@ async fn a_spent_time_budget_sends_nothing_more() {
 }
 
 /// Two passes and `train.filters.require_agreement`: a label stays only when both answering
-/// passes gave it. Pass 1 agrees on even-numbered sentences and names another event on odd
+/// passes gave it (and with `per_pass_examples`, each pass is an example). Pass 1 agrees on even-numbered sentences and names another event on odd
 /// ones, so each odd sentence loses its two events and both pairs (4 labels) and keeps the drug.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agreement_between_passes_keeps_what_both_said() {
@@ -385,6 +385,14 @@ async fn agreement_between_passes_keeps_what_both_said() {
     };
     assert_eq!(pairs(false), (6, 0), "2 agreeing sentences x 1 pair + 2 disagreeing x 2 pairs");
     assert_eq!(pairs(true), (2, 8), "the agreeing pairs; 4 labels dropped per odd sentence");
+    // One example per pass: each sentence twice, each time with one pass's single pair, so an
+    // agreed pair is a target in both examples and a disputed one in one of two.
+    let filters = SilverFilters { per_pass_examples: true, ..Default::default() };
+    let (examples, _) = silver(&run, Task::Ade, &filters).unwrap();
+    assert_eq!(examples.len(), 8);
+    assert!(examples.iter().all(|e| e.pairs.len() == 1));
+    let differing = examples.chunks(2).filter(|two| two[0].pairs != two[1].pairs).count();
+    assert_eq!(differing, 2, "the odd sentences' passes disagree");
     // Evaluation's teacher_agreed system scores the same labels training keeps.
     use biodistill::eval::systems;
     let calls = systems::teacher_calls(&run).unwrap().unwrap();

@@ -71,11 +71,19 @@ pub struct SilverFilters {
     /// When a sentence was answered by two or more (model, prompt version, pass) passes, keep only the
     /// labels at least two passes agree on. Sentences with a single pass are kept as they are.
     pub require_agreement: bool,
+    /// Each answering pass's labels become a training example of their own, instead of one
+    /// example with every pass's labels: a label half the passes gave is then a target half the
+    /// time, so the student learns the passes' vote share (soft labels by repetition; the
+    /// expected loss is cross-entropy against the averaged one-hot targets). Doubles the steps
+    /// with two passes. Excludes `require_agreement`. Left off, it is not serialized, so
+    /// checkpoints trained before it existed keep their config hash.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub per_pass_examples: bool,
 }
 
 impl Default for SilverFilters {
     fn default() -> Self {
-        Self { min_alignment: MinAlignment::Fuzzy, require_agreement: false }
+        Self { min_alignment: MinAlignment::Fuzzy, require_agreement: false, per_pass_examples: false }
     }
 }
 
@@ -148,25 +156,54 @@ pub fn silver(run_dir: &RunDir, task: Task, filters: &SilverFilters) -> Result<(
             passes.entry(key).or_default().entry(pass).or_default().insert(label);
         }
     }
+    if filters.per_pass_examples {
+        return Ok((per_pass(ok, &answered, passes), stats));
+    }
     for (key, by_pass) in passes {
         let answering = answered.get(&key).map_or(by_pass.len(), BTreeSet::len);
         let (kept, dropped) = agreement::agreed(by_pass.into_values(), answering, filters.require_agreement);
         stats.dropped_disagreement += dropped;
-        let sentence = ok.get_mut(&key).expect("passes only holds keys of `ok`");
-        for label in kept {
-            match label {
-                (None, span) => {
-                    sentence.entities.insert(span);
-                }
-                (Some(anchor), related) => {
-                    sentence.entities.extend([anchor, related]);
-                    sentence.pairs.insert((anchor, related));
-                }
-            }
-        }
+        add_labels(ok.get_mut(&key).expect("passes only holds keys of `ok`"), kept);
     }
     let sentences: Vec<LabeledSentence> = ok.into_values().filter(|s| !s.text.is_empty()).collect();
     Ok((sentences, stats))
+}
+
+/// One example per answering pass of each sentence, with that pass's labels (none when it
+/// answered "nothing here"), in sentence then pass order.
+fn per_pass(
+    ok: BTreeMap<SentKey, LabeledSentence>,
+    answered: &HashMap<SentKey, BTreeSet<PassKey>>,
+    mut passes: HashMap<SentKey, BTreeMap<PassKey, BTreeSet<LabelKey>>>,
+) -> Vec<LabeledSentence> {
+    let mut out = Vec::new();
+    for (key, sentence) in ok {
+        if sentence.text.is_empty() {
+            continue;
+        }
+        let mut by_pass = passes.remove(&key).unwrap_or_default();
+        for pass in answered.get(&key).into_iter().flatten() {
+            let mut example = sentence.clone();
+            add_labels(&mut example, by_pass.remove(pass).unwrap_or_default());
+            out.push(example);
+        }
+    }
+    out
+}
+
+/// Adds labels to a sentence: a pair's two spans are entities too.
+fn add_labels(sentence: &mut LabeledSentence, labels: impl IntoIterator<Item = LabelKey>) {
+    for label in labels {
+        match label {
+            (None, span) => {
+                sentence.entities.insert(span);
+            }
+            (Some(anchor), related) => {
+                sentence.entities.extend([anchor, related]);
+                sentence.pairs.insert((anchor, related));
+            }
+        }
+    }
 }
 
 /// The `teacher_labels` columns silver loading reads.

@@ -236,4 +236,7 @@ fn config_rejects_unknown_fields_and_bad_values() {
     assert!(low.validate().unwrap_err().to_string().contains("positive_weight.ade"));
     // Left empty it is not in the serialized config (the checkpoint's config hash).
     assert!(!serde_json::to_string(&TrainConfig::default()).unwrap().contains("positive_weight"));
+    assert!(!serde_json::to_string(&TrainConfig::default()).unwrap().contains("per_pass_examples"));
+    let both: TrainConfig = toml::from_str("[filters]\nrequire_agreement = true\nper_pass_examples = true").unwrap();
+    assert!(both.validate().unwrap_err().to_string().contains("exclude each other"));
 }
