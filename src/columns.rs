@@ -9,7 +9,7 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use arrow::array::{Array, AsArray, Float64Array, Int8Array, Int32Array, Int64Array, StringArray};
+use arrow::array::{Array, AsArray, BooleanArray, Float64Array, Int8Array, Int32Array, Int64Array, StringArray};
 use arrow::datatypes::{DataType, Field, Float64Type, Int32Type, Int64Type, Schema};
 use arrow::record_batch::RecordBatch;
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
@@ -152,6 +152,10 @@ impl Columns {
 
     pub fn f64(&self, name: &str) -> Result<&Float64Array> {
         self.column(name)?.as_primitive_opt::<Float64Type>().ok_or_else(|| self.wrong_type(name, "Float64"))
+    }
+
+    pub fn bool(&self, name: &str) -> Result<&BooleanArray> {
+        self.column(name)?.as_any().downcast_ref().ok_or_else(|| self.wrong_type(name, "Boolean"))
     }
 
     pub fn i8(&self, name: &str) -> Result<&Int8Array> {

@@ -156,29 +156,9 @@ fn student(run_dir: &RunDir) {
 
 /// The teacher: asked about ADE in doc 1 s0 (ok) and doc 2 s0 (failed), PHI in m1 s0 (ok).
 fn teacher(run_dir: &RunDir) {
-    let docs = ["ade_corpus_v2:1", "ade_corpus_v2:2", "meddocan:m1"];
-    write(
+    teacher_calls(
         run_dir,
-        tables::TEACHER_CALLS,
-        &schema::TEACHER_CALLS,
-        vec![
-            s(&["ade", "ade", "phi"]),
-            s(&docs),
-            i(&[0, 0, 0]),
-            s(&["k1", "k2", "k3"]),
-            s(&["ok", "failed", "ok"]),
-            Arc::new(BooleanArray::from(vec![false; 3])),
-            Arc::new(Float64Array::from(vec![1.0; 3])),
-            Arc::new(Int64Array::from(vec![10; 3])),
-            Arc::new(Int64Array::from(vec![5; 3])),
-            Arc::new(Float64Array::from(vec![0.0; 3])),
-            i(&[0, 0, 0]),
-            os(&[None, Some("timeout"), None]),
-            s(&["m"; 3]),
-            s(&["p"; 3]),
-            i(&[0, 0, 0]),
-            os(&[Some("r0"); 3]),
-        ],
+        &[("ade", "ade_corpus_v2:1", "ok"), ("ade", "ade_corpus_v2:2", "failed"), ("phi", "meddocan:m1", "ok")],
     );
     // Rows: the right pair in doc 1 s0; a drug span (not a pair, ignored for pairs); a pair in
     // the failed sentence (must not count); a PHI name in m1 s0 (sentence offsets 9..19).
@@ -206,6 +186,36 @@ fn teacher(run_dir: &RunDir) {
             s(&["k1", "k1", "k2", "k3"]),
             i(&[0; 4]),
             os(&[Some("r0"); 4]),
+        ],
+    );
+}
+
+/// `teacher_calls`: `(task, doc_id, status)` of sentence 0, each call uncached and 1 ms long.
+fn teacher_calls(run_dir: &RunDir, calls: &[(&str, &str, &str)]) {
+    let n = calls.len();
+    let column = |k: usize| s(&calls.iter().map(|c| [c.0, c.1, c.2][k]).collect::<Vec<_>>());
+    let keys: Vec<String> = (1..=n).map(|k| format!("k{k}")).collect();
+    write(
+        run_dir,
+        tables::TEACHER_CALLS,
+        &schema::TEACHER_CALLS,
+        vec![
+            column(0),
+            column(1),
+            i(&vec![0; n]),
+            s(&keys.iter().map(String::as_str).collect::<Vec<_>>()),
+            column(2),
+            Arc::new(BooleanArray::from(vec![false; n])),
+            Arc::new(Float64Array::from(vec![1.0; n])),
+            Arc::new(Int64Array::from(vec![10; n])),
+            Arc::new(Int64Array::from(vec![5; n])),
+            Arc::new(Float64Array::from(vec![0.0; n])),
+            i(&vec![0; n]),
+            os(&calls.iter().map(|c| (c.2 != "ok").then_some("timeout")).collect::<Vec<_>>()),
+            s(&vec!["m"; n]),
+            s(&vec!["p"; n]),
+            i(&vec![0; n]),
+            os(&vec![Some("r0"); n]),
         ],
     );
 }
@@ -410,4 +420,45 @@ fn the_span_viewer_shows_each_systems_spans_and_loads_in_a_browser() {
     assert!(console.is_empty(), "console messages: {console:?}");
     assert!(dom.contains("data-marks=\"11\"") && dom.contains("data-rows=\"3\""), "{dom}");
     assert!(dom.contains("11 highlighted spans in 3 sentences."), "{dom}");
+}
+
+#[test]
+fn the_learning_curve_grows_with_each_evaluation_and_loads_in_a_browser() {
+    let (_dir, run_dir) = three_systems();
+    let first = run(&EvalConfig::default(), &run_dir, "run-1").unwrap();
+    // The teacher's sentences are all in dev documents: no silver yet, 2 ms of ADE teacher time.
+    let ade = |report: &EvalReport| -> Vec<(i64, String)> {
+        let points = report.curve.iter().filter(|p| p.task == "ade");
+        let mut points: Vec<_> = points.map(|p| (p.silver_sentences, format!("{}/{}", p.system, p.subset))).collect();
+        points.sort();
+        points
+    };
+    assert_eq!(
+        ade(&first),
+        [(0, "student/all".into()), (0, "student/teacher_sample".into()), (0, "teacher/teacher_sample".into())]
+    );
+    assert!(first.curve.iter().filter(|p| p.task == "ade").all(|p| (p.teacher_hours - 2.0 / 3.6e6).abs() < 1e-15));
+    // The teacher answers two sentences of a train document, one failing: one silver sentence.
+    teacher_calls(
+        &run_dir,
+        &[
+            ("ade", "ade_corpus_v2:1", "ok"),
+            ("ade", "ade_corpus_v2:2", "failed"),
+            ("phi", "meddocan:m1", "ok"),
+            ("ade", "ade_corpus_v2:train", "ok"),
+            ("ade", "ade_corpus_v2:train2", "failed"),
+        ],
+    );
+    let second = run(&EvalConfig::default(), &run_dir, "run-2").unwrap();
+    let silver: Vec<i64> = ade(&second).into_iter().map(|p| p.0).collect();
+    assert_eq!(silver, [0, 0, 0, 1, 1, 1], "both runs, in the order evaluated");
+    assert_eq!(second.curve.len(), 2 * first.curve.len());
+    let html = second.html();
+    assert!(second.markdown().contains("## Learning curve"), "{}", second.markdown());
+    assert_eq!(html.matches("<circle").count(), second.curve.len(), "one point per run and series");
+
+    let path = run_dir.root().join("report.html");
+    let Some((dom, console)) = in_chromium(&path) else { return };
+    assert!(console.is_empty(), "console messages: {console:?}");
+    assert_eq!(dom.matches("<circle").count(), second.curve.len(), "{dom}");
 }

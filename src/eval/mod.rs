@@ -12,12 +12,14 @@
 //! prediction). The teacher is scored on `teacher_sample` only, so comparing the three systems
 //! on `teacher_sample` compares them on the same inputs.
 //!
-//! Output: the `eval_results` table ([`EVAL_RESULTS`]), and `report.md` / `report.html` in the
-//! run directory. Metric definitions: [`metrics`] (conventions), [`ade`], [`gene_disease`],
+//! Output: the `eval_results` table ([`EVAL_RESULTS`]), the rows appended to `eval_history`
+//! ([`history`], the learning curve across runs), and `report.md` / `report.html` in the run
+//! directory. Metric definitions: [`metrics`] (conventions), [`ade`], [`gene_disease`],
 //! [`phi`].
 
 pub mod ade;
 pub mod gene_disease;
+pub mod history;
 pub mod load;
 pub mod metrics;
 pub mod paired;
@@ -343,8 +345,11 @@ pub fn run_with_context(
             ),
         ));
     }
-    let report = EvalReport { run_id: run_id.to_string(), split: split.to_string(), rows, notes, extra };
+    let mut report =
+        EvalReport { run_id: run_id.to_string(), split: split.to_string(), rows, notes, extra, curve: vec![] };
     run_dir.write_table(table::EVAL_RESULTS, EVAL_RESULTS.clone(), &[report.batch()?])?;
+    let evaluated_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    report.curve = history::append(run_dir, &report, &history::silver(run_dir)?, &evaluated_at)?;
     if cfg.report {
         report.write_reports(run_dir.root())?;
     }

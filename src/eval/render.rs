@@ -120,6 +120,76 @@ impl Chart {
     }
 }
 
+/// A line chart of values in [0, 1] against a count from 0: one polyline per series through
+/// its points in x order, each point a circle whose tooltip names it.
+pub struct Lines {
+    pub title: String,
+    pub x_label: String,
+    /// `(name, [(x, y, tooltip)])`.
+    pub series: Vec<(String, Vec<(f64, f64, String)>)>,
+}
+
+impl Lines {
+    pub fn svg(&self) -> String {
+        let (left, top, plot_w, plot_h) = (44.0, 30.0, 420.0, 160.0);
+        let (width, height) = (left + plot_w + 20.0, top + plot_h + 40.0 + self.series.len() as f64 * 16.0);
+        let max_x = self.series.iter().flat_map(|(_, p)| p.iter().map(|q| q.0)).fold(0.0, f64::max).max(1.0);
+        let (px, py) = (|x: f64| left + plot_w * x / max_x, |y: f64| top + plot_h * (1.0 - y.clamp(0.0, 1.0)));
+        let mut s = format!(
+            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" viewBox=\"0 0 {width} {height}\" role=\"img\" font-size=\"11\">\
+             <title>{t}</title><text x=\"{left}\" y=\"16\" font-weight=\"bold\">{t}</text>",
+            t = esc(&self.title)
+        );
+        for tick in [0.0, 0.25, 0.5, 0.75, 1.0] {
+            let y = py(tick);
+            let _ = write!(
+                s,
+                "<line x1=\"{left}\" x2=\"{}\" y1=\"{y}\" y2=\"{y}\" stroke=\"#ddd\"/><text x=\"{}\" y=\"{}\" text-anchor=\"end\">{tick:.2}</text>",
+                left + plot_w,
+                left - 4.0,
+                y + 4.0
+            );
+        }
+        for x in [0.0, max_x / 2.0, max_x] {
+            let _ =
+                write!(s, "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{x:.0}</text>", px(x), top + plot_h + 14.0);
+        }
+        let _ = write!(
+            s,
+            "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{}</text>",
+            left + plot_w / 2.0,
+            top + plot_h + 28.0,
+            esc(&self.x_label)
+        );
+        for (si, (name, points)) in self.series.iter().enumerate() {
+            let color = COLORS[si % COLORS.len()];
+            let mut points: Vec<&(f64, f64, String)> = points.iter().collect();
+            points.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let path: Vec<String> = points.iter().map(|(x, y, _)| format!("{},{}", px(*x), py(*y))).collect();
+            let _ = write!(s, "<polyline points=\"{}\" fill=\"none\" stroke=\"{color}\"/>", path.join(" "));
+            for (x, y, tip) in points {
+                let _ = write!(
+                    s,
+                    "<circle cx=\"{}\" cy=\"{}\" r=\"3\" fill=\"{color}\"><title>{}</title></circle>",
+                    px(*x),
+                    py(*y),
+                    esc(tip)
+                );
+            }
+            let y = top + plot_h + 36.0 + si as f64 * 16.0;
+            let _ = write!(
+                s,
+                "<rect x=\"{left}\" y=\"{y}\" width=\"10\" height=\"10\" fill=\"{color}\"/><text x=\"{}\" y=\"{}\">{}</text>",
+                left + 14.0,
+                y + 9.0,
+                esc(name)
+            );
+        }
+        s.push_str("</svg>");
+        s
+    }
+}
+
 pub const CSS: &str = "body{font-family:sans-serif;max-width:70em;margin:2em auto;padding:0 1em;color:#222}\
 table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:.2em .6em}\
 td{text-align:right}td:nth-child(-n+3){text-align:left}th{background:#f2f2f2}pre{background:#f7f7f7;padding:.6em}";
@@ -130,6 +200,7 @@ pub enum Block {
     Text(String),
     Table(Vec<String>, Vec<Vec<String>>),
     Chart(Chart),
+    Lines(Lines),
     /// Caller-supplied markdown: verbatim in `report.md`; in `report.html` its pipe tables become
     /// tables and its other paragraphs text (see [`markdown_blocks`]).
     Markdown(String),
@@ -153,7 +224,7 @@ impl Block {
                 rows.iter().for_each(|r| s.push_str(&row(r)));
                 s.push('\n');
             }
-            Block::Chart(_) => {}
+            Block::Chart(_) | Block::Lines(_) => {}
             Block::Markdown(body) => s.push_str(&format!("{}\n\n", body.trim_end())),
         }
     }
@@ -174,6 +245,7 @@ impl Block {
                 s.push_str("</table>\n");
             }
             Block::Chart(chart) => s.push_str(&format!("<figure>{}</figure>\n", chart.svg())),
+            Block::Lines(lines) => s.push_str(&format!("<figure>{}</figure>\n", lines.svg())),
             Block::Markdown(body) => markdown_blocks(body).iter().for_each(|b| b.html(s)),
         }
     }
@@ -230,6 +302,23 @@ mod tests {
         assert!(svg.contains("height=\"80\""), "{svg}");
         assert!(svg.contains(">.50</text>") && svg.contains(">1</text>") && svg.contains(">0</text>"), "{svg}");
         assert_eq!(bar_label(0.925), ".93");
+    }
+
+    #[test]
+    fn one_line_and_one_circle_per_point_of_each_series_in_x_order() {
+        let lines = Lines {
+            title: "ade <F1>".into(),
+            x_label: "silver sentences".into(),
+            series: vec![
+                ("student".into(), vec![(200.0, 0.5, "r2".into()), (100.0, 1.0, "r1 & co".into())]),
+                ("teacher".into(), vec![(100.0, 0.0, "r1".into())]),
+            ],
+        };
+        let svg = lines.svg();
+        assert_eq!((svg.matches("<polyline").count(), svg.matches("<circle").count()), (2, 3));
+        // x from 0 to the largest count over 420 px from 44; y = 1 at the top (30), 0 at 190.
+        assert!(svg.contains("points=\"254,30 464,110\""), "{svg}");
+        assert!(svg.contains("ade &lt;F1&gt;") && svg.contains("r1 &amp; co") && !svg.contains("<F1>"));
     }
 
     #[test]

@@ -11,8 +11,9 @@ use std::sync::Arc;
 use arrow::array::{ArrayRef, Float64Array, Int64Array, StringArray};
 use arrow::record_batch::RecordBatch;
 
+use super::history::{self, Point};
 use super::metrics::Metric;
-use super::render::{Block, CSS, Chart, esc};
+use super::render::{Block, CSS, Chart, Lines, esc};
 use super::{EVAL_RESULTS, TASKS};
 use crate::error::Result;
 use crate::run_dir::{batch, write_file_atomic};
@@ -51,6 +52,8 @@ pub struct EvalReport {
     pub notes: Vec<String>,
     /// Extra `(title, markdown)` sections appended to the reports.
     pub extra: Vec<(String, String)>,
+    /// The learning curve over this run directory's evaluations ([`history`]).
+    pub curve: Vec<Point>,
 }
 
 /// The metric family shown as P/R/F1 in the summary of a (task, dataset).
@@ -122,6 +125,7 @@ impl EvalReport {
         for task in TASKS.iter().filter(|t| view.groups.iter().any(|k| k.0 == **t)) {
             view.task(task, &mut out);
         }
+        learning_curve(&self.curve, &mut out);
         out.push(Block::Heading(2, "Conventions".into()));
         out.extend(CONVENTIONS.iter().map(|line| Block::Text(line.to_string())));
         if !self.notes.is_empty() {
@@ -258,6 +262,65 @@ impl<'a> View<'a> {
     }
 }
 
+/// Headline F1 against the silver set over every evaluation of the split: a chart per
+/// (task, dataset) and one table.
+fn learning_curve(curve: &[Point], out: &mut Vec<Block>) {
+    if curve.is_empty() {
+        return;
+    }
+    out.push(Block::Heading(2, "Learning curve".into()));
+    let runs = dedup_in_order(curve.iter().map(|p| p.run_id.as_str())).len();
+    out.push(Block::Text(format!(
+        "Headline F1 against the silver sentences the run directory held, over its {runs} evaluation(s) of this \
+         split (table eval_history; teacher hours count the calls that reached the teacher, not cached or shipped \
+         answers)."
+    )));
+    let series_of =
+        |p: &Point| history::SERIES.iter().position(|(sys, sub)| p.system == sys.as_str() && p.subset == *sub);
+    let names: Vec<String> = history::SERIES.iter().map(|(sys, sub)| series_label((sys.as_str(), sub))).collect();
+    let pairs: Vec<(&str, &str)> = dedup_in_order(curve.iter().map(|p| (p.task.as_str(), p.dataset.as_str())));
+    for &(task, dataset) in &pairs {
+        let of = |si: usize| {
+            let points = curve.iter().filter(|p| p.task == task && p.dataset == dataset && series_of(p) == Some(si));
+            points.map(|p| (p.silver_sentences as f64, p.f1, format!("{}: {:.3}", p.run_id, p.f1))).collect::<Vec<_>>()
+        };
+        let series = (0..names.len()).map(|si| (names[si].clone(), of(si))).filter(|(_, p)| !p.is_empty());
+        out.push(Block::Lines(Lines {
+            title: format!("{task} / {dataset}: {}_f1", headline_family(task, dataset)),
+            x_label: "silver sentences".into(),
+            series: series.collect(),
+        }));
+    }
+    let keys: Vec<(&str, &str, &str, &str)> = dedup_in_order(
+        curve.iter().map(|p| (p.evaluated_at.as_str(), p.run_id.as_str(), p.task.as_str(), p.dataset.as_str())),
+    );
+    let rows = keys.into_iter().map(|(at, run, task, dataset)| {
+        let mine: Vec<&Point> = curve
+            .iter()
+            .filter(|p| {
+                (p.evaluated_at.as_str(), p.run_id.as_str(), p.task.as_str(), p.dataset.as_str())
+                    == (at, run, task, dataset)
+            })
+            .collect();
+        let first = mine[0];
+        let f1 =
+            |si| mine.iter().find(|p| series_of(p) == Some(si)).map_or("–".to_string(), |p| format!("{:.3}", p.f1));
+        vec![
+            run.to_string(),
+            task.to_string(),
+            dataset.to_string(),
+            first.silver_sentences.to_string(),
+            format!("{:.2}", first.teacher_hours),
+            f1(0),
+            f1(1),
+            f1(2),
+        ]
+    });
+    let mut header = vec!["run", "task", "dataset", "silver sentences", "teacher hours"];
+    header.extend(names.iter().map(String::as_str));
+    out.push(Block::table(&header, rows.collect()));
+}
+
 const CONVENTIONS: [&str; 4] = [
     "- n is the denominator: predictions for P, gold items for R and F1 (the summary's n), documents for a macro average, rows for accuracy, gold tokens for token_recall.",
     "- An undefined ratio (P with no predictions, R with no gold) is reported as 0 with n = 0, shown as – here.",
@@ -350,6 +413,7 @@ mod tests {
             rows,
             notes: vec!["gene_disease: table gold_gene_disease is missing; task skipped".into()],
             extra: vec![("Timings".into(), "a <b> | c".into())],
+            curve: vec![],
         }
     }
 
