@@ -30,6 +30,7 @@ pub mod run_dir;
 pub mod schema;
 pub mod sql;
 pub mod text;
+pub mod vocab;
 
 pub mod eval;
 pub mod extract;

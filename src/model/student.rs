@@ -32,8 +32,9 @@ use serde::{Deserialize, Serialize};
 use super::batch::{Batch, masked_cross_entropy};
 use super::encoder::{Encoder, Mode};
 use super::pairwise::PairwiseClassifier;
-use super::tags::{NUM_RELATION_TAGS, Task};
+use super::tags::NUM_RELATION_TAGS;
 use crate::error::{Error, Result};
+use crate::vocab::Task;
 
 /// Prefix of every head variable; everything else belongs to the pretrained encoder.
 pub const HEADS_PREFIX: &str = "heads.";

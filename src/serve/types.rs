@@ -322,7 +322,7 @@ mod tests {
     #[test]
     fn the_response_format_schema_is_followed() {
         use crate::model::teacher_llm::schema::Node;
-        let schema = crate::teacher::parse::json_schema(crate::teacher::Task::GeneDisease);
+        let schema = crate::teacher::parse::json_schema(crate::vocab::Task::GeneDisease);
         let body = serde_json::json!({"model": "m", "messages": [],
             "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}});
         let req: OpenAICompatChatRequest = serde_json::from_value(body).unwrap();

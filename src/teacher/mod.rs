@@ -29,7 +29,6 @@ pub mod informative;
 pub mod label;
 pub mod limiter;
 pub mod parse;
-pub mod phi;
 pub mod prompt;
 pub mod select;
 pub mod shipped;
@@ -42,13 +41,13 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 
 pub use accounting::{LabelPlan, LabelReport, Pricing, SilverGrowth, TaskPlan};
-pub use config::{EMBEDDED, LabelConfig, Price, Selection, Task, TeacherConfig, TeacherMode};
+pub use config::{EMBEDDED, LabelConfig, Price, Selection, TeacherConfig, TeacherMode};
 pub use error::TeacherError;
-pub use phi::PhiType;
 
 use crate::error::{Error, Result};
 use crate::run_dir::RunDir;
 use crate::schema::{self, table};
+use crate::vocab::Task;
 use cache::{Cache, RequestKey};
 use client::{ClientSettings, TeacherClient};
 use label::{Labeler, Outcome};
