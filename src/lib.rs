@@ -34,6 +34,7 @@ pub mod vocab;
 
 pub mod eval;
 pub mod extract;
+pub mod llm;
 pub mod manifest;
 pub mod model;
 pub mod pipeline;

@@ -7,8 +7,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::generate::Sampling;
-use crate::model::teacher_llm::schema::ResponseSchema;
-use crate::model::teacher_llm::{ChatMessage, FinishReason, Role, TokenLogprob, TokenProb};
+use crate::llm::schema::ResponseSchema;
+use crate::llm::{ChatMessage, FinishReason, Role, TokenLogprob, TokenProb};
 
 /// `POST /v1/chat/completions` body.
 #[derive(Debug, Clone, Deserialize)]
@@ -321,7 +321,7 @@ mod tests {
 
     #[test]
     fn the_response_format_schema_is_followed() {
-        use crate::model::teacher_llm::schema::Node;
+        use crate::llm::schema::Node;
         let schema = crate::teacher::parse::json_schema(crate::vocab::Task::GeneDisease);
         let body = serde_json::json!({"model": "m", "messages": [],
             "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}});
