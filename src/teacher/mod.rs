@@ -23,7 +23,6 @@ pub mod batch;
 pub mod cache;
 pub mod client;
 pub mod config;
-pub mod error;
 pub mod ground;
 pub mod informative;
 pub mod label;
@@ -40,9 +39,9 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 
+pub use crate::error::TeacherError;
 pub use accounting::{LabelPlan, LabelReport, Pricing, SilverGrowth, TaskPlan};
 pub use config::{EMBEDDED, LabelConfig, Price, Selection, TeacherConfig, TeacherMode};
-pub use error::TeacherError;
 
 use crate::error::{Error, Result};
 use crate::run_dir::RunDir;
