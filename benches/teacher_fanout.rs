@@ -12,7 +12,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use biodistill::run_dir::RunDir;
-use biodistill::teacher::{self, LabelConfig, Task, TeacherConfig};
+use biodistill::teacher::{self, LabelConfig, TeacherConfig};
+use biodistill::vocab::Task;
 use mock_server::{MockServer, always_ok, write_inputs};
 
 fn env_or(name: &str, default: usize) -> usize {

@@ -23,9 +23,11 @@ use async_openai::types::chat::{
     ChatCompletionRequestAssistantMessage, ChatCompletionRequestMessage, ChatCompletionRequestSystemMessage,
     ChatCompletionRequestUserMessage, CreateChatCompletionRequestArgs,
 };
-use biodistill::model::teacher_llm::chat::render_chatml;
-use biodistill::model::teacher_llm::{ChatMessage, GenerateRequest, Generation, Role, TeacherLlm, TeacherLlmConfig};
-use biodistill::serve::{DEFAULT_MAX_BATCH, ServeConfig, spawn};
+use biodistill::llm::chat::render_chatml;
+use biodistill::llm::{
+    ChatMessage, DEFAULT_MAX_BATCH, GenerateRequest, Generation, Role, TeacherLlm, TeacherLlmConfig,
+};
+use biodistill::serve::{ServeConfig, spawn};
 
 /// Completion budget of an ADE answer, for us and for llama.cpp.
 const HTTP_MAX_TOKENS: u32 = 96;
@@ -221,7 +223,7 @@ fn main() {
     let threads = std::env::var("BIODISTILL_THREADS")
         .ok()
         .and_then(|t| t.parse().ok())
-        .unwrap_or_else(biodistill::model::teacher_llm::default_threads);
+        .unwrap_or_else(biodistill::llm::default_threads);
     let model = std::env::var("BIODISTILL_BENCH_MODEL").unwrap_or_else(|_| DEFAULT_MODEL.into());
     let model = Path::new(env!("CARGO_MANIFEST_DIR")).join(model).to_string_lossy().into_owned();
     let quick = env_flag("BIODISTILL_BENCH_QUICK");

@@ -102,7 +102,7 @@ pub struct LabelArgs {
     pub plan: bool,
     /// Tasks to label (repeatable; overrides `label.tasks`).
     #[arg(long = "task", value_name = "TASK")]
-    pub tasks: Vec<crate::teacher::Task>,
+    pub tasks: Vec<crate::vocab::Task>,
     /// New training sentences per task this run (overrides `label.budget`).
     #[arg(long)]
     pub budget: Option<usize>,

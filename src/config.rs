@@ -104,7 +104,7 @@ impl PipelineConfig {
     pub fn label_config(&self) -> LabelConfig {
         let mut teacher = self.teacher.clone();
         if teacher.base_url == crate::teacher::EMBEDDED {
-            teacher.model = crate::model::teacher_llm::model_id(&self.serve.model);
+            teacher.model = crate::llm::model_id(&self.serve.model);
         }
         LabelConfig { teacher, ..self.label.clone() }
     }

@@ -3,8 +3,15 @@
 //! Bad input (a file we cannot read, a row we cannot parse) is kept apart from bugs
 //! (`Internal`), and every input error names the file, and the row when there is one, so a
 //! user can go straight to the problem. `main.rs` is the only place errors become exit codes.
+//!
+//! This module imports no stage, so every stage can use it: the teacher's [`TeacherError`],
+//! which [`Error::Teacher`] wraps, lives here (`error/teacher.rs`) rather than in `teacher/`.
+
+mod teacher;
 
 use std::path::{Path, PathBuf};
+
+pub use teacher::TeacherError;
 
 /// Result with the crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -49,9 +56,9 @@ pub enum Error {
     Tokenizer(String),
     #[error("json: {0}")]
     Json(#[from] serde_json::Error),
-    /// A teacher request failed for good (see [`crate::teacher::TeacherError`]).
+    /// A teacher request failed for good (see [`TeacherError`]).
     #[error("teacher: {0}")]
-    Teacher(#[from] crate::teacher::TeacherError),
+    Teacher(#[from] TeacherError),
     /// A prompt leaves no room for a reply in the teacher's context window.
     #[error("the prompt has {prompt_tokens} tokens; the context holds {context_length} (prompt and reply)")]
     PromptTooLong { prompt_tokens: usize, context_length: usize },

@@ -38,11 +38,11 @@ use crate::cluster::Engine;
 use crate::columns::TableStream;
 use crate::error::{Error, IoContext, Result};
 use crate::model::checkpoint::CheckpointConfig;
-use crate::model::tags::Task;
 use crate::run_dir::{RunDir, TableSink, batch};
 use crate::schema::{self, table};
 use crate::text::CharIndex;
 use crate::train::{STUDENT_DIR, SUPERVISED_REFERENCE_DIR};
+use crate::vocab::Task;
 
 /// Suffix of the supervised reference's output tables.
 pub const SUPERVISED_REFERENCE_SUFFIX: &str = "_supervised_reference";

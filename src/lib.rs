@@ -17,28 +17,48 @@
 //!
 //! Offsets everywhere are 0-based, end-exclusive counts of Unicode scalar values (Rust `char`s,
 //! Python `str` indices), never bytes: see [`text`].
+//!
+//! The modules, from the floor up. The shared floor imports no stage, so every stage can use
+//! it without importing another stage for a task, a schema or an error; the two models import
+//! only the floor (the LLM's tests borrow the teacher's prompts):
+//!
+//! ```text
+//! shared floor  error (+ TeacherError), schema, text, vocab (Task, the PHI scheme),
+//!               run_dir, columns, plan, parallel
+//! models        model (the student), llm (the embedded teacher LLM)
+//! stages        ingest, teacher (label), train, extract, eval, publish
+//! around them   serve (the LLM over HTTP), cluster, sql, manifest, pipeline, config, cli
+//! ```
 
-pub mod cli;
-pub mod cluster;
+// The shared floor.
 pub mod columns;
-pub mod config;
 pub mod error;
-pub mod ingest;
 pub mod parallel;
 pub mod plan;
 pub mod run_dir;
 pub mod schema;
-pub mod sql;
 pub mod text;
+pub mod vocab;
 
+// The models.
+pub mod llm;
+pub mod model;
+
+// The stages.
 pub mod eval;
 pub mod extract;
-pub mod manifest;
-pub mod model;
-pub mod pipeline;
+pub mod ingest;
 pub mod publish;
-pub mod serve;
 pub mod teacher;
 pub mod train;
+
+// Running them: the LLM's server, the cluster, SQL, whole runs and the command line.
+pub mod cli;
+pub mod cluster;
+pub mod config;
+pub mod manifest;
+pub mod pipeline;
+pub mod serve;
+pub mod sql;
 
 pub use error::{Error, Result};

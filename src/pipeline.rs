@@ -36,11 +36,11 @@ use crate::error::{Error, Result};
 use crate::eval::EvalReport;
 use crate::extract::{ExtractConfig, SUPERVISED_REFERENCE_SUFFIX};
 use crate::manifest::{self, Manifest, StageRecord};
-use crate::model::tags::Task;
 use crate::publish::{self, Gate};
 use crate::run_dir::RunDir;
 use crate::schema::table;
 use crate::train::TrainConfig;
+use crate::vocab::Task;
 
 /// What a publication's extracted rows depend on besides the documents (see [`Extraction`]).
 const EXTRACTION_FILE: &str = "extraction.json";

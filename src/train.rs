@@ -37,9 +37,9 @@ use crate::error::{Error, IoContext, Result};
 use crate::model::checkpoint::{self, Checkpoint, CheckpointConfig, LabelSource};
 use crate::model::encoder::Mode;
 use crate::model::student::{Arch, Student, StudentSpec, load_encoder_weights, seeded_init};
-use crate::model::tags::Task;
 use crate::model::wordpiece::WordPieces;
 use crate::run_dir::RunDir;
+use crate::vocab::Task;
 
 /// Checkpoint directory of the distilled student, under the run directory.
 pub const STUDENT_DIR: &str = "student";

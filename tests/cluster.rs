@@ -6,9 +6,9 @@ use arrow::array::{Array, AsArray};
 use arrow::datatypes::{DataType, Float32Type};
 use biodistill::cluster::{Engine, start_on_loopback};
 use biodistill::extract::{self, ExtractConfig};
-use biodistill::model::tags::Task;
 use biodistill::run_dir::RunDir;
 use biodistill::train::{self, TrainConfig};
+use biodistill::vocab::Task;
 
 use crate::silver::write_silver_run;
 use crate::student::{DOCS, LABELS, overfit};

@@ -14,9 +14,10 @@ use arrow::array::{Array, AsArray, Int64Array, StringArray};
 use arrow::datatypes::Int32Type;
 use biodistill::run_dir::{RunDir, concat};
 use biodistill::schema::{self, table};
-use biodistill::teacher::{self, Task};
+use biodistill::teacher;
 use biodistill::text::char_slice;
 use biodistill::train::data::{SilverFilters, silver};
+use biodistill::vocab::Task;
 
 use crate::cli::parquet;
 use crate::teacher::{call_rows, config, numbered, run_dir_with};

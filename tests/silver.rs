@@ -7,10 +7,10 @@ use std::sync::Arc;
 
 use arrow::array::{ArrayRef, BooleanArray, Float64Array, Int32Array, Int64Array, StringArray};
 use arrow::record_batch::RecordBatch;
-use biodistill::model::tags::Task;
 use biodistill::run_dir::RunDir;
 use biodistill::schema::{self, table};
 use biodistill::text::CharIndex;
+use biodistill::vocab::Task;
 
 /// A teacher label: (task, doc, sentence, subject type, subject, object type, object). An empty
 /// object makes a `span` row, otherwise a `pair`. A string not found in its sentence is written

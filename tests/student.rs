@@ -8,10 +8,10 @@ use std::sync::Arc;
 use arrow::array::{Array, ArrayRef, Int32Array, StringArray};
 use arrow::record_batch::RecordBatch;
 use biodistill::extract::{self, ExtractConfig};
-use biodistill::model::tags::Task;
 use biodistill::run_dir::{RunDir, concat};
 use biodistill::schema::{self, table};
 use biodistill::text::char_slice;
+use biodistill::vocab::Task;
 
 use crate::silver::{Label, find, sentences, write_documents, write_silver_run};
 use crate::util::block_on;

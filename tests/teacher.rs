@@ -10,7 +10,8 @@ use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::Int32Type;
 use biodistill::run_dir::{RunDir, concat};
 use biodistill::schema::{self, table};
-use biodistill::teacher::{self, LabelConfig, Task, TeacherConfig};
+use biodistill::teacher::{self, LabelConfig, TeacherConfig};
+use biodistill::vocab::Task;
 
 /// A run directory holding one sentence per text.
 pub(crate) fn run_dir_with(texts: &[String]) -> (tempfile::TempDir, RunDir) {

@@ -15,7 +15,7 @@ use crate::columns::{Columns, TableStream, opt_i32, read_all};
 use crate::error::{Error, IoContext, Result};
 use crate::run_dir::RunDir;
 use crate::schema::{column, table};
-use crate::teacher::phi::{PhiType, from_gold};
+use crate::vocab::phi::{PhiType, from_gold};
 
 /// A sentence: `(doc_id, sent_id)`.
 pub type SentKey = (String, i32);

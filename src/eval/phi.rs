@@ -1,8 +1,8 @@
 //! PHI spans against `gold_phi`, per dataset, in document offsets.
 //!
-//! Gold types are mapped to [`PhiType`] with [`crate::teacher::phi::from_gold`]; unmappable
-//! gold spans are counted (`gold_unmapped`, value = count, n = gold spans in scope) and left
-//! out of every other metric. Metrics:
+//! Gold types are mapped to [`PhiType`] with [`from_gold`]; unmappable gold spans are counted
+//! (`gold_unmapped`, value = count, n = gold spans in scope) and left out of every other metric.
+//! Metrics:
 //!
 //! - `strict_*`: exact span and same type; `lenient_*`: overlapping span and same type (an
 //!   unaligned teacher string matches by normalized text); both per type (`strict_NAME_f1`, …)
@@ -14,6 +14,9 @@
 //!
 //! Under the teacher's sample a gold or predicted span is in scope when the sentence it starts
 //! in was labeled by the teacher.
+//!
+//! [`PhiType`]: crate::vocab::PhiType
+//! [`from_gold`]: crate::vocab::phi::from_gold
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
@@ -135,7 +138,7 @@ fn dataset(
 mod tests {
     use super::*;
     use crate::eval::load::SentenceRange;
-    use crate::teacher::phi::PhiType;
+    use crate::vocab::PhiType;
 
     fn gold(doc: &str, span: Span, phi_type: Option<PhiType>, text: &str) -> GoldPhi {
         GoldPhi { dataset: "meddocan".into(), doc_id: doc.into(), span, phi_type, text: text.into() }

@@ -44,8 +44,8 @@ use datafusion::prelude::SessionContext;
 use super::recognizers::{self, Recognized};
 use crate::model::checkpoint::Checkpoint;
 use crate::model::predict::{SentenceRow, predict};
-use crate::model::tags::Task;
 use crate::text::CharIndex;
+use crate::vocab::Task;
 
 /// Encoder windows per forward pass, as `extract.batch_size` defaults.
 const BATCH_SIZE: usize = 16;
@@ -357,7 +357,7 @@ fn fuse_recognizers(texts: &StringArray, rows: &mut [Vec<Found>], enabled: &[Str
         return;
     }
     let types = Task::Phi.entity_types();
-    let phi_type = |i: usize| crate::teacher::phi::PhiType::parse(types[i]).expect("PHI tags use the PHI scheme");
+    let phi_type = |i: usize| crate::vocab::PhiType::parse(types[i]).expect("PHI tags use the PHI scheme");
     for (row, found) in rows.iter_mut().enumerate().filter(|(r, _)| texts.is_valid(*r)) {
         let student = found
             .drain(..)

@@ -17,10 +17,10 @@ use datafusion::prelude::SessionContext;
 use super::functions::sentence_element_fields;
 use super::{ExtractConfig, output_schema};
 use crate::error::Result;
-use crate::model::tags::Task;
 use crate::plan::{ident, literal};
 use crate::schema::column::{DOC_ID, SENT_ID};
 use crate::schema::table;
+use crate::vocab::Task;
 
 /// The sentence's char offset in its document, renamed so it cannot clash with `phi_spans.start`.
 const SENTENCE_START: &str = "sentence_start";

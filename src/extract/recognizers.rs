@@ -14,8 +14,8 @@ use std::sync::LazyLock;
 
 use regex::Regex;
 
-use crate::teacher::phi::PhiType;
 use crate::text::CharIndex;
+use crate::vocab::PhiType;
 
 /// A span some recognizer found, in chars of the text it ran on.
 #[derive(Debug, Clone, PartialEq)]

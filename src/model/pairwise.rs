@@ -18,7 +18,7 @@ use candle_nn::{Linear, Module, VarBuilder, linear};
 use rand::rngs::StdRng;
 
 use super::batch::{Batch, IGNORE};
-use super::student::{dropout, mean_pool};
+use super::layers::{dropout, mean_pool};
 use super::tags::{OUTSIDE, decode_bio};
 use crate::error::Result;
 

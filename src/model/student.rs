@@ -19,7 +19,6 @@
 //! The [`Encoder`] has no dropout (like candle's BERT), so dropout acts only in the heads, through [`dropout`],
 //! which draws from a seeded generator (candle's CPU generator cannot be seeded).
 
-use std::ops::Range;
 use std::path::Path;
 
 use candle_core::{D, DType, Device, Tensor};
@@ -31,9 +30,11 @@ use serde::{Deserialize, Serialize};
 
 use super::batch::{Batch, masked_cross_entropy};
 use super::encoder::{Encoder, Mode};
+use super::layers::{dropout, mean_pool};
 use super::pairwise::PairwiseClassifier;
-use super::tags::{NUM_RELATION_TAGS, Task};
+use super::tags::NUM_RELATION_TAGS;
 use crate::error::{Error, Result};
+use crate::vocab::Task;
 
 /// Prefix of every head variable; everything else belongs to the pretrained encoder.
 pub const HEADS_PREFIX: &str = "heads.";
@@ -70,17 +71,6 @@ pub struct StudentSpec {
     pub dropout: f64,
 }
 
-/// Inverted dropout with a seeded generator; identity when `rng` is `None` (evaluation).
-pub fn dropout(xs: &Tensor, p: f64, rng: Option<&mut StdRng>) -> Result<Tensor> {
-    let Some(rng) = rng else { return Ok(xs.clone()) };
-    if p <= 0.0 {
-        return Ok(xs.clone());
-    }
-    let keep = (1.0 / (1.0 - p)) as f32;
-    let mask: Vec<f32> = (0..xs.elem_count()).map(|_| if rng.random::<f64>() < p { 0.0 } else { keep }).collect();
-    Ok((xs * Tensor::from_vec(mask, xs.dims(), xs.device())?)?)
-}
-
 /// BIO entity tagger: one linear layer over each token's hidden state.
 // https://github.com/huggingface/transformers/blob/v4.44.0/src/transformers/models/bert/modeling_bert.py#L1741 (BertForTokenClassification)
 pub struct TokenHead {
@@ -96,25 +86,6 @@ impl TokenHead {
     pub fn forward(&self, hidden: &Tensor) -> Result<Tensor> {
         Ok(self.classifier.forward(hidden)?)
     }
-}
-
-/// Mean of each anchor's piece vectors. `hidden` is `(batch, tokens, hidden)`; anchor `a` lives
-/// on row `rows[a]` over padded positions `pieces[a]`. Returns the anchors' rows of `hidden`
-/// (`(anchors, tokens, hidden)`) and the pooled vectors (`(anchors, hidden)`).
-pub fn mean_pool(hidden: &Tensor, rows: &[u32], pieces: &[Range<usize>]) -> Result<(Tensor, Tensor)> {
-    let (_, tokens, _) = hidden.dims3()?;
-    let device = hidden.device();
-    let mut weights = vec![0f32; rows.len() * tokens];
-    for (a, range) in pieces.iter().enumerate() {
-        if range.is_empty() || range.end > tokens {
-            return Err(Error::Internal(format!("anchor pieces {range:?} outside 0..{tokens}")));
-        }
-        weights[a * tokens + range.start..a * tokens + range.end].fill(1.0 / range.len() as f32);
-    }
-    let selected = hidden.index_select(&Tensor::from_slice(rows, rows.len(), device)?, 0)?;
-    let weights = Tensor::from_vec(weights, (rows.len(), 1, tokens), device)?;
-    let pooled = weights.matmul(&selected)?.squeeze(1)?;
-    Ok((selected, pooled))
 }
 
 /// The paper's anchor-conditioned relation tagger: `[h_t ; mean(h_anchor)]` -> linear -> tags.
@@ -395,21 +366,6 @@ mod tests {
             Example { ids: vec![10, 11, 12, 13, 14], anchors: vec![anchor(0..2), anchor(3..4)], ..Default::default() };
         let b = Example { ids: vec![20, 21], anchors: vec![anchor(1..2)], ..Default::default() };
         Batch::new(&[&a, &b], SPECIAL)
-    }
-
-    #[test]
-    fn mean_pooling_uses_exactly_the_anchor_pieces() {
-        // hidden[b, t, :] = 100 b + t, so a mean over positions is easy to check by hand.
-        let values: Vec<f32> = (0..2).flat_map(|b| (0..6).flat_map(move |t| [100. * b as f32 + t as f32; 3])).collect();
-        let hidden = Tensor::from_vec(values, (2, 6, 3), &Device::Cpu).unwrap();
-        let (selected, pooled) = mean_pool(&hidden, &[0, 1, 0], &[1..3, 2..3, 4..6]).unwrap();
-        assert_eq!(selected.dims(), &[3, 6, 3]);
-        let pooled: Vec<Vec<f32>> = pooled.to_vec2().unwrap();
-        assert_eq!(pooled, vec![vec![1.5; 3], vec![102.0; 3], vec![4.5; 3]]);
-        assert!(
-            mean_pool(&hidden, &[0], std::slice::from_ref(&(5..7))).is_err(),
-            "out-of-range pieces are a bug, not a panic"
-        );
     }
 
     #[test]

@@ -1,90 +1,12 @@
-//! Tasks, their entity types and the BIO tag schemes the student's heads predict.
+//! The BIO tag schemes the student's heads predict.
 //!
 //! Tags are per word piece: `B-X` on a span's first piece, `I-X` on the rest, `O` elsewhere.
 //! Tag ids are `0 = O`, then `B`/`I` pairs in the order of [`Task::entity_types`], so the scheme
 //! is a pure function of the task (nothing to store beside a checkpoint).
+//!
+//! [`Task::entity_types`]: crate::vocab::Task::entity_types
 
 use std::ops::Range;
-
-use serde::{Deserialize, Serialize};
-
-/// PHI categories the entity tagger predicts for the `phi` task, in the order and spelling of
-/// the teacher's scheme (`teacher::phi::PhiType::ALL`, not yet wired into the crate when this
-/// was written: replace this list with it once it is). Any other type string in
-/// `teacher_labels` is counted and dropped by training.
-pub const PHI_TYPES: &[&str] =
-    &["NAME", "DATE", "AGE", "SEX", "LOCATION", "ID", "CONTACT", "PROFESSION", "ORGANIZATION", "OTHER"];
-
-/// An extraction task: the value of `teacher_labels.task`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Task {
-    /// Drugs and the adverse events they caused (ADE-Corpus-V2).
-    Ade,
-    /// Genes and the diseases they are associated with (GAD, EU-ADR, BioRED).
-    GeneDisease,
-    /// Protected health information spans (de-identification).
-    Phi,
-}
-
-impl Task {
-    pub const ALL: [Task; 3] = [Task::Ade, Task::GeneDisease, Task::Phi];
-
-    /// The name used in tables and file names.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Task::Ade => "ade",
-            Task::GeneDisease => "gene_disease",
-            Task::Phi => "phi",
-        }
-    }
-
-    /// Parse a `teacher_labels.task` value.
-    pub fn parse(s: &str) -> Option<Task> {
-        Task::ALL.into_iter().find(|t| t.as_str() == s)
-    }
-
-    /// Entity types of the entity tagger, in tag-id order.
-    pub fn entity_types(self) -> &'static [&'static str] {
-        match self {
-            Task::Ade => &["DRUG", "ADVERSE_EVENT"],
-            Task::GeneDisease => &["GENE", "DISEASE"],
-            Task::Phi => PHI_TYPES,
-        }
-    }
-
-    /// `(anchor type, related type)` for relation tasks; `None` for span-only tasks.
-    pub fn relation(self) -> Option<(&'static str, &'static str)> {
-        match self {
-            Task::Ade => Some(("DRUG", "ADVERSE_EVENT")),
-            Task::GeneDisease => Some(("GENE", "DISEASE")),
-            Task::Phi => None,
-        }
-    }
-
-    /// Index of `entity_type` (case-insensitive) in [`Task::entity_types`].
-    pub fn type_index(self, entity_type: &str) -> Option<usize> {
-        self.entity_types().iter().position(|t| t.eq_ignore_ascii_case(entity_type.trim()))
-    }
-
-    /// Number of entity tags (`O` plus `B`/`I` per type).
-    pub fn num_entity_tags(self) -> usize {
-        1 + 2 * self.entity_types().len()
-    }
-}
-
-impl std::fmt::Display for Task {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl std::str::FromStr for Task {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        Task::parse(s).ok_or_else(|| format!("unknown task {s:?} (expected ade, gene_disease or phi)"))
-    }
-}
 
 /// Tags of the relation tagger: the related spans of one anchor, untyped.
 pub const NUM_RELATION_TAGS: usize = 3;
@@ -186,12 +108,5 @@ mod tests {
         assert_eq!(decode_bio(&tags), vec![a, b]);
         // A stray I starts a span.
         assert_eq!(decode_bio(&[0, 2, 2, 4]).len(), 2);
-    }
-
-    #[test]
-    fn task_names_and_types() {
-        assert_eq!(Task::parse("gene_disease"), Some(Task::GeneDisease));
-        assert_eq!(Task::Phi.num_entity_tags(), 1 + 2 * PHI_TYPES.len());
-        assert_eq!(Task::Ade.type_index("adverse_event"), Some(1));
     }
 }

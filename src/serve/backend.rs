@@ -14,7 +14,7 @@ use std::thread::JoinHandle;
 
 use tokio::sync::mpsc;
 
-use crate::model::teacher_llm::{Delta, GenerateRequest, Generation, Sequence, TeacherLlm, TeacherLlmConfig};
+use crate::llm::{Delta, GenerateRequest, Generation, Sequence, TeacherLlm, TeacherLlmConfig};
 use crate::{Error, Result};
 
 /// Why a request got no generation.

@@ -13,7 +13,7 @@ use axum::response::Response;
 use super::generate::{Endpoint, Sampling, respond};
 use super::http::{ApiError, AppState, check_auth};
 use super::types::*;
-use crate::model::teacher_llm::{Delta, FinishReason, GenerateRequest, Generation, MAX_TOP_LOGPROBS, Prompt};
+use crate::llm::{Delta, FinishReason, GenerateRequest, Generation, MAX_TOP_LOGPROBS, Prompt};
 
 pub async fn chat_completions(
     State(state): State<Arc<AppState>>,
@@ -74,10 +74,7 @@ struct Chat {
 }
 
 impl Chat {
-    fn logprobs(
-        &self,
-        generation_logprobs: &[crate::model::teacher_llm::TokenLogprob],
-    ) -> Option<OpenAICompatChatLogprobs> {
+    fn logprobs(&self, generation_logprobs: &[crate::llm::TokenLogprob]) -> Option<OpenAICompatChatLogprobs> {
         self.logprobs.then(|| OpenAICompatChatLogprobs::new(generation_logprobs))
     }
 }

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use super::generate::{Endpoint, Sampling, respond};
 use super::http::{ApiError, AppState, check_auth};
 use super::types::finish_reason;
-use crate::model::teacher_llm::{Delta, FinishReason, GenerateRequest, Generation, Prompt, TokenLogprob};
+use crate::llm::{Delta, FinishReason, GenerateRequest, Generation, Prompt, TokenLogprob};
 
 /// Most alternatives the legacy `logprobs` takes (OpenAI's limit).
 pub const MAX_LOGPROBS: usize = 5;

@@ -20,7 +20,7 @@ use super::types::{
     OpenAICompatCompletion, OpenAICompatErrorBody, OpenAICompatPromptTokensDetails, OpenAICompatStop,
     OpenAICompatStreamOptions, OpenAICompatUsage,
 };
-use crate::model::teacher_llm::{Delta, FinishReason, GenerateRequest, Generation, Prompt};
+use crate::llm::{Delta, FinishReason, GenerateRequest, Generation, Prompt};
 
 /// How one endpoint shapes its objects.
 pub trait Endpoint: Send + 'static {

@@ -15,7 +15,7 @@
 //! Split as in TEI: [`types`] (wire types), [`http`] (routes, auth, errors), one module per
 //! endpoint ([`chat`], [`completions`]) over the generation path they share ([`generate`]:
 //! one JSON response or a server-sent-event stream), and [`backend`] (the model on its own
-//! thread, with continuous batching). The model itself is [`crate::model::teacher_llm`].
+//! thread, with continuous batching). The model itself is [`crate::llm`].
 
 pub mod backend;
 pub mod chat;
@@ -32,7 +32,7 @@ use std::sync::atomic::AtomicU64;
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
-use crate::model::teacher_llm::TeacherLlmConfig;
+use crate::llm::{DEFAULT_MAX_BATCH, TeacherLlmConfig};
 use crate::{Error, Result};
 use backend::Backend;
 use http::AppState;
@@ -89,7 +89,7 @@ impl Default for ServeConfig {
             context_length: 4096,
             seed: 0,
             prefix_cache_mib: 512,
-            draft_tokens: crate::model::teacher_llm::DEFAULT_DRAFT_TOKENS,
+            draft_tokens: crate::llm::DEFAULT_DRAFT_TOKENS,
             insecure_no_token: false,
         }
     }
@@ -115,9 +115,6 @@ impl std::fmt::Debug for ServeConfig {
     }
 }
 
-/// Default batch size, chosen from `cargo bench --bench teacher_server` (see the README).
-pub const DEFAULT_MAX_BATCH: usize = 16;
-
 impl ServeConfig {
     /// Defaults with `model` (free loopback port, key from the environment).
     pub fn new(model: impl Into<PathBuf>) -> Self {
@@ -130,7 +127,7 @@ impl ServeConfig {
             context_length: self.context_length,
             prefix_cache_bytes: self.prefix_cache_mib << 20,
             max_batch: self.max_batch,
-            threads: self.threads.unwrap_or_else(crate::model::teacher_llm::default_threads),
+            threads: self.threads.unwrap_or_else(crate::llm::default_threads),
             draft_tokens: self.draft_tokens,
             ..TeacherLlmConfig::new(&self.model)
         }

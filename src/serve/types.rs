@@ -7,8 +7,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::generate::Sampling;
-use crate::model::teacher_llm::schema::ResponseSchema;
-use crate::model::teacher_llm::{ChatMessage, FinishReason, Role, TokenLogprob, TokenProb};
+use crate::llm::schema::ResponseSchema;
+use crate::llm::{ChatMessage, FinishReason, Role, TokenLogprob, TokenProb};
 
 /// `POST /v1/chat/completions` body.
 #[derive(Debug, Clone, Deserialize)]
@@ -321,8 +321,8 @@ mod tests {
 
     #[test]
     fn the_response_format_schema_is_followed() {
-        use crate::model::teacher_llm::schema::Node;
-        let schema = crate::teacher::parse::json_schema(crate::teacher::Task::GeneDisease);
+        use crate::llm::schema::Node;
+        let schema = crate::teacher::parse::json_schema(crate::vocab::Task::GeneDisease);
         let body = serde_json::json!({"model": "m", "messages": [],
             "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}});
         let req: OpenAICompatChatRequest = serde_json::from_value(body).unwrap();

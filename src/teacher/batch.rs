@@ -39,8 +39,7 @@ use serde::{Deserialize, Serialize};
 use super::cache::{Cache, CachedReply, RequestKey};
 use super::client::{TeacherClient, reply_of};
 use super::config::TeacherConfig;
-use super::error::TeacherError;
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, IoContext, Result, TeacherError};
 use crate::run_dir::{RunDir, write_file_atomic};
 
 /// The batch state of a run directory.

@@ -26,8 +26,8 @@ use tokio::time::Instant;
 use tower::ServiceExt;
 
 use super::cache::CachedReply;
-use super::error::TeacherError;
 use super::limiter::{Gate, RateLimiter};
+use crate::error::TeacherError;
 
 /// Retry and pacing settings (from [`super::TeacherConfig`]).
 #[derive(Debug, Clone)]

@@ -10,13 +10,10 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::vocab::Task;
 
 /// The value of [`TeacherConfig::base_url`] that means "the project's own embedded server".
 pub const EMBEDDED: &str = "embedded";
-
-/// A labeling task; each has its own prompt file `pipelines/prompts/<task>.toml`. One enum
-/// for the whole pipeline: the student's tasks are the teacher's.
-pub use crate::model::tags::Task;
 
 /// Price of one million tokens, in US dollars.
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]

@@ -10,13 +10,13 @@ use std::path::Path;
 
 use candle_core::Device;
 
-use super::config::Task;
 use super::select::Sentence;
 use crate::error::Result;
 use crate::model::checkpoint::Checkpoint;
 use crate::model::predict::{Predictions, SentenceRow, predict};
 use crate::run_dir::RunDir;
 use crate::train::STUDENT_DIR;
+use crate::vocab::Task;
 
 /// Windows per encoder call when scoring.
 const BATCH: usize = 16;

@@ -10,13 +10,13 @@ use tokio::sync::{OnceCell, Semaphore};
 use super::batch::Collector;
 use super::cache::{Cache, CachedReply, RequestKey};
 use super::client::TeacherClient;
-use super::config::{Task, TeacherConfig};
-use super::error::TeacherError;
+use super::config::TeacherConfig;
 use super::ground::{Alignment, Grounder, Grounding, nearest_pair};
 use super::parse::{self, Mention, TaskOutput};
 use super::prompt::{self, Message, Prompt};
 use super::select::Sentence;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, TeacherError};
+use crate::vocab::Task;
 
 /// Final status of one (task, sentence), as stored in `teacher_calls.status`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -23,13 +23,11 @@ pub mod batch;
 pub mod cache;
 pub mod client;
 pub mod config;
-pub mod error;
 pub mod ground;
 pub mod informative;
 pub mod label;
 pub mod limiter;
 pub mod parse;
-pub mod phi;
 pub mod prompt;
 pub mod select;
 pub mod shipped;
@@ -41,14 +39,14 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 
+pub use crate::error::TeacherError;
 pub use accounting::{LabelPlan, LabelReport, Pricing, SilverGrowth, TaskPlan};
-pub use config::{EMBEDDED, LabelConfig, Price, Selection, Task, TeacherConfig, TeacherMode};
-pub use error::TeacherError;
-pub use phi::PhiType;
+pub use config::{EMBEDDED, LabelConfig, Price, Selection, TeacherConfig, TeacherMode};
 
 use crate::error::{Error, Result};
 use crate::run_dir::RunDir;
 use crate::schema::{self, table};
+use crate::vocab::Task;
 use cache::{Cache, RequestKey};
 use client::{ClientSettings, TeacherClient};
 use label::{Labeler, Outcome};

@@ -8,8 +8,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::config::Task;
-use super::phi::PhiType;
+use crate::vocab::{PhiType, Task};
 
 /// ADE reply: the drugs in the sentence, each with the adverse events it caused.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -25,10 +25,9 @@ use async_openai::types::chat::{
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use super::config::Task;
 use super::parse::{self, TaskOutput};
-use super::phi::PhiType;
 use crate::error::{Error, IoContext, Result};
+use crate::vocab::{PhiType, Task};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -18,11 +18,12 @@ use std::collections::{BTreeMap, HashMap};
 use arrow::array::Array;
 use sha2::{Digest, Sha256};
 
-use super::config::{LabelConfig, Selection, Task};
+use super::config::{LabelConfig, Selection};
 use crate::columns::{TableStream, read_all};
 use crate::error::{Error, Result};
 use crate::run_dir::RunDir;
 use crate::schema::{split, table};
+use crate::vocab::Task;
 
 /// One sentence to label.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -18,9 +18,9 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use super::cache::{Cache, CachedReply};
 use crate::columns::{Columns, opt_str, read_all};
 use crate::error::{Error, Result};
-use crate::model::tags::Task;
 use crate::run_dir::{RunDir, batch, read_parquet, write_parquet_atomic};
 use crate::schema::{column, table};
+use crate::vocab::Task;
 
 /// Schema of a shipped-answers file.
 pub static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {

@@ -24,8 +24,8 @@ use super::gold;
 use crate::error::Result;
 use crate::model::checkpoint::Checkpoint;
 use crate::model::predict::{Predictions, SentenceRow, predict};
-use crate::model::tags::Task;
 use crate::run_dir::RunDir;
+use crate::vocab::Task;
 
 /// Where the threshold is chosen (`train.calibrate`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]

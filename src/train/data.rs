@@ -14,10 +14,10 @@ use sha2::{Digest, Sha256};
 
 use crate::columns::{TableStream, opt_i32, opt_str, read_all};
 use crate::error::Result;
-use crate::model::tags::Task;
 use crate::run_dir::RunDir;
 use crate::schema::{split, table};
 use crate::teacher::agreement;
+use crate::vocab::Task;
 
 /// A char span `[start, end)` of a sentence with its entity type (index into
 /// [`Task::entity_types`]).

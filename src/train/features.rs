@@ -10,8 +10,9 @@ use serde::Serialize;
 use super::data::{CharSpan, LabeledSentence};
 use crate::error::Result;
 use crate::model::batch::{AnchorExample, Example};
-use crate::model::tags::{OUTSIDE, PieceSpan, Task, write_bio};
+use crate::model::tags::{OUTSIDE, PieceSpan, write_bio};
 use crate::model::wordpiece::{Pieces, WordPieces};
+use crate::vocab::Task;
 
 /// Counts of label adjustments made while featurizing.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]

@@ -78,8 +78,8 @@ mod tests {
     use super::*;
     use crate::model::student::testutil::tiny_student;
     use crate::model::student::{Arch, StudentSpec};
-    use crate::model::tags::Task;
     use crate::model::wordpiece::testutil::{toy_tokenizer, toy_vocab_size};
+    use crate::vocab::Task;
 
     fn examples() -> Vec<Example> {
         [vec![10u32, 11, 12, 13, 14], vec![15, 16], vec![17, 18, 19]]

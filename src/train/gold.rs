@@ -11,10 +11,10 @@ use std::collections::{BTreeMap, HashSet};
 use super::data::{CharSpan, DataStats, LabeledSentence, train_sentences_of};
 use crate::columns::{opt_i32, read_all};
 use crate::error::Result;
-use crate::model::tags::Task;
 use crate::run_dir::RunDir;
 use crate::schema::{split, table};
-use crate::teacher::phi::{PhiType, from_gold};
+use crate::vocab::Task;
+use crate::vocab::phi::{PhiType, from_gold};
 
 /// The gold table of `task`.
 pub fn table_of(task: Task) -> &'static str {

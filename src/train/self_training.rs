@@ -96,7 +96,7 @@ pub fn pseudo_label(
 fn labeled(
     pool: &[LabeledSentence],
     predictions: &Predictions,
-    task: crate::model::tags::Task,
+    task: crate::vocab::Task,
     min_score: f32,
 ) -> Vec<LabeledSentence> {
     let mut out: Vec<LabeledSentence> = pool
@@ -142,8 +142,8 @@ mod tests {
 
     use super::*;
     use crate::model::predict::{EntityPrediction, PairPrediction};
-    use crate::model::tags::Task;
     use crate::schema::{self, table};
+    use crate::vocab::Task;
 
     fn strings(v: &[&str]) -> ArrayRef {
         Arc::new(StringArray::from(v.to_vec()))

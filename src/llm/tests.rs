@@ -139,7 +139,7 @@ fn logprobs_and_deltas_add_up_to_the_reply() {
 /// A request as the label stage sends it: the task's prompt file (few-shot), greedy,
 /// grounded in the sentence with the task's schema (PHI: JSON mode, its types are not in
 /// the sentence).
-fn task_request(task: crate::teacher::Task, sentence: &str, max_tokens: usize) -> GenerateRequest {
+fn task_request(task: crate::vocab::Task, sentence: &str, max_tokens: usize) -> GenerateRequest {
     let dir = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/pipelines/prompts"));
     let prompt = crate::teacher::prompt::Prompt::load(dir, task).unwrap();
     let messages = prompt
@@ -156,7 +156,7 @@ fn task_request(task: crate::teacher::Task, sentence: &str, max_tokens: usize) -
         .collect();
     let mut request = GenerateRequest::greedy(messages, max_tokens);
     request.json_schema = Some(schema::ResponseSchema::from_json_schema(&crate::teacher::parse::json_schema(task)));
-    if task != crate::teacher::Task::Phi {
+    if task != crate::vocab::Task::Phi {
         request.grounded_source = Some(sentence.to_string());
     }
     request
@@ -198,7 +198,7 @@ fn assert_same_up_to_a_tie(a: &Generation, b: &Generation, what: &str) {
 /// take a decode step of their own.
 #[test]
 fn drafts_give_the_reply_of_plain_decoding() {
-    use crate::teacher::Task;
+    use crate::vocab::Task;
     let mut config = TeacherLlmConfig::new(llama_cpp::tests::SMOLLM);
     (config.context_length, config.max_batch) = (1536, 4);
     let mut teacher = TeacherLlm::load(&config).expect("run `make models` first");
@@ -287,7 +287,7 @@ fn measure_drafts_on_ade() {
     let sentences: Vec<String> =
         (0..n).map(|i| if i % 4 == 3 { negative[i / 4].clone() } else { positive[i - i / 4].clone() }).collect();
     let requests: Vec<GenerateRequest> =
-        sentences.iter().map(|s| task_request(crate::teacher::Task::Ade, s, 512)).collect();
+        sentences.iter().map(|s| task_request(crate::vocab::Task::Ade, s, 512)).collect();
     let mut config = TeacherLlmConfig::new(&model);
     config.threads = env("BIODISTILL_THREADS", "2").parse().unwrap();
     let mut teacher = TeacherLlm::load(&config).unwrap();

@@ -127,7 +127,7 @@ mod tests {
 
     #[test]
     fn per_message_encoding_equals_whole_prompt_encoding() {
-        let vocab = crate::model::gguf_tokenizer::tests::smollm_vocab();
+        let vocab = crate::llm::gguf_tokenizer::tests::smollm_vocab();
         let tokenizer = vocab.tokenizer().unwrap();
         let messages = [
             ChatMessage::new(Role::System, "Extract drugs as JSON."),

@@ -1,9 +1,13 @@
 //! The embedded teacher LLM: a quantized GGUF chat model (Qwen2.5-Coder-1.5B-Instruct by
 //! default, SmolLM2-135M in tests) that answers ChatML prompts.
 //!
+//! A room of its own, apart from the student (`model/`). It knows nothing of HTTP:
+//! `src/serve/` puts it behind an OpenAI-compatible endpoint.
+//!
 //! - [`llama_cpp`]: the forward pass on llama.cpp, with per-sequence KV handles and a batched
 //!   forward;
-//! - [`chat`]: ChatML rendering and tokenization;
+//! - [`chat`]: ChatML rendering and tokenization, with [`gguf_tokenizer`], the tokenizer
+//!   rebuilt from the GGUF metadata;
 //! - [`sequence`]: one choice of a request in flight (sampling, stop conditions, grounding,
 //!   streamable text);
 //! - [`logprobs`]: log probabilities of the generated tokens;
@@ -19,6 +23,7 @@
 //! decode as `n` sequences. [`TeacherLlm::generate`] does all of that for a single request.
 
 pub mod chat;
+pub mod gguf_tokenizer;
 pub mod grounded;
 pub mod llama_cpp;
 pub mod logprobs;
@@ -37,8 +42,8 @@ pub use logprobs::{MAX_TOP_LOGPROBS, TokenLogprob, TokenProb};
 pub use sequence::{Delta, FinishReason, GenerateRequest, Generation, Sequence};
 
 use crate::error::IoContext;
-use crate::model::gguf_tokenizer::GgufVocab;
 use crate::{Error, Result};
+use gguf_tokenizer::GgufVocab;
 use llama_cpp::{DecoderParams, LlamaDecoder, MAX_SEQUENCES, SequenceInput};
 use prefix_cache::PrefixCache;
 use sequence::TokenTable;
@@ -67,6 +72,10 @@ pub struct TeacherLlmConfig {
     /// count; with a full batch the cores are busy and a rejected draft costs a full token).
     pub draft_step_tokens: usize,
 }
+
+/// Default of [`TeacherLlmConfig::max_batch`] (and of the server's), chosen from
+/// `cargo bench --bench teacher_server` (see the README).
+pub const DEFAULT_MAX_BATCH: usize = 16;
 
 /// Default of [`TeacherLlmConfig::draft_tokens`]: off, because drafted replies are the plain
 /// ones only up to float-noise ties (1 of 24 ADE replies differed) and the measured gain is
@@ -104,7 +113,7 @@ impl TeacherLlmConfig {
             model: model.into(),
             context_length: 4096,
             prefix_cache_bytes: 512 << 20,
-            max_batch: crate::serve::DEFAULT_MAX_BATCH,
+            max_batch: DEFAULT_MAX_BATCH,
             threads: default_threads(),
             draft_tokens: DEFAULT_DRAFT_TOKENS,
             draft_step_tokens: DEFAULT_DRAFT_STEP_TOKENS,

@@ -544,7 +544,7 @@ mod tests {
 
     #[test]
     fn keys_come_from_the_schema_when_given() {
-        let ade = crate::teacher::parse::json_schema(crate::teacher::Task::Ade);
+        let ade = crate::teacher::parse::json_schema(crate::vocab::Task::Ade);
         let state = GroundedJson::new(SOURCE).with_schema(schema(ade));
         let doc = r#"{"drugs": [{"drug": "Ibuprofen", "adverse_events": ["gastric bleeding"]}]}"#;
         assert!(state.advanced(doc.as_bytes()).unwrap().is_complete());
