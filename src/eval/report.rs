@@ -269,7 +269,7 @@ fn learning_curve(curve: &[Point], out: &mut Vec<Block>) {
         return;
     }
     out.push(Block::Heading(2, "Learning curve".into()));
-    let runs = dedup_in_order(curve.iter().map(|p| p.run_id.as_str())).len();
+    let runs = dedup_in_order(curve.iter().map(|p| (p.run_id.as_str(), p.evaluated_at.as_str()))).len();
     out.push(Block::Text(format!(
         "Headline F1 against the silver sentences the run directory held, over its {runs} evaluation(s) of this \
          split (table eval_history; teacher hours count the calls that reached the teacher, not cached or shipped \
@@ -282,7 +282,8 @@ fn learning_curve(curve: &[Point], out: &mut Vec<Block>) {
     for &(task, dataset) in &pairs {
         let of = |si: usize| {
             let points = curve.iter().filter(|p| p.task == task && p.dataset == dataset && series_of(p) == Some(si));
-            points.map(|p| (p.silver_sentences as f64, p.f1, format!("{}: {:.3}", p.run_id, p.f1))).collect::<Vec<_>>()
+            let tip = |p: &Point| format!("{} at {}: {:.3}", p.run_id, p.evaluated_at, p.f1);
+            points.map(|p| (p.silver_sentences as f64, p.f1, tip(p))).collect::<Vec<_>>()
         };
         let series = (0..names.len()).map(|si| (names[si].clone(), of(si))).filter(|(_, p)| !p.is_empty());
         out.push(Block::Lines(Lines {
@@ -307,6 +308,7 @@ fn learning_curve(curve: &[Point], out: &mut Vec<Block>) {
             |si| mine.iter().find(|p| series_of(p) == Some(si)).map_or("–".to_string(), |p| format!("{:.3}", p.f1));
         vec![
             run.to_string(),
+            at.to_string(),
             task.to_string(),
             dataset.to_string(),
             first.silver_sentences.to_string(),
@@ -316,7 +318,7 @@ fn learning_curve(curve: &[Point], out: &mut Vec<Block>) {
             f1(2),
         ]
     });
-    let mut header = vec!["run", "task", "dataset", "silver sentences", "teacher hours"];
+    let mut header = vec!["run", "evaluated", "task", "dataset", "silver sentences", "teacher hours"];
     header.extend(names.iter().map(String::as_str));
     out.push(Block::table(&header, rows.collect()));
 }
