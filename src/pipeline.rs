@@ -388,9 +388,11 @@ fn silver_state(plan: &crate::teacher::LabelPlan) -> String {
     parts.join(",")
 }
 
-/// The run id for a standalone stage (`biodistill eval`): the run directory's name.
+/// The run id for a standalone stage (`biodistill eval`): the run directory's name (`.`
+/// resolved first, so `--run-dir .` is named too).
 pub fn run_id_of(run_dir: &RunDir) -> String {
-    run_dir.root().file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "adhoc".into())
+    let root = std::fs::canonicalize(run_dir.root()).unwrap_or_else(|_| run_dir.root().to_path_buf());
+    root.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "adhoc".into())
 }
 
 /// What besides configuration and inputs decides a run's results: the sources the binary was

@@ -148,7 +148,7 @@ impl TeacherClient {
                     }
                     Err(e) => e,
                 },
-                Ok(Err(e)) => classify(e),
+                Ok(Err(e)) => classify(e, "a chat completion"),
                 Err(_elapsed) => TeacherError::Timeout(self.settings.timeout),
             };
             if !error.is_retryable() || retries >= self.settings.max_retries {
@@ -190,7 +190,7 @@ impl TeacherClient {
             self.attempts.fetch_add(1, Ordering::Relaxed);
             let error = match tokio::time::timeout(timeout, call()).await {
                 Ok(Ok(value)) => return Ok(value),
-                Ok(Err(e)) => classify(e),
+                Ok(Err(e)) => classify(e, "a Batch API file or batch object"),
                 Err(_elapsed) => TeacherError::Timeout(timeout),
             };
             let refused = matches!(error, TeacherError::RateLimited { .. } | TeacherError::Overloaded { .. });
@@ -229,8 +229,9 @@ pub(super) fn reply_of(response: CreateChatCompletionResponse, latency: Duration
     })
 }
 
-/// Map async-openai's error to the cases we act on.
-fn classify(error: OpenAIError) -> TeacherError {
+/// Map async-openai's error to the cases we act on; `expected` names what a reply that does
+/// not parse should have been.
+fn classify(error: OpenAIError, expected: &str) -> TeacherError {
     match error {
         OpenAIError::Boxed(boxed) => match boxed.downcast::<HttpStatus>() {
             Ok(status) => TeacherError::from_status(status.status, status.retry_after, &status.body),
@@ -250,7 +251,7 @@ fn classify(error: OpenAIError) -> TeacherError {
             }
             TeacherError::Transport(message)
         }
-        OpenAIError::JSONDeserialize(e, _) => TeacherError::Transport(format!("not a chat completion response: {e}")),
+        OpenAIError::JSONDeserialize(e, _) => TeacherError::Transport(format!("the reply is not {expected}: {e}")),
         other => TeacherError::Http { status: 0, message: other.to_string() },
     }
 }
