@@ -8,17 +8,16 @@
 //! Nested facts (stage timings, prompt and student versions, gate verdicts) are JSON strings,
 //! readable with DataFusion's, DuckDB's or polars' JSON functions.
 
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 
 use arrow::array::{ArrayRef, Float64Array, Int64Array, StringArray};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::datatypes::DataType;
 use serde::Serialize;
 
 use crate::error::Result;
 use crate::run_dir::{RunDir, batch, concat};
-
-/// Table name.
-pub const RUN_MANIFEST: &str = "run_manifest";
+use crate::schema::RUN_MANIFEST as SCHEMA;
+use crate::schema::table::RUN_MANIFEST;
 
 /// One pipeline stage's cost and output.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -70,40 +69,6 @@ pub struct Manifest {
     /// What stopped a `failed` run (the stage and the error); empty otherwise.
     pub error: String,
 }
-
-/// Schema of `run_manifest`.
-pub static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
-    let s = |n: &str| Field::new(n, DataType::Utf8, false);
-    let i = |n: &str| Field::new(n, DataType::Int64, false);
-    let f = |n: &str| Field::new(n, DataType::Float64, false);
-    Arc::new(Schema::new(vec![
-        s("run_id"),
-        s("status"),
-        s("started_at"),
-        s("finished_at"),
-        f("wall_secs"),
-        f("peak_rss_mib"),
-        s("git_sha"),
-        s("config_hash"),
-        s("input_hash"),
-        i("documents"),
-        i("changed_documents"),
-        s("teacher_endpoint"),
-        s("teacher_model"),
-        s("prompt_versions"),
-        s("student_versions"),
-        s("stages"),
-        i("cache_hits"),
-        i("requests"),
-        i("prompt_tokens"),
-        i("completion_tokens"),
-        f("cost_usd"),
-        s("gates"),
-        s("silver"),
-        i("failed_inputs"),
-        s("error"),
-    ]))
-});
 
 impl Manifest {
     fn to_batch(&self) -> Result<arrow::record_batch::RecordBatch> {

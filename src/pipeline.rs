@@ -342,14 +342,19 @@ async fn stages_after_ingest(
         tracing::error!("quality gate {} failed: {}; the last publication stays", failed.name, failed.detail);
         return Ok(("gate_failed", Some(eval), gates, None));
     }
-    let tables =
-        [table::TEACHER_LABELS, table::TEACHER_CALLS, crate::eval::table::EVAL_RESULTS, table::DOCUMENT_VERSIONS];
+    let tables = [
+        table::TEACHER_LABELS,
+        table::TEACHER_CALLS,
+        table::EVAL_RESULTS,
+        table::EVAL_HISTORY,
+        table::DOCUMENT_VERSIONS,
+    ];
     let files: Vec<PathBuf> = outputs
         .iter()
         .map(String::as_str)
         .chain(tables)
         .map(|t| format!("{t}.parquet"))
-        .chain(["report.md", "report.html", EXTRACTION_FILE].map(String::from))
+        .chain(["report.md", "report.html", crate::eval::viewer::FILE, EXTRACTION_FILE].map(String::from))
         .map(PathBuf::from)
         .filter(|f| run_dir.root().join(f).is_file())
         .collect();

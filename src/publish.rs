@@ -131,7 +131,7 @@ pub fn audit(
             format!("{aligned}/{total} spans aligned = {rate:.3} (min {})", cfg.min_alignment_rate),
         ));
     }
-    if cfg.min_f1 > 0.0 && run_dir.has_table(crate::eval::table::EVAL_RESULTS) {
+    if cfg.min_f1 > 0.0 && run_dir.has_table(crate::schema::table::EVAL_RESULTS) {
         for (key, now) in student_f1s(run_dir)? {
             gates.push(Gate::new(
                 format!("f1_floor:{key}"),
@@ -140,8 +140,8 @@ pub fn audit(
             ));
         }
     }
-    if let Some(previous) = previous.filter(|p| p.has_table(crate::eval::table::EVAL_RESULTS)) {
-        if run_dir.has_table(crate::eval::table::EVAL_RESULTS) {
+    if let Some(previous) = previous.filter(|p| p.has_table(crate::schema::table::EVAL_RESULTS)) {
+        if run_dir.has_table(crate::schema::table::EVAL_RESULTS) {
             let (old, new) = (student_f1s(previous)?, student_f1s(run_dir)?);
             for (key, before) in old {
                 // A dataset the live publication was scored on and this run was not: its
@@ -202,7 +202,7 @@ const MIN_GATE_N: i64 = 20;
 /// `task/dataset/metric -> value` of the student's headline F1s on every dev sentence.
 fn student_f1s(run_dir: &RunDir) -> Result<BTreeMap<String, f64>> {
     let mut out = BTreeMap::new();
-    for cols in read_all(run_dir, crate::eval::table::EVAL_RESULTS)? {
+    for cols in read_all(run_dir, crate::schema::table::EVAL_RESULTS)? {
         let (task, dataset, system) = (cols.str("task")?, cols.str("dataset")?, cols.str("system")?);
         let (subset, metric, value, n) = (cols.str("subset")?, cols.str("metric")?, cols.f64("value")?, cols.i64("n")?);
         for i in 0..cols.len() {
@@ -326,7 +326,7 @@ mod tests {
         ];
         let schema = std::sync::Arc::new(Schema::new(fields));
         let batch = crate::run_dir::batch(&schema, columns).unwrap();
-        run_dir.write_table(crate::eval::table::EVAL_RESULTS, schema, &[batch]).unwrap();
+        run_dir.write_table(crate::schema::table::EVAL_RESULTS, schema, &[batch]).unwrap();
     }
 
     #[test]

@@ -23,6 +23,9 @@ pub mod table {
     pub const PHI_SPANS: &str = "phi_spans";
     pub const REDACTED_DOCUMENTS: &str = "redacted_documents";
     pub const DOCUMENT_VERSIONS: &str = "document_versions";
+    pub const EVAL_RESULTS: &str = "eval_results";
+    pub const EVAL_HISTORY: &str = "eval_history";
+    pub const RUN_MANIFEST: &str = "run_manifest";
 }
 
 /// The key columns most tables share; stages name them through these (or
@@ -265,3 +268,69 @@ pub static REDACTED_DOCUMENTS: LazyLock<SchemaRef> =
 /// incremental run knows which are new or changed.
 pub static DOCUMENT_VERSIONS: LazyLock<SchemaRef> =
     LazyLock::new(|| Arc::new(Schema::new(vec![utf8(column::DOC_ID), utf8("content_hash")])));
+
+/// `eval_results(run_id, task, dataset, system, subset, metric, value, n)`: one row per metric.
+/// `n` is the metric's denominator: predictions for a precision, gold items for a recall or F1,
+/// documents for a macro average, rows for GAD accuracy, gold tokens for `token_recall`. An
+/// undefined ratio (no denominator) has value 0 and n 0.
+pub static EVAL_RESULTS: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        utf8("run_id"),
+        utf8("task"),
+        utf8("dataset"),
+        utf8("system"),
+        utf8("subset"),
+        utf8("metric"),
+        Field::new("value", DataType::Float64, false),
+        Field::new("n", DataType::Int64, false),
+    ]))
+});
+
+/// `eval_history`: [`EVAL_RESULTS`]' columns, then `split`, `evaluated_at` (UTC, RFC 3339),
+/// `silver_sentences` and `teacher_hours` of the row's task at that evaluation
+/// ([`crate::eval::history`]).
+pub static EVAL_HISTORY: LazyLock<SchemaRef> = LazyLock::new(|| {
+    let mut fields: Vec<Field> = EVAL_RESULTS.fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields.extend([
+        utf8("split"),
+        utf8("evaluated_at"),
+        Field::new("silver_sentences", DataType::Int64, false),
+        Field::new("teacher_hours", DataType::Float64, false),
+    ]);
+    Arc::new(Schema::new(fields))
+});
+
+/// `run_manifest`: one row per `biodistill run` ([`crate::manifest::Manifest`], whose fields
+/// these are, in this order).
+pub static RUN_MANIFEST: LazyLock<SchemaRef> = LazyLock::new(|| {
+    let s = |n: &str| Field::new(n, DataType::Utf8, false);
+    let i = |n: &str| Field::new(n, DataType::Int64, false);
+    let f = |n: &str| Field::new(n, DataType::Float64, false);
+    Arc::new(Schema::new(vec![
+        s("run_id"),
+        s("status"),
+        s("started_at"),
+        s("finished_at"),
+        f("wall_secs"),
+        f("peak_rss_mib"),
+        s("git_sha"),
+        s("config_hash"),
+        s("input_hash"),
+        i("documents"),
+        i("changed_documents"),
+        s("teacher_endpoint"),
+        s("teacher_model"),
+        s("prompt_versions"),
+        s("student_versions"),
+        s("stages"),
+        i("cache_hits"),
+        i("requests"),
+        i("prompt_tokens"),
+        i("completion_tokens"),
+        f("cost_usd"),
+        s("gates"),
+        s("silver"),
+        i("failed_inputs"),
+        s("error"),
+    ]))
+});

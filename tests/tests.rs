@@ -22,6 +22,10 @@ mod serve_openai;
 /// A hand-written silver run directory (teacher_labels-shaped), shared with the student bench.
 mod silver;
 
+/// Evaluation end to end over a hand-built run directory: every metric, eval_history and the
+/// learning curve, the report and the span viewer (in Chromium when installed).
+mod eval;
+
 /// The student on real MiniLM weights: train on a silver table, extract to every table (issue 5).
 mod student;
 

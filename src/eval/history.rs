@@ -1,6 +1,7 @@
 //! `eval_history`: every evaluation's rows kept across runs, each with the silver set and the
 //! teacher time behind it, so the report can draw the learning curve nightly runs are buying
 //! (student and teacher F1 against silver sentences). `eval_results` holds only the latest run.
+//! Schema: [`crate::schema::EVAL_HISTORY`].
 //!
 //! ```sql
 //! SELECT run_id, silver_sentences, teacher_hours, value FROM eval_history
@@ -9,35 +10,19 @@
 //! ```
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 
 use arrow::array::{ArrayRef, Float64Array, Int64Array, StringArray};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 
 use super::report::{EvalReport, headline_family};
 use super::systems::System;
-use super::{EVAL_RESULTS, SUBSET_ALL, SUBSET_TEACHER_SAMPLE};
+use super::{SUBSET_ALL, SUBSET_TEACHER_SAMPLE};
 use crate::columns::{TableStream, read_all};
 use crate::error::{Error, Result};
 use crate::run_dir::{RunDir, batch, concat};
-use crate::schema::{split, table};
-
-/// Table name.
-pub const EVAL_HISTORY: &str = "eval_history";
-
-/// `eval_results`' columns, then `split`, `evaluated_at` (UTC, RFC 3339), `silver_sentences`
-/// and `teacher_hours` of the row's task at that evaluation (see [`Silver`]).
-pub static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
-    let mut fields: Vec<Field> = EVAL_RESULTS.fields().iter().map(|f| f.as_ref().clone()).collect();
-    fields.extend([
-        Field::new("split", DataType::Utf8, false),
-        Field::new("evaluated_at", DataType::Utf8, false),
-        Field::new("silver_sentences", DataType::Int64, false),
-        Field::new("teacher_hours", DataType::Float64, false),
-    ]);
-    Arc::new(Schema::new(fields))
-});
+use crate::schema::table::EVAL_HISTORY;
+use crate::schema::{EVAL_HISTORY as SCHEMA, split, table};
 
 /// A task's silver set as the run directory holds it.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -137,9 +122,8 @@ pub fn append(
 
 fn new_rows(report: &EvalReport, silver: &HashMap<String, Silver>, evaluated_at: &str) -> Result<RecordBatch> {
     let rows = &report.rows;
-    let strings = |f: &dyn Fn(&super::EvalRow) -> &str| {
-        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| f(r)))) as ArrayRef
-    };
+    let strings =
+        |f: &dyn Fn(&super::EvalRow) -> &str| Arc::new(StringArray::from_iter_values(rows.iter().map(f))) as ArrayRef;
     let constant = |v: &str| Arc::new(StringArray::from(vec![v; rows.len()])) as ArrayRef;
     let of = |r: &super::EvalRow| silver.get(&r.task).copied().unwrap_or_default();
     batch(
@@ -242,7 +226,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let run_dir = RunDir::create(dir.path()).unwrap();
         let report = report("r", "dev", 0.1);
-        run_dir.write_table(EVAL_HISTORY, EVAL_RESULTS.clone(), &[report.batch().unwrap()]).unwrap();
+        run_dir.write_table(EVAL_HISTORY, crate::schema::EVAL_RESULTS.clone(), &[report.batch().unwrap()]).unwrap();
         let err = append(&run_dir, &report, &HashMap::new(), "t").unwrap_err().to_string();
         assert!(err.contains("eval_history") && err.contains("move it aside"), "{err}");
         assert_eq!(run_dir.table_rows(EVAL_HISTORY).unwrap(), 4, "left as it was");

@@ -12,7 +12,7 @@
 //! prediction). The teacher is scored on `teacher_sample` only, so comparing the three systems
 //! on `teacher_sample` compares them on the same inputs.
 //!
-//! Output: the `eval_results` table ([`EVAL_RESULTS`]), the rows appended to `eval_history`
+//! Output: the `eval_results` table ([`crate::schema::EVAL_RESULTS`]), the rows appended to `eval_history`
 //! ([`history`], the learning curve across runs), and `report.md` / `report.html` in the run
 //! directory. Metric definitions: [`metrics`] (conventions), [`ade`], [`gene_disease`],
 //! [`phi`].
@@ -29,13 +29,8 @@ pub mod report;
 pub mod systems;
 pub mod viewer;
 
-#[cfg(test)]
-mod end_to_end_tests;
-
 use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::sync::{Arc, LazyLock};
 
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use serde::{Deserialize, Serialize};
 
 use self::ade::AdeGold;
@@ -47,30 +42,7 @@ pub use self::report::{EvalReport, EvalRow};
 use self::systems::{PredPair, PredSpan, System, TeacherCalls, TeacherLabel};
 use crate::error::{Error, Result};
 use crate::run_dir::RunDir;
-use crate::schema::table as tables;
-
-/// Table names written by this stage.
-pub mod table {
-    pub const EVAL_RESULTS: &str = "eval_results";
-}
-
-/// `eval_results(run_id, task, dataset, system, subset, metric, value, n)`: one row per metric.
-/// `n` is the metric's denominator: predictions for a precision, gold items for a recall or F1,
-/// documents for a macro average, rows for GAD accuracy, gold tokens for `token_recall`. An
-/// undefined ratio (no denominator) has value 0 and n 0.
-pub static EVAL_RESULTS: LazyLock<SchemaRef> = LazyLock::new(|| {
-    let utf8 = |name| Field::new(name, DataType::Utf8, false);
-    Arc::new(Schema::new(vec![
-        utf8("run_id"),
-        utf8("task"),
-        utf8("dataset"),
-        utf8("system"),
-        utf8("subset"),
-        utf8("metric"),
-        Field::new("value", DataType::Float64, false),
-        Field::new("n", DataType::Int64, false),
-    ]))
-});
+use crate::schema::{EVAL_RESULTS, table as tables};
 
 /// Every gold sentence or document of the split.
 pub const SUBSET_ALL: &str = "all";
@@ -347,13 +319,13 @@ pub fn run_with_context(
     }
     let mut report =
         EvalReport { run_id: run_id.to_string(), split: split.to_string(), rows, notes, extra, curve: vec![] };
-    run_dir.write_table(table::EVAL_RESULTS, EVAL_RESULTS.clone(), &[report.batch()?])?;
+    run_dir.write_table(tables::EVAL_RESULTS, EVAL_RESULTS.clone(), &[report.batch()?])?;
     let evaluated_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     report.curve = history::append(run_dir, &report, &history::silver(run_dir)?, &evaluated_at)?;
     if cfg.report {
         report.write_reports(run_dir.root())?;
     }
-    tracing::info!(rows = report.rows.len(), "wrote {}", table::EVAL_RESULTS);
+    tracing::info!(rows = report.rows.len(), "wrote {}", tables::EVAL_RESULTS);
     Ok(report)
 }
 

@@ -120,13 +120,16 @@ impl Chart {
     }
 }
 
+/// A point of a [`Lines`] series: x, y and its tooltip.
+pub type LinePoint = (f64, f64, String);
+
 /// A line chart of values in [0, 1] against a count from 0: one polyline per series through
 /// its points in x order, each point a circle whose tooltip names it.
 pub struct Lines {
     pub title: String,
     pub x_label: String,
-    /// `(name, [(x, y, tooltip)])`.
-    pub series: Vec<(String, Vec<(f64, f64, String)>)>,
+    /// `(name, points)`.
+    pub series: Vec<(String, Vec<LinePoint>)>,
 }
 
 impl Lines {
@@ -163,7 +166,7 @@ impl Lines {
         );
         for (si, (name, points)) in self.series.iter().enumerate() {
             let color = COLORS[si % COLORS.len()];
-            let mut points: Vec<&(f64, f64, String)> = points.iter().collect();
+            let mut points: Vec<&LinePoint> = points.iter().collect();
             points.sort_by(|a, b| a.0.total_cmp(&b.0));
             let path: Vec<String> = points.iter().map(|(x, y, _)| format!("{},{}", px(*x), py(*y))).collect();
             let _ = write!(s, "<polyline points=\"{}\" fill=\"none\" stroke=\"{color}\"/>", path.join(" "));

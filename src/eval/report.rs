@@ -11,12 +11,13 @@ use std::sync::Arc;
 use arrow::array::{ArrayRef, Float64Array, Int64Array, StringArray};
 use arrow::record_batch::RecordBatch;
 
+use super::TASKS;
 use super::history::{self, Point};
 use super::metrics::Metric;
 use super::render::{Block, CSS, Chart, Lines, esc};
-use super::{EVAL_RESULTS, TASKS};
 use crate::error::Result;
 use crate::run_dir::{batch, write_file_atomic};
+use crate::schema::EVAL_RESULTS;
 
 /// One `eval_results` row without its run id.
 #[derive(Debug, Clone, PartialEq)]

@@ -1,4 +1,4 @@
-//! [`super::run`] over a tiny hand-built run directory, with every expected value computed by
+//! `biodistill::eval::run` over a tiny hand-built run directory, with every expected value computed by
 //! hand in the comments.
 //!
 //! Documents (split dev unless noted):
@@ -11,14 +11,15 @@
 //! - `meddocan:m1`: s0 `Paciente Juan Pérez, varón.` [0, 27), s1 `Vive en Madrid.` [28, 43).
 //!   Gold: Juan Pérez (9,19) NOMBRE_SUJETO_ASISTENCIA, Madrid (36,42) PAIS.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, BooleanArray, Float32Array, Float64Array, Int32Array, Int64Array, StringArray};
 use arrow::datatypes::SchemaRef;
 
-use super::*;
-use crate::run_dir::batch;
-use crate::schema;
+use biodistill::eval::{EvalConfig, EvalReport, SUBSET_ALL, paired, run, run_with_context, viewer};
+use biodistill::run_dir::{RunDir, batch};
+use biodistill::schema::{self, EVAL_RESULTS, table, table as tables};
 
 fn s(values: &[&str]) -> ArrayRef {
     Arc::new(StringArray::from_iter_values(values.iter().copied()))
@@ -265,7 +266,7 @@ fn three_systems_on_a_tiny_run_directory() {
     assert!(report.get("ade", "ade_corpus_v2", "teacher", "all", "pair_strict_f1").is_none());
     // Student − teacher on the same two sentences: pooled per-sentence counts give the
     // teacher_sample F1s, 2/3 (1 hit, 2 predicted, 1 gold) and 1.
-    let diff = ade(crate::eval::paired::SYSTEM, "teacher_sample");
+    let diff = ade(paired::SYSTEM, "teacher_sample");
     assert_metric(&report, diff, "pair_strict_f1_diff", (2.0 / 3.0 - 1.0, 2));
     let (low, _) = report.get(diff.0, diff.1, diff.2, diff.3, "pair_strict_f1_diff_ci_low").unwrap();
     let (high, _) = report.get(diff.0, diff.1, diff.2, diff.3, "pair_strict_f1_diff_ci_high").unwrap();
@@ -283,7 +284,7 @@ fn three_systems_on_a_tiny_run_directory() {
     assert_metric(&report, phi("teacher", "teacher_sample"), "strict_f1", (1.0, 1));
     assert_metric(&report, phi("student", "teacher_sample"), "strict_recall", (0.0, 1));
     assert_metric(&report, phi("student", "teacher_sample"), "token_recall", (0.5, 2));
-    assert_metric(&report, phi(crate::eval::paired::SYSTEM, "teacher_sample"), "strict_f1_diff", (-1.0, 1));
+    assert_metric(&report, phi(paired::SYSTEM, "teacher_sample"), "strict_f1_diff", (-1.0, 1));
 
     // Missing inputs are skipped and said so.
     assert!(!report.rows.iter().any(|r| r.system == "supervised_reference"));
