@@ -48,6 +48,39 @@ fn bar_label(v: f64) -> String {
     }
 }
 
+/// The opening `<svg>` tag of a chart `width` × `height` px, with its title at `left`.
+fn svg_open(width: f64, height: f64, left: f64, title: &str) -> String {
+    format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" viewBox=\"0 0 {width} {height}\" role=\"img\" font-size=\"11\">\
+         <title>{t}</title><text x=\"{left}\" y=\"16\" font-weight=\"bold\">{t}</text>",
+        t = esc(title)
+    )
+}
+
+/// Horizontal lines and labels at 0, .25, .5, .75 and 1 of a plot `plot_h` px high from `top`.
+fn y_grid(s: &mut String, left: f64, right: f64, top: f64, plot_h: f64) {
+    for tick in [0.0, 0.25, 0.5, 0.75, 1.0] {
+        let y = top + plot_h * (1.0 - tick);
+        let _ = write!(
+            s,
+            "<line x1=\"{left}\" x2=\"{right}\" y1=\"{y}\" y2=\"{y}\" stroke=\"#ddd\"/><text x=\"{}\" y=\"{}\" text-anchor=\"end\">{tick:.2}</text>",
+            left - 4.0,
+            y + 4.0
+        );
+    }
+}
+
+/// One legend line: a colour swatch and the series name, at height `y`.
+fn legend_entry(s: &mut String, left: f64, y: f64, color: &str, name: &str) {
+    let _ = write!(
+        s,
+        "<rect x=\"{left}\" y=\"{y}\" width=\"10\" height=\"10\" fill=\"{color}\"/><text x=\"{}\" y=\"{}\">{}</text>",
+        left + 14.0,
+        y + 9.0,
+        esc(name)
+    );
+}
+
 /// A grouped bar chart of values in [0, 1]; `groups[i].1[j]` is series `j` of group `i`.
 pub struct Chart {
     pub title: String,
@@ -63,21 +96,8 @@ impl Chart {
         let group_w = (self.series.len() as f64 * bar_w + 24.0).max(100.0);
         let width = (left + self.groups.len() as f64 * group_w + 20.0).max(360.0);
         let height = top + plot_h + 34.0 + self.series.len() as f64 * 16.0;
-        let mut s = format!(
-            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" viewBox=\"0 0 {width} {height}\" role=\"img\" font-size=\"11\">\
-             <title>{t}</title><text x=\"{left}\" y=\"16\" font-weight=\"bold\">{t}</text>",
-            t = esc(&self.title)
-        );
-        for tick in [0.0, 0.25, 0.5, 0.75, 1.0] {
-            let y = top + plot_h * (1.0 - tick);
-            let _ = write!(
-                s,
-                "<line x1=\"{left}\" x2=\"{}\" y1=\"{y}\" y2=\"{y}\" stroke=\"#ddd\"/><text x=\"{}\" y=\"{}\" text-anchor=\"end\">{tick:.2}</text>",
-                width - 10.0,
-                left - 4.0,
-                y + 4.0
-            );
-        }
+        let mut s = svg_open(width, height, left, &self.title);
+        y_grid(&mut s, left, width - 10.0, top, plot_h);
         for (gi, (label, values)) in self.groups.iter().enumerate() {
             let x0 = left + gi as f64 * group_w + (group_w - values.len() as f64 * bar_w) / 2.0;
             for (si, v) in values.iter().enumerate() {
@@ -105,15 +125,7 @@ impl Chart {
             );
         }
         for (si, name) in self.series.iter().enumerate() {
-            let y = top + plot_h + 26.0 + si as f64 * 16.0;
-            let _ = write!(
-                s,
-                "<rect x=\"{left}\" y=\"{y}\" width=\"10\" height=\"10\" fill=\"{}\"/><text x=\"{}\" y=\"{}\">{}</text>",
-                COLORS[si % COLORS.len()],
-                left + 14.0,
-                y + 9.0,
-                esc(name)
-            );
+            legend_entry(&mut s, left, top + plot_h + 26.0 + si as f64 * 16.0, COLORS[si % COLORS.len()], name);
         }
         s.push_str("</svg>");
         s
@@ -138,21 +150,8 @@ impl Lines {
         let (width, height) = (left + plot_w + 20.0, top + plot_h + 40.0 + self.series.len() as f64 * 16.0);
         let max_x = self.series.iter().flat_map(|(_, p)| p.iter().map(|q| q.0)).fold(0.0, f64::max).max(1.0);
         let (px, py) = (|x: f64| left + plot_w * x / max_x, |y: f64| top + plot_h * (1.0 - y.clamp(0.0, 1.0)));
-        let mut s = format!(
-            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" viewBox=\"0 0 {width} {height}\" role=\"img\" font-size=\"11\">\
-             <title>{t}</title><text x=\"{left}\" y=\"16\" font-weight=\"bold\">{t}</text>",
-            t = esc(&self.title)
-        );
-        for tick in [0.0, 0.25, 0.5, 0.75, 1.0] {
-            let y = py(tick);
-            let _ = write!(
-                s,
-                "<line x1=\"{left}\" x2=\"{}\" y1=\"{y}\" y2=\"{y}\" stroke=\"#ddd\"/><text x=\"{}\" y=\"{}\" text-anchor=\"end\">{tick:.2}</text>",
-                left + plot_w,
-                left - 4.0,
-                y + 4.0
-            );
-        }
+        let mut s = svg_open(width, height, left, &self.title);
+        y_grid(&mut s, left, left + plot_w, top, plot_h);
         for x in [0.0, max_x / 2.0, max_x] {
             let _ =
                 write!(s, "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{x:.0}</text>", px(x), top + plot_h + 14.0);
@@ -179,14 +178,7 @@ impl Lines {
                     esc(tip)
                 );
             }
-            let y = top + plot_h + 36.0 + si as f64 * 16.0;
-            let _ = write!(
-                s,
-                "<rect x=\"{left}\" y=\"{y}\" width=\"10\" height=\"10\" fill=\"{color}\"/><text x=\"{}\" y=\"{}\">{}</text>",
-                left + 14.0,
-                y + 9.0,
-                esc(name)
-            );
+            legend_entry(&mut s, left, top + plot_h + 36.0 + si as f64 * 16.0, color, name);
         }
         s.push_str("</svg>");
         s
