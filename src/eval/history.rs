@@ -16,13 +16,12 @@ use arrow::array::{ArrayRef, Float64Array, Int64Array, StringArray};
 use arrow::record_batch::RecordBatch;
 
 use super::report::{EvalReport, headline_family};
-use super::systems::System;
+use super::systems::{System, TeacherCalls};
 use super::{SUBSET_ALL, SUBSET_TEACHER_SAMPLE};
-use crate::columns::{TableStream, read_all};
 use crate::error::{Error, Result};
 use crate::run_dir::{RunDir, batch, concat};
+use crate::schema::EVAL_HISTORY as SCHEMA;
 use crate::schema::table::EVAL_HISTORY;
-use crate::schema::{EVAL_HISTORY as SCHEMA, split, table};
 
 /// A task's silver set as the run directory holds it.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -35,41 +34,14 @@ pub struct Silver {
     pub teacher_hours: f64,
 }
 
-/// [`Silver`] per task; empty without `teacher_calls`.
-pub fn silver(run_dir: &RunDir) -> Result<HashMap<String, Silver>> {
-    if !run_dir.has_table(table::TEACHER_CALLS) {
-        return Ok(HashMap::new());
-    }
-    let mut dev = HashSet::new();
-    if run_dir.has_table(table::DOCUMENTS) {
-        for cols in TableStream::open(run_dir, table::DOCUMENTS, 8192)? {
-            let cols = cols?;
-            let (doc, split_col) = (cols.doc_id()?, cols.str("split")?);
-            dev.extend((0..cols.len()).filter(|&r| split_col.value(r) == split::DEV).map(|r| doc.value(r).to_string()));
-        }
-    }
-    let mut sentences: HashMap<String, HashSet<(String, i32)>> = HashMap::new();
-    let mut out: HashMap<String, Silver> = HashMap::new();
-    for cols in read_all(run_dir, table::TEACHER_CALLS)? {
-        let (task, doc, sent, status) = (cols.str("task")?, cols.doc_id()?, cols.sent_id()?, cols.str("status")?);
-        let (cached, latency) = (cols.bool("cached")?, cols.f64("latency_ms")?);
-        for r in 0..cols.len() {
-            let entry = out.entry(task.value(r).to_string()).or_default();
-            if !cached.value(r) {
-                entry.teacher_hours += latency.value(r) / 3.6e6;
-            }
-            if status.value(r) == "ok" && !dev.contains(doc.value(r)) {
-                sentences
-                    .entry(task.value(r).to_string())
-                    .or_default()
-                    .insert((doc.value(r).to_string(), sent.value(r)));
-            }
-        }
-    }
-    for (task, s) in sentences {
-        out.entry(task).or_default().sentences = s.len() as i64;
-    }
-    Ok(out)
+/// [`Silver`] per task, from the evaluation's reading of `teacher_calls`; `dev`: the gold dev
+/// documents, which training never reads.
+pub fn silver(calls: &HashMap<String, TeacherCalls>, dev: &HashSet<String>) -> HashMap<String, Silver> {
+    let of = |c: &TeacherCalls| Silver {
+        sentences: c.answering.keys().filter(|(doc, _)| !dev.contains(doc)).count() as i64,
+        teacher_hours: c.teacher_hours,
+    };
+    calls.iter().map(|(task, c)| (task.clone(), of(c))).collect()
 }
 
 /// One point of a learning curve: a headline F1 at an evaluation.

@@ -29,7 +29,7 @@ pub mod report;
 pub mod systems;
 pub mod viewer;
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -321,7 +321,13 @@ pub fn run_with_context(
         EvalReport { run_id: run_id.to_string(), split: split.to_string(), rows, notes, extra, curve: vec![] };
     run_dir.write_table(tables::EVAL_RESULTS, EVAL_RESULTS.clone(), &[report.batch()?])?;
     let evaluated_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    report.curve = history::append(run_dir, &report, &history::silver(run_dir)?, &evaluated_at)?;
+    let dev = if run_dir.has_table(tables::DOCUMENTS) {
+        crate::columns::documents_in_split(run_dir, crate::schema::split::DEV)?
+    } else {
+        HashSet::new()
+    };
+    let silver = history::silver(calls.as_ref().unwrap_or(&HashMap::new()), &dev);
+    report.curve = history::append(run_dir, &report, &silver, &evaluated_at)?;
     if cfg.report {
         report.write_reports(run_dir.root())?;
     }

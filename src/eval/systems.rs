@@ -69,12 +69,14 @@ impl System {
 }
 
 /// The sentences the teacher was asked about for one task and those it answered (`ok`), by
-/// its first pass; and how many passes answered each sentence.
+/// its first pass; how many passes answered each sentence; and the latency of every call that
+/// reached the teacher (not cached), in hours.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct TeacherCalls {
     pub labeled: HashSet<SentKey>,
     pub ok: HashSet<SentKey>,
     pub answering: HashMap<SentKey, usize>,
+    pub teacher_hours: f64,
 }
 
 /// `teacher_calls` by task; `None` when the table is missing.
@@ -83,9 +85,12 @@ pub fn teacher_calls(run_dir: &RunDir) -> Result<Option<HashMap<String, TeacherC
     let mut out: HashMap<String, TeacherCalls> = HashMap::new();
     for c in &batches {
         let (task, doc, sent, status) = (c.str("task")?, c.doc_id()?, c.sent_id()?, c.str("status")?);
-        let pass = c.i32("pass")?;
+        let (pass, cached, latency) = (c.i32("pass")?, c.bool("cached")?, c.f64("latency_ms")?);
         for i in 0..c.len() {
             let calls = out.entry(task.value(i).to_string()).or_default();
+            if !cached.value(i) {
+                calls.teacher_hours += latency.value(i) / 3.6e6;
+            }
             let key = (doc.value(i).to_string(), sent.value(i));
             if status.value(i) == "ok" {
                 *calls.answering.entry(key.clone()).or_default() += 1;

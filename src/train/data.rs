@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::columns::{TableStream, opt_i32, opt_str, read_all};
+use crate::columns::{TableStream, documents_in_split, opt_i32, opt_str, read_all};
 use crate::error::Result;
 use crate::run_dir::RunDir;
 use crate::schema::{split, table};
@@ -136,7 +136,7 @@ pub fn silver(run_dir: &RunDir, task: Task, filters: &SilverFilters) -> Result<(
         }
     }
     // The teacher also labels gold dev sentences, to be scored; those never train the student.
-    let dev = dev_documents(run_dir)?;
+    let dev = documents_in_split(run_dir, split::DEV)?;
     let before = ok.len();
     ok.retain(|(doc, _), _| !dev.contains(doc));
     stats.dropped_dev_sentences = before - ok.len();
@@ -292,21 +292,6 @@ impl<'a> SilverColumns<'a> {
 }
 
 /// Look up the text of every sentence in `wanted`, streaming the (possibly large) sentences table.
-/// Documents in the gold `dev` split.
-fn dev_documents(run_dir: &RunDir) -> Result<HashSet<String>> {
-    let mut dev = HashSet::new();
-    for cols in TableStream::open(run_dir, table::DOCUMENTS, 8192)? {
-        let cols = cols?;
-        let (doc, split_col) = (cols.doc_id()?, cols.str("split")?);
-        for row in 0..cols.len() {
-            if split_col.value(row) == split::DEV {
-                dev.insert(doc.value(row).to_string());
-            }
-        }
-    }
-    Ok(dev)
-}
-
 fn fill_texts(run_dir: &RunDir, wanted: &mut BTreeMap<(String, i32), LabeledSentence>) -> Result<()> {
     for cols in TableStream::open(run_dir, table::SENTENCES, 8192)? {
         let cols = cols?;
@@ -371,16 +356,8 @@ pub(super) fn train_sentences_of(
     run_dir: &RunDir,
     docs: &HashSet<String>,
 ) -> Result<BTreeMap<(String, i32), (usize, LabeledSentence)>> {
-    let mut train_docs = HashSet::new();
-    for cols in TableStream::open(run_dir, table::DOCUMENTS, 8192)? {
-        let cols = cols?;
-        let (doc, split_col) = (cols.doc_id()?, cols.str("split")?);
-        for row in 0..cols.len() {
-            if split_col.value(row) == split::TRAIN && docs.contains(doc.value(row)) {
-                train_docs.insert(doc.value(row).to_string());
-            }
-        }
-    }
+    let mut train_docs = documents_in_split(run_dir, split::TRAIN)?;
+    train_docs.retain(|doc| docs.contains(doc));
     let mut out = BTreeMap::new();
     for cols in TableStream::open(run_dir, table::SENTENCES, 8192)? {
         let cols = cols?;
