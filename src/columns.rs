@@ -166,6 +166,14 @@ impl Columns {
         self.column(name)?.as_primitive_opt::<Float64Type>().ok_or_else(|| self.wrong_type(name, "Float64"))
     }
 
+    /// A column that tables written before it existed lack.
+    pub fn f64_if_present(&self, name: &str) -> Result<Option<&Float64Array>> {
+        if self.batch.column_by_name(name).is_none() {
+            return Ok(None);
+        }
+        self.f64(name).map(Some)
+    }
+
     pub fn bool(&self, name: &str) -> Result<&BooleanArray> {
         self.column(name)?.as_any().downcast_ref().ok_or_else(|| self.wrong_type(name, "Boolean"))
     }
@@ -177,6 +185,11 @@ impl Columns {
 
 /// Value of a nullable column at `row`.
 pub fn opt_i32(array: &Int32Array, row: usize) -> Option<i32> {
+    array.is_valid(row).then(|| array.value(row))
+}
+
+/// Value of a nullable float column at `row`.
+pub fn opt_f64(array: &Float64Array, row: usize) -> Option<f64> {
     array.is_valid(row).then(|| array.value(row))
 }
 

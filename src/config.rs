@@ -114,6 +114,7 @@ impl PipelineConfig {
         EvalConfig {
             extracted_sources: self.extract.sources.iter().map(|(t, s)| (t.as_str().to_string(), s.clone())).collect(),
             extracted_splits: self.extract.splits.clone(),
+            min_teacher_confidence: self.train.filters.min_teacher_confidence,
             ..self.eval.clone()
         }
     }

@@ -165,7 +165,8 @@ pub static QUARANTINE: LazyLock<SchemaRef> = LazyLock::new(|| {
 /// is one of `exact`, `case_insensitive`, `fuzzy`, `unaligned`. For spans only the `subject_*`
 /// columns are set; for pairs `subject` is the anchor (drug, gene) and `object` the related
 /// span (adverse event, disease). Sentences the teacher labeled with nothing have no rows here
-/// but an `ok` row in `teacher_calls`.
+/// but an `ok` row in `teacher_calls`. `confidence` is the teacher's, in (0, 1], when it was
+/// asked for token log probabilities (`teacher.logprobs`; [`crate::teacher::confidence`]).
 pub static TEACHER_LABELS: LazyLock<SchemaRef> = LazyLock::new(|| {
     Arc::new(Schema::new(vec![
         utf8("task"),
@@ -187,6 +188,7 @@ pub static TEACHER_LABELS: LazyLock<SchemaRef> = LazyLock::new(|| {
         utf8("cache_key"),
         int32("pass"),
         utf8_null("first_run"),
+        Field::new("confidence", DataType::Float64, true),
     ]))
 });
 

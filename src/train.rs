@@ -194,6 +194,12 @@ impl TrainConfig {
                         keeps the labels passes share, per-pass examples keep each pass's own"
                 .into());
         }
+        if !(0.0..=1.0).contains(&self.filters.min_teacher_confidence) {
+            return bad(format!(
+                "filters.min_teacher_confidence {} outside [0, 1] (a probability)",
+                self.filters.min_teacher_confidence
+            ));
+        }
         Ok(())
     }
 

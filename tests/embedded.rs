@@ -5,7 +5,7 @@
 //! Settings come from the environment, so the binary's `BIODISTILL_*` overrides are checked too.
 
 use crate::pipeline::{QUICK, manifest_column, pipeline_file, repo, write_corpus};
-use crate::util::{biodistill_env, column_strings, stderr, stdout};
+use crate::util::{biodistill_env, column_strings, sql_csv, stderr, stdout};
 
 const GGUF: &str = "SmolLM2-135M-Instruct.Q4_1";
 
@@ -55,4 +55,19 @@ fn an_embedded_teacher_run_publishes_and_its_answers_plan_as_cached() {
     // Without the overrides the seed is back at its default: other requests, none cached. So
     // the variables did reach the configuration through the binary.
     assert_eq!(planned(&plan(&[])), (3, 0, 3));
+
+    // Token log probabilities are part of the request: asking for them asks again, and every
+    // label then carries the teacher's confidence, a probability.
+    let with_logprobs = [env.as_slice(), &[("BIODISTILL_TEACHER_LOGPROBS", "true")]].concat();
+    assert_eq!(planned(&plan(&with_logprobs)), (3, 0, 3));
+    let out = biodistill_env(tmp.path(), &["-c", file, "label"], &with_logprobs);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let run = biodistill::run_dir::RunDir::open(&run).unwrap();
+    let query = "SELECT count(*) AS labels, count(confidence) AS scored, \
+                 coalesce(bool_and(confidence > 0 AND confidence <= 1), true) AS probabilities FROM teacher_labels";
+    let csv = sql_csv(&run, query);
+    let row: Vec<&str> = csv.lines().nth(1).unwrap().split(',').collect();
+    println!("{csv}");
+    assert_ne!(row[0], "0", "SmolLM2 labels something in these sentences: {csv}");
+    assert_eq!((row[0], row[2]), (row[1], "true"), "every label scored, each a probability: {csv}");
 }

@@ -187,6 +187,7 @@ fn teacher(run_dir: &RunDir) {
             s(&["k1", "k1", "k2", "k3"]),
             i(&[0; 4]),
             os(&[Some("r0"); 4]),
+            Arc::new(Float64Array::from(vec![Some(0.9), None, Some(0.4), Some(0.8)])),
         ],
     );
 }

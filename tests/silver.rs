@@ -71,6 +71,11 @@ pub fn write_documents(run: &RunDir, docs: &[(&str, &str)], split: &dyn Fn(&str)
 
 /// Write the four tables; every sentence gets an `ok` teacher call for every task.
 pub fn write_silver_run(run: &RunDir, docs: &[(&str, &str)], labels: &[Label]) {
+    write_scored_silver_run(run, docs, labels, &vec![None; labels.len()]);
+}
+
+/// [`write_silver_run`] with the teacher's confidence in each label.
+pub fn write_scored_silver_run(run: &RunDir, docs: &[(&str, &str)], labels: &[Label], confidence: &[Option<f64>]) {
     write_documents(run, docs, &|_| "unlabeled");
     let sents = sentences(docs);
     let batch = RecordBatch::try_new(
@@ -115,6 +120,7 @@ pub fn write_silver_run(run: &RunDir, docs: &[(&str, &str)], labels: &[Label]) {
             strings(vec!["key"; n]),
             ints(vec![0; n]),
             opt_strings(vec![Some("toy-run"); n]),
+            Arc::new(Float64Array::from(confidence.to_vec())),
         ],
     )
     .unwrap();

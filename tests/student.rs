@@ -13,7 +13,7 @@ use biodistill::schema::{self, table};
 use biodistill::text::char_slice;
 use biodistill::vocab::Task;
 
-use crate::silver::{Label, find, sentences, write_documents, write_silver_run};
+use crate::silver::{Label, find, sentences, write_documents, write_scored_silver_run, write_silver_run};
 use crate::util::block_on;
 use biodistill::train::{self, TrainConfig};
 
@@ -287,6 +287,37 @@ fn dev_documents_never_train_and_long_sentences_are_windowed() {
     let distinct: std::collections::HashSet<(&str, i32, i32)> =
         (0..ade.num_rows()).map(|r| (docs.value(r), drugs[r], effects[r])).collect();
     assert_eq!(distinct.len(), ade.num_rows(), "a pair reported by two overlapping windows");
+}
+
+/// `train.filters.min_teacher_confidence` drops exactly the labels the teacher scored below it,
+/// keeps (and counts) the ones it has no score for, and is off at 0.
+#[test]
+fn the_confidence_filter_drops_labels_scored_below_it_and_keeps_unscored_ones() {
+    use biodistill::train::data::{SilverFilters, silver};
+    let tmp = tempfile::tempdir().unwrap();
+    let run = RunDir::create(tmp.path()).unwrap();
+    // The four ADE pairs: 0.9, 0.3, unscored, 0.6; every other label 0.95.
+    let mut confidence = vec![Some(0.95); LABELS.len()];
+    confidence[..4].copy_from_slice(&[Some(0.9), Some(0.3), None, Some(0.6)]);
+    write_scored_silver_run(&run, DOCS, LABELS, &confidence);
+    let pairs = |threshold: f64| {
+        let filters = SilverFilters { min_teacher_confidence: threshold, ..Default::default() };
+        let (sentences, stats) = silver(&run, Task::Ade, &filters).unwrap();
+        let mut kept: Vec<String> = sentences
+            .iter()
+            .flat_map(|s| {
+                s.pairs.iter().map(move |p| s.text.chars().skip(p.1.start).take(p.1.end - p.1.start).collect())
+            })
+            .collect();
+        kept.sort();
+        (kept, stats.dropped_low_confidence, stats.unscored_confidence)
+    };
+    let all = pairs(0.0);
+    assert_eq!((all.0.len(), all.1, all.2), (4, 0, 0), "off: nothing dropped or counted");
+    assert_eq!(pairs(0.5), (vec!["nausea".into(), "rash".into(), "severe nausea".into()], 1, 1));
+    assert_eq!(pairs(0.95), (vec!["rash".into()], 3, 1), "only the unscored pair is left");
+    let bad = TrainConfig { filters: SilverFilters { min_teacher_confidence: 1.5, ..Default::default() }, ..overfit() };
+    assert!(train::run(&bad, &run).unwrap_err().to_string().contains("min_teacher_confidence"));
 }
 
 /// `ade_pairs`, `gene_disease_pairs`, `phi_spans` and `redact` over the `sentences` (and

@@ -70,6 +70,10 @@ pub struct EvalConfig {
     /// The splits the students were run over (empty: every split).
     #[serde(skip)]
     pub extracted_splits: Vec<String>,
+    /// `train.filters.min_teacher_confidence`: the `teacher_confident` system scores the
+    /// labels that filter keeps.
+    #[serde(skip)]
+    pub min_teacher_confidence: f64,
 }
 
 impl Default for EvalConfig {
@@ -80,6 +84,7 @@ impl Default for EvalConfig {
             report: true,
             extracted_sources: BTreeMap::new(),
             extracted_splits: Vec::new(),
+            min_teacher_confidence: 0.0,
         }
     }
 }
@@ -235,7 +240,15 @@ pub fn run_with_context(
             if system == System::PhiRules && *task != "phi" {
                 continue;
             }
-            let preds = match predictions(run_dir, system, task, &sentences, task_calls, labels.as_deref())? {
+            let preds = match predictions(
+                run_dir,
+                system,
+                task,
+                &sentences,
+                task_calls,
+                labels.as_deref(),
+                cfg.min_teacher_confidence,
+            )? {
                 Some(preds) => preds,
                 None => {
                     if !system.is_teacher() {
@@ -351,18 +364,21 @@ fn predictions(
     sentences: &Sentences,
     calls: Option<&TeacherCalls>,
     labels: Option<&[TeacherLabel]>,
+    min_teacher_confidence: f64,
 ) -> Result<Option<Preds>> {
     if system.is_teacher() {
         let (Some(calls), Some(labels)) = (calls, labels) else { return Ok(None) };
-        let agreed;
+        let subset;
         let labels = match system {
-            System::TeacherAgreed => match systems::agreed_labels(labels, task, calls) {
-                Some(l) => {
-                    agreed = l;
-                    &agreed
-                }
-                None => return Ok(None),
-            },
+            System::TeacherAgreed | System::TeacherConfident => {
+                let kept = match system {
+                    System::TeacherAgreed => systems::agreed_labels(labels, task, calls),
+                    _ => systems::confident_labels(labels, task, min_teacher_confidence),
+                };
+                let Some(kept) = kept else { return Ok(None) };
+                subset = kept;
+                &subset
+            }
             _ => labels,
         };
         return Ok(Some(match task {

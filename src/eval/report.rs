@@ -327,7 +327,7 @@ fn learning_curve(curve: &[Point], out: &mut Vec<Block>) {
 const CONVENTIONS: [&str; 4] = [
     "- n is the denominator: predictions for P, gold items for R and F1 (the summary's n), documents for a macro average, rows for accuracy, gold tokens for token_recall.",
     "- An undefined ratio (P with no predictions, R with no gold) is reported as 0 with n = 0, shown as – here.",
-    "- Subsets: all = every gold sentence or document of the split; teacher_sample = only the sentences the teacher was asked about (a failed call counts as an empty answer). The teacher is scored on teacher_sample only; compare systems there. teacher_agreed (with label.passes >= 2) = the labels two or more passes agree on, the silver set train.filters.require_agreement trains on.",
+    "- Subsets: all = every gold sentence or document of the split; teacher_sample = only the sentences the teacher was asked about (a failed call counts as an empty answer). The teacher is scored on teacher_sample only; compare systems there. teacher_agreed (with label.passes >= 2) = the labels two or more passes agree on, the silver set train.filters.require_agreement trains on. teacher_confident (with teacher.logprobs and train.filters.min_teacher_confidence > 0) = the labels the teacher gave with at least that confidence, the silver set that filter trains on.",
     "- Matching is one-to-one after removing duplicates; strict = exact offsets, lenient = overlapping offsets (or equal normalized text for an unaligned teacher string).",
 ];
 

@@ -12,7 +12,7 @@ use arrow::array::{Array, Int32Array};
 
 use super::load::{SentKey, Sentences, read_opt};
 use super::metrics::Mention;
-use crate::columns::{TableStream, opt_i32, opt_str};
+use crate::columns::{TableStream, opt_f64, opt_i32, opt_str};
 use crate::error::Result;
 use crate::extract::{SUPERVISED_REFERENCE_SUFFIX, recognizers};
 use crate::run_dir::RunDir;
@@ -27,6 +27,10 @@ pub enum System {
     /// silver set `train.filters.require_agreement` trains on. Scored only where a second pass
     /// exists.
     TeacherAgreed,
+    /// The teacher's labels it gave with at least `train.filters.min_teacher_confidence` (the
+    /// silver set that filter trains on). Scored only when the filter is on and some label of
+    /// the task has a confidence.
+    TeacherConfident,
     Student,
     SupervisedReference,
     /// Every PHI pattern recognizer alone ([`crate::extract::recognizers`]), without the
@@ -36,13 +40,20 @@ pub enum System {
 }
 
 impl System {
-    pub const ALL: [System; 5] =
-        [System::Teacher, System::TeacherAgreed, System::Student, System::SupervisedReference, System::PhiRules];
+    pub const ALL: [System; 6] = [
+        System::Teacher,
+        System::TeacherAgreed,
+        System::TeacherConfident,
+        System::Student,
+        System::SupervisedReference,
+        System::PhiRules,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             System::Teacher => "teacher",
             System::TeacherAgreed => "teacher_agreed",
+            System::TeacherConfident => "teacher_confident",
             System::Student => "student",
             System::SupervisedReference => "supervised_reference",
             System::PhiRules => "phi_rules",
@@ -56,14 +67,14 @@ impl System {
 
     /// The teacher's labels rather than an extracted table: scored on the teacher's sample only.
     pub fn is_teacher(self) -> bool {
-        matches!(self, System::Teacher | System::TeacherAgreed)
+        matches!(self, System::Teacher | System::TeacherAgreed | System::TeacherConfident)
     }
 
     /// The output table of this system for the student table `base` (`ade_relations`, …).
     pub fn table(self, base: &str) -> String {
         match self {
             System::SupervisedReference => format!("{base}{SUPERVISED_REFERENCE_SUFFIX}"),
-            System::Teacher | System::TeacherAgreed | System::Student | System::PhiRules => base.to_string(),
+            _ => base.to_string(),
         }
     }
 }
@@ -119,6 +130,8 @@ pub struct TeacherLabel {
     pub object: Option<Mention>,
     /// The labeling pass (`label.passes`; 0 is the teacher as configured).
     pub pass: i32,
+    /// The teacher's confidence (`teacher.logprobs`), when it has one.
+    pub confidence: Option<f64>,
 }
 
 /// `teacher_labels`; `None` when the table is missing.
@@ -130,7 +143,7 @@ pub fn teacher_labels(run_dir: &RunDir) -> Result<Option<Vec<TeacherLabel>>> {
         let (subject_type, subject, ss, se) =
             (c.str("subject_type")?, c.str("subject")?, c.i32("subject_start")?, c.i32("subject_end")?);
         let (object, os, oe) = (c.str("object")?, c.i32("object_start")?, c.i32("object_end")?);
-        let pass = c.i32("pass")?;
+        let (pass, confidence) = (c.i32("pass")?, c.f64_if_present("confidence")?);
         for i in 0..c.len() {
             let span = |s: &Int32Array, e: &Int32Array, i| opt_i32(s, i).zip(opt_i32(e, i));
             let object = match (kind.value(i), opt_str(object, i)) {
@@ -145,6 +158,7 @@ pub fn teacher_labels(run_dir: &RunDir) -> Result<Option<Vec<TeacherLabel>>> {
                 subject: Mention::new(span(ss, se, i), subject.value(i)),
                 object,
                 pass: pass.value(i),
+                confidence: confidence.and_then(|c| opt_f64(c, i)),
             });
         }
     }
@@ -194,6 +208,17 @@ pub fn agreed_labels(labels: &[TeacherLabel], task: &str, calls: &TeacherCalls) 
         out.extend(kept.into_iter().map(|vote| TeacherLabel { pass: 0, ..first[&vote].clone() }));
     }
     Some(out)
+}
+
+/// The labels of `task` given with at least `threshold` confidence (what
+/// `train.filters.min_teacher_confidence` trains on); `None` when the filter is off or no label
+/// of `task` has a confidence.
+pub fn confident_labels(labels: &[TeacherLabel], task: &str, threshold: f64) -> Option<Vec<TeacherLabel>> {
+    let of_task = || labels.iter().filter(move |l| l.task == task);
+    if threshold <= 0.0 || of_task().all(|l| l.confidence.is_none()) {
+        return None;
+    }
+    Some(of_task().filter(|l| l.confidence.is_none_or(|p| p >= threshold)).cloned().collect())
 }
 
 /// The teacher's (first pass's) pairs for `task` in the sentences it answered (`ok`).
@@ -329,6 +354,7 @@ mod tests {
             subject: Mention::new(Some((2, 5)), "Ana"),
             object,
             pass: 0,
+            confidence: None,
         };
         let labels = vec![
             label(1, Some(Mention::new(None, "rash")), "drug"),
@@ -356,6 +382,7 @@ mod tests {
             subject: Mention::new(Some((0, drug.len() as i32)), drug),
             object: Some(Mention::new(Some((10, 10 + effect.len() as i32)), effect)),
             pass,
+            confidence: None,
         };
         let labels = vec![
             pair(0, 0, "aspirin", "rash"),
@@ -375,6 +402,17 @@ mod tests {
         );
         let ok = HashSet::from([("d".to_string(), 0), ("d".to_string(), 1)]);
         assert_eq!(teacher_pairs(&labels, "ade", &ok).len(), 3, "the teacher system is pass 0 alone");
+
+        // Confident labels: at or above the threshold, or without a confidence.
+        assert_eq!(confident_labels(&labels, "ade", 0.5), None, "no label has a confidence");
+        let mut scored = labels.clone();
+        for (l, p) in scored.iter_mut().zip([Some(0.9), Some(0.5), Some(0.2), None]) {
+            l.confidence = p;
+        }
+        assert_eq!(confident_labels(&scored, "ade", 0.0), None, "the filter is off");
+        let kept = confident_labels(&scored, "ade", 0.5).unwrap();
+        assert_eq!(kept.iter().map(|l| l.confidence).collect::<Vec<_>>(), [Some(0.9), Some(0.5), None]);
+        assert_eq!(confident_labels(&scored, "phi", 0.5), None, "another task's confidences");
     }
 
     #[test]
@@ -383,7 +421,7 @@ mod tests {
         assert_eq!(System::SupervisedReference.table("phi_spans"), "phi_spans_supervised_reference");
         assert_eq!(
             System::ALL.map(System::as_str),
-            ["teacher", "teacher_agreed", "student", "supervised_reference", "phi_rules"]
+            ["teacher", "teacher_agreed", "teacher_confident", "student", "supervised_reference", "phi_rules"]
         );
     }
 }

@@ -57,6 +57,11 @@ pub struct CachedReply {
     /// batch price, in this run and in any later one that reads it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch_id: Option<String>,
+    /// Each reply token's UTF-8 length in bytes and log probability, when the request asked
+    /// for them (`teacher.logprobs`) and the server returned them: the teacher's confidence
+    /// in each label ([`super::confidence`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_logprobs: Option<Vec<(u32, f32)>>,
 }
 
 impl CachedReply {
@@ -318,6 +323,7 @@ mod tests {
             first_run: None,
             max_tokens: None,
             batch_id: None,
+            token_logprobs: None,
         }
     }
 

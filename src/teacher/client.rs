@@ -216,6 +216,13 @@ pub(super) fn reply_of(response: CreateChatCompletionResponse, latency: Duration
     let choice =
         response.choices.into_iter().next().ok_or_else(|| TeacherError::Transport("reply has no choices".into()))?;
     let usage = response.usage.unwrap_or_default();
+    // Servers that do not send `bytes` (it is optional) send the token text.
+    let token_logprobs = choice.logprobs.and_then(|l| l.content).map(|tokens| {
+        let length = |t: &async_openai::types::chat::ChatCompletionTokenLogprob| {
+            t.bytes.as_ref().map_or(t.token.len(), Vec::len) as u32
+        };
+        tokens.iter().map(|t| (length(t), t.logprob)).collect()
+    });
     Ok(CachedReply {
         content: choice.message.content.or(choice.message.refusal).unwrap_or_default(),
         prompt_tokens: u64::from(usage.prompt_tokens),
@@ -226,6 +233,7 @@ pub(super) fn reply_of(response: CreateChatCompletionResponse, latency: Duration
         first_run: None,
         max_tokens: None,
         batch_id: None,
+        token_logprobs,
     })
 }
 

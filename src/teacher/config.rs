@@ -68,6 +68,13 @@ pub struct TeacherConfig {
     /// Ask the embedded teacher for grounded decoding (sent as request metadata; never to
     /// other endpoints): the reply is valid JSON and every string in it occurs in the sentence.
     pub grounded: bool,
+    /// Ask for each reply token's log probability (`logprobs: true`) and keep them in the
+    /// cache, so every label gets a teacher confidence (`teacher_labels.confidence`,
+    /// `train.filters.min_teacher_confidence`). Part of the request, so turning it on asks
+    /// again for answers cached without it. Left off, it is not serialized (config hashes of
+    /// earlier runs hold).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub logprobs: bool,
     /// Price per model name; a model missing here costs 0 and the report says so.
     pub prices: BTreeMap<String, Price>,
     /// The reply cache (one redb file). Default: `teacher_cache.redb` in the run directory.
@@ -111,6 +118,7 @@ impl Default for TeacherConfig {
             seed: Some(0),
             json_schema: true,
             grounded: true,
+            logprobs: false,
             prices: BTreeMap::new(),
             cache_path: None,
             prompts_dir: PathBuf::from("pipelines/prompts"),

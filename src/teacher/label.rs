@@ -10,6 +10,7 @@ use tokio::sync::{OnceCell, Semaphore};
 use super::batch::Collector;
 use super::cache::{Cache, CachedReply, RequestKey};
 use super::client::TeacherClient;
+use super::confidence::Confidences;
 use super::config::TeacherConfig;
 use super::ground::{Alignment, Grounder, Grounding, nearest_pair};
 use super::parse::{self, Mention, TaskOutput};
@@ -51,6 +52,9 @@ pub struct LabelRow {
     pub subject: Side,
     /// Set for pairs only.
     pub object: Option<Side>,
+    /// The teacher's confidence in this label ([`Confidences`]), when its reply came with
+    /// token log probabilities.
+    pub confidence: Option<f64>,
 }
 
 /// Everything recorded about one (task, sentence).
@@ -155,6 +159,7 @@ pub fn build_request(
         temperature: Some(cfg.temperature),
         max_tokens: Some(cfg.max_tokens),
         seed: cfg.seed,
+        logprobs: cfg.logprobs.then_some(true),
         response_format: cfg.json_schema.then(|| ResponseFormat::JsonSchema {
             json_schema: ResponseFormatJsonSchema {
                 description: None,
@@ -316,8 +321,8 @@ impl<'a> Labeler<'a> {
             Ok(reply) => reply,
             Err(e) => return Ok(Some(outcome.fail(Status::Failed, e.to_string()))),
         };
-        let parsed = match parse::parse(task, &reply.content) {
-            Ok(parsed) => parsed,
+        let (parsed, reply) = match parse::parse(task, &reply.content) {
+            Ok(parsed) => (parsed, reply),
             Err(problem) if reply.finish_reason.as_deref() == Some("length") => {
                 // Cut at max_tokens: a re-ask (longer prompt, same budget) would be cut again.
                 let error = TeacherError::Unparseable(format!("{problem}; the reply reached max_tokens"));
@@ -339,7 +344,7 @@ impl<'a> Labeler<'a> {
                     }
                 };
                 match parse::parse(task, &second.content) {
-                    Ok(parsed) => parsed,
+                    Ok(parsed) => (parsed, second),
                     Err(problem) => {
                         let error =
                             TeacherError::Unparseable(format!("{problem}; reply: {}", snippet(&second.content)));
@@ -350,7 +355,9 @@ impl<'a> Labeler<'a> {
         };
         outcome.fenced = parsed.fenced;
         outcome.status = Status::Ok;
-        outcome.rows = ground_output(&parsed.output, &sentence.text, self.passes[pass].fuzzy_threshold);
+        let confidences = Confidences::of_reply(task, &reply.content, reply.token_logprobs.as_deref());
+        let threshold = self.passes[pass].fuzzy_threshold;
+        outcome.rows = ground_output(&parsed.output, &sentence.text, threshold, confidences.as_ref());
         Ok(Some(outcome))
     }
 }
@@ -389,17 +396,24 @@ fn side(m: &Mention, g: &Grounding, span: Option<(usize, usize)>) -> Side {
 }
 
 /// Turn a parsed reply into label rows: one span row per occurrence of each mention (one
-/// unaligned row when it has none), one pair row per relation at its closest occurrences.
-pub fn ground_output(output: &TaskOutput, text: &str, threshold: f64) -> Vec<LabelRow> {
+/// unaligned row when it has none), one pair row per relation at its closest occurrences;
+/// each with its confidence when the reply had them.
+pub fn ground_output(
+    output: &TaskOutput,
+    text: &str,
+    threshold: f64,
+    confidences: Option<&Confidences>,
+) -> Vec<LabelRow> {
     let grounder = Grounder::new(text, threshold);
     let mut rows = Vec::new();
     for m in output.mentions() {
         let g = grounder.ground(&m.text);
+        let confidence = confidences.and_then(|c| c.of_mention(&m));
         if g.spans.is_empty() {
-            rows.push(LabelRow { subject: side(&m, &g, None), object: None });
+            rows.push(LabelRow { subject: side(&m, &g, None), object: None, confidence });
         }
         for &span in &g.spans {
-            rows.push(LabelRow { subject: side(&m, &g, Some(span)), object: None });
+            rows.push(LabelRow { subject: side(&m, &g, Some(span)), object: None, confidence });
         }
     }
     for r in output.relations() {
@@ -408,7 +422,8 @@ pub fn ground_output(output: &TaskOutput, text: &str, threshold: f64) -> Vec<Lab
             Some((s, o)) => (Some(s), Some(o)),
             None => (gs.spans.first().copied(), go.spans.first().copied()),
         };
-        rows.push(LabelRow { subject: side(&r.subject, &gs, s), object: Some(side(&r.object, &go, o)) });
+        let confidence = confidences.and_then(|c| c.of_relation(&r));
+        rows.push(LabelRow { subject: side(&r.subject, &gs, s), object: Some(side(&r.object, &go, o)), confidence });
     }
     rows
 }
@@ -440,7 +455,7 @@ mod tests {
         )
         .unwrap()
         .output;
-        let rows = ground_output(&output, text, 0.8);
+        let rows = ground_output(&output, text, 0.8, None);
         let spans: Vec<_> = rows.iter().filter(|r| r.object.is_none()).collect();
         assert_eq!(spans.iter().filter(|r| r.subject.text == "cisplatin").count(), 2, "both occurrences");
         for r in &rows {

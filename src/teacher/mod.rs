@@ -22,6 +22,7 @@ pub mod agreement;
 pub mod batch;
 pub mod cache;
 pub mod client;
+pub mod confidence;
 pub mod config;
 pub mod ground;
 pub mod informative;

@@ -27,6 +27,7 @@ fn offset(value: usize) -> i32 {
 
 /// `teacher_labels`: one row per label of every ok outcome.
 pub fn labels(outcomes: &[Outcome], model: &str) -> Result<RecordBatch> {
+    let confidence: Vec<Option<f64>> = outcomes.iter().flat_map(|o| o.rows.iter().map(|r| r.confidence)).collect();
     let rows: Vec<(&Outcome, &Side, Option<&Side>)> =
         outcomes.iter().flat_map(|o| o.rows.iter().map(move |r| (o, &r.subject, r.object.as_ref()))).collect();
     let start = |s: Option<&Side>| s.and_then(|s| s.span).map(|(a, _)| offset(a));
@@ -51,6 +52,7 @@ pub fn labels(outcomes: &[Outcome], model: &str) -> Result<RecordBatch> {
         strings(rows.iter().map(|(o, _, _)| o.cache_key.as_str())),
         Arc::new(Int32Array::from_iter_values(rows.iter().map(|(o, _, _)| o.pass as i32))),
         opt_strings(rows.iter().map(|(o, _, _)| o.first_run.as_deref())),
+        Arc::new(Float64Array::from(confidence)),
     ];
     batch(&schema::TEACHER_LABELS, columns)
 }

@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::columns::{TableStream, documents_in_split, opt_i32, opt_str, read_all};
+use crate::columns::{TableStream, documents_in_split, opt_f64, opt_i32, opt_str, read_all};
 use crate::error::Result;
 use crate::run_dir::RunDir;
 use crate::schema::{split, table};
@@ -79,11 +79,25 @@ pub struct SilverFilters {
     /// checkpoints trained before it existed keep their config hash.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub per_pass_examples: bool,
+    /// Drop labels the teacher gave with a confidence below this (`teacher_labels.confidence`,
+    /// needs `teacher.logprobs`); labels without a confidence are kept and counted. 0 = off,
+    /// and then not serialized (config hashes of earlier checkpoints hold).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub min_teacher_confidence: f64,
+}
+
+fn is_zero(value: &f64) -> bool {
+    *value == 0.0
 }
 
 impl Default for SilverFilters {
     fn default() -> Self {
-        Self { min_alignment: MinAlignment::Fuzzy, require_agreement: false, per_pass_examples: false }
+        Self {
+            min_alignment: MinAlignment::Fuzzy,
+            require_agreement: false,
+            per_pass_examples: false,
+            min_teacher_confidence: 0.0,
+        }
     }
 }
 
@@ -99,6 +113,10 @@ pub struct DataStats {
     pub dropped_unknown_type: usize,
     pub dropped_bad_offsets: usize,
     pub dropped_disagreement: usize,
+    /// Below `filters.min_teacher_confidence`.
+    pub dropped_low_confidence: usize,
+    /// Kept by that filter because the teacher's reply had no token log probabilities.
+    pub unscored_confidence: usize,
     /// Gold only: document-level relations (BioRED) or spans crossing a sentence boundary.
     pub dropped_not_sentence_level: usize,
     /// Silver only: teacher-labeled sentences of gold `dev` documents (kept for scoring the
@@ -215,6 +233,8 @@ struct SilverColumns<'a> {
     model: &'a arrow::array::StringArray,
     prompt: &'a arrow::array::StringArray,
     pass: &'a arrow::array::Int32Array,
+    /// Absent in tables written before teacher confidences existed.
+    confidence: Option<&'a arrow::array::Float64Array>,
     sides: [SideColumns<'a>; 2],
 }
 
@@ -244,12 +264,23 @@ impl<'a> SilverColumns<'a> {
             model: cols.str("model")?,
             prompt: cols.str("prompt_version")?,
             pass: cols.i32("pass")?,
+            confidence: cols.f64_if_present("confidence")?,
             sides: [side("subject")?, side("object")?],
         })
     }
 
     /// Row `row` as a label, or `None` (counted) when a filter drops it.
     fn label(&self, row: usize, task: Task, f: &SilverFilters, len: usize, stats: &mut DataStats) -> Option<LabelKey> {
+        if f.min_teacher_confidence > 0.0 {
+            match self.confidence.and_then(|c| opt_f64(c, row)) {
+                Some(p) if p < f.min_teacher_confidence => {
+                    stats.dropped_low_confidence += 1;
+                    return None;
+                }
+                Some(_) => {}
+                None => stats.unscored_confidence += 1,
+            }
+        }
         let is_pair = self.kind.value(row) == "pair";
         let relation = task.relation();
         let span = |side: &SideColumns, type_name: Option<&str>, stats: &mut DataStats| -> Option<CharSpan> {
