@@ -80,7 +80,7 @@ fn students(dir: &Path) -> PathBuf {
         ..Default::default()
     };
     train::run(&cfg, &run).unwrap();
-    run.root().join(train::STUDENT_DIR)
+    run.checkpoints(false)
 }
 
 /// A run directory with `scale` × [`DOCS`] documents.

@@ -208,7 +208,7 @@ fn main() {
     // reference builds and warms its session before timing.
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let extract_cfg = ExtractConfig {
-        checkpoint_dir: Some(run.root().join(train::STUDENT_DIR)),
+        checkpoint_dir: Some(run.checkpoints(false)),
         tasks: vec![Task::Ade],
         batch_size: BATCH_SIZE,
         progress: false,

@@ -398,7 +398,7 @@ async fn sql(cfg: &PipelineConfig, args: SqlArgs) -> Result<()> {
     };
     let run_dir = RunDir::open(&cfg.run.dir)?;
     // The student functions use the run directory's student either way.
-    let students = run_dir.root().join(crate::train::STUDENT_DIR);
+    let students = run_dir.checkpoints(false);
     let tables = if args.published {
         crate::publish::current_tables(&cfg.publish, &run_dir).ok_or_else(|| {
             Error::input(cfg.publish.dir(&run_dir), "nothing is published yet (run `biodistill run` first)")

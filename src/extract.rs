@@ -41,7 +41,6 @@ use crate::model::checkpoint::CheckpointConfig;
 use crate::run_dir::{RunDir, TableSink, batch};
 use crate::schema::{self, table};
 use crate::text::CharIndex;
-use crate::train::{STUDENT_DIR, SUPERVISED_REFERENCE_DIR};
 use crate::vocab::Task;
 
 /// Suffix of the supervised reference's output tables.
@@ -218,9 +217,7 @@ pub async fn run(cfg: &ExtractConfig, run_dir: &RunDir) -> Result<ExtractReport>
     let limits = crate::plan::Limits { batch_rows: cfg.read_rows, ..crate::plan::Limits::mib(cfg.memory_limit_mib) };
     let ctx = cfg.engine.session(run_dir, limits).await?;
     // Absolute: the path is part of the plan, read by whichever machine runs it.
-    let root = cfg.checkpoint_dir.clone().unwrap_or_else(|| {
-        run_dir.root().join(if cfg.supervised_reference { SUPERVISED_REFERENCE_DIR } else { STUDENT_DIR })
-    });
+    let root = cfg.checkpoint_dir.clone().unwrap_or_else(|| run_dir.checkpoints(cfg.supervised_reference));
     let root = std::path::absolute(&root).with_path(&root)?;
     let run_id = cfg
         .run_id

@@ -24,6 +24,12 @@ use crate::error::{Error, IoContext, Result};
 /// that a reader streaming one group at a time keeps memory flat.
 pub const ROW_GROUP_ROWS: usize = 64 * 1024;
 
+/// Checkpoint directory of the distilled student, under the run directory (written by train,
+/// read by extract, the SQL functions and informative selection).
+pub const STUDENT_DIR: &str = "student";
+/// Checkpoint directory of the supervised reference, under the run directory.
+pub const SUPERVISED_REFERENCE_DIR: &str = "student-supervised-reference";
+
 /// A directory of named Parquet tables.
 #[derive(Debug, Clone)]
 pub struct RunDir {
@@ -31,6 +37,11 @@ pub struct RunDir {
 }
 
 impl RunDir {
+    /// The checkpoint root of the distilled student, or of the supervised reference.
+    pub fn checkpoints(&self, supervised_reference: bool) -> PathBuf {
+        self.root().join(if supervised_reference { SUPERVISED_REFERENCE_DIR } else { STUDENT_DIR })
+    }
+
     /// Open (creating if needed) a run directory.
     pub fn create(root: impl Into<PathBuf>) -> Result<Self> {
         let root = root.into();

@@ -40,7 +40,7 @@ pub async fn session(run_dir: &RunDir, students: &Path) -> Result<SessionContext
 
 /// Run one SQL statement (a trailing `;` and `--` comments are fine) and collect its result.
 pub async fn query(run_dir: &RunDir, sql: &str) -> Result<Vec<RecordBatch>> {
-    let ctx = session(run_dir, &run_dir.root().join(crate::train::STUDENT_DIR)).await?;
+    let ctx = session(run_dir, &run_dir.checkpoints(false)).await?;
     let df = ctx.sql(sql).await?;
     Ok(df.collect().await?)
 }

@@ -41,11 +41,6 @@ use crate::model::wordpiece::WordPieces;
 use crate::run_dir::RunDir;
 use crate::vocab::Task;
 
-/// Checkpoint directory of the distilled student, under the run directory.
-pub const STUDENT_DIR: &str = "student";
-/// Checkpoint directory of the supervised reference, under the run directory.
-pub const SUPERVISED_REFERENCE_DIR: &str = "student-supervised-reference";
-
 /// Training configuration (`[train]` in a pipeline file).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -214,9 +209,7 @@ impl TrainConfig {
 
     /// The checkpoint root this config writes.
     pub fn checkpoint_root(&self, run_dir: &RunDir) -> PathBuf {
-        self.output_dir.clone().unwrap_or_else(|| {
-            run_dir.root().join(if self.supervised_reference { SUPERVISED_REFERENCE_DIR } else { STUDENT_DIR })
-        })
+        self.output_dir.clone().unwrap_or_else(|| run_dir.checkpoints(self.supervised_reference))
     }
 }
 

@@ -109,7 +109,7 @@ fn trains_on_silver_labels_and_extracts_to_every_table() {
         assert!(losses.last().unwrap() < &(losses[0] / 2.0), "{}: loss should fall: {losses:?}", t.task);
     }
 
-    let ade_dir = run.root().join(train::STUDENT_DIR).join("ade");
+    let ade_dir = run.checkpoints(false).join("ade");
     batched_extraction_equals_each_sentence_alone(
         &biodistill::model::checkpoint::Checkpoint::load(&ade_dir, &candle_core::Device::Cpu).unwrap(),
     );
@@ -159,7 +159,7 @@ fn trains_on_silver_labels_and_extracts_to_every_table() {
         .iter()
         .map(|s| Sentence { doc_id: s.0.to_string(), sent_id: s.1, text: s.3.to_string() })
         .collect();
-    let student_dir = run.root().join(train::STUDENT_DIR).join("ade");
+    let student_dir = run.checkpoints(false).join("ade");
     let scores = informative::score_with(&student_dir, Task::Ade, &pool).unwrap().expect("a trained student scores");
     let top = (0..pool.len()).max_by(|&a, &b| scores[a].total_cmp(&scores[b])).unwrap();
     assert!(["toy:1", "toy:2", "toy:3"].contains(&pool[top].doc_id.as_str()), "{:?} {scores:?}", pool[top]);

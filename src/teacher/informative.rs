@@ -15,7 +15,6 @@ use crate::error::Result;
 use crate::model::checkpoint::Checkpoint;
 use crate::model::predict::{Predictions, SentenceRow, predict};
 use crate::run_dir::RunDir;
-use crate::train::STUDENT_DIR;
 use crate::vocab::Task;
 
 /// Windows per encoder call when scoring.
@@ -59,7 +58,7 @@ pub fn score_with(dir: &Path, task: Task, sentences: &[Sentence]) -> Result<Opti
 
 /// A scorer over the run directory's student checkpoints (`student/<task>`).
 pub fn scorer(run_dir: &RunDir) -> impl FnMut(Task, &[Sentence]) -> Result<Option<Vec<f32>>> + '_ {
-    move |task, sentences| score_with(&run_dir.root().join(STUDENT_DIR).join(task.as_str()), task, sentences)
+    move |task, sentences| score_with(&run_dir.checkpoints(false).join(task.as_str()), task, sentences)
 }
 
 #[cfg(test)]
