@@ -289,11 +289,12 @@ fn dev_documents_never_train_and_long_sentences_are_windowed() {
     assert_eq!(distinct.len(), ade.num_rows(), "a pair reported by two overlapping windows");
 }
 
-/// `train.filters.min_teacher_confidence` drops exactly the labels the teacher scored below it,
-/// keeps (and counts) the ones it has no score for, and is off at 0.
+/// `train.filters.min_teacher_confidence` drops exactly the labels the teacher scored below it
+/// (or, by sentence, their sentences), keeps (and counts) the ones it has no score for, and is
+/// off at 0.
 #[test]
 fn the_confidence_filter_drops_labels_scored_below_it_and_keeps_unscored_ones() {
-    use biodistill::train::data::{SilverFilters, silver};
+    use biodistill::train::data::{ConfidenceUnit, SilverFilters, silver};
     let tmp = tempfile::tempdir().unwrap();
     let run = RunDir::create(tmp.path()).unwrap();
     // The four ADE pairs: 0.9, 0.3, unscored, 0.6; every other label 0.95.
@@ -316,6 +317,12 @@ fn the_confidence_filter_drops_labels_scored_below_it_and_keeps_unscored_ones() 
     assert_eq!((all.0.len(), all.1, all.2), (4, 0, 0), "off: nothing dropped or counted");
     assert_eq!(pairs(0.5), (vec!["nausea".into(), "rash".into(), "severe nausea".into()], 1, 1));
     assert_eq!(pairs(0.95), (vec!["rash".into()], 3, 1), "only the unscored pair is left");
+    // By sentence: toy:2 s0 (its pair at 0.3) goes whole; toy:3 s0 keeps both pairs at 0.5.
+    let by_sentence =
+        SilverFilters { min_teacher_confidence: 0.5, confidence_unit: ConfidenceUnit::Sentence, ..Default::default() };
+    let (sentences, stats) = silver(&run, Task::Ade, &by_sentence).unwrap();
+    assert!(!sentences.iter().any(|s| s.doc_id == "toy:2" && s.sent_id == 0));
+    assert_eq!((stats.dropped_low_confidence_sentences, sentences.iter().map(|s| s.pairs.len()).sum()), (1, 3));
     let bad = TrainConfig { filters: SilverFilters { min_teacher_confidence: 1.5, ..Default::default() }, ..overfit() };
     assert!(train::run(&bad, &run).unwrap_err().to_string().contains("min_teacher_confidence"));
 }

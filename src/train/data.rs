@@ -62,6 +62,24 @@ impl MinAlignment {
     }
 }
 
+/// What `filters.min_teacher_confidence` drops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConfidenceUnit {
+    /// The label alone: its tokens stay in the sentence as "nothing here".
+    #[default]
+    Label,
+    /// The whole sentence holding it, so no doubtful label becomes a false negative (dropping
+    /// disputed labels but keeping their sentences cost the student recall; README).
+    Sentence,
+}
+
+impl ConfidenceUnit {
+    fn is_label(&self) -> bool {
+        *self == ConfidenceUnit::Label
+    }
+}
+
 /// Silver-label filters; their effect is measured by comparing runs, not assumed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -84,6 +102,10 @@ pub struct SilverFilters {
     /// and then not serialized (config hashes of earlier checkpoints hold).
     #[serde(skip_serializing_if = "is_zero")]
     pub min_teacher_confidence: f64,
+    /// Whether a label under `min_teacher_confidence` drops itself or its sentence (not
+    /// serialized at the default, `label`).
+    #[serde(skip_serializing_if = "ConfidenceUnit::is_label")]
+    pub confidence_unit: ConfidenceUnit,
 }
 
 fn is_zero(value: &f64) -> bool {
@@ -97,6 +119,7 @@ impl Default for SilverFilters {
             require_agreement: false,
             per_pass_examples: false,
             min_teacher_confidence: 0.0,
+            confidence_unit: ConfidenceUnit::Label,
         }
     }
 }
@@ -117,6 +140,8 @@ pub struct DataStats {
     pub dropped_low_confidence: usize,
     /// Kept by that filter because the teacher's reply had no token log probabilities.
     pub unscored_confidence: usize,
+    /// Sentences dropped for holding such a label (`confidence_unit = "sentence"`).
+    pub dropped_low_confidence_sentences: usize,
     /// Gold only: document-level relations (BioRED) or spans crossing a sentence boundary.
     pub dropped_not_sentence_level: usize,
     /// Silver only: teacher-labeled sentences of gold `dev` documents (kept for scoring the
@@ -161,6 +186,7 @@ pub fn silver(run_dir: &RunDir, task: Task, filters: &SilverFilters) -> Result<(
     fill_texts(run_dir, &mut ok)?;
     // Labels per sentence per pass, so agreement can be checked before merging.
     let mut passes: HashMap<SentKey, BTreeMap<PassKey, BTreeSet<LabelKey>>> = HashMap::new();
+    let mut doubtful = BTreeSet::new();
     for cols in read_all(run_dir, table::TEACHER_LABELS)? {
         let c = SilverColumns::new(&cols)?;
         for row in 0..cols.len() {
@@ -169,10 +195,21 @@ pub fn silver(run_dir: &RunDir, task: Task, filters: &SilverFilters) -> Result<(
             }
             let key = (c.doc.value(row).to_string(), c.sent.value(row));
             let Some(sentence) = ok.get(&key) else { continue };
+            if c.doubtful(row, filters, &mut stats) {
+                if filters.confidence_unit == ConfidenceUnit::Sentence {
+                    doubtful.insert(key);
+                }
+                continue;
+            }
             let Some(label) = c.label(row, task, filters, sentence.text.chars().count(), &mut stats) else { continue };
             let pass = (c.model.value(row).to_string(), c.prompt.value(row).to_string(), c.pass.value(row));
             passes.entry(key).or_default().entry(pass).or_default().insert(label);
         }
+    }
+    for key in doubtful {
+        ok.remove(&key);
+        passes.remove(&key);
+        stats.dropped_low_confidence_sentences += 1;
     }
     if filters.per_pass_examples {
         return Ok((per_pass(ok, &answered, passes), stats));
@@ -269,18 +306,27 @@ impl<'a> SilverColumns<'a> {
         })
     }
 
-    /// Row `row` as a label, or `None` (counted) when a filter drops it.
-    fn label(&self, row: usize, task: Task, f: &SilverFilters, len: usize, stats: &mut DataStats) -> Option<LabelKey> {
-        if f.min_teacher_confidence > 0.0 {
-            match self.confidence.and_then(|c| opt_f64(c, row)) {
-                Some(p) if p < f.min_teacher_confidence => {
-                    stats.dropped_low_confidence += 1;
-                    return None;
-                }
-                Some(_) => {}
-                None => stats.unscored_confidence += 1,
+    /// Whether row `row` is below `filters.min_teacher_confidence` (counted; rows without a
+    /// confidence are kept and counted too).
+    fn doubtful(&self, row: usize, f: &SilverFilters, stats: &mut DataStats) -> bool {
+        if f.min_teacher_confidence <= 0.0 {
+            return false;
+        }
+        match self.confidence.and_then(|c| opt_f64(c, row)) {
+            Some(p) if p < f.min_teacher_confidence => {
+                stats.dropped_low_confidence += 1;
+                true
+            }
+            Some(_) => false,
+            None => {
+                stats.unscored_confidence += 1;
+                false
             }
         }
+    }
+
+    /// Row `row` as a label, or `None` (counted) when a filter drops it.
+    fn label(&self, row: usize, task: Task, f: &SilverFilters, len: usize, stats: &mut DataStats) -> Option<LabelKey> {
         let is_pair = self.kind.value(row) == "pair";
         let relation = task.relation();
         let span = |side: &SideColumns, type_name: Option<&str>, stats: &mut DataStats| -> Option<CharSpan> {
