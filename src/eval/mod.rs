@@ -50,7 +50,7 @@ pub const SUBSET_ALL: &str = "all";
 pub const SUBSET_TEACHER_SAMPLE: &str = "teacher_sample";
 
 /// The tasks evaluated, by their table name.
-pub const TASKS: [&str; 3] = ["ade", "gene_disease", "phi"];
+pub const TASKS: [&str; 3] = crate::vocab::Task::NAMES;
 
 /// Evaluation configuration (`[eval]` in a pipeline file).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

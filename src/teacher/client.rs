@@ -218,10 +218,7 @@ pub(super) fn reply_of(response: CreateChatCompletionResponse, latency: Duration
     let usage = response.usage.unwrap_or_default();
     // Servers that do not send `bytes` (it is optional) send the token text.
     let token_logprobs = choice.logprobs.and_then(|l| l.content).map(|tokens| {
-        let length = |t: &async_openai::types::chat::ChatCompletionTokenLogprob| {
-            t.bytes.as_ref().map_or(t.token.len(), Vec::len) as u32
-        };
-        tokens.iter().map(|t| (length(t), t.logprob)).collect()
+        tokens.iter().map(|t| (t.bytes.as_ref().map_or(t.token.len(), Vec::len) as u32, t.logprob)).collect()
     });
     Ok(CachedReply {
         content: choice.message.content.or(choice.message.refusal).unwrap_or_default(),
