@@ -323,6 +323,12 @@ fn the_confidence_filter_drops_labels_scored_below_it_and_keeps_unscored_ones() 
     let (sentences, stats) = silver(&run, Task::Ade, &by_sentence).unwrap();
     assert!(!sentences.iter().any(|s| s.doc_id == "toy:2" && s.sent_id == 0));
     assert_eq!((stats.dropped_low_confidence_sentences, sentences.iter().map(|s| s.pairs.len()).sum()), (1, 3));
+    // Masked: every sentence stays; the doubtful pair is kept aside, out of the loss.
+    let masked = SilverFilters { confidence_unit: ConfidenceUnit::Mask, ..by_sentence };
+    let (sentences, _) = silver(&run, Task::Ade, &masked).unwrap();
+    let toy2 = sentences.iter().find(|s| s.doc_id == "toy:2" && s.sent_id == 0).unwrap();
+    assert_eq!((toy2.pairs.len(), toy2.doubtful.len()), (0, 1));
+    assert_eq!(sentences.iter().map(|s| s.pairs.len()).sum::<usize>(), 3);
     let bad = TrainConfig { filters: SilverFilters { min_teacher_confidence: 1.5, ..Default::default() }, ..overfit() };
     assert!(train::run(&bad, &run).unwrap_err().to_string().contains("min_teacher_confidence"));
 }

@@ -38,6 +38,10 @@ pub struct LabeledSentence {
     pub entities: BTreeSet<CharSpan>,
     /// `(anchor, related)` pairs.
     pub pairs: BTreeSet<(CharSpan, CharSpan)>,
+    /// Labels the teacher was unsure of (`confidence_unit = "mask"`): spans `(None, span)` and
+    /// pairs `(Some(anchor), related)` whose tokens are left out of the loss, neither taught
+    /// as labels nor as "nothing here".
+    pub doubtful: BTreeSet<(Option<CharSpan>, CharSpan)>,
 }
 
 /// How trustworthy a teacher span's alignment must be to become a label.
@@ -72,6 +76,9 @@ pub enum ConfidenceUnit {
     /// The whole sentence holding it, so no doubtful label becomes a false negative (dropping
     /// disputed labels but keeping their sentences cost the student recall; README).
     Sentence,
+    /// Neither: its tokens are left out of the loss (partial annotation), so the rest of the
+    /// sentence still teaches.
+    Mask,
 }
 
 impl ConfidenceUnit {
@@ -196,8 +203,17 @@ pub fn silver(run_dir: &RunDir, task: Task, filters: &SilverFilters) -> Result<(
             let key = (c.doc.value(row).to_string(), c.sent.value(row));
             let Some(sentence) = ok.get(&key) else { continue };
             if c.doubtful(row, filters, &mut stats) {
-                if filters.confidence_unit == ConfidenceUnit::Sentence {
-                    doubtful.insert(key);
+                match filters.confidence_unit {
+                    ConfidenceUnit::Label => {}
+                    ConfidenceUnit::Sentence => {
+                        doubtful.insert(key);
+                    }
+                    ConfidenceUnit::Mask => {
+                        let len = sentence.text.chars().count();
+                        if let Some(label) = c.label(row, task, filters, len, &mut stats) {
+                            ok.get_mut(&key).expect("checked above").doubtful.insert(label);
+                        }
+                    }
                 }
                 continue;
             }

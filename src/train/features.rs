@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::data::{CharSpan, LabeledSentence};
 use crate::error::Result;
-use crate::model::batch::{AnchorExample, Example};
+use crate::model::batch::{AnchorExample, Example, IGNORE};
 use crate::model::tags::{OUTSIDE, PieceSpan, write_bio};
 use crate::model::wordpiece::{Pieces, WordPieces};
 use crate::vocab::Task;
@@ -96,6 +96,17 @@ fn window_example(
             stats.spans_dropped_overlap += 1;
         }
     }
+    // Doubtful labels' pieces leave the loss, unless a confident label holds them.
+    let ignore = |tags: &mut [u32], span: &CharSpan, stats: &mut FeatureStats| {
+        if let Some(piece_span) = in_window(pieces, span, &window, stats) {
+            tags[piece_span.pieces].iter_mut().filter(|t| **t == OUTSIDE).for_each(|t| *t = IGNORE);
+        }
+    };
+    for (anchor, span) in &sentence.doubtful {
+        for span in anchor.iter().chain([span]) {
+            ignore(&mut entity_tags, span, stats);
+        }
+    }
     let mut anchors = Vec::new();
     if let Some((anchor_type, _)) = task.relation() {
         let anchor_index = task.type_index(anchor_type).expect("anchor type is an entity type");
@@ -107,6 +118,9 @@ fn window_example(
                     span.type_index = 0; // relation tags are untyped
                     write_bio(&mut related_tags, &span);
                 }
+            }
+            for (_, related) in sentence.doubtful.iter().filter(|(a, _)| a.as_ref() == Some(anchor)) {
+                ignore(&mut related_tags, related, stats);
             }
             anchors.push(AnchorExample { pieces: anchor_span.pieces, related_tags });
         }
@@ -138,5 +152,20 @@ mod tests {
         assert_eq!(e.entity_tags, vec![1, 0, 3, 0, 3]);
         assert_eq!(e.anchors, vec![AnchorExample { pieces: 0..1, related_tags: vec![0, 0, 1, 0, 0] }]);
         assert_eq!(stats.examples, 1);
+
+        // The teacher unsure of rash as aspirin's event: out of both losses, nausea untouched.
+        let doubtful = LabeledSentence {
+            doubtful: [(Some(drug), rash)].into_iter().collect(),
+            entities: [drug, nausea].into_iter().collect(),
+            pairs: [(drug, nausea)].into_iter().collect(),
+            ..sentence_of(text)
+        };
+        let e = &featurize(&[doubtful], Task::Ade, &toy_tokenizer(), windowing, &mut stats).unwrap()[0];
+        assert_eq!(e.entity_tags, vec![1, 0, 3, 0, IGNORE]);
+        assert_eq!(e.anchors[0].related_tags, vec![0, 0, 1, 0, IGNORE]);
+    }
+
+    fn sentence_of(text: &str) -> LabeledSentence {
+        LabeledSentence { text: text.into(), ..Default::default() }
     }
 }
