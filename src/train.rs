@@ -290,6 +290,14 @@ impl fmt::Display for TrainReport {
                 t.features.spans_dropped_overlap,
                 t.features.spans_cut_by_window,
             )?;
+            if d.dropped_low_confidence + d.unscored_confidence > 0 {
+                writeln!(
+                    f,
+                    "  teacher confidence: {} labels below the threshold ({} sentences dropped with them), {} \
+                     without a confidence (kept)",
+                    d.dropped_low_confidence, d.dropped_low_confidence_sentences, d.unscored_confidence
+                )?;
+            }
             let losses = |v: &[f64]| v.iter().map(|l| format!("{l:.3}")).collect::<Vec<_>>().join(" ");
             writeln!(
                 f,
