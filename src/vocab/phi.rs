@@ -58,15 +58,7 @@ impl PhiType {
 
     /// The names of [`PhiType::ALL`], in its order: the entity types of
     /// [`Task::Phi`](super::Task::Phi), whose tag ids (and so checkpoints) depend on the order.
-    pub const NAMES: [&'static str; PhiType::ALL.len()] = {
-        let mut names = [""; PhiType::ALL.len()];
-        let mut i = 0;
-        while i < names.len() {
-            names[i] = PhiType::ALL[i].as_str();
-            i += 1;
-        }
-        names
-    };
+    pub const NAMES: [&'static str; PhiType::ALL.len()] = names_of!(PhiType);
 
     /// The upper-case name used in prompts, tables and `[TYPE]` redactions.
     pub const fn as_str(self) -> &'static str {

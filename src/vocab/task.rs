@@ -24,15 +24,7 @@ impl Task {
     pub const ALL: [Task; 3] = [Task::Ade, Task::GeneDisease, Task::Phi];
 
     /// The names of [`Task::ALL`], in its order (report order too).
-    pub const NAMES: [&'static str; Task::ALL.len()] = {
-        let mut names = [""; Task::ALL.len()];
-        let mut i = 0;
-        while i < names.len() {
-            names[i] = Task::ALL[i].as_str();
-            i += 1;
-        }
-        names
-    };
+    pub const NAMES: [&'static str; Task::ALL.len()] = names_of!(Task);
 
     /// The name used in tables and file names.
     pub const fn as_str(self) -> &'static str {
