@@ -17,7 +17,7 @@ use crate::error::Result;
 use crate::extract::{SUPERVISED_REFERENCE_SUFFIX, recognizers};
 use crate::run_dir::RunDir;
 use crate::schema::table;
-use crate::teacher::agreement;
+use crate::teacher::{agreement, confidence};
 
 /// The systems compared, in report order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -27,9 +27,10 @@ pub enum System {
     /// silver set `train.filters.require_agreement` trains on. Scored only where a second pass
     /// exists.
     TeacherAgreed,
-    /// The teacher's labels it gave with at least `train.filters.min_teacher_confidence` (the
-    /// silver set that filter trains on). Scored only when the filter is on and some label of
-    /// the task has a confidence.
+    /// The teacher's labels it gave with at least `train.filters.min_teacher_confidence`: the
+    /// targets that filter leaves (with `confidence_unit = "sentence"` training also loses the
+    /// rest of their sentences, which this system does not). Scored only when the filter is on
+    /// and some label of the task has a confidence.
     TeacherConfident,
     Student,
     SupervisedReference,
@@ -218,7 +219,7 @@ pub fn confident_labels(labels: &[TeacherLabel], task: &str, threshold: f64) -> 
     if threshold <= 0.0 || of_task().all(|l| l.confidence.is_none()) {
         return None;
     }
-    Some(of_task().filter(|l| l.confidence.is_none_or(|p| p >= threshold)).cloned().collect())
+    Some(of_task().filter(|l| confidence::keeps(l.confidence, threshold)).cloned().collect())
 }
 
 /// The teacher's (first pass's) pairs for `task` in the sentences it answered (`ok`).

@@ -16,7 +16,7 @@ use crate::columns::{TableStream, documents_in_split, opt_f64, opt_i32, opt_str,
 use crate::error::Result;
 use crate::run_dir::RunDir;
 use crate::schema::{split, table};
-use crate::teacher::agreement;
+use crate::teacher::{agreement, confidence};
 use crate::vocab::Task;
 
 /// A char span `[start, end)` of a sentence with its entity type (index into
@@ -66,7 +66,7 @@ impl MinAlignment {
     }
 }
 
-/// What `filters.min_teacher_confidence` drops.
+/// What `filters.min_teacher_confidence` takes away with a doubtful label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ConfidenceUnit {
@@ -109,8 +109,8 @@ pub struct SilverFilters {
     /// and then not serialized (config hashes of earlier checkpoints hold).
     #[serde(skip_serializing_if = "is_zero")]
     pub min_teacher_confidence: f64,
-    /// Whether a label under `min_teacher_confidence` drops itself or its sentence (not
-    /// serialized at the default, `label`).
+    /// What a label under `min_teacher_confidence` costs: itself, its sentence, or only its
+    /// tokens' place in the loss (not serialized at the default, `label`).
     #[serde(skip_serializing_if = "ConfidenceUnit::is_label")]
     pub confidence_unit: ConfidenceUnit,
 }
@@ -328,17 +328,11 @@ impl<'a> SilverColumns<'a> {
         if f.min_teacher_confidence <= 0.0 {
             return false;
         }
-        match self.confidence.and_then(|c| opt_f64(c, row)) {
-            Some(p) if p < f.min_teacher_confidence => {
-                stats.dropped_low_confidence += 1;
-                true
-            }
-            Some(_) => false,
-            None => {
-                stats.unscored_confidence += 1;
-                false
-            }
-        }
+        let confidence = self.confidence.and_then(|c| opt_f64(c, row));
+        stats.unscored_confidence += usize::from(confidence.is_none());
+        let doubtful = !confidence::keeps(confidence, f.min_teacher_confidence);
+        stats.dropped_low_confidence += usize::from(doubtful);
+        doubtful
     }
 
     /// Row `row` as a label, or `None` (counted) when a filter drops it.
