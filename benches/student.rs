@@ -149,7 +149,8 @@ fn train_child(mode: &str) {
     let start = Instant::now();
     let report = train::run(&train_config(vec![Task::Ade, Task::GeneDisease], threads), &run).unwrap();
     let tokens: usize = report.tasks.iter().map(|t| t.fit.tokens).sum();
-    println!("{}", serde_json::json!({"tokens": tokens, "seconds": start.elapsed().as_secs_f64()}));
+    let fit: Vec<f64> = report.tasks.iter().map(|t| t.fit.seconds).collect();
+    println!("{}", serde_json::json!({"tokens": tokens, "seconds": start.elapsed().as_secs_f64(), "fit_seconds": fit}));
 }
 
 /// Tokens/s of [`train_child`] in `mode`, in a fresh process (candle reads its thread count once).

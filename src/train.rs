@@ -9,6 +9,7 @@
 //! an async runtime's worker. The same tables, config and seed give the same weights, and so
 //! the same model version.
 
+pub mod adamw;
 pub mod calibrate;
 pub mod data;
 pub mod features;

@@ -4,23 +4,24 @@
 //! are candle's fused CPU kernels, which are applied without a backward pass
 //! (`apply_op3_no_bwd`): the autograd graph stops at every LayerNorm, so fine-tuning through it
 //! silently trains only the heads (we shipped that bug once: 2 of 105 variables got gradients).
-//! This module uses the fused kernels only when built for inference ([`Mode::Infer`]) and the
-//! differentiable compositions when training ([`Mode::Train`]); both give the same outputs
-//! (tested against `BertModel`).
+//! This module uses candle's kernels when built for inference ([`Mode::Infer`]) and, when
+//! training ([`Mode::Train`]), LayerNorm, softmax and GELU ops of its own that carry a backward
+//! pass ([`super::fused`]); both give the same outputs (tested against `BertModel`).
 //!
 //! Variable names are the checkpoint's own (`embeddings.…`, `encoder.layer.N.…`).
 // https://github.com/huggingface/transformers/blob/v4.44.0/src/transformers/models/bert/modeling_bert.py
 
-use candle_core::{D, DType, Device, Module, Tensor};
+use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Embedding, Linear, VarBuilder, embedding};
 use candle_transformers::models::bert::{Config, HiddenAct};
 
+use super::fused;
 use crate::error::{Error, Result};
 
 /// Whether the graph must be differentiable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
-    /// Differentiable LayerNorm and softmax (slower).
+    /// Differentiable LayerNorm, softmax and GELU ([`super::fused`]).
     Train,
     /// candle's fused kernels, no autograd.
     Infer,
@@ -43,7 +44,7 @@ impl Norm {
 
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         Ok(match self.mode {
-            Mode::Train => candle_nn::ops::layer_norm_slow(xs, &self.weight, &self.bias, self.eps)?,
+            Mode::Train => fused::layer_norm(xs, &self.weight, &self.bias, self.eps)?,
             Mode::Infer => candle_nn::ops::layer_norm(xs, &self.weight, &self.bias, self.eps)?,
         })
     }
@@ -196,13 +197,14 @@ impl Layer {
         let (scores, v) = self.scores_and_values(xs)?;
         let scores = scores.broadcast_add(bias)?;
         let probs = match self.mode {
-            Mode::Train => candle_nn::ops::softmax(&scores, D::Minus1)?,
+            Mode::Train => fused::softmax_last_dim(&scores)?,
             Mode::Infer => candle_nn::ops::softmax_last_dim(&scores)?,
         };
         let context = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, h))?;
         let xs = self.attention_norm.forward(&(self.attention_out.forward(&context)? + xs)?)?;
         let inner = self.intermediate.forward(&xs)?;
         let inner = match self.act {
+            HiddenAct::Gelu if self.mode == Mode::Train => fused::gelu_erf(&inner)?,
             HiddenAct::Gelu => inner.gelu_erf()?,
             HiddenAct::GeluApproximate => inner.gelu()?,
             HiddenAct::Relu => inner.relu()?,

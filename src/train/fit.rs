@@ -8,7 +8,7 @@
 use std::time::Instant;
 
 use candle_core::{Tensor, Var};
-use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarMap};
+use candle_nn::{ParamsAdamW, VarMap};
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -16,6 +16,7 @@ use rand::seq::SliceRandom;
 use serde::Serialize;
 
 use super::TrainConfig;
+use super::adamw::FusedAdamW;
 use super::frozen::{self, FrozenOutputs};
 use crate::error::{Error, Result};
 use crate::model::batch::{Batch, Example, masked_cross_entropy};
@@ -109,24 +110,9 @@ pub fn learning_rate(base: f64, step: usize, warmup: usize, total: usize) -> f64
     }
 }
 
-/// Scale gradients so their global L2 norm is at most `max_norm`; returns the norm before.
-fn clip_gradients(grads: &mut candle_core::backprop::GradStore, vars: &[Var], max_norm: f64) -> Result<f64> {
-    let mut squares = 0f64;
-    for var in vars {
-        if let Some(g) = grads.get(var) {
-            squares += g.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
-        }
-    }
-    let norm = squares.sqrt();
-    if max_norm > 0.0 && norm > max_norm {
-        let scale = max_norm / (norm + 1e-6);
-        for var in vars {
-            if let Some(g) = grads.remove(var) {
-                grads.insert(var, (g * scale)?);
-            }
-        }
-    }
-    Ok(norm)
+/// The factor that brings the gradients' global norm down to `max_norm` (0: no clipping).
+fn clip_scale(norm: f64, max_norm: f64) -> f64 {
+    if max_norm > 0.0 && norm > max_norm { max_norm / (norm + 1e-6) } else { 1.0 }
 }
 
 /// The batch of `examples[indices]`, and its frozen-layer output when `frozen` caches it.
@@ -207,7 +193,7 @@ pub fn fit(
     let vars = sorted_vars(varmap)?;
     let positive_weight = cfg.positive_weight(student.spec().task);
     let params = ParamsAdamW { lr: cfg.lr, weight_decay: cfg.weight_decay, ..Default::default() };
-    let mut optimizer = AdamW::new(vars.clone(), params)?;
+    let mut optimizer = FusedAdamW::new(vars.clone(), params)?;
     let mut rng = StdRng::seed_from_u64(cfg.seed ^ 0x5eed_ba7c);
     let batches_per_epoch = train.len().div_ceil(cfg.batch_size.max(1));
     let epochs = cfg.epochs.max(cfg.min_steps.div_ceil(batches_per_epoch.max(1)));
@@ -239,9 +225,9 @@ pub fn fit(
                 loss = (loss * pseudo_weight)?;
             }
             optimizer.set_learning_rate(learning_rate(cfg.lr, out.steps, warmup, total));
-            let mut grads = loss.backward()?;
-            clip_gradients(&mut grads, &vars, cfg.max_grad_norm)?;
-            optimizer.step(&grads)?;
+            let grads = loss.backward()?;
+            let scale = clip_scale(optimizer.grad_norm(&grads)?, cfg.max_grad_norm);
+            optimizer.step(&grads, scale)?;
             let loss = loss.to_scalar::<f32>()? as f64;
             if !loss.is_finite() {
                 return Err(Error::Model(format!("{label}: training loss became {loss} at step {}", out.steps)));

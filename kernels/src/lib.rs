@@ -1,0 +1,169 @@
+//! The CPU loops under biodistill's fused training ops (`src/model/fused.rs`,
+//! `src/train/adamw.rs`): plain functions over f32 slices, no tensors, no allocation per call
+//! beyond a row's scratch.
+//!
+//! Why a crate of their own: biodistill's own code builds at `opt-level = 1` in the dev
+//! profile (every `make` target uses it; fast rebuilds), where these loops neither inline
+//! nor vectorize, and a fused loop at `opt-level = 1` was slower than the dozen vectorized
+//! candle passes it replaced. Cargo.toml builds this crate at `opt-level = 3` in every profile.
+//!
+//! Reductions keep eight partial sums so they vectorize; results are deterministic (fixed
+//! order), but differ from a left-to-right sum in the last bits.
+
+/// Σ x.
+#[inline]
+pub fn sum(x: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let chunks = x.chunks_exact(8);
+    let rest: f32 = chunks.remainder().iter().sum();
+    for c in chunks {
+        for i in 0..8 {
+            acc[i] += c[i];
+        }
+    }
+    acc.iter().sum::<f32>() + rest
+}
+
+/// Σ a·b.
+#[inline]
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let rest: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + rest
+}
+
+/// Σ x², in f64 across chunks (gradient norms over millions of elements).
+pub fn sum_squares(x: &[f32]) -> f64 {
+    x.chunks(4096).map(|c| f64::from(dot(c, c))).sum()
+}
+
+/// LayerNorm over rows of `w.len()` elements: `y = (x − mean) / √(var + eps) · w + b`.
+pub fn layer_norm(x: &[f32], w: &[f32], b: &[f32], eps: f32, y: &mut [f32]) {
+    let h = w.len();
+    assert!(b.len() == h && x.len() == y.len() && x.len() % h == 0);
+    for (x, y) in x.chunks_exact(h).zip(y.chunks_exact_mut(h)) {
+        let mean = sum(x) / h as f32;
+        for (y, &x) in y.iter_mut().zip(x) {
+            *y = x - mean;
+        }
+        let rstd = 1.0 / (dot(y, y) / h as f32 + eps).sqrt();
+        for ((y, &w), &b) in y.iter_mut().zip(w).zip(b) {
+            *y = *y * rstd * w + b;
+        }
+    }
+}
+
+/// Gradients of [`layer_norm`] given `g = ∂L/∂y`: `dx` per element, `dw` and `db` summed over
+/// rows (overwritten). Mean and variance are recomputed from `x` (cheaper than storing them).
+pub fn layer_norm_backward(x: &[f32], w: &[f32], g: &[f32], eps: f32, dx: &mut [f32], dw: &mut [f32], db: &mut [f32]) {
+    let h = w.len();
+    assert!(x.len() == g.len() && x.len() == dx.len() && x.len() % h == 0 && dw.len() == h && db.len() == h);
+    dw.fill(0.0);
+    db.fill(0.0);
+    let (mut xhat, mut dxhat) = (vec![0f32; h], vec![0f32; h]);
+    for ((x, g), dx) in x.chunks_exact(h).zip(g.chunks_exact(h)).zip(dx.chunks_exact_mut(h)) {
+        let mean = sum(x) / h as f32;
+        for (c, &x) in xhat.iter_mut().zip(x) {
+            *c = x - mean;
+        }
+        let rstd = 1.0 / (dot(&xhat, &xhat) / h as f32 + eps).sqrt();
+        for c in xhat.iter_mut() {
+            *c *= rstd;
+        }
+        for (((d, &g), &w), db) in dxhat.iter_mut().zip(g).zip(w).zip(db.iter_mut()) {
+            *d = g * w;
+            *db += g;
+        }
+        for ((dw, &g), &c) in dw.iter_mut().zip(g).zip(&xhat) {
+            *dw += g * c;
+        }
+        let mean_d = sum(&dxhat) / h as f32;
+        let mean_dc = dot(&dxhat, &xhat) / h as f32;
+        for ((dx, &d), &c) in dx.iter_mut().zip(&dxhat).zip(&xhat) {
+            *dx = rstd * (d - mean_d - c * mean_dc);
+        }
+    }
+}
+
+/// Softmax over rows of `cols` elements.
+pub fn softmax(x: &[f32], cols: usize, y: &mut [f32]) {
+    assert!(x.len() == y.len() && x.len() % cols == 0);
+    for (x, y) in x.chunks_exact(cols).zip(y.chunks_exact_mut(cols)) {
+        let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        for (y, &x) in y.iter_mut().zip(x) {
+            *y = (x - max).exp();
+        }
+        let inv = 1.0 / sum(y);
+        for y in y.iter_mut() {
+            *y *= inv;
+        }
+    }
+}
+
+/// Gradient of [`softmax`] from its output `y` and `g = ∂L/∂y`: `dx = y · (g − Σ g·y)` per row.
+pub fn softmax_backward(y: &[f32], g: &[f32], cols: usize, dx: &mut [f32]) {
+    assert!(y.len() == g.len() && y.len() == dx.len() && y.len() % cols == 0);
+    for ((y, g), dx) in y.chunks_exact(cols).zip(g.chunks_exact(cols)).zip(dx.chunks_exact_mut(cols)) {
+        let s = dot(y, g);
+        for ((dx, &y), &g) in dx.iter_mut().zip(y).zip(g) {
+            *dx = y * (g - s);
+        }
+    }
+}
+
+const FRAC_1_SQRT_2PI: f32 = 0.398_942_3;
+
+/// GELU, erf form: `y = x · Φ(x)`, Φ the standard normal CDF (as candle's `gelu_erf`).
+pub fn gelu_erf(x: &[f32], y: &mut [f32]) {
+    assert_eq!(x.len(), y.len());
+    for (y, &x) in y.iter_mut().zip(x) {
+        *y = 0.5 * x * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2));
+    }
+}
+
+/// Gradient of [`gelu_erf`] from its input `x`, its output `y` and `g = ∂L/∂y`:
+/// `dx = g · (Φ(x) + x·φ(x))`, with Φ(x) = y / x read back from the output (no second erf;
+/// near 0, where that division loses precision, Φ(x) ≈ ½ + x·φ(0)).
+pub fn gelu_erf_backward(x: &[f32], y: &[f32], g: &[f32], dx: &mut [f32]) {
+    assert!(x.len() == y.len() && x.len() == g.len() && x.len() == dx.len());
+    for (((dx, &x), &y), &g) in dx.iter_mut().zip(x).zip(y).zip(g) {
+        let pdf = FRAC_1_SQRT_2PI * (-0.5 * x * x).exp();
+        let cdf = if x.abs() > 1e-3 { y / x } else { 0.5 + x * FRAC_1_SQRT_2PI };
+        *dx = g * (cdf + x * pdf);
+    }
+}
+
+/// AdamW's constants for one step (decoupled weight decay, bias-corrected moments).
+#[derive(Debug, Clone, Copy)]
+pub struct AdamW {
+    pub beta1: f32,
+    pub beta2: f32,
+    pub lr: f32,
+    /// `1 − lr × weight_decay`.
+    pub decay: f32,
+    pub eps: f32,
+    /// Bias corrections `1 / (1 − βᵗ)`.
+    pub scale_first: f32,
+    pub scale_second: f32,
+    /// Multiplies every gradient first (clipping).
+    pub grad_scale: f32,
+}
+
+/// One AdamW update of weights `w` and moments `m`, `v` from gradient `g`, in place.
+pub fn adamw(k: &AdamW, w: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
+    assert!(w.len() == g.len() && w.len() == m.len() && w.len() == v.len());
+    for (((w, &g), m), v) in w.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
+        let g = g * k.grad_scale;
+        *m = k.beta1 * *m + (1.0 - k.beta1) * g;
+        *v = k.beta2 * *v + (1.0 - k.beta2) * (g * g);
+        let step = (*m * k.scale_first) / ((*v * k.scale_second).sqrt() + k.eps);
+        *w = *w * k.decay - k.lr * step;
+    }
+}
