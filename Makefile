@@ -67,6 +67,9 @@ bench: setup bench-reference
 bench-reference:
 	bash scripts/install_llama_cpp.sh
 	$(PYTHON) -m pip install --quiet onnxruntime onnx tokenizers numpy
+	# PyTorch for the training reference: ~0.5 GB wheel plus ~3 GB of CUDA libraries it pulls
+	# in (PyPI has no CPU-only build); only `make bench` needs it.
+	$(PYTHON) -m pip install --quiet torch
 
 ## Student F1 against silver-set size (TASK=ade SIZES="25 50 100 200 400"; see the script).
 SIZES ?= 25 50 100 200 400

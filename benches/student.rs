@@ -1,11 +1,12 @@
-//! Student throughput on 2 cores: training tokens/s, extraction sentences/s, and the same
-//! MiniLM weights' sentences/s in ONNX Runtime (`benches/reference_minilm.py`) as a ratio.
+//! Student throughput on 2 cores: training tokens/s against PyTorch eager training the same
+//! MiniLM and heads on the same sentences (`benches/reference_train.py`), extraction
+//! sentences/s against the same weights in ONNX Runtime (`benches/reference_minilm.py`).
 //!
 //! Training is measured twice in child processes, for the ratio of running tasks side by side
 //! on single-threaded ops (the binary's way, [`biodistill::parallel`]) to candle's intra-op
 //! threads. `cargo bench --bench student` (or `make bench`). Needs `models/all-MiniLM-L6-v2`; the
-//! reference needs `pip install onnxruntime onnx numpy tokenizers` and is skipped, with a note,
-//! without them. Two sets of sentences, each measured against the reference in the same run:
+//! references need `pip install onnxruntime onnx numpy tokenizers torch` (`make bench-reference`)
+//! and are skipped, with a note, without them. Two sets of sentences, each measured against the reference in the same run:
 //! synthetic ADE-style sentences of ~30–60 word pieces, and real ones from the ADE corpus
 //! (`../shared/data`, or `BIODISTILL_INGEST_DATA_DIR`; skipped with a note without it). The
 //! reference gets the very same sentences and batch size.
@@ -167,6 +168,49 @@ fn train_in_child(mode: &str) -> f64 {
     result["tokens"].as_f64().unwrap() / result["seconds"].as_f64().unwrap()
 }
 
+/// PyTorch eager's training tokens/s on the bench's synthetic sentences, same model, batch size
+/// and heads (`benches/reference_train.py`), with `threads` intra-op threads; `None` (and a
+/// line saying why) when PyTorch is not installed (`make bench-reference`).
+fn reference_training(threads: usize, file: &Path) -> Option<f64> {
+    let sentences: Vec<serde_json::Value> = (0..EXTRACT_SENTENCES.max(TRAIN_DOCS))
+        .map(|i| {
+            let (text, drug, event) = sentence(i);
+            match i < TRAIN_DOCS {
+                true => serde_json::json!({"text": text, "drug": drug, "event": event}),
+                false => serde_json::json!({"text": text}),
+            }
+        })
+        .collect();
+    std::fs::write(file, serde_json::to_vec(&sentences).unwrap()).unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/reference_train.py");
+    let output = Command::new("python3")
+        .arg(&script)
+        .args(["--model".as_ref(), model_dir().as_os_str(), "--sentences".as_ref(), file.as_os_str()])
+        .args(["--steps", &TRAIN_STEPS.to_string(), "--batch-size", &BATCH_SIZE.to_string()])
+        .args(["--threads", &threads.to_string(), "--lr", &TrainConfig::default().lr.to_string()])
+        .output();
+    match output {
+        Ok(out) if out.status.success() => {
+            let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            let rate = result["tokens_per_sec"].as_f64().unwrap();
+            println!(
+                "reference train {rate:>6.0} tokens/s ({}, {threads} thread(s), {} steps, {} tokens)",
+                result["runtime"], result["steps"], result["tokens"]
+            );
+            Some(rate)
+        }
+        Ok(out) => {
+            let why = String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or("failed").to_string();
+            println!("reference train skipped: {why}");
+            None
+        }
+        Err(e) => {
+            println!("reference train skipped: cannot run python3: {e}");
+            None
+        }
+    }
+}
+
 /// Extraction through a Ballista scheduler and two executors in this process (one task at a
 /// time each: the machine's 2 cores), against local extraction measured just before.
 #[cfg(feature = "cluster")]
@@ -192,6 +236,8 @@ fn main() {
          other, candle intra-op threads; ratio {:.2}",
         jobs / ops
     );
+    let pytorch = |threads: usize| reference_training(threads, &tempfile::tempdir().unwrap().path().join("train.json"));
+    let torch_two = pytorch(2);
     // The rest runs as the binary does.
     biodistill::parallel::init_single_threaded_ops();
     let model = model_dir();
@@ -203,6 +249,15 @@ fn main() {
         "train   {:>8.0} tokens/s  ({} steps x batch {BATCH_SIZE}, {} tokens, {:.1}s)",
         fit.tokens_per_sec, fit.steps, fit.tokens, fit.seconds
     );
+    let torch_one = pytorch(1);
+    for (ours, torch, what) in [
+        (jobs, torch_two, "2 cores: 2 tasks side by side / PyTorch 2 threads"),
+        (fit.tokens_per_sec, torch_one, "1 core: 1 task / PyTorch 1 thread"),
+    ] {
+        if let Some(torch) = torch {
+            println!("ratio   train {what} = {:.2} ({ours:.0} / {torch:.0} tokens/s)", ours / torch);
+        }
+    }
 
     // Extraction's plan runs its partitions on the runtime's threads, as in the binary. The
     // checkpoint is loaded and every code path run once first (a small warm-up run), as the
