@@ -168,10 +168,9 @@ fn train_in_child(mode: &str) -> f64 {
     result["tokens"].as_f64().unwrap() / result["seconds"].as_f64().unwrap()
 }
 
-/// PyTorch eager's training tokens/s on the bench's synthetic sentences, same model, batch size
-/// and heads (`benches/reference_train.py`), with `threads` intra-op threads; `None` (and a
-/// line saying why) when PyTorch is not installed (`make bench-reference`).
-fn reference_training(threads: usize, file: &Path) -> Option<f64> {
+/// The bench's synthetic training sentences as `benches/reference_train.py` reads them: each
+/// with its drug and adverse event where the silver run labels it.
+fn write_training_sentences(file: &Path) {
     let sentences: Vec<serde_json::Value> = (0..EXTRACT_SENTENCES.max(TRAIN_DOCS))
         .map(|i| {
             let (text, drug, event) = sentence(i);
@@ -182,6 +181,12 @@ fn reference_training(threads: usize, file: &Path) -> Option<f64> {
         })
         .collect();
     std::fs::write(file, serde_json::to_vec(&sentences).unwrap()).unwrap();
+}
+
+/// PyTorch eager's training tokens/s on the sentences in `file` ([`write_training_sentences`]),
+/// same model, batch size and heads (`benches/reference_train.py`), with `threads` intra-op
+/// threads; `None` (and a line saying why) when PyTorch is not installed (`make bench-reference`).
+fn reference_training(threads: usize, file: &Path) -> Option<f64> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/reference_train.py");
     let output = Command::new("python3")
         .arg(&script)
@@ -236,7 +241,10 @@ fn main() {
          other, candle intra-op threads; ratio {:.2}",
         jobs / ops
     );
-    let pytorch = |threads: usize| reference_training(threads, &tempfile::tempdir().unwrap().path().join("train.json"));
+    let reference_dir = tempfile::tempdir().unwrap();
+    let training_sentences = reference_dir.path().join("train.json");
+    write_training_sentences(&training_sentences);
+    let pytorch = |threads: usize| reference_training(threads, &training_sentences);
     let torch_two = pytorch(2);
     // The rest runs as the binary does.
     biodistill::parallel::init_single_threaded_ops();

@@ -14,15 +14,15 @@
 
 use std::collections::HashMap;
 
+use super::parse::{Mention, Relation};
+use crate::vocab::Task;
+
 /// Whether a label with `confidence` is kept at `train.filters.min_teacher_confidence =
 /// threshold`: one rule for training (`train::data`) and evaluation (`teacher_confident`).
 /// 0 is off; a label without a confidence (its reply had no log probabilities) is kept.
 pub fn keeps(confidence: Option<f64>, threshold: f64) -> bool {
     threshold <= 0.0 || confidence.is_none_or(|p| p >= threshold)
 }
-
-use super::parse::{Mention, Relation};
-use crate::vocab::Task;
 
 /// Confidences of one reply's mentions and relations, by their strings.
 #[derive(Debug, Clone, Default, PartialEq)]
