@@ -72,7 +72,7 @@ fn candle_encoder_rate(checkpoint: &Checkpoint, texts: &[String]) -> f64 {
     let start = Instant::now();
     biodistill::parallel::map(&batches, biodistill::parallel::available_threads(), |chunk| {
         let refs: Vec<&Example> = chunk.iter().collect();
-        checkpoint.student.encode(&Batch::new(&refs, checkpoint.tokenizer.special()))
+        checkpoint.students[0].encode(&Batch::new(&refs, checkpoint.tokenizer.special()))
     })
     .unwrap();
     texts.len() as f64 / start.elapsed().as_secs_f64()
@@ -86,7 +86,7 @@ fn unfused_checkpoint(dir: &Path) -> Checkpoint {
         unsafe { VarBuilder::from_mmaped_safetensors(&[dir.join(WEIGHTS_FILE)], DType::F32, &Device::Cpu) }.unwrap();
     let student = Student::load(vb, &encoder, &config.spec, Mode::Infer).unwrap();
     let tokenizer = WordPieces::from_file(&dir.join(TOKENIZER_FILE)).unwrap();
-    Checkpoint { dir: dir.to_path_buf(), config, student, tokenizer }
+    Checkpoint { dir: dir.to_path_buf(), config, students: vec![student], tokenizer }
 }
 
 /// Mean hidden state of `text` under the pretrained encoder (to check the reference agrees).

@@ -60,7 +60,8 @@ pub struct ExtractConfig {
     pub batch_size: usize,
     /// Sentences per batch of the plan (bounds memory).
     pub read_rows: usize,
-    /// Partitions the plan runs the students in, one encoder thread each; 0 = every core
+    /// Locally, encoder threads the students' batches run on side by side; on Ballista, the
+    /// partitions the plan is split into (each on its executor's cores). 0 = every core
     /// (locally) or 8 (on Ballista). Not serialized: it changes neither the outputs nor the
     /// config hash.
     #[serde(skip_serializing)]
@@ -214,7 +215,14 @@ pub async fn run(cfg: &ExtractConfig, run_dir: &RunDir) -> Result<ExtractReport>
         return Err(Error::input(run_dir.table_path(table::SENTENCES), "no sentences (run `biodistill ingest` first)"));
     }
     // First, so an unreachable cluster is reported before anything else.
-    let limits = crate::plan::Limits { batch_rows: cfg.read_rows, ..crate::plan::Limits::mib(cfg.memory_limit_mib) };
+    // Locally one partition whose student calls use every thread (see `functions`); on a
+    // cluster, partitions for the executors, each call on its executor's cores.
+    let (partitions, threads) = match cfg.engine {
+        Engine::Local => (1, crate::parallel::threads_or_all(cfg.threads)),
+        _ => (cfg.engine.partitions(cfg.threads), 0),
+    };
+    let limits =
+        crate::plan::Limits { batch_rows: cfg.read_rows, partitions, ..crate::plan::Limits::mib(cfg.memory_limit_mib) };
     let ctx = cfg.engine.session(run_dir, limits).await?;
     // Absolute: the path is part of the plan, read by whichever machine runs it.
     let root = cfg.checkpoint_dir.clone().unwrap_or_else(|| run_dir.checkpoints(cfg.supervised_reference));
@@ -253,7 +261,6 @@ pub async fn run(cfg: &ExtractConfig, run_dir: &RunDir) -> Result<ExtractReport>
         model_versions: versions.clone(),
         tables: BTreeMap::new(),
     };
-    let partitions = cfg.engine.partitions(cfg.threads);
     for (&task, version) in &versions {
         let bar = progress_bar(cfg.progress && cfg.engine == Engine::Local, task);
         let dir = root.join(task.as_str());
@@ -264,6 +271,7 @@ pub async fn run(cfg: &ExtractConfig, run_dir: &RunDir) -> Result<ExtractReport>
             run_id: &run_id,
             functions: &functions,
             partitions,
+            threads,
         };
         let df = plan::task_plan(&ctx, cfg, &task_plan).await?;
         let name = cfg.table_name(output_table(task));

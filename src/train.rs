@@ -115,9 +115,18 @@ pub struct TrainConfig {
     /// config hash.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub positive_weight: BTreeMap<Task, f64>,
+    /// Per task, how many students to train (seeds `seed`, `seed + 1`, …) and average at
+    /// inference ([`crate::model::predict`]); a task missing here trains one. Each member
+    /// costs a training and an encoder pass per sentence at extraction. Left empty, it is not
+    /// part of the config hash.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub ensemble: BTreeMap<Task, usize>,
     /// Show a progress bar (loss, tokens/s).
     pub progress: bool,
 }
+
+/// Largest `train.ensemble`: each member is a full training run.
+const MAX_MEMBERS: usize = 16;
 
 impl Default for TrainConfig {
     fn default() -> Self {
@@ -153,6 +162,7 @@ impl Default for TrainConfig {
             self_train_weight: 0.5,
             self_train_min_score: 0.5,
             positive_weight: BTreeMap::new(),
+            ensemble: BTreeMap::new(),
             progress: true,
         }
     }
@@ -182,6 +192,9 @@ impl TrainConfig {
         if let Some((task, w)) = self.positive_weight.iter().find(|(_, w)| !(**w >= 1.0 && w.is_finite())) {
             return bad(format!("positive_weight.{task} = {w}: must be at least 1"));
         }
+        if let Some((task, n)) = self.ensemble.iter().find(|(_, n)| !(1..=MAX_MEMBERS).contains(*n)) {
+            return bad(format!("ensemble.{task} = {n}: must be 1 to {MAX_MEMBERS} students"));
+        }
         if !(0.0..=1.0).contains(&self.self_train_min_score) {
             return bad(format!("self_train_min_score {} outside [0, 1]", self.self_train_min_score));
         }
@@ -197,6 +210,11 @@ impl TrainConfig {
             ));
         }
         Ok(())
+    }
+
+    /// Students trained and averaged for `task` (`train.ensemble`).
+    pub fn members(&self, task: Task) -> usize {
+        self.ensemble.get(&task).copied().unwrap_or(1)
     }
 
     /// The loss weight of `task`'s non-`O` tags.
@@ -225,7 +243,10 @@ pub struct TaskReport {
     pub features: FeatureStats,
     pub train_examples: usize,
     pub dev_examples: usize,
+    /// The first (or only) student's fit.
     pub fit: FitOutcome,
+    /// The other ensemble members' fits (`train.ensemble`), by seed.
+    pub ensemble: Vec<FitOutcome>,
     pub calibration: Option<Calibration>,
     pub self_training: Option<SelfTrainingStats>,
 }
@@ -307,6 +328,22 @@ impl fmt::Display for TrainReport {
                 losses(&t.fit.dev_losses),
                 losses(&t.fit.dev_scores)
             )?;
+            if !t.ensemble.is_empty() {
+                let all: Vec<&FitOutcome> = std::iter::once(&t.fit).chain(&t.ensemble).collect();
+                let join = |f: &dyn Fn(&FitOutcome) -> String| all.iter().map(|m| f(m)).collect::<Vec<_>>().join(" ");
+                writeln!(
+                    f,
+                    "  ensemble of {} students (seeds from train.seed on): steps {}; best epochs {}; dev F {}; {:.1}s",
+                    all.len(),
+                    join(&|m| m.steps.to_string()),
+                    join(&|m| m.best_epoch.to_string()),
+                    join(&|m| m
+                        .dev_scores
+                        .get(m.best_epoch.saturating_sub(1))
+                        .map_or("n/a".into(), |s| format!("{s:.3}"))),
+                    all.iter().map(|m| m.seconds).sum::<f64>(),
+                )?;
+            }
             if let Some(st) = &t.self_training {
                 writeln!(
                     f,
@@ -396,16 +433,6 @@ fn train_task(
     let dev = featurize(&dev_sentences, task, tokenizer, cfg.windowing(), &mut features)?;
 
     let spec = StudentSpec { task, arch: cfg.arch, dropout: cfg.dropout };
-    let varmap = VarMap::new();
-    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
-    let mut student = Student::load(vb, encoder, &spec, Mode::Train)?;
-    student.set_frozen_layers(cfg.frozen_layers)?;
-    // Heads from the seed, encoder from the pretrained weights; again before self-training.
-    let fresh_weights = || -> Result<()> {
-        seeded_init(&varmap, cfg.seed, encoder.initializer_range)?;
-        load_encoder_weights(&varmap, &cfg.model_dir.join(checkpoint::WEIGHTS_FILE)).map(drop)
-    };
-    fresh_weights()?;
     let dir = cfg.checkpoint_root(run_dir).join(task.as_str());
     let mut config = CheckpointConfig {
         model_version: String::new(),
@@ -417,24 +444,35 @@ fn train_task(
         base_model: cfg.model_dir.display().to_string(),
         train: serde_json::to_value(cfg)?,
         min_score: 0.0,
+        members: 1,
     };
-    // The weights being trained as an inference model (the same variables, no copy), to
-    // score epochs and choose the threshold without writing a checkpoint first.
-    let trained = {
-        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
-        let student = Student::load(vb, encoder, &config.spec, Mode::Infer)?;
-        Checkpoint { dir: dir.clone(), config: config.clone(), student, tokenizer: tokenizer.clone() }
+    // Members differ only in their seed (heads, batch order, dropout); the silver split and
+    // the calibration sentences come from `train.seed`, so no member saw what calibrates them.
+    let seeds: Vec<u64> = (0..cfg.members(task) as u64).map(|i| cfg.seed + i).collect();
+    let members: Vec<Member> =
+        seeds.iter().map(|&seed| Member::new(cfg, seed, encoder, &config.spec)).collect::<Result<_>>()?;
+    let as_checkpoint = |members: &[&Member]| -> Result<Checkpoint> {
+        let students = members.iter().map(|m| m.inference(encoder, &config.spec)).collect::<Result<_>>()?;
+        Ok(Checkpoint { dir: dir.clone(), config: config.clone(), students, tokenizer: tokenizer.clone() })
     };
-    let dev_score = || -> Result<f64> {
-        Ok(calibrate::calibrate(&trained, &dev_sentences, "silver dev split", 1)?.map_or(0.0, |c| c.f1))
+    let threads = crate::parallel::threads_or_all(cfg.threads);
+    let fit_all = |set: TrainSet| -> Result<Vec<FitOutcome>> {
+        crate::parallel::map(&members, threads, |member| {
+            member.reset(cfg, encoder)?;
+            // The weights being trained as an inference model (the same variables, no copy),
+            // to score epochs without writing a checkpoint first.
+            let trained = as_checkpoint(&[member])?;
+            let dev_score = || -> Result<f64> {
+                Ok(calibrate::calibrate(&trained, &dev_sentences, "silver dev split", 1)?.map_or(0.0, |c| c.f1))
+            };
+            let scored = (!dev_sentences.is_empty()).then_some(&dev_score as fit::DevScore);
+            let bar = bars.add(ProgressBar::no_length());
+            bar.set_prefix(if members.len() == 1 { task.to_string() } else { format!("{task} {}", member.seed) });
+            let special = tokenizer.special();
+            fit::fit(&member.cfg, &member.student, &member.varmap, set, &dev, scored, special, &bar)
+        })
     };
-    let scored = (!dev_sentences.is_empty()).then_some(&dev_score as fit::DevScore);
-    let fit_on = |set: TrainSet| {
-        let bar = bars.add(ProgressBar::no_length());
-        bar.set_prefix(task.as_str());
-        fit::fit(cfg, &student, &varmap, set, &dev, scored, tokenizer.special(), &bar)
-    };
-    let mut fit = fit_on(TrainSet::labeled(&train))?;
+    let mut fits = fit_all(TrainSet::labeled(&train))?;
 
     let held_out = cfg.calibrate.sentences(
         run_dir,
@@ -444,8 +482,9 @@ fn train_task(
         cfg.supervised_reference,
         (cfg.calibrate_sentences, cfg.seed),
     )?;
+    let trained = as_checkpoint(&members.iter().collect::<Vec<_>>())?;
     let calibrate_now = || match &held_out {
-        Some((sentences, on)) => calibrate::calibrate(&trained, sentences, on, 1),
+        Some((sentences, on)) => calibrate::calibrate(&trained, sentences, on, threads),
         None => Ok(None),
     };
     let mut calibration = calibrate_now()?;
@@ -455,13 +494,12 @@ fn train_task(
         let silver: HashSet<&str> = train_sentences.iter().chain(&dev_sentences).map(|s| s.doc_id.as_str()).collect();
         let calibration_docs: HashSet<&str> = held_out.iter().flat_map(|(s, _)| s).map(|s| s.doc_id.as_str()).collect();
         let pool = self_training::pool(run_dir, &silver, &calibration_docs, cfg.self_train_sentences, cfg.seed)?;
-        let pseudo = self_training::pseudo_label(&trained, &pool, min_score, 1)?;
+        let pseudo = self_training::pseudo_label(&trained, &pool, min_score, threads)?;
         let (positive, labels) = self_training::count(&pseudo, task.relation().is_some());
         let mut examples = train.clone();
         examples.extend(featurize(&pseudo, task, tokenizer, cfg.windowing(), &mut features)?);
-        fresh_weights()?;
         let set = TrainSet { examples: &examples, pseudo_from: train.len(), pseudo_weight: cfg.self_train_weight };
-        fit = fit_on(set)?;
+        fits = fit_all(set)?;
         let first_round_f = calibration.as_ref().map(|c| c.f1);
         calibration = calibrate_now()?;
         let weight = cfg.self_train_weight;
@@ -481,7 +519,8 @@ fn train_task(
             c.on
         );
     }
-    let saved = checkpoint::save(&dir, &varmap, config, tokenizer_path)?;
+    let varmaps: Vec<&VarMap> = members.iter().map(|m| &m.varmap).collect();
+    let saved = checkpoint::save(&dir, &varmaps, config, tokenizer_path)?;
     tracing::info!(task = %task, model_version = %saved.model_version, "checkpoint written to {}", dir.display());
     Ok(TaskReport {
         task,
@@ -492,10 +531,42 @@ fn train_task(
         features,
         train_examples: train.len(),
         dev_examples: dev.len(),
-        fit,
+        fit: fits.remove(0),
+        ensemble: fits,
         calibration,
         self_training,
     })
+}
+
+/// One student being trained: its variables and the training-mode model over them.
+struct Member {
+    seed: u64,
+    /// The task's config with this member's seed.
+    cfg: TrainConfig,
+    varmap: VarMap,
+    student: Student,
+}
+
+impl Member {
+    fn new(cfg: &TrainConfig, seed: u64, encoder: &BertConfig, spec: &StudentSpec) -> Result<Self> {
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+        let mut student = Student::load(vb, encoder, spec, Mode::Train)?;
+        student.set_frozen_layers(cfg.frozen_layers)?;
+        Ok(Self { seed, cfg: TrainConfig { seed, ..cfg.clone() }, varmap, student })
+    }
+
+    /// Heads from the member's seed, encoder from the pretrained weights (again before
+    /// self-training's second round).
+    fn reset(&self, cfg: &TrainConfig, encoder: &BertConfig) -> Result<()> {
+        seeded_init(&self.varmap, self.seed, encoder.initializer_range)?;
+        load_encoder_weights(&self.varmap, &cfg.model_dir.join(checkpoint::WEIGHTS_FILE)).map(drop)
+    }
+
+    /// The same variables as an inference model (no copy).
+    fn inference(&self, encoder: &BertConfig, spec: &StudentSpec) -> Result<Student> {
+        Student::load(VarBuilder::from_varmap(&self.varmap, DType::F32, &Device::Cpu), encoder, spec, Mode::Infer)
+    }
 }
 
 #[cfg(test)]

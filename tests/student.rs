@@ -289,6 +289,41 @@ fn dev_documents_never_train_and_long_sentences_are_windowed() {
     assert_eq!(distinct.len(), ade.num_rows(), "a pair reported by two overlapping windows");
 }
 
+/// `train.ensemble`: one checkpoint holding a student per seed. Member 0 is the student a
+/// single training with the same seed gives (bit for bit), member 1 differs; the ensemble loads
+/// both, and its batched extraction is as exact as one student's.
+#[test]
+fn an_ensemble_trains_one_student_per_seed_into_one_checkpoint() {
+    use biodistill::model::checkpoint::{Checkpoint, CheckpointConfig, member_weights};
+    let tmps = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let runs: Vec<RunDir> = tmps
+        .iter()
+        .map(|tmp| {
+            let run = RunDir::create(tmp.path()).unwrap();
+            write_silver_run(&run, DOCS, LABELS);
+            run
+        })
+        .collect();
+    let single = TrainConfig { tasks: vec![Task::Ade], ..overfit() };
+    let ensemble = TrainConfig { ensemble: [(Task::Ade, 2)].into(), ..single.clone() };
+    assert!(train::run(&single, &runs[0]).unwrap().tasks[0].ensemble.is_empty());
+    let report = train::run(&ensemble, &runs[1]).unwrap();
+    println!("{report}");
+    assert_eq!(report.tasks[0].ensemble.len(), 1, "the second member's fit is reported");
+    assert!(report.to_string().contains("ensemble of 2 students"), "{report}");
+    let dirs: Vec<PathBuf> = runs.iter().map(|r| r.checkpoints(false).join("ade")).collect();
+    let weights = |dir: &Path, i: usize| std::fs::read(dir.join(member_weights(i))).unwrap();
+    assert_eq!(weights(&dirs[1], 0), weights(&dirs[0], 0), "member 0 is the single student of the same seed");
+    assert_ne!(weights(&dirs[1], 1), weights(&dirs[1], 0), "member 1 trains from its own seed");
+    assert!(!dirs[0].join(member_weights(1)).exists());
+    assert_eq!(CheckpointConfig::read(&dirs[1]).unwrap().members, 2);
+    let checkpoint = Checkpoint::load(&dirs[1], &candle_core::Device::Cpu).unwrap();
+    assert_eq!(checkpoint.students.len(), 2);
+    batched_extraction_equals_each_sentence_alone(&checkpoint);
+    let bad = TrainConfig { ensemble: [(Task::Ade, 0)].into(), ..single };
+    assert!(train::run(&bad, &runs[0]).unwrap_err().to_string().contains("ensemble.ade = 0"));
+}
+
 /// `train.filters.min_teacher_confidence` drops exactly the labels the teacher scored below it
 /// (or, by sentence, their sentences), keeps (and counts) the ones it has no score for, and is
 /// off at 0.

@@ -88,7 +88,7 @@ pub fn register(ctx: &SessionContext, student_dir: PathBuf) {
 /// `sentence_pairs` and `sentence_spans`, counting the windows they encode in `windows`.
 pub fn sentence_functions(windows: &Arc<AtomicUsize>) -> [ScalarUDF; 2] {
     [Output::Pairs, Output::Spans].map(|output| {
-        let mut args = vec![DataType::Utf8, DataType::Utf8, DataType::Utf8, DataType::Int64];
+        let mut args = vec![DataType::Utf8, DataType::Utf8, DataType::Utf8, DataType::Int64, DataType::Int64];
         if output == Output::Spans {
             args.push(DataType::Utf8);
         }
@@ -264,8 +264,11 @@ fn checkpoint(dir: &Path, version: &str) -> crate::error::Result<Arc<Checkpoint>
     Ok(found)
 }
 
-/// `sentence_pairs(text, checkpoint_dir, model_version, batch_size)` or `sentence_spans(…)`:
-/// one sentence per row, one encoder thread per call (the plan's partitions are the parallelism).
+/// `sentence_pairs(text, checkpoint_dir, model_version, batch_size, threads)` or
+/// `sentence_spans(…, recognizers)`: one sentence per row, encoder batches side by side on
+/// `threads` threads (0: every core of the machine running it). A local plan runs in one
+/// partition and the threads are its parallelism: DataFusion's partitions of a scan follow the
+/// file's byte ranges, and the sentences a run selects can sit mostly in one of them.
 #[derive(Debug)]
 struct SentenceFunction {
     output: Output,
@@ -328,11 +331,17 @@ impl ScalarUDFImpl for SentenceFunction {
             ColumnarValue::Scalar(ScalarValue::Int64(Some(n))) if *n > 0 => *n as usize,
             _ => return Err(DataFusionError::Plan(format!("{}: batch_size must be a positive literal", self.name()))),
         };
-        let (mut rows, windows) = spans_per_row(&checkpoint, texts, false, batch_size, 1).map_err(execution)?;
+        let threads = match &args.args[4] {
+            ColumnarValue::Scalar(ScalarValue::Int64(Some(n))) if *n >= 0 => {
+                crate::parallel::threads_or_all(*n as usize)
+            }
+            _ => return Err(DataFusionError::Plan(format!("{}: threads must be a literal >= 0", self.name()))),
+        };
+        let (mut rows, windows) = spans_per_row(&checkpoint, texts, false, batch_size, threads).map_err(execution)?;
         self.windows.fetch_add(windows, Ordering::Relaxed);
         if self.output == Output::Spans {
             let enabled: Vec<String> =
-                self.literal(&args, 4, "recognizers")?.split(',').filter(|n| !n.is_empty()).map(String::from).collect();
+                self.literal(&args, 5, "recognizers")?.split(',').filter(|n| !n.is_empty()).map(String::from).collect();
             recognizers::validate(&enabled).map_err(|e| DataFusionError::Plan(format!("{}: {e}", self.name())))?;
             fuse_recognizers(texts, &mut rows, &enabled);
         }

@@ -1,9 +1,10 @@
 //! Extraction as a DataFusion plan: per task, the selected `sentences`, hash-partitioned by
 //! sentence, through `sentence_pairs` / `sentence_spans` (see [`super::functions`]), the
 //! returned lists unnested into one row per pair or span, offsets moved from the sentence into
-//! the document, sorted. The same plan runs in this process (partitions on the cores) or on a
-//! Ballista cluster (partitions on the executors: hash, not round-robin, partitioning because
-//! Ballista drops round-robin repartitions and would run the students in one task).
+//! the document, sorted. The same plan runs in this process (one partition, the students'
+//! batches side by side on the cores) or on a Ballista cluster (partitions on the executors:
+//! hash, not round-robin, partitioning because Ballista drops round-robin repartitions and
+//! would run the students in one task).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -77,8 +78,9 @@ pub(super) struct TaskPlan<'a> {
     pub run_id: &'a str,
     /// `sentence_pairs` and `sentence_spans`, as registered on the session.
     pub functions: &'a [ScalarUDF; 2],
-    /// Partitions the students run in.
+    /// Partitions the students run in, and encoder threads per partition (0: every core).
     pub partitions: usize,
+    pub threads: usize,
 }
 
 /// The plan whose rows are `task`'s output table (its columns, in order).
@@ -90,7 +92,7 @@ pub(super) async fn task_plan(ctx: &SessionContext, cfg: &ExtractConfig, plan: &
     let function = &plan.functions[if pairs { 0 } else { 1 }];
     let dir = plan.checkpoint_dir.to_string_lossy().into_owned();
     let batch_size = lit(cfg.batch_size as i64);
-    let mut args = vec![col("text"), lit(dir), lit(plan.model_version), batch_size];
+    let mut args = vec![col("text"), lit(dir), lit(plan.model_version), batch_size, lit(plan.threads as i64)];
     if !pairs {
         args.push(lit(cfg.phi_recognizers.join(",")));
     }

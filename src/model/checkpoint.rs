@@ -65,13 +65,30 @@ pub struct CheckpointConfig {
     /// chosen on the silver dev split ([`crate::train::calibrate`]); 0 in older checkpoints.
     #[serde(default)]
     pub min_score: f32,
+    /// Students averaged at inference ([`crate::model::predict`]): member 0's weights are
+    /// [`WEIGHTS_FILE`], member `i`'s [`member_weights`]`(i)`. 1 (not written) for one student.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub members: usize,
 }
 
-/// Write a checkpoint of `varmap` to `dir` (replacing any previous one); returns the config
-/// with its model version filled in.
+fn one() -> usize {
+    1
+}
+
+fn is_one(n: &usize) -> bool {
+    *n == 1
+}
+
+/// File name of ensemble member `i`'s weights (`model.safetensors` for member 0).
+pub fn member_weights(i: usize) -> String {
+    if i == 0 { WEIGHTS_FILE.to_string() } else { format!("model-{i}.safetensors") }
+}
+
+/// Write a checkpoint of `members` (one varmap per ensemble member) to `dir`, replacing any
+/// previous one; returns the config with its model version filled in.
 pub fn save(
     dir: &Path,
-    varmap: &VarMap,
+    members: &[&VarMap],
     mut config: CheckpointConfig,
     tokenizer_json: &Path,
 ) -> Result<CheckpointConfig> {
@@ -83,14 +100,16 @@ pub fn save(
         fs::remove_dir_all(&tmp).with_path(&tmp)?;
     }
     fs::create_dir_all(&tmp).with_path(&tmp)?;
-    let weights = tmp.join(WEIGHTS_FILE);
-    // safetensors orders tensors by dtype then name, so equal weights give equal bytes.
-    varmap.save(&weights).map_err(|e| Error::Model(format!("{}: {e}", weights.display())))?;
+    config.members = members.len();
     config.model_version.clear();
-    let digest = Sha256::new()
-        .chain_update(fs::read(&weights).with_path(&weights)?)
-        .chain_update(serde_json::to_vec(&config)?)
-        .finalize();
+    let mut digest = Sha256::new();
+    for (i, varmap) in members.iter().enumerate() {
+        let weights = tmp.join(member_weights(i));
+        // safetensors orders tensors by dtype then name, so equal weights give equal bytes.
+        varmap.save(&weights).map_err(|e| Error::Model(format!("{}: {e}", weights.display())))?;
+        digest.update(fs::read(&weights).with_path(&weights)?);
+    }
+    let digest = digest.chain_update(serde_json::to_vec(&config)?).finalize();
     config.model_version = format!("{}-{}", config.label_source.version_prefix(), &hex::encode(digest)[..16]);
     let config_path = tmp.join(CONFIG_FILE);
     fs::write(&config_path, serde_json::to_vec_pretty(&config)?).with_path(&config_path)?;
@@ -106,7 +125,8 @@ pub fn save(
 pub struct Checkpoint {
     pub dir: PathBuf,
     pub config: CheckpointConfig,
-    pub student: Student,
+    /// One student, or the members of an ensemble (same spec and tokenizer).
+    pub students: Vec<Student>,
     pub tokenizer: WordPieces,
 }
 
@@ -125,17 +145,24 @@ impl Checkpoint {
         let config_path = dir.join(CONFIG_FILE);
         let encoder: BertConfig = serde_json::from_value(config.encoder.clone())
             .map_err(|e| Error::input(&config_path, format!("bad encoder config: {e}")))?;
-        let weights = dir.join(WEIGHTS_FILE);
-        if !weights.is_file() {
-            return Err(Error::input(&weights, "checkpoint weights are missing"));
+        if config.members == 0 {
+            return Err(Error::input(&config_path, "members is 0: a checkpoint holds at least one student"));
         }
-        // SAFETY: read-only mapping of a file this process does not modify while it is mapped.
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&weights], DType::F32, device) }
-            .map_err(|e| Error::Model(format!("{}: {e}", weights.display())))?;
-        let student = Student::load(vb, &encoder, &config.spec, Mode::Infer)
-            .and_then(|mut s| s.fuse_for_inference().map(|()| s))
-            .map_err(|e| Error::Model(format!("{}: {e}", weights.display())))?;
+        let students = (0..config.members)
+            .map(|i| {
+                let weights = dir.join(member_weights(i));
+                if !weights.is_file() {
+                    return Err(Error::input(&weights, "checkpoint weights are missing"));
+                }
+                // SAFETY: read-only mapping of a file this process does not modify while mapped.
+                let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&weights], DType::F32, device) }
+                    .map_err(|e| Error::Model(format!("{}: {e}", weights.display())))?;
+                Student::load(vb, &encoder, &config.spec, Mode::Infer)
+                    .and_then(|mut s| s.fuse_for_inference().map(|()| s))
+                    .map_err(|e| Error::Model(format!("{}: {e}", weights.display())))
+            })
+            .collect::<Result<_>>()?;
         let tokenizer = WordPieces::from_file(&dir.join(TOKENIZER_FILE))?;
-        Ok(Self { dir: dir.to_path_buf(), config, student, tokenizer })
+        Ok(Self { dir: dir.to_path_buf(), config, students, tokenizer })
     }
 }

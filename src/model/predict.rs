@@ -64,9 +64,16 @@ pub struct Predictions {
 /// Per row, per position: the argmax tag, and its probability.
 type TagsAndProbs = (Vec<Vec<u32>>, Vec<Vec<f32>>);
 
-/// Per-position `(argmax tag, its probability)` of logits `(rows, tokens, tags)`.
-fn decode_logits(logits: &Tensor) -> Result<TagsAndProbs> {
-    let probs = candle_nn::ops::softmax_last_dim(logits)?;
+/// Per-position `(argmax tag, its probability)` of the mean over ensemble members of the
+/// softmax of their logits `(rows, tokens, tags)`; one member's, for one student.
+fn decode_logits(members: &[Tensor]) -> Result<TagsAndProbs> {
+    let mut probs = candle_nn::ops::softmax_last_dim(&members[0])?;
+    for logits in &members[1..] {
+        probs = (probs + candle_nn::ops::softmax_last_dim(logits)?)?;
+    }
+    if members.len() > 1 {
+        probs = (probs / members.len() as f64)?;
+    }
     Ok((probs.argmax(D::Minus1)?.to_vec2()?, probs.max(D::Minus1)?.to_vec2()?))
 }
 
@@ -120,14 +127,16 @@ pub fn predict(
     Ok(out)
 }
 
-/// Entities and pairs of one batch of `(sentence, window)` items.
+/// Entities and pairs of one batch of `(sentence, window)` items. An ensemble's members each
+/// encode the batch; their entity probabilities are averaged to find the anchors, and each
+/// member's relation head then tags those same anchors, averaged again.
 fn predict_batch(
     checkpoint: &Checkpoint,
     pieces: &[Pieces],
     windows: &[Vec<Range<usize>>],
     chunk: &[(usize, usize)],
 ) -> Result<Predictions> {
-    let student = &checkpoint.student;
+    let students = &checkpoint.students;
     let task = checkpoint.config.spec.task;
     let anchor_type = task.relation().map(|(a, _)| task.type_index(a).expect("anchor type is an entity type"));
     let mut out = Predictions::default();
@@ -137,8 +146,10 @@ fn predict_batch(
         .collect();
     let refs: Vec<&Example> = examples.iter().collect();
     let mut batch = Batch::new(&refs, checkpoint.tokenizer.special());
-    let hidden = student.encode(&batch)?;
-    let (tags, probs) = decode_logits(&student.entity_logits(&hidden, None)?)?;
+    let hidden: Vec<Tensor> = students.iter().map(|s| s.encode(&batch)).collect::<Result<_>>()?;
+    let entity: Vec<Tensor> =
+        students.iter().zip(&hidden).map(|(s, h)| s.entity_logits(h, None)).collect::<Result<_>>()?;
+    let (tags, probs) = decode_logits(&entity)?;
     let mut anchors = Vec::new();
     for (row, &(s, w)) in chunk.iter().enumerate() {
         let window = &windows[s][w];
@@ -160,7 +171,9 @@ fn predict_batch(
             out.entities.push(entity);
         }
     }
-    let Some(relation) = student.relation_logits(&hidden, &batch, None)? else { return Ok(out) };
+    let relation: Option<Vec<Tensor>> =
+        students.iter().zip(&hidden).map(|(s, h)| s.relation_logits(h, &batch, None)).collect::<Result<_>>()?;
+    let Some(relation) = relation else { return Ok(out) };
     let (rel_tags, rel_probs) = decode_logits(&relation)?;
     for (a, anchor) in anchors.into_iter().enumerate() {
         let (s, w) = chunk[batch.anchor_rows[a] as usize];
@@ -172,4 +185,27 @@ fn predict_batch(
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Tensor};
+
+    use super::decode_logits;
+
+    #[test]
+    fn an_ensemble_decodes_the_mean_of_its_members_probabilities() {
+        // One position, two tags: member A says (0.9, 0.1), member B (0.2, 0.8); their mean
+        // (0.55, 0.45) picks tag 0 at 0.55, which neither member alone gives.
+        let logits = |p: [f32; 2]| Tensor::new(&[[p.map(f32::ln)]], &Device::Cpu).unwrap();
+        let (a, b) = (logits([0.9, 0.1]), logits([0.2, 0.8]));
+        let (tags, probs) = decode_logits(&[a.clone(), b.clone()]).unwrap();
+        assert_eq!(tags, vec![vec![0]]);
+        assert!((probs[0][0] - 0.55).abs() < 1e-6, "{probs:?}");
+        let (tags, probs) = decode_logits(&[b]).unwrap();
+        assert_eq!(tags, vec![vec![1]]);
+        assert!((probs[0][0] - 0.8).abs() < 1e-6, "{probs:?}");
+        let (_, probs) = decode_logits(&[a.clone(), a]).unwrap();
+        assert!((probs[0][0] - 0.9).abs() < 1e-6, "a student with itself is the student: {probs:?}");
+    }
 }

@@ -237,6 +237,11 @@ fn config_rejects_unknown_fields_and_bad_values() {
     // Left empty it is not in the serialized config (the checkpoint's config hash).
     assert!(!serde_json::to_string(&TrainConfig::default()).unwrap().contains("positive_weight"));
     assert!(!serde_json::to_string(&TrainConfig::default()).unwrap().contains("per_pass_examples"));
+    assert!(!serde_json::to_string(&TrainConfig::default()).unwrap().contains("ensemble"));
+    let cfg: TrainConfig = toml::from_str("[ensemble]\nade = 3").unwrap();
+    assert_eq!((cfg.members(Task::Ade), cfg.members(Task::Phi)), (3, 1));
+    let many: TrainConfig = toml::from_str("[ensemble]\nphi = 17").unwrap();
+    assert!(many.validate().unwrap_err().to_string().contains("ensemble.phi = 17"));
     let both: TrainConfig = toml::from_str("[filters]\nrequire_agreement = true\nper_pass_examples = true").unwrap();
     assert!(both.validate().unwrap_err().to_string().contains("exclude each other"));
 }
