@@ -61,7 +61,8 @@ pub struct ExtractConfig {
     /// Sentences per batch of the plan (bounds memory).
     pub read_rows: usize,
     /// Locally, encoder threads the students' batches run on side by side; on Ballista, the
-    /// partitions the plan is split into (each on its executor's cores). 0 = every core
+    /// partitions the plan is split into (one encoder thread each, as executors run them side
+    /// by side). 0 = every core
     /// (locally) or 8 (on Ballista). Not serialized: it changes neither the outputs nor the
     /// config hash.
     #[serde(skip_serializing)]
@@ -216,10 +217,11 @@ pub async fn run(cfg: &ExtractConfig, run_dir: &RunDir) -> Result<ExtractReport>
     }
     // First, so an unreachable cluster is reported before anything else.
     // Locally one partition whose student calls use every thread (see `functions`); on a
-    // cluster, partitions for the executors, each call on its executor's cores.
+    // cluster, the partitions are the parallelism (executors run them side by side), one
+    // encoder thread per call.
     let (partitions, threads) = match cfg.engine {
         Engine::Local => (1, crate::parallel::threads_or_all(cfg.threads)),
-        _ => (cfg.engine.partitions(cfg.threads), 0),
+        _ => (cfg.engine.partitions(cfg.threads), 1),
     };
     let limits =
         crate::plan::Limits { batch_rows: cfg.read_rows, partitions, ..crate::plan::Limits::mib(cfg.memory_limit_mib) };

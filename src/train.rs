@@ -458,7 +458,7 @@ fn train_task(
     let threads = crate::parallel::threads_or_all(cfg.threads);
     let fit_all = |set: TrainSet| -> Result<Vec<FitOutcome>> {
         crate::parallel::map(&members, threads, |member| {
-            member.reset(cfg, encoder)?;
+            member.reset(encoder)?;
             // The weights being trained as an inference model (the same variables, no copy),
             // to score epochs without writing a checkpoint first.
             let trained = as_checkpoint(&[member])?;
@@ -467,7 +467,7 @@ fn train_task(
             };
             let scored = (!dev_sentences.is_empty()).then_some(&dev_score as fit::DevScore);
             let bar = bars.add(ProgressBar::no_length());
-            bar.set_prefix(if members.len() == 1 { task.to_string() } else { format!("{task} {}", member.seed) });
+            bar.set_prefix(if members.len() == 1 { task.to_string() } else { format!("{task} {}", member.cfg.seed) });
             let special = tokenizer.special();
             fit::fit(&member.cfg, &member.student, &member.varmap, set, &dev, scored, special, &bar)
         })
@@ -540,7 +540,6 @@ fn train_task(
 
 /// One student being trained: its variables and the training-mode model over them.
 struct Member {
-    seed: u64,
     /// The task's config with this member's seed.
     cfg: TrainConfig,
     varmap: VarMap,
@@ -553,14 +552,14 @@ impl Member {
         let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
         let mut student = Student::load(vb, encoder, spec, Mode::Train)?;
         student.set_frozen_layers(cfg.frozen_layers)?;
-        Ok(Self { seed, cfg: TrainConfig { seed, ..cfg.clone() }, varmap, student })
+        Ok(Self { cfg: TrainConfig { seed, ..cfg.clone() }, varmap, student })
     }
 
     /// Heads from the member's seed, encoder from the pretrained weights (again before
     /// self-training's second round).
-    fn reset(&self, cfg: &TrainConfig, encoder: &BertConfig) -> Result<()> {
-        seeded_init(&self.varmap, self.seed, encoder.initializer_range)?;
-        load_encoder_weights(&self.varmap, &cfg.model_dir.join(checkpoint::WEIGHTS_FILE)).map(drop)
+    fn reset(&self, encoder: &BertConfig) -> Result<()> {
+        seeded_init(&self.varmap, self.cfg.seed, encoder.initializer_range)?;
+        load_encoder_weights(&self.varmap, &self.cfg.model_dir.join(checkpoint::WEIGHTS_FILE)).map(drop)
     }
 
     /// The same variables as an inference model (no copy).

@@ -298,6 +298,17 @@ impl SentenceFunction {
             _ => Err(DataFusionError::Plan(format!("{}: {what} must be a string literal", self.name()))),
         }
     }
+
+    /// The integer literal argument `index` (`batch_size`, `threads`), at least `min` (0 or 1).
+    fn count_literal(&self, args: &ScalarFunctionArgs, index: usize, what: &str, min: i64) -> DfResult<usize> {
+        match &args.args[index] {
+            ColumnarValue::Scalar(ScalarValue::Int64(Some(n))) if *n >= min => Ok(*n as usize),
+            _ => {
+                let bound = if min > 0 { "a positive literal" } else { "a literal >= 0" };
+                Err(DataFusionError::Plan(format!("{}: {what} must be {bound}", self.name())))
+            }
+        }
+    }
 }
 
 impl ScalarUDFImpl for SentenceFunction {
@@ -327,16 +338,8 @@ impl ScalarUDFImpl for SentenceFunction {
         }
         let input = args.args[0].to_array(args.number_rows)?;
         let texts = input.as_string::<i32>();
-        let batch_size = match &args.args[3] {
-            ColumnarValue::Scalar(ScalarValue::Int64(Some(n))) if *n > 0 => *n as usize,
-            _ => return Err(DataFusionError::Plan(format!("{}: batch_size must be a positive literal", self.name()))),
-        };
-        let threads = match &args.args[4] {
-            ColumnarValue::Scalar(ScalarValue::Int64(Some(n))) if *n >= 0 => {
-                crate::parallel::threads_or_all(*n as usize)
-            }
-            _ => return Err(DataFusionError::Plan(format!("{}: threads must be a literal >= 0", self.name()))),
-        };
+        let batch_size = self.count_literal(&args, 3, "batch_size", 1)?;
+        let threads = crate::parallel::threads_or_all(self.count_literal(&args, 4, "threads", 0)?);
         let (mut rows, windows) = spans_per_row(&checkpoint, texts, false, batch_size, threads).map_err(execution)?;
         self.windows.fetch_add(windows, Ordering::Relaxed);
         if self.output == Output::Spans {
