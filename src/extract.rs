@@ -272,7 +272,6 @@ pub async fn run(cfg: &ExtractConfig, run_dir: &RunDir) -> Result<ExtractReport>
             model_version: version,
             run_id: &run_id,
             functions: &functions,
-            partitions,
             threads,
         };
         let df = plan::task_plan(&ctx, cfg, &task_plan).await?;

@@ -337,7 +337,7 @@ async fn stages_after_ingest(
     // Audit, then publish.
     let required: Vec<String> =
         output_tables(&extract_cfg).into_iter().filter(|t| t != table::REDACTED_DOCUMENTS).collect();
-    let gates = publish::audit(&cfg.publish, run_dir, &required, previous.as_ref(), full_refresh)?;
+    let gates = publish::audit(&cfg.publish, run_dir, &required, previous.as_ref(), full_refresh).await?;
     if let Some(failed) = gates.iter().find(|g| !g.passed) {
         tracing::error!("quality gate {} failed: {}; the last publication stays", failed.name, failed.detail);
         return Ok(("gate_failed", Some(eval), gates, None));

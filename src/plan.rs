@@ -87,6 +87,16 @@ pub async fn session(run_dir: &RunDir, limits: Limits) -> Result<SessionContext>
     // pool, so a sort under a small limit could not hold even one batch; and every reader of
     // our tables (and of `sql -o` output) knows Utf8.
     execution.parquet.schema_force_view_types = false;
+    // A plan split into partitions keeps them through its joins: a join that collects its
+    // small side into one partition (DataFusion's choice under 1 MB) would leave everything
+    // above it in that one partition, and the planner replaces a hash repartition nothing
+    // requires (a student call, say) by a round-robin one, which Ballista drops. A partitioned
+    // join requires both sides hashed on its keys, so the partitions hold.
+    if limits.partitions > 1 {
+        let optimizer = &mut config.options_mut().optimizer;
+        optimizer.hash_join_single_partition_threshold = 0;
+        optimizer.hash_join_single_partition_threshold_rows = 0;
+    }
     let ctx = SessionContext::new_with_config_rt(config, runtime);
     for name in run_dir.tables()? {
         register(&ctx, &name, &run_dir.table_path(&name)).await?;

@@ -18,11 +18,13 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use arrow::array::{Array, AsArray};
+use arrow::array::{AsArray, RecordBatch};
+use arrow::datatypes::{Float64Type, Int64Type};
+use datafusion::prelude::SessionContext;
 use serde::{Deserialize, Serialize};
 
-use crate::columns::read_all;
 use crate::error::{Error, IoContext, Result};
+use crate::plan::{Limits, ident, literal};
 use crate::run_dir::RunDir;
 use crate::schema::table;
 
@@ -106,16 +108,17 @@ fn is_current(dir: &Path, run_id: &str) -> bool {
 /// `tables`: the extracted tables that must not be (nearly) empty; `previous`: the live
 /// publication, whose `eval_results` the new F1s are compared with; `full_refresh`: a dataset
 /// it was scored on may be gone (dropped on purpose).
-pub fn audit(
+pub async fn audit(
     cfg: &PublishConfig,
     run_dir: &RunDir,
     tables: &[String],
     previous: Option<&RunDir>,
     full_refresh: bool,
 ) -> Result<Vec<Gate>> {
+    let figures = Figures::of(run_dir).await?;
     let mut gates = Vec::new();
     for name in tables {
-        let rows = if run_dir.has_table(name) { row_count(run_dir, name)? } else { 0 };
+        let rows = if run_dir.has_table(name) { figures.rows(name).await? } else { 0 };
         gates.push(Gate::new(
             format!("rows:{name}"),
             rows >= cfg.min_rows,
@@ -123,7 +126,7 @@ pub fn audit(
         ));
     }
     if run_dir.has_table(table::TEACHER_LABELS) {
-        let (aligned, total) = alignment(run_dir)?;
+        let (aligned, total) = figures.alignment().await?;
         let rate = if total == 0 { 0.0 } else { aligned as f64 / total as f64 };
         gates.push(Gate::new(
             "teacher_alignment",
@@ -131,8 +134,10 @@ pub fn audit(
             format!("{aligned}/{total} spans aligned = {rate:.3} (min {})", cfg.min_alignment_rate),
         ));
     }
-    if cfg.min_f1 > 0.0 && run_dir.has_table(crate::schema::table::EVAL_RESULTS) {
-        for (key, now) in student_f1s(run_dir)? {
+    let scored = run_dir.has_table(table::EVAL_RESULTS);
+    let new = if scored { figures.student_f1s().await? } else { BTreeMap::new() };
+    if cfg.min_f1 > 0.0 {
+        for (key, &now) in &new {
             gates.push(Gate::new(
                 format!("f1_floor:{key}"),
                 now >= cfg.min_f1,
@@ -140,58 +145,31 @@ pub fn audit(
             ));
         }
     }
-    if let Some(previous) = previous.filter(|p| p.has_table(crate::schema::table::EVAL_RESULTS)) {
-        if run_dir.has_table(crate::schema::table::EVAL_RESULTS) {
-            let (old, new) = (student_f1s(previous)?, student_f1s(run_dir)?);
-            for (key, before) in old {
-                // A dataset the live publication was scored on and this run was not: its
-                // tables are incomplete (or the scope was narrowed, which publish.max_f1_drop
-                // cannot judge), so it does not publish silently.
-                let gate = match new.get(&key) {
-                    None if full_refresh => continue,
-                    Some(&now) => Gate::new(
-                        format!("f1:{key}"),
-                        now >= before - cfg.max_f1_drop,
-                        format!("{now:.4} vs {before:.4} published (max drop {})", cfg.max_f1_drop),
+    if let Some(previous) = previous.filter(|p| scored && p.has_table(table::EVAL_RESULTS)) {
+        for (key, before) in Figures::of(previous).await?.student_f1s().await? {
+            // A dataset the live publication was scored on and this run was not: its
+            // tables are incomplete (or the scope was narrowed, which publish.max_f1_drop
+            // cannot judge), so it does not publish silently.
+            let gate = match new.get(&key) {
+                None if full_refresh => continue,
+                Some(&now) => Gate::new(
+                    format!("f1:{key}"),
+                    now >= before - cfg.max_f1_drop,
+                    format!("{now:.4} vs {before:.4} published (max drop {})", cfg.max_f1_drop),
+                ),
+                None => Gate::new(
+                    format!("f1:{key}"),
+                    false,
+                    format!(
+                        "not scored by this run ({before:.4} published): its rows are missing; to drop \
+                         the dataset on purpose, publish with --full-refresh"
                     ),
-                    None => Gate::new(
-                        format!("f1:{key}"),
-                        false,
-                        format!(
-                            "not scored by this run ({before:.4} published): its rows are missing; to drop \
-                             the dataset on purpose, publish with --full-refresh"
-                        ),
-                    ),
-                };
-                gates.push(gate);
-            }
+                ),
+            };
+            gates.push(gate);
         }
     }
     Ok(gates)
-}
-
-fn row_count(run_dir: &RunDir, name: &str) -> Result<usize> {
-    let file = fs::File::open(run_dir.table_path(name)).with_path(run_dir.table_path(name))?;
-    let reader = parquet::file::serialized_reader::SerializedFileReader::new(file)?;
-    use parquet::file::reader::FileReader;
-    Ok(reader.metadata().file_metadata().num_rows() as usize)
-}
-
-/// (aligned, total) teacher spans: subjects and objects together.
-fn alignment(run_dir: &RunDir) -> Result<(usize, usize)> {
-    let (mut aligned, mut total) = (0, 0);
-    for batch in run_dir.read_table(table::TEACHER_LABELS)? {
-        for name in ["subject_alignment", "object_alignment"] {
-            let Some(col) = batch.column_by_name(name).and_then(|c| c.as_string_opt::<i32>()) else { continue };
-            for i in 0..col.len() {
-                if col.is_valid(i) {
-                    total += 1;
-                    aligned += usize::from(col.value(i) != "unaligned");
-                }
-            }
-        }
-    }
-    Ok((aligned, total))
 }
 
 /// The F1 a task is judged by (see `crate::eval`): not per-type or baseline figures.
@@ -199,23 +177,60 @@ const HEADLINE_F1: [&str; 4] = ["pair_strict_f1", "positive_f1", "pair_text_f1",
 /// Fewer gold items than this make an F1 too noisy to gate on.
 const MIN_GATE_N: i64 = 20;
 
-/// `task/dataset/metric -> value` of the student's headline F1s on every dev sentence.
-fn student_f1s(run_dir: &RunDir) -> Result<BTreeMap<String, f64>> {
-    let mut out = BTreeMap::new();
-    for cols in read_all(run_dir, crate::schema::table::EVAL_RESULTS)? {
-        let (task, dataset, system) = (cols.str("task")?, cols.str("dataset")?, cols.str("system")?);
-        let (subset, metric, value, n) = (cols.str("subset")?, cols.str("metric")?, cols.f64("value")?, cols.i64("n")?);
-        for i in 0..cols.len() {
-            if system.value(i) == "student"
-                && subset.value(i) == "all"
-                && HEADLINE_F1.contains(&metric.value(i))
-                && n.value(i) >= MIN_GATE_N
-            {
-                out.insert(format!("{}/{}/{}", task.value(i), dataset.value(i), metric.value(i)), value.value(i));
-            }
-        }
+/// What the gates judge, each figure a query over a run directory's tables.
+struct Figures(SessionContext);
+
+impl Figures {
+    async fn of(run_dir: &RunDir) -> Result<Self> {
+        // A few aggregates over small tables: no memory bound, and no spill directory (the
+        // live publication is read-only to us).
+        let limits = Limits { memory_bytes: None, spill: false, partitions: 1, batch_rows: 0 };
+        Ok(Self(crate::plan::session(run_dir, limits).await?))
     }
-    Ok(out)
+
+    async fn query(&self, sql: &str) -> Result<Vec<RecordBatch>> {
+        Ok(self.0.sql(sql).await?.collect().await?)
+    }
+
+    /// The first row's integer columns of a one-row aggregate.
+    async fn counts(&self, sql: &str) -> Result<Vec<usize>> {
+        let batches = self.query(sql).await?;
+        let row =
+            batches.iter().find(|b| b.num_rows() > 0).ok_or_else(|| Error::Config(format!("no row from {sql}")))?;
+        Ok(row.columns().iter().map(|c| c.as_primitive::<Int64Type>().value(0) as usize).collect())
+    }
+
+    async fn rows(&self, name: &str) -> Result<usize> {
+        Ok(self.counts(&format!("SELECT count(*) FROM {}", ident(name))).await?[0])
+    }
+
+    /// (aligned, total) teacher spans: subjects and objects together.
+    async fn alignment(&self) -> Result<(usize, usize)> {
+        let labels = ident(table::TEACHER_LABELS);
+        let sql = format!(
+            "SELECT count(CASE WHEN a <> 'unaligned' THEN 1 END), count(a) FROM \
+             (SELECT subject_alignment AS a FROM {labels} UNION ALL SELECT object_alignment AS a FROM {labels})"
+        );
+        let counts = self.counts(&sql).await?;
+        Ok((counts[0], counts[1]))
+    }
+
+    /// `task/dataset/metric -> value` of the student's headline F1s on every dev sentence.
+    async fn student_f1s(&self) -> Result<BTreeMap<String, f64>> {
+        let metrics: Vec<String> = HEADLINE_F1.iter().map(|m| literal(m)).collect();
+        let sql = format!(
+            "SELECT task || '/' || dataset || '/' || metric, value FROM {} WHERE system = 'student' \
+             AND subset = 'all' AND metric IN ({}) AND n >= {MIN_GATE_N}",
+            ident(table::EVAL_RESULTS),
+            metrics.join(", ")
+        );
+        let mut out = BTreeMap::new();
+        for batch in self.query(&sql).await? {
+            let (keys, values) = (batch.column(0).as_string::<i32>(), batch.column(1).as_primitive::<Float64Type>());
+            out.extend((0..batch.num_rows()).map(|i| (keys.value(i).to_string(), values.value(i))));
+        }
+        Ok(out)
+    }
 }
 
 /// Publish `files` (paths relative to the run directory) as `run_id`: copy them into a
@@ -329,8 +344,8 @@ mod tests {
         run_dir.write_table(crate::schema::table::EVAL_RESULTS, schema, &[batch]).unwrap();
     }
 
-    #[test]
-    fn the_f1_floor_refuses_a_useless_student_and_is_off_by_default() {
+    #[tokio::test]
+    async fn the_f1_floor_refuses_a_useless_student_and_is_off_by_default() {
         let tmp = tempfile::tempdir().unwrap();
         let run_dir = RunDir::create(tmp.path().join("run")).unwrap();
         // A good ADE score, a useless one, and one on too few gold items to judge.
@@ -338,16 +353,13 @@ mod tests {
             &run_dir,
             &[("ade", "ade_corpus_v2", 0.4, 1099), ("gene_disease", "gad", 0.0, 567), ("phi", "x", 0.0, 5)],
         );
-        let floor = |min_f1| {
+        let floor = async |min_f1| {
             let cfg = PublishConfig { min_f1, ..Default::default() };
-            audit(&cfg, &run_dir, &[], None, false)
-                .unwrap()
-                .into_iter()
-                .filter(|g| g.name.starts_with("f1_floor"))
-                .collect::<Vec<_>>()
+            let gates = audit(&cfg, &run_dir, &[], None, false).await.unwrap();
+            gates.into_iter().filter(|g| g.name.starts_with("f1_floor")).collect::<Vec<_>>()
         };
-        assert!(floor(0.0).is_empty());
-        let verdicts: Vec<(String, bool)> = floor(0.1).into_iter().map(|g| (g.name, g.passed)).collect();
+        assert!(floor(0.0).await.is_empty());
+        let verdicts: Vec<(String, bool)> = floor(0.1).await.into_iter().map(|g| (g.name, g.passed)).collect();
         assert_eq!(
             verdicts,
             [
@@ -413,35 +425,60 @@ mod tests {
         assert!(out.join("a.txt").is_file() && !out.join("partial").exists());
     }
 
-    #[test]
-    fn a_dataset_the_publication_was_scored_on_must_be_scored_again() {
+    #[tokio::test]
+    async fn a_dataset_the_publication_was_scored_on_must_be_scored_again() {
         let tmp = tempfile::tempdir().unwrap();
         let (live, run) =
             (RunDir::create(tmp.path().join("live")).unwrap(), RunDir::create(tmp.path().join("run")).unwrap());
         write_f1s(&live, &[("ade", "ade_corpus_v2", 0.4, 1099), ("gene_disease", "gad", 0.5, 567)]);
         write_f1s(&run, &[("ade", "ade_corpus_v2", 0.41, 1099)]);
-        let f1_gates = |full_refresh| {
-            audit(&PublishConfig::default(), &run, &[], Some(&live), full_refresh)
-                .unwrap()
-                .into_iter()
-                .filter(|g| g.name.starts_with("f1:"))
-                .map(|g| (g.name, g.passed))
-                .collect::<Vec<_>>()
+        let f1_gates = async |full_refresh| {
+            let gates = audit(&PublishConfig::default(), &run, &[], Some(&live), full_refresh).await.unwrap();
+            gates.into_iter().filter(|g| g.name.starts_with("f1:")).map(|g| (g.name, g.passed)).collect::<Vec<_>>()
         };
         let ade = ("f1:ade/ade_corpus_v2/pair_strict_f1".to_string(), true);
-        assert_eq!(f1_gates(false), [ade.clone(), ("f1:gene_disease/gad/pair_strict_f1".to_string(), false)]);
-        assert_eq!(f1_gates(true), [ade]);
+        assert_eq!(f1_gates(false).await, [ade.clone(), ("f1:gene_disease/gad/pair_strict_f1".to_string(), false)]);
+        assert_eq!(f1_gates(true).await, [ade]);
     }
 
-    #[test]
-    fn row_gate_fails_on_an_empty_table() {
+    #[tokio::test]
+    async fn row_gate_fails_on_an_empty_table() {
         let tmp = tempfile::tempdir().unwrap();
         let run_dir = RunDir::create(tmp.path()).unwrap();
         let schema = crate::schema::PHI_SPANS.clone();
         run_dir.write_table("phi_spans", schema, &[]).unwrap();
-        let gates =
-            audit(&PublishConfig::default(), &run_dir, &["phi_spans".into(), "missing".into()], None, false).unwrap();
+        let tables = ["phi_spans".into(), "missing".into()];
+        let gates = audit(&PublishConfig::default(), &run_dir, &tables, None, false).await.unwrap();
         assert_eq!(gates.len(), 2);
         assert!(gates.iter().all(|g| !g.passed), "{gates:?}");
+    }
+
+    /// Subjects and objects count alike; a label without an object (a PHI span) adds one.
+    #[tokio::test]
+    async fn the_alignment_gate_counts_every_aligned_subject_and_object() {
+        use arrow::array::{ArrayRef, StringArray};
+        use arrow::datatypes::{DataType, Field, Schema};
+        let tmp = tempfile::tempdir().unwrap();
+        let run_dir = RunDir::create(tmp.path()).unwrap();
+        let schema = std::sync::Arc::new(Schema::new(vec![
+            Field::new("subject_alignment", DataType::Utf8, true),
+            Field::new("object_alignment", DataType::Utf8, true),
+        ]));
+        let column = |v: [Option<&str>; 3]| -> ArrayRef { std::sync::Arc::new(StringArray::from(v.to_vec())) };
+        let columns = vec![
+            column([Some("exact"), Some("unaligned"), Some("fuzzy")]),
+            column([Some("exact"), None, Some("unaligned")]),
+        ];
+        run_dir
+            .write_table(table::TEACHER_LABELS, schema.clone(), &[crate::run_dir::batch(&schema, columns).unwrap()])
+            .unwrap();
+        let gate = async |min_alignment_rate| {
+            let cfg = PublishConfig { min_alignment_rate, ..Default::default() };
+            let gates = audit(&cfg, &run_dir, &[], None, false).await.unwrap();
+            gates.into_iter().find(|g| g.name == "teacher_alignment").unwrap()
+        };
+        let passed = gate(0.6).await;
+        assert!(passed.passed && passed.detail.starts_with("3/5 spans aligned = 0.600"), "{passed:?}");
+        assert!(!gate(0.61).await.passed);
     }
 }

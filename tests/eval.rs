@@ -340,6 +340,31 @@ fn without_the_teacher_only_the_all_subset_is_computed() {
     assert!(report.notes.iter().any(|n| n.contains("teacher_calls")));
 }
 
+/// The teacher's labels carry confidences 0.9 (Taxol -> rash), 0.4 (the failed sentence's
+/// pair) and 0.8 (Juan Pérez). At 0.85 the `teacher_confident` system keeps only the first:
+/// ADE still finds its one gold pair, PHI loses its name; with the filter off (0) the system
+/// is not scored at all.
+#[test]
+fn a_confidence_threshold_scores_the_labels_the_teacher_was_sure_of() {
+    let (_dir, run_dir) = three_systems();
+    let confident = |system, task, dataset| (task, dataset, system, "teacher_sample");
+    let cfg = EvalConfig { min_teacher_confidence: 0.85, report: false, ..EvalConfig::default() };
+    let report = run(&cfg, &run_dir, "r").unwrap();
+    let ade = confident("teacher_confident", "ade", "ade_corpus_v2");
+    assert_metric(&report, ade, "pair_strict_precision", (1.0, 1));
+    assert_metric(&report, ade, "pair_strict_recall", (1.0, 1));
+    let phi = confident("teacher_confident", "phi", "meddocan");
+    assert_metric(&report, phi, "strict_recall", (0.0, 1));
+    assert_metric(&report, confident("teacher", "phi", "meddocan"), "strict_recall", (1.0, 1));
+
+    let at = |threshold| {
+        let cfg = EvalConfig { min_teacher_confidence: threshold, report: false, ..EvalConfig::default() };
+        run(&cfg, &run_dir, "r").unwrap()
+    };
+    assert_metric(&at(0.5), phi, "strict_recall", (1.0, 1));
+    assert!(!at(0.0).rows.iter().any(|r| r.system == "teacher_confident"));
+}
+
 #[test]
 fn a_dataset_the_students_were_not_run_over_is_not_scored_for_them() {
     let (_dir, run_dir) = three_systems();

@@ -1,10 +1,11 @@
-//! Extraction as a DataFusion plan: per task, the selected `sentences`, hash-partitioned by
-//! sentence, through `sentence_pairs` / `sentence_spans` (see [`super::functions`]), the
+//! Extraction as a DataFusion plan: per task, the `sentences` of the selected `documents` (a
+//! semi-join), through `sentence_pairs` / `sentence_spans` (see [`super::functions`]), the
 //! returned lists unnested into one row per pair or span, offsets moved from the sentence into
 //! the document, sorted. The same plan runs in this process (one partition, the students'
-//! batches side by side on the cores) or on a Ballista cluster (partitions on the executors:
-//! hash, not round-robin, partitioning because Ballista drops round-robin repartitions and
-//! would run the students in one task).
+//! batches side by side on the cores) or on a Ballista cluster, where the join, partitioned
+//! by document (see [`crate::plan::session`]), is what splits the sentences into the hash
+//! partitions the executors run: the planner drops a repartition nothing above it requires,
+//! and Ballista runs a round-robin one as a single task.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use std::sync::Arc;
 use datafusion::common::UnnestOptions;
 use datafusion::dataframe::DataFrame;
 use datafusion::functions::core::expr_fn::get_field;
-use datafusion::logical_expr::{Expr, Partitioning, ScalarUDF, col, lit};
+use datafusion::logical_expr::{Expr, ScalarUDF, col, lit};
 use datafusion::prelude::SessionContext;
 
 use super::functions::sentence_element_fields;
@@ -56,7 +57,13 @@ impl ExtractConfig {
             return String::new();
         }
         let any: Vec<String> = filters.iter().flatten().map(|f| format!("({f})")).collect();
-        format!(" WHERE doc_id IN (SELECT doc_id FROM {} WHERE {})", ident(table::DOCUMENTS), any.join(" OR "))
+        Self::in_documents(&format!(" WHERE {}", any.join(" OR ")))
+    }
+
+    /// `WHERE doc_id IN (SELECT doc_id FROM documents<where_clause>)`: a semi-join, also with
+    /// no filter, as it is what partitions a task's plan.
+    fn in_documents(where_clause: &str) -> String {
+        format!(" WHERE {DOC_ID} IN (SELECT {DOC_ID} FROM {}{where_clause})", ident(table::DOCUMENTS))
     }
 }
 
@@ -78,14 +85,14 @@ pub(super) struct TaskPlan<'a> {
     pub run_id: &'a str,
     /// `sentence_pairs` and `sentence_spans`, as registered on the session.
     pub functions: &'a [ScalarUDF; 2],
-    /// Partitions the students run in, and encoder threads per partition (0: every core).
-    pub partitions: usize,
+    /// Encoder threads per partition (0: every core); the session sets the partitions.
     pub threads: usize,
 }
 
 /// The plan whose rows are `task`'s output table (its columns, in order).
 pub(super) async fn task_plan(ctx: &SessionContext, cfg: &ExtractConfig, plan: &TaskPlan<'_>) -> Result<DataFrame> {
-    let filter = ExtractConfig::sentence_filter(&[cfg.document_filter(plan.task)]);
+    let filter =
+        ExtractConfig::in_documents(&cfg.document_filter(plan.task).map(|f| format!(" WHERE {f}")).unwrap_or_default());
     let sentences =
         format!("SELECT doc_id, sent_id, start AS {SENTENCE_START}, text FROM {}{filter}", ident(table::SENTENCES));
     let pairs = plan.task.relation().is_some();
@@ -101,7 +108,6 @@ pub(super) async fn task_plan(ctx: &SessionContext, cfg: &ExtractConfig, plan: &
     let df = ctx
         .sql(&sentences)
         .await?
-        .repartition(Partitioning::Hash(vec![col(DOC_ID), col(SENT_ID)], plan.partitions.max(1)))?
         .select(vec![col(DOC_ID), col(SENT_ID), col(SENTENCE_START), found])?
         .unnest_columns_with_options(&[ELEMENT], UnnestOptions::new().with_preserve_nulls(false))?
         .select(output_columns(plan))?
@@ -176,6 +182,68 @@ mod tests {
         let any = ExtractConfig::sentence_filter(&[Some("x".into()), Some("y".into())]);
         assert_eq!(any, " WHERE doc_id IN (SELECT doc_id FROM \"documents\" WHERE (x) OR (y))");
         assert_eq!(ExtractConfig::sentence_filter(&[Some("x".into()), None]), "");
+    }
+
+    /// Ballista splits a job into stages at hash repartitions and runs a stage's partitions as
+    /// its tasks (it drops round-robin repartitions), so the student calls must sit above a
+    /// hash repartition into the session's partitions, with or without document filters.
+    #[tokio::test]
+    async fn the_students_run_in_the_hash_partitions_of_a_cluster_session() {
+        use datafusion::physical_plan::displayable;
+
+        let tmp = tempfile::tempdir().unwrap();
+        let run_dir = crate::run_dir::RunDir::create(tmp.path()).unwrap();
+        // More rows than a batch: the planner does not split what its statistics call small.
+        // 100 documents, half of them dev, 50 sentences each.
+        for (name, schema, rows) in
+            [(table::SENTENCES, &*crate::schema::SENTENCES, 5000), (table::DOCUMENTS, &*crate::schema::DOCUMENTS, 100)]
+        {
+            let column = |field: &arrow::datatypes::Field| -> arrow::array::ArrayRef {
+                let text = |i: usize| match field.name().as_str() {
+                    DOC_ID => format!("d{}", i % 100),
+                    "split" => ["dev", "train"][i % 2].to_string(),
+                    _ => format!("x{i}"),
+                };
+                match field.data_type() {
+                    arrow::datatypes::DataType::Int32 => Arc::new(arrow::array::Int32Array::from_iter_values(0..rows)),
+                    _ => Arc::new(arrow::array::StringArray::from_iter_values((0..rows as usize).map(text))),
+                }
+            };
+            let batch = crate::run_dir::batch(schema, schema.fields().iter().map(|f| column(f)).collect()).unwrap();
+            run_dir.write_table(name, schema.clone(), &[batch]).unwrap();
+        }
+        let limits = crate::plan::Limits { partitions: 3, ..crate::plan::Limits::mib(64) };
+        let ctx = crate::plan::session(&run_dir, limits).await.unwrap();
+        let functions = super::super::functions::sentence_functions(&Default::default());
+        for function in &functions {
+            ctx.register_udf(function.clone());
+        }
+        let filtered = ExtractConfig { splits: vec!["dev".into()], ..Default::default() };
+        for (task, cfg) in [(Task::Ade, &filtered), (Task::Phi, &ExtractConfig::default())] {
+            let plan = TaskPlan {
+                task,
+                checkpoint_dir: Path::new("/checkpoints/x"),
+                model_version: "v",
+                run_id: "r",
+                functions: &functions,
+                threads: 1,
+            };
+            let physical = task_plan(&ctx, cfg, &plan).await.unwrap().create_physical_plan().await.unwrap();
+            let shown = displayable(physical.as_ref()).indent(false).to_string();
+            let lines: Vec<&str> = shown.lines().collect();
+            let call = lines.iter().position(|l| l.contains("sentence_")).expect("a student call");
+            // Below the call, a join partitioned by document, and the first repartition under
+            // it a hash into 3 (not a round-robin one, which Ballista would drop, leaving one
+            // task for the students).
+            let below = &lines[call..];
+            let join = below.iter().position(|l| l.contains("HashJoinExec: mode=Partitioned"));
+            let first = below.iter().find(|l| l.contains("RepartitionExec"));
+            assert!(
+                join.is_some()
+                    && first.is_some_and(|l| l.contains("partitioning=Hash([doc_id@") && l.contains("], 3)")),
+                "{task}: the student call is not above a hash repartition into 3 in\n{shown}"
+            );
+        }
     }
 
     #[test]

@@ -131,43 +131,32 @@ impl TeacherClient {
     /// `estimated_tokens` feeds the tokens-per-minute limit.
     pub async fn complete(&self, request: &CreateChatCompletionRequest, estimated_tokens: u64) -> Call {
         let started = Instant::now();
-        let mut retries = 0;
-        loop {
+        let attempt = || async move {
             self.limiter.acquire(estimated_tokens).await;
             let permit = self.gate.acquire().await;
-            let epoch = permit.epoch;
             let attempt_started = Instant::now();
-            self.attempts.fetch_add(1, Ordering::Relaxed);
             let outcome = tokio::time::timeout(self.settings.timeout, self.client.chat().create(request.clone())).await;
+            let epoch = permit.epoch;
             drop(permit);
-            let error = match outcome {
-                Ok(Ok(response)) => match reply_of(response, attempt_started.elapsed()) {
-                    Ok(reply) => {
-                        self.gate.succeeded();
-                        return Call { reply: Ok(reply), retries, latency: started.elapsed() };
-                    }
-                    Err(e) => e,
-                },
-                Ok(Err(e)) => classify(e, "a chat completion"),
-                Err(_elapsed) => TeacherError::Timeout(self.settings.timeout),
+            let reply = match outcome {
+                Ok(Ok(response)) => reply_of(response, attempt_started.elapsed()),
+                Ok(Err(e)) => Err(classify(e, "a chat completion")),
+                Err(_elapsed) => Err(TeacherError::Timeout(self.settings.timeout)),
             };
-            if !error.is_retryable() || retries >= self.settings.max_retries {
-                return Call { reply: Err(error), retries, latency: started.elapsed() };
+            match &reply {
+                Ok(_) => self.gate.succeeded(),
+                Err(TeacherError::Overloaded { .. }) => self.gate.overloaded(epoch),
+                Err(_) => {}
             }
-            let delay = match error.retry_after() {
-                // Honour the server's delay, plus up to 10% so waiters do not return in lockstep.
-                Some(after) => after.mul_f64(1.0 + rand::rng().random_range(0.0..0.1)),
-                None => self.backoff(retries),
-            };
-            match &error {
-                TeacherError::RateLimited { .. } => self.limiter.pause_until(Instant::now() + delay),
-                TeacherError::Overloaded { .. } => self.gate.overloaded(epoch),
-                _ => {}
+            reply
+        };
+        let pause = |error: &TeacherError, delay: Duration| {
+            if matches!(error, TeacherError::RateLimited { .. }) {
+                self.limiter.pause_until(Instant::now() + delay);
             }
-            tracing::debug!(retry = retries + 1, ?delay, "teacher request failed, retrying: {error}");
-            tokio::time::sleep(delay).await;
-            retries += 1;
-        }
+        };
+        let (reply, retries) = self.with_retries(|_| true, attempt, pause).await;
+        Call { reply, retries, latency: started.elapsed() }
     }
 
     /// The async-openai client, for the Batch API's file and batch calls ([`super::batch`]);
@@ -183,22 +172,50 @@ impl TeacherClient {
     pub async fn retrying<T, F, Fut>(&self, timeout: Duration, idempotent: bool, call: F) -> Result<T, TeacherError>
     where
         F: Fn() -> Fut,
-        Fut: std::future::Future<Output = Result<T, OpenAIError>>,
+        Fut: Future<Output = Result<T, OpenAIError>>,
+    {
+        let attempt = || async {
+            match tokio::time::timeout(timeout, call()).await {
+                Ok(Ok(value)) => Ok(value),
+                Ok(Err(e)) => Err(classify(e, "a Batch API file or batch object")),
+                Err(_elapsed) => Err(TeacherError::Timeout(timeout)),
+            }
+        };
+        let safe_to_repeat = |error: &TeacherError| {
+            idempotent || matches!(error, TeacherError::RateLimited { .. } | TeacherError::Overloaded { .. })
+        };
+        self.with_retries(safe_to_repeat, attempt, |_, _| {}).await.0
+    }
+
+    /// The one retry rule of both kinds of call: a retryable error that `may_repeat` allows is
+    /// attempted again, up to `max_retries` times, after the server's requested delay (plus up
+    /// to 10% so waiters do not return in lockstep) or else the backoff; `before_retry` sees
+    /// each error and its delay first. Returns the outcome and the retries spent.
+    async fn with_retries<T, Fut>(
+        &self,
+        may_repeat: impl Fn(&TeacherError) -> bool,
+        attempt: impl Fn() -> Fut,
+        before_retry: impl Fn(&TeacherError, Duration),
+    ) -> (Result<T, TeacherError>, u32)
+    where
+        Fut: Future<Output = Result<T, TeacherError>>,
     {
         let mut retries = 0;
         loop {
             self.attempts.fetch_add(1, Ordering::Relaxed);
-            let error = match tokio::time::timeout(timeout, call()).await {
-                Ok(Ok(value)) => return Ok(value),
-                Ok(Err(e)) => classify(e, "a Batch API file or batch object"),
-                Err(_elapsed) => TeacherError::Timeout(timeout),
+            let error = match attempt().await {
+                Ok(value) => return (Ok(value), retries),
+                Err(error) => error,
             };
-            let refused = matches!(error, TeacherError::RateLimited { .. } | TeacherError::Overloaded { .. });
-            if !(error.is_retryable() && (idempotent || refused)) || retries >= self.settings.max_retries {
-                return Err(error);
+            if !(error.is_retryable() && may_repeat(&error)) || retries >= self.settings.max_retries {
+                return (Err(error), retries);
             }
-            let delay = error.retry_after().unwrap_or_else(|| self.backoff(retries));
-            tracing::debug!(retry = retries + 1, ?delay, "batch API call failed, retrying: {error}");
+            let delay = match error.retry_after() {
+                Some(after) => after.mul_f64(1.0 + rand::rng().random_range(0.0..0.1)),
+                None => self.backoff(retries),
+            };
+            before_retry(&error, delay);
+            tracing::debug!(retry = retries + 1, ?delay, "teacher request failed, retrying: {error}");
             tokio::time::sleep(delay).await;
             retries += 1;
         }
