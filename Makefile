@@ -48,6 +48,8 @@ sql: build
 ## Tests: formatting, unit and integration tests (real corpora, real model files).
 test: deps models-test
 	bash scripts/install_build_deps.sh chromium || echo "note: no Chromium; the span viewer's browser check is skipped"
+	# The official OpenAI Python client, for tests/serve_openai.rs (~20 s; a new machine lacks it).
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check openai || echo "note: no openai package; the official-client check is skipped"
 	cargo fmt --check
 	cargo test $(CARGO_FLAGS) --lib --bins --tests
 
