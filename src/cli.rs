@@ -157,6 +157,9 @@ pub struct ServeArgs {
     /// CPU threads (default: every core).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Model layers offloaded to the GPU (a `cuda` or `metal` build; default 0).
+    #[arg(long)]
+    pub gpu_layers: Option<u32>,
     /// Most requests decoded together.
     #[arg(long)]
     pub max_batch: Option<usize>,
@@ -278,6 +281,7 @@ impl Cli {
                 cfg.serve.host = a.host.clone().unwrap_or(cfg.serve.host);
                 cfg.serve.port = a.port.unwrap_or(cfg.serve.port);
                 cfg.serve.threads = a.threads.or(cfg.serve.threads);
+                cfg.serve.gpu_layers = a.gpu_layers.unwrap_or(cfg.serve.gpu_layers);
                 cfg.serve.max_batch = a.max_batch.unwrap_or(cfg.serve.max_batch);
                 cfg.serve.insecure_no_token |= a.insecure_no_token;
             }
@@ -306,7 +310,7 @@ pub async fn execute(cli: Cli) -> Result<bool> {
         Command::Eval => {
             let run_dir = RunDir::open(&cfg.run.dir)?;
             let run_id = crate::pipeline::run_id_of(&run_dir);
-            let report = crate::eval::run(&cfg.eval_config(), &run_dir, &run_id)?;
+            let report = crate::eval::run(&cfg.eval_config(), &run_dir, &run_id).await?;
             print_stdout(&report.to_string()).map(|()| true)
         }
         Command::ServeTeacher(_) => crate::serve::run(cfg.serve).await.map(|()| true),
@@ -355,7 +359,7 @@ async fn label(cfg: &PipelineConfig, plan: bool, export: Option<&std::path::Path
         let rows = crate::teacher::shipped::export(&cache, &run_dir, file)?;
         print_stdout(&format!("wrote {rows} teacher answers to {}\n", file.display())).map(|()| true)
     } else if plan {
-        print_stdout(&crate::teacher::plan(&label, &run_dir)?.to_string()).map(|()| true)
+        print_stdout(&crate::teacher::plan(&label, &run_dir).await?.to_string()).map(|()| true)
     } else {
         let report = crate::teacher::run_embedded_or_remote(&label, &cfg.serve, &run_dir).await?;
         print_stdout(&report.to_string())?;
@@ -436,5 +440,7 @@ mod tests {
         assert_eq!(serve_config(&["serve-teacher"]).port, crate::serve::ServeConfig::default().port);
         assert!(!serve_config(&["serve-teacher"]).insecure_no_token);
         assert!(serve_config(&["serve-teacher", "--insecure-no-token"]).insecure_no_token);
+        assert_eq!(serve_config(&["serve-teacher", "--gpu-layers", "99"]).gpu_layers, 99);
+        assert_eq!(serve_config(&["--set", "serve.gpu_layers=4", "serve-teacher"]).gpu_layers, 4);
     }
 }

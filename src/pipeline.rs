@@ -157,7 +157,7 @@ pub async fn run(cfg: &PipelineConfig, full_refresh: bool) -> Result<RunReport> 
     let input_hash = hash_documents(&documents);
     // The silver set is an input too: a run whose budget can still add sentences is a new run.
     let mut label_cfg = cfg.label_config();
-    let silver_state = silver_state(&crate::teacher::plan(&label_cfg, &run_dir)?);
+    let silver_state = silver_state(&crate::teacher::plan(&label_cfg, &run_dir).await?);
     let run_id = run_id(&cfg.hash(), &format!("{input_hash}/{silver_state}"), &code_state(cfg), full_refresh);
     label_cfg.run_id = run_id.clone();
     let mut m = Manifest {
@@ -329,7 +329,7 @@ async fn stages_after_ingest(
     );
     let context = [("Run".to_string(), timings)];
     let eval = stages
-        .time("eval", async { crate::eval::run_with_context(&cfg.eval_config(), run_dir, &run_id, &context) }, |r| {
+        .time("eval", crate::eval::run_with_context(&cfg.eval_config(), run_dir, &run_id, &context), |r| {
             BTreeMap::from([("results".to_string(), r.rows.len())])
         })
         .await?;

@@ -9,7 +9,8 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use arrow::datatypes::SchemaRef;
+use arrow::array::AsArray;
+use arrow::datatypes::{Int64Type, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use datafusion::dataframe::DataFrame;
 use datafusion::execution::SendableRecordBatchStream;
@@ -128,6 +129,29 @@ pub async fn write_table(run_dir: &RunDir, name: &str, schema: &SchemaRef, df: D
         }
     }
     sink.finish()
+}
+
+/// The integer columns of the first row of `sql`, a one-row aggregate (`SELECT count(*), …`).
+pub async fn counts(ctx: &SessionContext, sql: &str) -> Result<Vec<usize>> {
+    let batches = ctx.sql(sql).await?.collect().await?;
+    let row = batches.iter().find(|b| b.num_rows() > 0).ok_or_else(|| Error::Internal(format!("no row from {sql}")))?;
+    Ok(row.columns().iter().map(|c| c.as_primitive::<Int64Type>().value(0) as usize).collect())
+}
+
+/// Run a plan's `future` to completion from synchronous code (the training loop), inside or
+/// outside a Tokio runtime: on a scoped thread with a runtime of its own, since a thread
+/// already running a runtime cannot block on another.
+pub fn block_on<T: Send>(future: impl Future<Output = Result<T>> + Send) -> Result<T> {
+    std::thread::scope(|scope| {
+        let thread = scope.spawn(|| {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| Error::Internal(format!("cannot start a query runtime: {e}")))?;
+            runtime.block_on(future)
+        });
+        thread.join().map_err(|_| Error::Internal("a query thread panicked".into()))?
+    })
 }
 
 /// The next batch of `stream`, `None` at its end.

@@ -19,12 +19,12 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use arrow::array::{AsArray, RecordBatch};
-use arrow::datatypes::{Float64Type, Int64Type};
+use arrow::datatypes::Float64Type;
 use datafusion::prelude::SessionContext;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, IoContext, Result};
-use crate::plan::{Limits, ident, literal};
+use crate::plan::{Limits, counts, ident, literal};
 use crate::run_dir::RunDir;
 use crate::schema::table;
 
@@ -135,7 +135,8 @@ pub async fn audit(
         ));
     }
     let scored = run_dir.has_table(table::EVAL_RESULTS);
-    let new = if scored { figures.student_f1s().await? } else { BTreeMap::new() };
+    let needed = cfg.min_f1 > 0.0 || previous.is_some();
+    let new = if scored && needed { figures.student_f1s().await? } else { BTreeMap::new() };
     if cfg.min_f1 > 0.0 {
         for (key, &now) in &new {
             gates.push(Gate::new(
@@ -192,16 +193,8 @@ impl Figures {
         Ok(self.0.sql(sql).await?.collect().await?)
     }
 
-    /// The first row's integer columns of a one-row aggregate.
-    async fn counts(&self, sql: &str) -> Result<Vec<usize>> {
-        let batches = self.query(sql).await?;
-        let row =
-            batches.iter().find(|b| b.num_rows() > 0).ok_or_else(|| Error::Config(format!("no row from {sql}")))?;
-        Ok(row.columns().iter().map(|c| c.as_primitive::<Int64Type>().value(0) as usize).collect())
-    }
-
     async fn rows(&self, name: &str) -> Result<usize> {
-        Ok(self.counts(&format!("SELECT count(*) FROM {}", ident(name))).await?[0])
+        Ok(counts(&self.0, &format!("SELECT count(*) FROM {}", ident(name))).await?[0])
     }
 
     /// (aligned, total) teacher spans: subjects and objects together.
@@ -211,7 +204,7 @@ impl Figures {
             "SELECT count(CASE WHEN a <> 'unaligned' THEN 1 END), count(a) FROM \
              (SELECT subject_alignment AS a FROM {labels} UNION ALL SELECT object_alignment AS a FROM {labels})"
         );
-        let counts = self.counts(&sql).await?;
+        let counts = counts(&self.0, &sql).await?;
         Ok((counts[0], counts[1]))
     }
 

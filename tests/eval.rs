@@ -238,11 +238,11 @@ fn three_systems() -> (tempfile::TempDir, RunDir) {
     (dir, run_dir)
 }
 
-#[test]
-fn three_systems_on_a_tiny_run_directory() {
+#[tokio::test]
+async fn three_systems_on_a_tiny_run_directory() {
     let (dir, run_dir) = three_systems();
     let extra = [("Stage timings".to_string(), "| stage | s |\n|---|---|\n| eval | 0.1 |".to_string())];
-    let report = run_with_context(&EvalConfig::default(), &run_dir, "run-1", &extra).unwrap();
+    let report = run_with_context(&EvalConfig::default(), &run_dir, "run-1", &extra).await.unwrap();
 
     let ade = |system, subset| ("ade", "ade_corpus_v2", system, subset);
     // Student, all: 3 dev ADE sentences (incl. the negative), 2 gold pairs, 3 predictions.
@@ -314,12 +314,12 @@ fn three_systems_on_a_tiny_run_directory() {
     );
 }
 
-#[test]
-fn an_empty_run_directory_skips_every_task_and_writes_an_empty_table() {
+#[tokio::test]
+async fn an_empty_run_directory_skips_every_task_and_writes_an_empty_table() {
     let dir = tempfile::tempdir().unwrap();
     let run_dir = RunDir::create(dir.path()).unwrap();
     let cfg = EvalConfig { report: false, ..EvalConfig::default() };
-    let report = run(&cfg, &run_dir, "r").unwrap();
+    let report = run(&cfg, &run_dir, "r").await.unwrap();
     assert!(report.rows.is_empty());
     assert_eq!(report.notes.iter().filter(|n| n.contains("task skipped")).count(), 3);
     let table = run_dir.read_table(table::EVAL_RESULTS).unwrap();
@@ -327,14 +327,14 @@ fn an_empty_run_directory_skips_every_task_and_writes_an_empty_table() {
     assert!(!dir.path().join("report.md").exists(), "report = false writes no report");
 }
 
-#[test]
-fn without_the_teacher_only_the_all_subset_is_computed() {
+#[tokio::test]
+async fn without_the_teacher_only_the_all_subset_is_computed() {
     let dir = tempfile::tempdir().unwrap();
     let run_dir = RunDir::create(dir.path()).unwrap();
     corpus(&run_dir);
     student(&run_dir);
     let cfg = EvalConfig { tasks: vec!["ade".into()], ..EvalConfig::default() };
-    let report = run(&cfg, &run_dir, "r").unwrap();
+    let report = run(&cfg, &run_dir, "r").await.unwrap();
     assert!(report.rows.iter().all(|r| r.subset == SUBSET_ALL && r.system == "student" && r.task == "ade"));
     assert_metric(&report, ("ade", "ade_corpus_v2", "student", "all"), "pair_strict_f1", (0.4, 2));
     assert!(report.notes.iter().any(|n| n.contains("teacher_calls")));
@@ -344,12 +344,12 @@ fn without_the_teacher_only_the_all_subset_is_computed() {
 /// pair) and 0.8 (Juan Pérez). At 0.85 the `teacher_confident` system keeps only the first:
 /// ADE still finds its one gold pair, PHI loses its name; with the filter off (0) the system
 /// is not scored at all.
-#[test]
-fn a_confidence_threshold_scores_the_labels_the_teacher_was_sure_of() {
+#[tokio::test]
+async fn a_confidence_threshold_scores_the_labels_the_teacher_was_sure_of() {
     let (_dir, run_dir) = three_systems();
     let confident = |system, task, dataset| (task, dataset, system, "teacher_sample");
     let cfg = EvalConfig { min_teacher_confidence: 0.85, report: false, ..EvalConfig::default() };
-    let report = run(&cfg, &run_dir, "r").unwrap();
+    let report = run(&cfg, &run_dir, "r").await.unwrap();
     let ade = confident("teacher_confident", "ade", "ade_corpus_v2");
     assert_metric(&report, ade, "pair_strict_precision", (1.0, 1));
     assert_metric(&report, ade, "pair_strict_recall", (1.0, 1));
@@ -357,23 +357,23 @@ fn a_confidence_threshold_scores_the_labels_the_teacher_was_sure_of() {
     assert_metric(&report, phi, "strict_recall", (0.0, 1));
     assert_metric(&report, confident("teacher", "phi", "meddocan"), "strict_recall", (1.0, 1));
 
-    let at = |threshold| {
+    let at = async |threshold| {
         let cfg = EvalConfig { min_teacher_confidence: threshold, report: false, ..EvalConfig::default() };
-        run(&cfg, &run_dir, "r").unwrap()
+        run(&cfg, &run_dir, "r").await.unwrap()
     };
-    assert_metric(&at(0.5), phi, "strict_recall", (1.0, 1));
-    assert!(!at(0.0).rows.iter().any(|r| r.system == "teacher_confident"));
+    assert_metric(&at(0.5).await, phi, "strict_recall", (1.0, 1));
+    assert!(!at(0.0).await.rows.iter().any(|r| r.system == "teacher_confident"));
 }
 
-#[test]
-fn a_dataset_the_students_were_not_run_over_is_not_scored_for_them() {
+#[tokio::test]
+async fn a_dataset_the_students_were_not_run_over_is_not_scored_for_them() {
     let (_dir, run_dir) = three_systems();
     let cfg = EvalConfig {
         report: false,
         extracted_sources: BTreeMap::from([("phi".to_string(), vec!["presidio".to_string()])]),
         ..EvalConfig::default()
     };
-    let report = run(&cfg, &run_dir, "r").unwrap();
+    let report = run(&cfg, &run_dir, "r").await.unwrap();
     let meddocan = |system: &str| report.rows.iter().filter(|r| r.dataset == "meddocan" && r.system == system).count();
     assert_eq!(meddocan("student"), 0, "the student never read meddocan: no zero F1 for it");
     assert!(meddocan("teacher") > 0, "the teacher's own sample is still scored");
@@ -381,7 +381,7 @@ fn a_dataset_the_students_were_not_run_over_is_not_scored_for_them() {
     assert!(report.notes.iter().any(|n| n.contains("phi/meddocan")), "{:?}", report.notes);
 
     let cfg = EvalConfig { report: false, extracted_splits: vec!["train".into()], ..EvalConfig::default() };
-    let report = run(&cfg, &run_dir, "r").unwrap();
+    let report = run(&cfg, &run_dir, "r").await.unwrap();
     assert!(!report.rows.iter().any(|r| r.system == "student"), "the students never read the dev split");
 }
 
@@ -422,10 +422,10 @@ fn in_chromium(page: &std::path::Path) -> Option<(String, Vec<String>)> {
     Some((String::from_utf8(out.stdout).unwrap(), console))
 }
 
-#[test]
-fn the_span_viewer_shows_each_systems_spans_and_loads_in_a_browser() {
+#[tokio::test]
+async fn the_span_viewer_shows_each_systems_spans_and_loads_in_a_browser() {
     let (_dir, run_dir) = three_systems();
-    let report = run(&EvalConfig::default(), &run_dir, "run-1").unwrap();
+    let report = run(&EvalConfig::default(), &run_dir, "run-1").await.unwrap();
     let path = run_dir.root().join(viewer::FILE);
     let page = std::fs::read_to_string(&path).unwrap();
     // The teacher's sample: ADE doc 1 s0 (gold, teacher and student: Taxol -> rash, 2 spans
@@ -449,10 +449,10 @@ fn the_span_viewer_shows_each_systems_spans_and_loads_in_a_browser() {
     assert!(dom.contains("11 highlighted spans in 3 sentences."), "{dom}");
 }
 
-#[test]
-fn the_learning_curve_grows_with_each_evaluation_and_loads_in_a_browser() {
+#[tokio::test]
+async fn the_learning_curve_grows_with_each_evaluation_and_loads_in_a_browser() {
     let (_dir, run_dir) = three_systems();
-    let first = run(&EvalConfig::default(), &run_dir, "run-1").unwrap();
+    let first = run(&EvalConfig::default(), &run_dir, "run-1").await.unwrap();
     // The teacher's sentences are all in dev documents: no silver yet, 2 ms of ADE teacher time.
     let ade = |report: &EvalReport| -> Vec<(i64, String)> {
         let points = report.curve.iter().filter(|p| p.task == "ade");
@@ -476,7 +476,7 @@ fn the_learning_curve_grows_with_each_evaluation_and_loads_in_a_browser() {
             ("ade", "ade_corpus_v2:train2", "failed"),
         ],
     );
-    let second = run(&EvalConfig::default(), &run_dir, "run-2").unwrap();
+    let second = run(&EvalConfig::default(), &run_dir, "run-2").await.unwrap();
     let silver: Vec<i64> = ade(&second).into_iter().map(|p| p.0).collect();
     assert_eq!(silver, [0, 0, 0, 1, 1, 1], "both runs, in the order evaluated");
     assert_eq!(second.curve.len(), 2 * first.curve.len());

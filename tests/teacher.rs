@@ -224,7 +224,7 @@ async fn rerun_asks_nothing_and_a_one_character_prompt_change_asks_everything() 
     let (tmp, run) = run_dir_with(&numbered(30));
     let mut cfg = config(&server, tmp.path());
 
-    let plan = teacher::plan(&cfg, &run).unwrap();
+    let plan = teacher::plan(&cfg, &run).await.unwrap();
     assert_eq!((plan.calls, plan.tasks[0].cached), (30, 0), "{plan}");
     assert!(plan.est_prompt_tokens > 0 && plan.est_cost_usd.is_none());
     assert_eq!(server.requests(), 0, "planning sends nothing");
@@ -238,7 +238,7 @@ async fn rerun_asks_nothing_and_a_one_character_prompt_change_asks_everything() 
     assert_eq!(server.requests(), 0, "a rerun over the same input sends nothing");
     assert_eq!((second.ok, second.cache_hits, second.cost_usd), (30, 30, 0.0));
     assert_eq!(run.read_table(table::TEACHER_LABELS).unwrap(), labels, "same tables from the cache");
-    assert_eq!(teacher::plan(&cfg, &run).unwrap().calls, 0);
+    assert_eq!(teacher::plan(&cfg, &run).await.unwrap().calls, 0);
 
     // One character of the system prompt changes every request's key.
     let edited = tmp.path().join("prompts");
@@ -262,7 +262,7 @@ async fn a_sentence_longer_than_the_cap_is_never_sent_and_is_counted() {
     texts.push(format!("Aspirin caused nausea {}", "and more ".repeat(300)));
     let (tmp, run) = run_dir_with(&texts);
     let cfg = LabelConfig { max_sentence_chars: 2000, ..config(&server, tmp.path()) };
-    let plan = teacher::plan(&cfg, &run).unwrap();
+    let plan = teacher::plan(&cfg, &run).await.unwrap();
     assert_eq!((plan.calls, plan.tasks[0].too_long), (3, 1), "{plan}");
     assert!(plan.to_string().contains("1 too long to send (label.max_sentence_chars)"), "{plan}");
     let report = teacher::run(&cfg, &run).await.unwrap();
@@ -270,7 +270,7 @@ async fn a_sentence_longer_than_the_cap_is_never_sent_and_is_counted() {
     assert!(report.to_string().contains("1 too long to send"), "{report}");
     // Without the cap it is sent like any other.
     let uncapped = LabelConfig { max_sentence_chars: 0, ..cfg };
-    assert_eq!(teacher::plan(&uncapped, &run).unwrap().calls, 1);
+    assert_eq!(teacher::plan(&uncapped, &run).await.unwrap().calls, 1);
 }
 
 /// `first_run` of every `teacher_calls` row, counted.
@@ -396,8 +396,9 @@ async fn agreement_between_passes_keeps_what_both_said() {
     assert_eq!(differing, 2, "the odd sentences' passes disagree");
     // Evaluation's teacher_agreed system scores the same labels training keeps.
     use biodistill::eval::systems;
-    let calls = systems::teacher_calls(&run).unwrap().unwrap();
-    let labels = systems::teacher_labels(&run).unwrap().unwrap();
+    let tables = biodistill::eval::load::Tables::open(&run).await.unwrap();
+    let calls = systems::teacher_calls(&tables).await.unwrap().unwrap();
+    let labels = systems::teacher_labels(&tables).await.unwrap().unwrap();
     let agreed = systems::agreed_labels(&labels, "ade", &calls["ade"]).unwrap();
     let ok = calls["ade"].ok.clone();
     assert_eq!(systems::teacher_pairs(&agreed, "ade", &ok).len(), 2);
@@ -434,7 +435,7 @@ async fn raising_max_tokens_re_asks_only_the_replies_that_were_cut() {
 
     budget.store(128, std::sync::atomic::Ordering::SeqCst);
     cfg.teacher.max_tokens = 128;
-    let plan = teacher::plan(&cfg, &run).unwrap();
+    let plan = teacher::plan(&cfg, &run).await.unwrap();
     assert_eq!(plan.calls, 3, "the plan counts the cut replies, and only them: {plan:?}");
     let second = teacher::run(&cfg, &run).await.unwrap();
     assert_eq!(server.requests(), 13, "only the 3 cut replies were asked again: {second}");
@@ -443,5 +444,5 @@ async fn raising_max_tokens_re_asks_only_the_replies_that_were_cut() {
 
     // Lowering it again below what the completed replies used is a new question for each.
     cfg.teacher.max_tokens = 1;
-    assert_eq!(teacher::plan(&cfg, &run).unwrap().calls, 10);
+    assert_eq!(teacher::plan(&cfg, &run).await.unwrap().calls, 10);
 }

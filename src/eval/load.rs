@@ -1,20 +1,25 @@
-//! Reading the gold sets, `documents` and `sentences` into plain structs (predictions:
-//! [`super::systems`]).
+//! The evaluation's reads as queries over one DataFusion session of the run directory: the
+//! gold sets of a split, the documents it covers, and their sentences, which the session then
+//! holds as table `evaluated_sentences` for the predictions to join with
+//! ([`super::systems`]).
 //!
 //! Every reader returns `Ok(None)` for a missing table (the caller decides whether that skips a
 //! task) and an input error naming the file for a table with a wrong schema.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::fs::File;
+use std::sync::Arc;
 
-use parquet::arrow::ProjectionMask;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use arrow::array::{ArrayRef, RecordBatch, StringArray};
+use datafusion::datasource::MemTable;
+use datafusion::prelude::SessionContext;
 
 use super::metrics::{Mention, Span};
-use crate::columns::{Columns, TableStream, opt_i32, read_all};
-use crate::error::{Error, IoContext, Result};
+use crate::columns::{Columns, opt_i32};
+use crate::error::{Error, Result};
+use crate::plan::{self, Limits, ident, literal};
 use crate::run_dir::RunDir;
-use crate::schema::{column, table};
+use crate::schema::column::{DOC_ID, SENT_ID};
+use crate::schema::table;
 use crate::vocab::phi::{PhiType, from_gold};
 
 /// A sentence: `(doc_id, sent_id)`.
@@ -23,25 +28,52 @@ pub type SentKey = (String, i32);
 /// `documents.source` (and `doc_id` prefix) of ADE-Corpus-V2.
 pub const ADE_SOURCE: &str = "ade_corpus_v2";
 
-/// Table `name`, or `None` when it is missing.
-pub(super) fn read_opt(run_dir: &RunDir, name: &str) -> Result<Option<Vec<Columns>>> {
-    if run_dir.has_table(name) { read_all(run_dir, name).map(Some) } else { Ok(None) }
+/// The sentences under evaluation, as [`Sentences::load`] registers them: `doc_id`,
+/// `sent_id`, `start`, `end`, `text`.
+pub const EVALUATED_SENTENCES: &str = "evaluated_sentences";
+/// The documents whose sentences [`Sentences::load`] reads.
+const EVALUATED_DOCUMENTS: &str = "evaluated_documents";
+
+/// The run directory's tables as one DataFusion session, for the evaluation's queries.
+pub struct Tables<'a> {
+    run_dir: &'a RunDir,
+    ctx: SessionContext,
 }
 
-/// Only `columns` of table `name` (skips e.g. `documents.text`).
-fn read_projected(run_dir: &RunDir, name: &str, columns: &[&str]) -> Result<Vec<Columns>> {
-    let path = run_dir.table_path(name);
-    let file = File::open(&path).with_path(&path)?;
-    let unreadable = |e| Error::input(&path, format!("not a readable Parquet file: {e}"));
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(unreadable)?;
-    let mask = ProjectionMask::columns(builder.parquet_schema(), columns.iter().copied());
-    let reader = builder.with_projection(mask).build().map_err(unreadable)?;
-    reader
-        .map(|b| {
-            b.map(|batch| Columns { batch, path: path.clone() })
-                .map_err(|e| Error::input(&path, format!("corrupt Parquet data: {e}")))
-        })
-        .collect()
+impl<'a> Tables<'a> {
+    /// A session over `run_dir`, bounded like every stage's plans.
+    pub async fn open(run_dir: &'a RunDir) -> Result<Self> {
+        Ok(Self { run_dir, ctx: plan::session(run_dir, Limits::mib(plan::DEFAULT_MEMORY_LIMIT_MIB)).await? })
+    }
+
+    pub fn has(&self, name: &str) -> bool {
+        self.run_dir.has_table(name)
+    }
+
+    /// The rows of `sql`, a query reading table `name`: errors (a missing column, say) name
+    /// its file.
+    pub async fn query(&self, name: &str, sql: &str) -> Result<Vec<Columns>> {
+        let path = self.run_dir.table_path(name);
+        let bad = |e: datafusion::error::DataFusionError| Error::input(&path, format!("cannot evaluate from it: {e}"));
+        let batches = self.ctx.sql(sql).await.map_err(bad)?.collect().await.map_err(bad)?;
+        batches.into_iter().map(|b| Columns::new(b, path.clone())).collect()
+    }
+
+    /// [`Tables::query`], `None` when table `name` is missing.
+    pub async fn query_opt(&self, name: &str, sql: &str) -> Result<Option<Vec<Columns>>> {
+        if self.has(name) { self.query(name, sql).await.map(Some) } else { Ok(None) }
+    }
+
+    /// `batches` as table `name` of the session (in memory).
+    fn register(&self, name: &str, schema: arrow::datatypes::SchemaRef, batches: Vec<RecordBatch>) -> Result<()> {
+        self.ctx.register_table(name, Arc::new(MemTable::try_new(schema, vec![batches])?))?;
+        Ok(())
+    }
+}
+
+/// `SELECT <columns> FROM <name> WHERE split = <split>`: a gold table's rows of one split.
+fn of_split(name: &str, columns: &str, split: &str) -> String {
+    format!("SELECT {columns} FROM {} WHERE split = {}", ident(name), literal(split))
 }
 
 /// A `gold_ade` row (sentence offsets).
@@ -54,14 +86,16 @@ pub struct GoldAde {
 }
 
 /// `gold_ade` rows of `split`.
-pub fn gold_ade(run_dir: &RunDir, split: &str) -> Result<Option<Vec<GoldAde>>> {
-    let Some(batches) = read_opt(run_dir, table::GOLD_ADE)? else { return Ok(None) };
+pub async fn gold_ade(tables: &Tables<'_>, split: &str) -> Result<Option<Vec<GoldAde>>> {
+    let columns = "doc_id, sent_id, drug, drug_start, drug_end, effect, effect_start, effect_end";
+    let sql = of_split(table::GOLD_ADE, columns, split);
+    let Some(batches) = tables.query_opt(table::GOLD_ADE, &sql).await? else { return Ok(None) };
     let mut rows = Vec::new();
     for c in &batches {
-        let (doc, sent, splits) = (c.doc_id()?, c.sent_id()?, c.str("split")?);
+        let (doc, sent) = (c.doc_id()?, c.sent_id()?);
         let (drug, ds, de) = (c.str("drug")?, c.i32("drug_start")?, c.i32("drug_end")?);
         let (effect, es, ee) = (c.str("effect")?, c.i32("effect_start")?, c.i32("effect_end")?);
-        for i in (0..c.len()).filter(|&i| splits.value(i) == split) {
+        for i in 0..c.len() {
             rows.push(GoldAde {
                 doc_id: doc.value(i).to_string(),
                 sent_id: sent.value(i),
@@ -86,15 +120,17 @@ pub struct GoldGeneDisease {
 }
 
 /// `gold_gene_disease` rows of `split`.
-pub fn gold_gene_disease(run_dir: &RunDir, split: &str) -> Result<Option<Vec<GoldGeneDisease>>> {
-    let Some(batches) = read_opt(run_dir, table::GOLD_GENE_DISEASE)? else { return Ok(None) };
+pub async fn gold_gene_disease(tables: &Tables<'_>, split: &str) -> Result<Option<Vec<GoldGeneDisease>>> {
+    let columns = "dataset, doc_id, sent_id, gene, gene_start, gene_end, disease, disease_start, disease_end, label";
+    let sql = of_split(table::GOLD_GENE_DISEASE, columns, split);
+    let Some(batches) = tables.query_opt(table::GOLD_GENE_DISEASE, &sql).await? else { return Ok(None) };
     let mut rows = Vec::new();
     for c in &batches {
-        let (dataset, doc, sent, splits) = (c.str("dataset")?, c.doc_id()?, c.sent_id()?, c.str("split")?);
+        let (dataset, doc, sent) = (c.str("dataset")?, c.doc_id()?, c.sent_id()?);
         let (gene, gs, ge) = (c.str("gene")?, c.i32("gene_start")?, c.i32("gene_end")?);
         let (disease, ds, de) = (c.str("disease")?, c.i32("disease_start")?, c.i32("disease_end")?);
         let label = c.i8("label")?;
-        for i in (0..c.len()).filter(|&i| splits.value(i) == split) {
+        for i in 0..c.len() {
             rows.push(GoldGeneDisease {
                 dataset: dataset.value(i).to_string(),
                 doc_id: doc.value(i).to_string(),
@@ -119,13 +155,14 @@ pub struct GoldPhi {
 }
 
 /// `gold_phi` rows of `split`, types mapped with [`from_gold`].
-pub fn gold_phi(run_dir: &RunDir, split: &str) -> Result<Option<Vec<GoldPhi>>> {
-    let Some(batches) = read_opt(run_dir, table::GOLD_PHI)? else { return Ok(None) };
+pub async fn gold_phi(tables: &Tables<'_>, split: &str) -> Result<Option<Vec<GoldPhi>>> {
+    let sql = of_split(table::GOLD_PHI, "dataset, doc_id, start, \"end\", phi_type, span", split);
+    let Some(batches) = tables.query_opt(table::GOLD_PHI, &sql).await? else { return Ok(None) };
     let mut rows = Vec::new();
     for c in &batches {
-        let (dataset, doc, splits) = (c.str("dataset")?, c.doc_id()?, c.str("split")?);
+        let (dataset, doc) = (c.str("dataset")?, c.doc_id()?);
         let (start, end, phi_type, span) = (c.i32("start")?, c.i32("end")?, c.str("phi_type")?, c.str("span")?);
-        for i in (0..c.len()).filter(|&i| splits.value(i) == split) {
+        for i in 0..c.len() {
             rows.push(GoldPhi {
                 dataset: dataset.value(i).to_string(),
                 doc_id: doc.value(i).to_string(),
@@ -140,24 +177,38 @@ pub fn gold_phi(run_dir: &RunDir, split: &str) -> Result<Option<Vec<GoldPhi>>> {
 
 /// `documents` of `split` whose source is one of `sources`: source -> doc ids. `None` when
 /// the table is missing.
-pub fn documents_by_source(
-    run_dir: &RunDir,
+pub async fn documents_by_source(
+    tables: &Tables<'_>,
     split: &str,
     sources: &BTreeSet<String>,
 ) -> Result<Option<BTreeMap<String, BTreeSet<String>>>> {
-    if !run_dir.has_table(table::DOCUMENTS) {
+    if !tables.has(table::DOCUMENTS) {
         return Ok(None);
     }
     let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    for c in read_projected(run_dir, table::DOCUMENTS, &[column::DOC_ID, "source", "split"])? {
-        let (doc, source, splits) = (c.doc_id()?, c.str("source")?, c.str("split")?);
+    if sources.is_empty() {
+        return Ok(Some(out));
+    }
+    let within: Vec<String> = sources.iter().map(|s| literal(s)).collect();
+    let sql = format!("{} AND source IN ({})", of_split(table::DOCUMENTS, "doc_id, source", split), within.join(", "));
+    for c in tables.query(table::DOCUMENTS, &sql).await? {
+        let (doc, source) = (c.doc_id()?, c.str("source")?);
         for i in 0..c.len() {
-            if splits.value(i) == split && sources.contains(source.value(i)) {
-                out.entry(source.value(i).to_string()).or_default().insert(doc.value(i).to_string());
-            }
+            out.entry(source.value(i).to_string()).or_default().insert(doc.value(i).to_string());
         }
     }
     Ok(Some(out))
+}
+
+/// The `doc_id`s of the documents in `split` (empty without a `documents` table).
+pub async fn documents_in_split(tables: &Tables<'_>, split: &str) -> Result<std::collections::HashSet<String>> {
+    let sql = of_split(table::DOCUMENTS, DOC_ID, split);
+    let mut docs = std::collections::HashSet::new();
+    for c in tables.query_opt(table::DOCUMENTS, &sql).await?.unwrap_or_default() {
+        let ids = c.doc_id()?;
+        docs.extend((0..c.len()).map(|i| ids.value(i).to_string()));
+    }
+    Ok(docs)
 }
 
 /// One sentence's place in its document.
@@ -170,21 +221,35 @@ pub struct SentenceRange {
     pub blank: bool,
 }
 
-/// The sentences of the documents under evaluation.
+/// The sentences of the documents under evaluation, with their texts.
 #[derive(Debug, Clone, Default)]
 pub struct Sentences {
     by_doc: HashMap<String, Vec<SentenceRange>>,
+    texts: HashMap<SentKey, String>,
 }
 
 impl Sentences {
-    /// Sentences of `docs` from the `sentences` table (required: offsets are converted with it).
-    pub fn load(run_dir: &RunDir, docs: &BTreeSet<String>) -> Result<Self> {
+    /// Sentences of `docs` from the `sentences` table (required: offsets are converted with
+    /// it), read in one pass; they stay on the session as [`EVALUATED_SENTENCES`].
+    pub async fn load(tables: &Tables<'_>, docs: &BTreeSet<String>) -> Result<Self> {
+        if !tables.has(table::SENTENCES) {
+            let path = tables.run_dir.table_path(table::SENTENCES);
+            return Err(Error::input(path, "table sentences is missing (run `biodistill ingest` first)"));
+        }
+        let ids: ArrayRef = Arc::new(docs.iter().map(Some).collect::<StringArray>());
+        let wanted = RecordBatch::try_from_iter([(DOC_ID, ids)])?;
+        tables.register(EVALUATED_DOCUMENTS, wanted.schema(), vec![wanted])?;
+        let sql = format!(
+            "SELECT {DOC_ID}, {SENT_ID}, start, \"end\", text FROM {} WHERE {DOC_ID} IN (SELECT {DOC_ID} FROM {EVALUATED_DOCUMENTS})",
+            ident(table::SENTENCES)
+        );
+        let batches = tables.query(table::SENTENCES, &sql).await?;
         let mut by_doc: HashMap<String, Vec<SentenceRange>> = HashMap::new();
-        for c in TableStream::open(run_dir, table::SENTENCES, 8192)? {
-            let c = c?;
+        let mut texts = HashMap::new();
+        for c in &batches {
             let (doc, sent, start, end, text) =
                 (c.doc_id()?, c.sent_id()?, c.i32("start")?, c.i32("end")?, c.str("text")?);
-            for i in (0..c.len()).filter(|&i| docs.contains(doc.value(i))) {
+            for i in 0..c.len() {
                 let range = SentenceRange {
                     sent_id: sent.value(i),
                     start: start.value(i),
@@ -192,14 +257,32 @@ impl Sentences {
                     blank: text.value(i).trim().is_empty(),
                 };
                 by_doc.entry(doc.value(i).to_string()).or_default().push(range);
+                texts.insert((doc.value(i).to_string(), sent.value(i)), text.value(i).to_string());
             }
         }
-        Ok(Self::from_map(by_doc))
+        let schema = match batches.first() {
+            Some(c) => c.batch.schema(),
+            None => Arc::new(tables.ctx.sql(&sql).await?.schema().as_arrow().clone()),
+        };
+        tables.register(EVALUATED_SENTENCES, schema, batches.into_iter().map(|c| c.batch).collect())?;
+        Ok(Self { texts, ..Self::from_map(by_doc) })
     }
 
     pub fn from_map(mut by_doc: HashMap<String, Vec<SentenceRange>>) -> Self {
         by_doc.values_mut().for_each(|v| v.sort_by_key(|s| (s.start, s.sent_id)));
-        Self { by_doc }
+        Self { by_doc, texts: HashMap::new() }
+    }
+
+    /// The text of sentence `sent` of `doc` (loaded sentences only).
+    pub fn text(&self, doc: &str, sent: i32) -> Option<&str> {
+        self.texts.get(&(doc.to_string(), sent)).map(String::as_str)
+    }
+
+    /// The documents, sorted.
+    pub fn docs(&self) -> Vec<&str> {
+        let mut docs: Vec<&str> = self.by_doc.keys().map(String::as_str).collect();
+        docs.sort_unstable();
+        docs
     }
 
     /// The sentences of `doc`, by start offset.

@@ -35,7 +35,7 @@ use serde::{Deserialize, Serialize};
 
 use self::ade::AdeGold;
 use self::gene_disease::GeneDiseaseGold;
-use self::load::{ADE_SOURCE, SentKey, Sentences};
+use self::load::{ADE_SOURCE, SentKey, Sentences, Tables};
 use self::metrics::Metric;
 use self::phi::PhiGold;
 pub use self::report::{EvalReport, EvalRow};
@@ -132,8 +132,8 @@ impl Scope<'_> {
 }
 
 /// Evaluate and write `eval_results` (and the reports when `cfg.report`).
-pub fn run(cfg: &EvalConfig, run_dir: &RunDir, run_id: &str) -> Result<EvalReport> {
-    run_with_context(cfg, run_dir, run_id, &[])
+pub async fn run(cfg: &EvalConfig, run_dir: &RunDir, run_id: &str) -> Result<EvalReport> {
+    run_with_context(cfg, run_dir, run_id, &[]).await
 }
 
 enum Gold {
@@ -149,7 +149,7 @@ enum Preds {
 
 /// [`run`], appending `extra_markdown` sections `(title, markdown body)` (e.g. stage timings)
 /// to both reports.
-pub fn run_with_context(
+pub async fn run_with_context(
     cfg: &EvalConfig,
     run_dir: &RunDir,
     run_id: &str,
@@ -165,11 +165,12 @@ pub fn run_with_context(
         notes.push(message);
     };
     let wanted = |task: &str| cfg.tasks.iter().any(|t| t == task);
+    let tables = Tables::open(run_dir).await?;
 
     // Gold, and the documents each task covers.
-    let ade_rows = if wanted("ade") { load::gold_ade(run_dir, split)? } else { None };
-    let gd_rows = if wanted("gene_disease") { load::gold_gene_disease(run_dir, split)? } else { None };
-    let phi_rows = if wanted("phi") { load::gold_phi(run_dir, split)? } else { None };
+    let ade_rows = if wanted("ade") { load::gold_ade(&tables, split).await? } else { None };
+    let gd_rows = if wanted("gene_disease") { load::gold_gene_disease(&tables, split).await? } else { None };
+    let phi_rows = if wanted("phi") { load::gold_phi(&tables, split).await? } else { None };
     for (task, table, rows) in [
         ("ade", tables::GOLD_ADE, ade_rows.is_some()),
         ("gene_disease", tables::GOLD_GENE_DISEASE, gd_rows.is_some()),
@@ -185,7 +186,7 @@ pub fn run_with_context(
     }
     sources.extend(gd_rows.iter().flatten().map(|r| r.dataset.clone()));
     sources.extend(phi_rows.iter().flatten().map(|r| r.dataset.clone()));
-    let docs_by_source = match load::documents_by_source(run_dir, split, &sources)? {
+    let docs_by_source = match load::documents_by_source(&tables, split, &sources).await? {
         Some(docs) => docs,
         None => {
             note("documents table missing: only documents with gold rows are evaluated".into());
@@ -203,7 +204,7 @@ pub fn run_with_context(
     all_docs.extend(gd_gold.iter().flat_map(|g| g.docs()).cloned());
     all_docs.extend(phi_gold.iter().flat_map(|g| g.docs()).cloned());
     let any_gold = ade_docs.is_some() || gd_gold.is_some() || phi_gold.is_some();
-    let sentences = if any_gold { Sentences::load(run_dir, &all_docs)? } else { Sentences::default() };
+    let sentences = if any_gold { Sentences::load(&tables, &all_docs).await? } else { Sentences::default() };
     let mut golds: Vec<(&str, Gold)> = Vec::new();
     if let (Some(rows), Some(docs)) = (&ade_rows, &ade_docs) {
         golds.push(("ade", Gold::Ade(AdeGold::new(rows, docs, &sentences))));
@@ -216,8 +217,8 @@ pub fn run_with_context(
     }
 
     // The teacher.
-    let calls = systems::teacher_calls(run_dir)?;
-    let labels = if calls.is_some() { systems::teacher_labels(run_dir)? } else { None };
+    let calls = systems::teacher_calls(&tables).await?;
+    let labels = if calls.is_some() { systems::teacher_labels(&tables).await? } else { None };
     match (&calls, &labels) {
         (None, _) => {
             note(format!("{} missing: teacher not evaluated, no {SUBSET_TEACHER_SAMPLE} subset", tables::TEACHER_CALLS))
@@ -241,14 +242,16 @@ pub fn run_with_context(
                 continue;
             }
             let preds = match predictions(
-                run_dir,
+                &tables,
                 system,
                 task,
                 &sentences,
                 task_calls,
                 labels.as_deref(),
                 cfg.min_teacher_confidence,
-            )? {
+            )
+            .await?
+            {
                 Some(preds) => preds,
                 None => {
                     if !system.is_teacher() {
@@ -319,7 +322,7 @@ pub fn run_with_context(
         note(format!("not extracted by the students (see [extract]), so not scored for them: {list}"));
     }
     if cfg.report && viewer.sentences() > 0 {
-        let marks = viewer.write(run_dir, run_id, split)?;
+        let marks = viewer.write(run_dir, run_id, split, &sentences)?;
         extra.push((
             "Spans".to_string(),
             format!(
@@ -334,11 +337,7 @@ pub fn run_with_context(
         EvalReport { run_id: run_id.to_string(), split: split.to_string(), rows, notes, extra, curve: vec![] };
     run_dir.write_table(tables::EVAL_RESULTS, EVAL_RESULTS.clone(), &[report.batch()?])?;
     let evaluated_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    let dev = if run_dir.has_table(tables::DOCUMENTS) {
-        crate::columns::documents_in_split(run_dir, crate::schema::split::DEV)?
-    } else {
-        HashSet::new()
-    };
+    let dev = load::documents_in_split(&tables, crate::schema::split::DEV).await?;
     let silver = history::silver(calls.as_ref().unwrap_or(&HashMap::new()), &dev);
     report.curve = history::append(run_dir, &report, &silver, &evaluated_at)?;
     if cfg.report {
@@ -357,8 +356,8 @@ fn base_table(task: &str) -> &'static str {
 }
 
 /// One system's predictions for `task`; `None` when the system has no output for it.
-fn predictions(
-    run_dir: &RunDir,
+async fn predictions(
+    tables: &Tables<'_>,
     system: System,
     task: &str,
     sentences: &Sentences,
@@ -387,13 +386,13 @@ fn predictions(
         }));
     }
     if system == System::PhiRules {
-        return Ok(Some(Preds::Spans(systems::rules_phi(run_dir, sentences)?)));
+        return Ok(Some(Preds::Spans(systems::rules_phi(sentences))));
     }
     let name = system.table(base_table(task));
     Ok(match task {
-        "ade" => systems::system_pairs(run_dir, &name, "drug", "effect", sentences)?.map(Preds::Pairs),
-        "gene_disease" => systems::system_pairs(run_dir, &name, "gene", "disease", sentences)?.map(Preds::Pairs),
-        _ => systems::system_phi(run_dir, &name, sentences)?.map(Preds::Spans),
+        "ade" => systems::system_pairs(tables, &name, "drug", "effect").await?.map(Preds::Pairs),
+        "gene_disease" => systems::system_pairs(tables, &name, "gene", "disease").await?.map(Preds::Pairs),
+        _ => systems::system_phi(tables, &name, sentences).await?.map(Preds::Spans),
     })
 }
 
@@ -460,12 +459,12 @@ mod tests {
         assert!(toml::from_str::<EvalConfig>("splitt = \"dev\"").is_err());
     }
 
-    #[test]
-    fn an_unknown_task_is_a_config_error() {
+    #[tokio::test]
+    async fn an_unknown_task_is_a_config_error() {
         let dir = tempfile::tempdir().unwrap();
         let run_dir = RunDir::create(dir.path()).unwrap();
         let cfg = EvalConfig { tasks: vec!["ner".into()], ..EvalConfig::default() };
-        let err = run(&cfg, &run_dir, "r").unwrap_err();
+        let err = run(&cfg, &run_dir, "r").await.unwrap_err();
         assert!(matches!(err, Error::Config(_)) && err.to_string().contains("ner"), "{err}");
     }
 

@@ -8,14 +8,15 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
-use arrow::array::{Array, Int32Array};
+use arrow::array::Int32Array;
 
-use super::load::{SentKey, Sentences, read_opt};
+use super::load::{EVALUATED_SENTENCES, SentKey, Sentences, Tables};
 use super::metrics::Mention;
-use crate::columns::{TableStream, opt_f64, opt_i32, opt_str};
+use crate::columns::{opt_f64, opt_i32, opt_str};
 use crate::error::Result;
 use crate::extract::{SUPERVISED_REFERENCE_SUFFIX, recognizers};
-use crate::run_dir::RunDir;
+use crate::plan::ident;
+use crate::schema::column::{DOC_ID, SENT_ID};
 use crate::schema::table;
 use crate::teacher::{agreement, confidence};
 
@@ -92,8 +93,10 @@ pub struct TeacherCalls {
 }
 
 /// `teacher_calls` by task; `None` when the table is missing.
-pub fn teacher_calls(run_dir: &RunDir) -> Result<Option<HashMap<String, TeacherCalls>>> {
-    let Some(batches) = read_opt(run_dir, table::TEACHER_CALLS)? else { return Ok(None) };
+pub async fn teacher_calls(tables: &Tables<'_>) -> Result<Option<HashMap<String, TeacherCalls>>> {
+    let sql =
+        format!("SELECT task, doc_id, sent_id, status, pass, cached, latency_ms FROM {}", ident(table::TEACHER_CALLS));
+    let Some(batches) = tables.query_opt(table::TEACHER_CALLS, &sql).await? else { return Ok(None) };
     let mut out: HashMap<String, TeacherCalls> = HashMap::new();
     for c in &batches {
         let (task, doc, sent, status) = (c.str("task")?, c.doc_id()?, c.sent_id()?, c.str("status")?);
@@ -136,8 +139,9 @@ pub struct TeacherLabel {
 }
 
 /// `teacher_labels`; `None` when the table is missing.
-pub fn teacher_labels(run_dir: &RunDir) -> Result<Option<Vec<TeacherLabel>>> {
-    let Some(batches) = read_opt(run_dir, table::TEACHER_LABELS)? else { return Ok(None) };
+pub async fn teacher_labels(tables: &Tables<'_>) -> Result<Option<Vec<TeacherLabel>>> {
+    let sql = format!("SELECT * FROM {}", ident(table::TEACHER_LABELS));
+    let Some(batches) = tables.query_opt(table::TEACHER_LABELS, &sql).await? else { return Ok(None) };
     let mut rows = Vec::new();
     for c in &batches {
         let (task, doc, sent, kind) = (c.str("task")?, c.doc_id()?, c.sent_id()?, c.str("kind")?);
@@ -254,75 +258,80 @@ pub fn teacher_phi(labels: &[TeacherLabel], ok: &HashSet<SentKey>, sentences: &S
 }
 
 /// Pairs from an extracted pair table (`ade_relations`, `gene_disease`, or their
-/// supervised-reference twins), shifted to sentence offsets. Rows of documents without loaded
-/// sentences are outside every gold set and dropped. `None` when the table is missing.
-pub fn system_pairs(
-    run_dir: &RunDir,
+/// supervised-reference twins) of the evaluated sentences, shifted to sentence offsets: the
+/// plan joins the table with [`EVALUATED_SENTENCES`]. `None` when the table is missing.
+pub async fn system_pairs(
+    tables: &Tables<'_>,
     name: &str,
     anchor: &str,
     related: &str,
-    sentences: &Sentences,
 ) -> Result<Option<Vec<PredPair>>> {
-    if !run_dir.has_table(name) {
-        return Ok(None);
-    }
+    let shifted = |side: &str, alias: &str| {
+        format!("p.{side} AS {alias}, p.{side}_start - e.start AS {alias}_start, p.{side}_end - e.start AS {alias}_end")
+    };
+    let sql = format!(
+        "SELECT p.{DOC_ID}, p.{SENT_ID}, {}, {} FROM {} p JOIN {EVALUATED_SENTENCES} e \
+         ON p.{DOC_ID} = e.{DOC_ID} AND p.{SENT_ID} = e.{SENT_ID} \
+         ORDER BY p.{DOC_ID}, p.{SENT_ID}, a_start, a_end, r_start, r_end, a, r",
+        shifted(anchor, "a"),
+        shifted(related, "r"),
+        ident(name)
+    );
+    let Some(batches) = tables.query_opt(name, &sql).await? else { return Ok(None) };
     let mut pairs = Vec::new();
-    for c in TableStream::open(run_dir, name, 8192)? {
-        let c = c?;
+    for c in &batches {
         let (doc, sent) = (c.doc_id()?, c.sent_id()?);
-        let (a, a_start, a_end) =
-            (c.str(anchor)?, c.i32(&format!("{anchor}_start"))?, c.i32(&format!("{anchor}_end"))?);
-        let (r, r_start, r_end) =
-            (c.str(related)?, c.i32(&format!("{related}_start"))?, c.i32(&format!("{related}_end"))?);
+        let (a, a_start, a_end) = (c.str("a")?, c.i32("a_start")?, c.i32("a_end")?);
+        let (r, r_start, r_end) = (c.str("r")?, c.i32("r_start")?, c.i32("r_end")?);
         for i in 0..c.len() {
-            let Some(base) = sentences.start(doc.value(i), sent.value(i)) else { continue };
-            let shift = |s: &Int32Array, e: &Int32Array| {
-                (s.is_valid(i) && e.is_valid(i)).then(|| (s.value(i) - base, e.value(i) - base))
-            };
+            let span = |s: &Int32Array, e: &Int32Array| opt_i32(s, i).zip(opt_i32(e, i));
             pairs.push(PredPair {
                 doc_id: doc.value(i).to_string(),
                 sent_id: sent.value(i),
-                subject: Mention::new(shift(a_start, a_end), a.value(i)),
-                object: Mention::new(shift(r_start, r_end), r.value(i)),
+                subject: Mention::new(span(a_start, a_end), a.value(i)),
+                object: Mention::new(span(r_start, r_end), r.value(i)),
             });
         }
     }
     Ok(Some(pairs))
 }
 
-/// What every PHI recognizer finds in the sentences of the documents in `sentences`, in
-/// document offsets.
-pub fn rules_phi(run_dir: &RunDir, sentences: &Sentences) -> Result<Vec<PredSpan>> {
+/// What every PHI recognizer finds in the loaded sentences, in document offsets.
+pub fn rules_phi(sentences: &Sentences) -> Vec<PredSpan> {
     let all = recognizers::all();
     let mut spans = Vec::new();
-    for c in TableStream::open(run_dir, table::SENTENCES, 8192)? {
-        let c = c?;
-        let (doc, sent, text) = (c.doc_id()?, c.sent_id()?, c.str("text")?);
-        for i in 0..c.len() {
-            let Some(base) = sentences.start(doc.value(i), sent.value(i)) else { continue };
-            for r in recognizers::recognize(text.value(i), &all) {
+    for doc in sentences.docs() {
+        for range in sentences.of_doc(doc) {
+            let text = sentences.text(doc, range.sent_id).unwrap_or_default();
+            for r in recognizers::recognize(text, &all) {
                 spans.push(PredSpan {
-                    doc_id: doc.value(i).to_string(),
-                    sent_id: Some(sent.value(i)),
-                    mention: Mention { span: Some((base + r.start as i32, base + r.end as i32)), norm: String::new() },
+                    doc_id: doc.to_string(),
+                    sent_id: Some(range.sent_id),
+                    mention: Mention {
+                        span: Some((range.start + r.start as i32, range.start + r.end as i32)),
+                        norm: String::new(),
+                    },
                     phi_type: r.phi_type.as_str().to_string(),
                 });
             }
         }
     }
-    Ok(spans)
+    spans
 }
 
-/// Spans from a `phi_spans` table (document offsets already). `None` when the table is missing.
-pub fn system_phi(run_dir: &RunDir, name: &str, sentences: &Sentences) -> Result<Option<Vec<PredSpan>>> {
-    if !run_dir.has_table(name) {
-        return Ok(None);
-    }
+/// Spans from a `phi_spans` table (document offsets already) in documents with evaluated
+/// sentences. `None` when the table is missing.
+pub async fn system_phi(tables: &Tables<'_>, name: &str, sentences: &Sentences) -> Result<Option<Vec<PredSpan>>> {
+    let sql = format!(
+        "SELECT {DOC_ID}, start, \"end\", phi_type FROM {} \
+         WHERE {DOC_ID} IN (SELECT {DOC_ID} FROM {EVALUATED_SENTENCES}) ORDER BY {DOC_ID}, start, \"end\", phi_type",
+        ident(name)
+    );
+    let Some(batches) = tables.query_opt(name, &sql).await? else { return Ok(None) };
     let mut spans = Vec::new();
-    for c in TableStream::open(run_dir, name, 8192)? {
-        let c = c?;
+    for c in &batches {
         let (doc, start, end, phi_type) = (c.doc_id()?, c.i32("start")?, c.i32("end")?, c.str("phi_type")?);
-        for i in (0..c.len()).filter(|&i| !sentences.of_doc(doc.value(i)).is_empty()) {
+        for i in 0..c.len() {
             let doc_id = doc.value(i);
             spans.push(PredSpan {
                 doc_id: doc_id.to_string(),
@@ -337,12 +346,103 @@ pub fn system_phi(run_dir: &RunDir, name: &str, sentences: &Sentences) -> Result
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
     use crate::eval::load::SentenceRange;
 
     fn sentences() -> Sentences {
         let r = |sent_id, start, end| SentenceRange { sent_id, start, end, blank: false };
         Sentences::from_map(HashMap::from([("d".to_string(), vec![r(0, 0, 9), r(1, 10, 20)])]))
+    }
+
+    /// A run directory with sentences of documents d1 (two sentences) and d2, a pair table
+    /// `ade_relations` (or, `broken`, one without `effect_end`) and `phi_spans`.
+    fn run_dir(broken: bool) -> (tempfile::TempDir, crate::run_dir::RunDir) {
+        use arrow::array::{ArrayRef, RecordBatch, StringArray};
+        let tmp = tempfile::tempdir().unwrap();
+        let run = crate::run_dir::RunDir::create(tmp.path()).unwrap();
+        let strs = |v: &[&str]| -> ArrayRef { Arc::new(StringArray::from(v.to_vec())) };
+        let ints = |v: &[Option<i32>]| -> ArrayRef { Arc::new(Int32Array::from(v.to_vec())) };
+        let write = |name: &str, columns: Vec<(&str, ArrayRef)>| {
+            let batch = RecordBatch::try_from_iter(columns).unwrap();
+            run.write_table(name, batch.schema(), &[batch]).unwrap();
+        };
+        write(
+            table::SENTENCES,
+            vec![
+                ("doc_id", strs(&["d1", "d1", "d2"])),
+                ("sent_id", ints(&[Some(0), Some(1), Some(0)])),
+                ("start", ints(&[Some(0), Some(21), Some(0)])),
+                ("end", ints(&[Some(20), Some(45), Some(10)])),
+                ("text", strs(&["Aspirin gave a rash.", "Mail ana@example.org today", "Nothing."])),
+            ],
+        );
+        let mut pairs = vec![
+            ("doc_id", strs(&["d2", "d1", "d1", "d1"])),
+            ("sent_id", ints(&[Some(0), Some(1), Some(5), Some(0)])),
+            ("drug", strs(&["x", "ana", "y", "aspirin"])),
+            ("drug_start", ints(&[Some(0), Some(26), Some(0), Some(0)])),
+            ("drug_end", ints(&[Some(1), Some(29), Some(1), Some(7)])),
+            ("effect", strs(&["z", "today", "w", "rash"])),
+            ("effect_start", ints(&[Some(2), None, Some(2), Some(15)])),
+        ];
+        if !broken {
+            pairs.push(("effect_end", ints(&[Some(3), None, Some(3), Some(19)])));
+        }
+        write(table::ADE_RELATIONS, pairs);
+        write(
+            table::PHI_SPANS,
+            vec![
+                ("doc_id", strs(&["d2", "d1"])),
+                ("start", ints(&[Some(0), Some(26)])),
+                ("end", ints(&[Some(4), Some(41)])),
+                ("phi_type", strs(&["name", "contact"])),
+            ],
+        );
+        (tmp, run)
+    }
+
+    #[tokio::test]
+    async fn extracted_rows_join_the_evaluated_sentences_in_their_offsets() {
+        let (_tmp, run) = run_dir(false);
+        let tables = Tables::open(&run).await.unwrap();
+        let sentences = Sentences::load(&tables, &["d1".to_string()].into()).await.unwrap();
+        assert_eq!(sentences.text("d1", 1), Some("Mail ana@example.org today"));
+        assert_eq!(sentences.text("d2", 0), None, "not evaluated");
+
+        // d2's pair is outside the evaluation, d1 s5 has no sentence; s1's pair moves to its
+        // sentence's offsets and keeps its missing effect span; rows come in sentence order.
+        let pairs = system_pairs(&tables, table::ADE_RELATIONS, "drug", "effect").await.unwrap().unwrap();
+        let got: Vec<_> = pairs.iter().map(|p| (p.sent_id, p.subject.clone(), p.object.clone())).collect();
+        assert_eq!(
+            got,
+            [
+                (0, Mention::new(Some((0, 7)), "aspirin"), Mention::new(Some((15, 19)), "rash")),
+                (1, Mention::new(Some((5, 8)), "ana"), Mention::new(None, "today")),
+            ]
+        );
+        assert!(system_pairs(&tables, "gene_disease", "gene", "disease").await.unwrap().is_none(), "missing table");
+
+        let spans = system_phi(&tables, table::PHI_SPANS, &sentences).await.unwrap().unwrap();
+        assert_eq!(spans.len(), 1, "{spans:?}");
+        assert_eq!(
+            (spans[0].sent_id, spans[0].mention.span, spans[0].phi_type.as_str()),
+            (Some(1), Some((26, 41)), "CONTACT")
+        );
+        let rules = rules_phi(&sentences);
+        let contacts: Vec<_> =
+            rules.iter().filter(|s| s.phi_type == "CONTACT").map(|s| (s.sent_id, s.mention.span)).collect();
+        assert_eq!(contacts, [(Some(1), Some((26, 41)))], "document offsets of the sentence's match");
+    }
+
+    #[tokio::test]
+    async fn a_pair_table_without_a_column_is_an_error_naming_its_file() {
+        let (_tmp, run) = run_dir(true);
+        let tables = Tables::open(&run).await.unwrap();
+        Sentences::load(&tables, &["d1".to_string()].into()).await.unwrap();
+        let err = system_pairs(&tables, table::ADE_RELATIONS, "drug", "effect").await.unwrap_err().to_string();
+        assert!(err.contains("ade_relations.parquet") && err.contains("effect_end"), "{err}");
     }
 
     #[test]

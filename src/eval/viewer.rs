@@ -9,7 +9,7 @@
 //! how many were left out. A short inline script (no external assets) counts what is shown, so
 //! a browser check can compare it with [`Viewer::marks`].
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
 use std::hash::{DefaultHasher, Hash, Hasher};
 
@@ -18,10 +18,8 @@ use super::load::{SentKey, Sentences};
 use super::metrics::{Mention, MentionKey, Span};
 use super::render::esc;
 use super::systems::TeacherCalls;
-use crate::columns::TableStream;
 use crate::error::Result;
 use crate::run_dir::{RunDir, write_file_atomic};
-use crate::schema::table;
 
 /// The page written next to `report.html`.
 pub const FILE: &str = "spans.html";
@@ -217,24 +215,10 @@ impl Viewer {
         n
     }
 
-    /// The sentence texts the page needs, from the `sentences` table.
-    pub fn texts(&self, run_dir: &RunDir) -> Result<HashMap<SentKey, String>> {
-        let wanted: HashSet<&SentKey> = self.tasks.iter().flat_map(|t| t.rows.iter().map(|r| &r.0)).collect();
-        let mut texts = HashMap::new();
-        if wanted.is_empty() {
-            return Ok(texts);
-        }
-        for c in TableStream::open(run_dir, table::SENTENCES, 8192)? {
-            let c = c?;
-            let (doc, sent, text) = (c.doc_id()?, c.sent_id()?, c.str("text")?);
-            for i in 0..c.len() {
-                let key = (doc.value(i).to_string(), sent.value(i));
-                if wanted.contains(&key) {
-                    texts.insert(key, text.value(i).to_string());
-                }
-            }
-        }
-        Ok(texts)
+    /// The sentence texts the page needs (every shown sentence is a loaded one).
+    pub fn texts(&self, sentences: &Sentences) -> HashMap<SentKey, String> {
+        let shown = self.tasks.iter().flat_map(|t| t.rows.iter().map(|r| &r.0));
+        shown.filter_map(|key| Some((key.clone(), sentences.text(&key.0, key.1)?.to_string()))).collect()
     }
 
     /// The page.
@@ -278,8 +262,8 @@ impl Viewer {
     }
 
     /// Write [`FILE`] into the run directory's root, through a temporary file.
-    pub fn write(&self, run_dir: &RunDir, run_id: &str, split: &str) -> Result<usize> {
-        let texts = self.texts(run_dir)?;
+    pub fn write(&self, run_dir: &RunDir, run_id: &str, split: &str, sentences: &Sentences) -> Result<usize> {
+        let texts = self.texts(sentences);
         write_file_atomic(&run_dir.root().join(FILE), self.html(run_id, split, &texts).as_bytes())?;
         Ok(self.marks(&texts))
     }
@@ -373,6 +357,8 @@ count.textContent=marks+' highlighted spans in '+rows+' sentences.';";
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashSet;
+
     use super::*;
 
     fn marks(spans: &[((i32, i32), &str)]) -> Marks {

@@ -57,13 +57,14 @@ impl ExtractConfig {
             return String::new();
         }
         let any: Vec<String> = filters.iter().flatten().map(|f| format!("({f})")).collect();
-        Self::in_documents(&format!(" WHERE {}", any.join(" OR ")))
+        Self::in_documents(Some(&any.join(" OR ")))
     }
 
-    /// `WHERE doc_id IN (SELECT doc_id FROM documents<where_clause>)`: a semi-join, also with
-    /// no filter, as it is what partitions a task's plan.
-    fn in_documents(where_clause: &str) -> String {
-        format!(" WHERE {DOC_ID} IN (SELECT {DOC_ID} FROM {}{where_clause})", ident(table::DOCUMENTS))
+    /// `WHERE doc_id IN (SELECT doc_id FROM documents [WHERE predicate])`: a semi-join, also
+    /// with no predicate, as it is what partitions a task's plan.
+    fn in_documents(predicate: Option<&str>) -> String {
+        let predicate = predicate.map(|p| format!(" WHERE {p}")).unwrap_or_default();
+        format!(" WHERE {DOC_ID} IN (SELECT {DOC_ID} FROM {}{predicate})", ident(table::DOCUMENTS))
     }
 }
 
@@ -71,10 +72,7 @@ impl ExtractConfig {
 pub(super) async fn count_sentences(ctx: &SessionContext, cfg: &ExtractConfig) -> Result<usize> {
     let filters: Vec<Option<String>> = cfg.tasks.iter().map(|&t| cfg.document_filter(t)).collect();
     let query = format!("SELECT count(*) FROM {}{}", ident(table::SENTENCES), ExtractConfig::sentence_filter(&filters));
-    let batches = ctx.sql(&query).await?.collect().await?;
-    let counts =
-        batches.first().map(|b| arrow::array::AsArray::as_primitive::<arrow::datatypes::Int64Type>(b.column(0)));
-    Ok(counts.map_or(0, |c| c.value(0) as usize))
+    Ok(crate::plan::counts(ctx, &query).await?[0])
 }
 
 /// What one task's plan needs: its checkpoint and the provenance it stamps on each row.
@@ -91,8 +89,7 @@ pub(super) struct TaskPlan<'a> {
 
 /// The plan whose rows are `task`'s output table (its columns, in order).
 pub(super) async fn task_plan(ctx: &SessionContext, cfg: &ExtractConfig, plan: &TaskPlan<'_>) -> Result<DataFrame> {
-    let filter =
-        ExtractConfig::in_documents(&cfg.document_filter(plan.task).map(|f| format!(" WHERE {f}")).unwrap_or_default());
+    let filter = ExtractConfig::in_documents(cfg.document_filter(plan.task).as_deref());
     let sentences =
         format!("SELECT doc_id, sent_id, start AS {SENTENCE_START}, text FROM {}{filter}", ident(table::SENTENCES));
     let pairs = plan.task.relation().is_some();

@@ -40,6 +40,8 @@ pub struct DecoderParams {
     pub kv_cells: usize,
     /// CPU threads for llama.cpp.
     pub threads: usize,
+    /// Layers offloaded to the GPU (0: none); needs a build with the `cuda` or `metal` feature.
+    pub gpu_layers: u32,
 }
 
 /// llama.cpp's process-wide initialisation (it refuses a second one).
@@ -141,7 +143,16 @@ impl LlamaDecoder {
     /// Load `path` (any architecture llama.cpp knows; the project tests qwen2 and llama).
     pub fn load(path: &Path, params: &DecoderParams) -> Result<Self> {
         let backend = backend()?;
-        let model = LlamaModel::load_from_file(backend, path, &LlamaModelParams::default())
+        if params.gpu_layers > 0 && !backend.supports_gpu_offload() {
+            return Err(Error::Config(format!(
+                "serve.gpu_layers = {}: this build of llama.cpp has no GPU backend; build with \
+                 `cargo build --release --features cuda` (NVIDIA, needs nvcc) or `--features metal` \
+                 (Apple), or set gpu_layers = 0",
+                params.gpu_layers
+            )));
+        }
+        let model_params = LlamaModelParams::default().with_n_gpu_layers(params.gpu_layers);
+        let model = LlamaModel::load_from_file(backend, path, &model_params)
             .map_err(|e| Error::Model(format!("llama.cpp cannot load the model: {e}")))?;
         let model = Box::new(model);
         let context_length = params.context_length.min(model.n_ctx_train() as usize).max(1);
@@ -329,8 +340,17 @@ pub(crate) mod tests {
     pub(crate) const SMOLLM: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/models/SmolLM2-135M-Instruct.Q4_1.gguf");
 
     fn load() -> LlamaDecoder {
-        let params = DecoderParams { context_length: 256, kv_cells: 1024, threads: 2 };
+        let params = DecoderParams { context_length: 256, kv_cells: 1024, threads: 2, gpu_layers: 0 };
         LlamaDecoder::load(Path::new(SMOLLM), &params).expect("run `make models-test` first")
+    }
+
+    #[cfg(not(any(feature = "cuda", feature = "metal")))]
+    #[test]
+    fn gpu_layers_without_a_gpu_build_say_which_build_has_them() {
+        let params = DecoderParams { context_length: 256, kv_cells: 1024, threads: 2, gpu_layers: 8 };
+        let err = LlamaDecoder::load(Path::new(SMOLLM), &params).err().expect("a CPU build offloads nothing");
+        assert!(matches!(err, Error::Config(_)), "{err}");
+        assert!(err.to_string().contains("--features cuda") && err.to_string().contains("gpu_layers = 8"), "{err}");
     }
 
     fn argmax(row: &[f32]) -> usize {

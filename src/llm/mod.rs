@@ -64,6 +64,8 @@ pub struct TeacherLlmConfig {
     pub max_batch: usize,
     /// CPU threads for the forward pass.
     pub threads: usize,
+    /// Layers llama.cpp offloads to the GPU (0: none; see [`llama_cpp::DecoderParams`]).
+    pub gpu_layers: u32,
     /// Most drafted tokens a sequence feeds per step (prompt lookup, see [`TeacherLlm::step`]);
     /// 0 decodes one token per sequence per step. The reply is the same either way up to
     /// float noise: a near tie may break the other way.
@@ -115,6 +117,7 @@ impl TeacherLlmConfig {
             prefix_cache_bytes: 512 << 20,
             max_batch: DEFAULT_MAX_BATCH,
             threads: default_threads(),
+            gpu_layers: 0,
             draft_tokens: DEFAULT_DRAFT_TOKENS,
             draft_step_tokens: DEFAULT_DRAFT_STEP_TOKENS,
         }
@@ -156,6 +159,7 @@ impl TeacherLlm {
             context_length: config.context_length,
             kv_cells: config.context_length * (config.max_batch.max(1) + 1),
             threads: config.threads,
+            gpu_layers: config.gpu_layers,
         };
         let decoder = LlamaDecoder::load(path, &params).map_err(with_path)?;
         let context_length = decoder.context_length();

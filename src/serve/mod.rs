@@ -52,6 +52,11 @@ pub struct ServeConfig {
     pub port: u16,
     /// CPU threads for the model; `None` uses every core.
     pub threads: Option<usize>,
+    /// Model layers offloaded to the GPU (a build with the `cuda` or `metal` feature; a large
+    /// number offloads them all); 0, the default, runs on the CPU. Not serialized when 0, so it
+    /// leaves config hashes alone.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub gpu_layers: u32,
     /// Bearer token clients must send; `None` accepts any. Never serialized (manifests).
     #[serde(skip_serializing)]
     pub api_key: Option<String>,
@@ -83,6 +88,7 @@ impl Default for ServeConfig {
             host: "127.0.0.1".into(),
             port: 0,
             threads: None,
+            gpu_layers: 0,
             api_key: std::env::var(API_KEY_ENV).ok().filter(|k| !k.is_empty()),
             max_batch: DEFAULT_MAX_BATCH,
             max_queue: 256,
@@ -95,6 +101,10 @@ impl Default for ServeConfig {
     }
 }
 
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
 /// Like the derived `Debug`, with the API key redacted (the config is logged at start-up).
 impl std::fmt::Debug for ServeConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -103,6 +113,7 @@ impl std::fmt::Debug for ServeConfig {
             .field("host", &self.host)
             .field("port", &self.port)
             .field("threads", &self.threads)
+            .field("gpu_layers", &self.gpu_layers)
             .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
             .field("max_batch", &self.max_batch)
             .field("max_queue", &self.max_queue)
@@ -128,6 +139,7 @@ impl ServeConfig {
             prefix_cache_bytes: self.prefix_cache_mib << 20,
             max_batch: self.max_batch,
             threads: self.threads.unwrap_or_else(crate::llm::default_threads),
+            gpu_layers: self.gpu_layers,
             draft_tokens: self.draft_tokens,
             ..TeacherLlmConfig::new(&self.model)
         }

@@ -112,16 +112,16 @@ pub async fn run_embedded_or_remote(
 /// Each task's selection for this run (see [`select`]): the silver set the cache holds, this
 /// run's new sentences and the dev sample. `contains` says which cache keys are stored;
 /// `scorer` ranks candidates for informative selection.
-pub fn select_sentences(
+pub async fn select_sentences(
     cfg: &LabelConfig,
     run_dir: &RunDir,
     prompts: &BTreeMap<Task, Prompt>,
     contains: &dyn Fn(&[RequestKey]) -> Result<Vec<bool>>,
-    scorer: &mut select::Scorer,
+    scorer: &mut select::Scorer<'_>,
 ) -> Result<BTreeMap<Task, TaskSelection>> {
     let passes = label::pass_configs(&cfg.teacher, cfg.passes, cfg.pass_temperature);
     let mut out = BTreeMap::new();
-    for (task, candidates) in select::candidates(cfg, run_dir)? {
+    for (task, candidates) in select::candidates(cfg, run_dir).await? {
         let keys: Vec<RequestKey> = candidates
             .train
             .iter()
@@ -196,7 +196,7 @@ pub async fn run_with_endpoint(cfg: &LabelConfig, run_dir: &RunDir, base_url: &s
         used.set(used.get() + keys.iter().zip(&hits).filter(|(k, hit)| **hit && k.is_in(&shipped)).count());
         Ok(hits)
     };
-    let selected = select_sentences(cfg, run_dir, &prompts, &contains, &mut scorer)?;
+    let selected = select_sentences(cfg, run_dir, &prompts, &contains, &mut scorer).await?;
     if used.get() < shipped.len() {
         tracing::warn!(
             "{} of {} shipped teacher answers match no current request (another prompt, teacher or corpus): ignored",
@@ -374,7 +374,7 @@ fn adhoc_run_id() -> String {
 
 /// Estimate calls, tokens and cost without sending anything (reads the cache, read-only).
 /// Informative selection is planned as random (the student is not run for a plan).
-pub fn plan(cfg: &LabelConfig, run_dir: &RunDir) -> Result<LabelPlan> {
+pub async fn plan(cfg: &LabelConfig, run_dir: &RunDir) -> Result<LabelPlan> {
     let teacher = &cfg.teacher;
     cfg.validate()?;
     let prompts = load_prompts(cfg)?;
@@ -387,7 +387,7 @@ pub fn plan(cfg: &LabelConfig, run_dir: &RunDir) -> Result<LabelPlan> {
         let stored = cache::stored(&path, keys)?;
         Ok(keys.iter().zip(stored).map(|(k, hit)| hit || k.is_in(&shipped)).collect())
     };
-    let selected = select_sentences(cfg, run_dir, &prompts, &contains, &mut |_, _| Ok(None))?;
+    let selected = select_sentences(cfg, run_dir, &prompts, &contains, &mut |_, _| Ok(None)).await?;
     let passes = label::pass_configs(teacher, cfg.passes, cfg.pass_temperature);
     let mut tasks = Vec::new();
     for (task, sel) in &selected {

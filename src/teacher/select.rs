@@ -13,15 +13,16 @@
 //! finds most informative within a pool, with a random share kept for exploration. Dev
 //! sentences (`dev_sample`, from `dev_sources`) are labeled only to score the teacher.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
-use arrow::array::Array;
 use sha2::{Digest, Sha256};
 
 use super::config::{LabelConfig, Selection};
-use crate::columns::{TableStream, read_all};
+use crate::columns::Columns;
 use crate::error::{Error, Result};
+use crate::plan::{self, Limits, ident, literal};
 use crate::run_dir::RunDir;
+use crate::schema::column::{DOC_ID, SENT_ID};
 use crate::schema::{split, table};
 use crate::vocab::Task;
 
@@ -63,40 +64,42 @@ pub struct TaskSelection {
     pub too_long: usize,
 }
 
-/// `doc_id -> (source, split)` from the `documents` table.
-fn document_info(run_dir: &RunDir) -> Result<HashMap<String, (String, String)>> {
-    let mut info = HashMap::new();
-    for cols in read_all(run_dir, table::DOCUMENTS)? {
-        let (ids, sources, splits) = (cols.doc_id()?, cols.str("source")?, cols.str("split")?);
-        for i in 0..cols.len() {
-            info.insert(ids.value(i).to_string(), (sources.value(i).to_string(), splits.value(i).to_string()));
-        }
-    }
-    Ok(info)
-}
-
-/// Every sentence of the run directory with its document's (source, split); blank ones are
-/// left out. Also the self-training pool (`train::self_training`).
-pub(crate) fn all_sentences(run_dir: &RunDir) -> Result<Vec<(Sentence, String, String)>> {
+/// The sentences of documents in `splits`, each with its document's (source, split); blank
+/// ones are left out. A plan over the run directory: the join and the split filter run in
+/// DataFusion, streamed under the stage memory limit. Also the self-training pool
+/// (`train::self_training`).
+pub(crate) async fn sentences_in(run_dir: &RunDir, splits: &[&str]) -> Result<Vec<(Sentence, String, String)>> {
     for name in [table::DOCUMENTS, table::SENTENCES] {
         if !run_dir.has_table(name) {
             return Err(Error::input(run_dir.table_path(name), "table missing (run `biodistill ingest` first)"));
         }
     }
-    let documents = document_info(run_dir)?;
     let mut out = Vec::new();
-    for cols in TableStream::open(run_dir, table::SENTENCES, 8192)? {
-        let cols = cols?;
-        let (ids, texts, sent_ids) = (cols.doc_id()?, cols.str("text")?, cols.sent_id()?);
-        for i in 0..cols.len() {
-            if sent_ids.is_null(i) || texts.value(i).trim().is_empty() {
-                continue;
-            }
-            let doc_id = ids.value(i);
-            let (source, split) = documents.get(doc_id).cloned().unwrap_or_default();
-            let sentence =
-                Sentence { doc_id: doc_id.to_string(), sent_id: sent_ids.value(i), text: texts.value(i).to_string() };
-            out.push((sentence, source, split));
+    if splits.is_empty() {
+        return Ok(out);
+    }
+    let ctx = plan::session(run_dir, Limits::mib(plan::DEFAULT_MEMORY_LIMIT_MIB)).await?;
+    let within: Vec<String> = splits.iter().map(|s| literal(s)).collect();
+    let sql = format!(
+        "SELECT s.{DOC_ID}, s.{SENT_ID}, s.text, d.source, d.split FROM {} s JOIN {} d ON s.{DOC_ID} = d.{DOC_ID} \
+         WHERE s.{SENT_ID} IS NOT NULL AND d.split IN ({})",
+        ident(table::SENTENCES),
+        ident(table::DOCUMENTS),
+        within.join(", ")
+    );
+    let path = run_dir.table_path(table::SENTENCES);
+    let mut stream = ctx.sql(&sql).await?.execute_stream().await?;
+    while let Some(batch) = plan::next(&mut stream).await? {
+        let cols = Columns::new(batch, path.clone())?;
+        let (ids, sent_ids, texts) = (cols.doc_id()?, cols.sent_id()?, cols.str("text")?);
+        let (sources, split_names) = (cols.str("source")?, cols.str("split")?);
+        for i in (0..cols.len()).filter(|&i| !texts.value(i).trim().is_empty()) {
+            let sentence = Sentence {
+                doc_id: ids.value(i).to_string(),
+                sent_id: sent_ids.value(i),
+                text: texts.value(i).to_string(),
+            };
+            out.push((sentence, sources.value(i).to_string(), split_names.value(i).to_string()));
         }
     }
     Ok(out)
@@ -116,9 +119,13 @@ fn order_key(s: &Sentence, seed: u64) -> [u8; 32] {
 }
 
 /// Each configured task's candidates (see the module docs).
-pub fn candidates(cfg: &LabelConfig, run_dir: &RunDir) -> Result<BTreeMap<Task, Candidates>> {
+pub async fn candidates(cfg: &LabelConfig, run_dir: &RunDir) -> Result<BTreeMap<Task, Candidates>> {
     cfg.validate()?;
-    let mut sentences = all_sentences(run_dir)?;
+    let mut splits: Vec<&str> = cfg.splits.iter().map(String::as_str).collect();
+    if !cfg.dev_sources.is_empty() && cfg.dev_sample > 0 {
+        splits.push(split::DEV);
+    }
+    let mut sentences = sentences_in(run_dir, &splits).await?;
     sentences.sort_by_cached_key(|(s, _, _)| order_key(s, cfg.seed));
     let mut out = BTreeMap::new();
     for &task in &cfg.tasks {
@@ -310,6 +317,49 @@ mod tests {
         let picked = choose(&informative, Task::Ade, candidates(), &answered, &mut scorer).unwrap();
         assert_eq!(ids(&picked), ["d2", "d4", "d6", "d7"]);
         assert_eq!(pools, [["d1", "d3", "d5", "d6", "d7"]]);
+    }
+
+    #[tokio::test]
+    async fn the_candidate_plan_joins_documents_keeps_the_asked_splits_and_drops_blank_sentences() {
+        use std::sync::Arc;
+
+        use arrow::array::{ArrayRef, Int32Array, RecordBatch, StringArray};
+        let tmp = tempfile::tempdir().unwrap();
+        let run = RunDir::create(tmp.path()).unwrap();
+        let strs = |v: &[&str]| -> ArrayRef { Arc::new(StringArray::from(v.to_vec())) };
+        let write = |name: &str, columns: Vec<(&str, ArrayRef)>| {
+            let batch = RecordBatch::try_from_iter(columns).unwrap();
+            run.write_table(name, batch.schema(), &[batch]).unwrap();
+        };
+        let err = sentences_in(&run, &["train"]).await.unwrap_err().to_string();
+        assert!(err.contains("documents.parquet") && err.contains("biodistill ingest"), "{err}");
+        write(
+            table::DOCUMENTS,
+            vec![
+                ("doc_id", strs(&["a", "b", "c"])),
+                ("source", strs(&["pubmed", "pubmed", "ade_corpus_v2"])),
+                ("split", strs(&["train", "dev", "unlabeled"])),
+            ],
+        );
+        let sent_ids: ArrayRef = Arc::new(Int32Array::from(vec![Some(0), Some(1), None, Some(0), Some(0), Some(0)]));
+        write(
+            table::SENTENCES,
+            vec![
+                ("doc_id", strs(&["a", "a", "a", "b", "c", "orphan"])),
+                ("sent_id", sent_ids),
+                ("text", strs(&["One.", " \t", "No id.", "Dev.", "Pool.", "No document."])),
+            ],
+        );
+        let mut got: Vec<(String, i32, String, String)> = sentences_in(&run, &["train", "unlabeled"])
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(s, source, split)| (s.doc_id, s.sent_id, source, split))
+            .collect();
+        got.sort();
+        let row = |d: &str, s, source: &str, split: &str| (d.to_string(), s, source.to_string(), split.to_string());
+        assert_eq!(got, [row("a", 0, "pubmed", "train"), row("c", 0, "ade_corpus_v2", "unlabeled")]);
+        assert!(sentences_in(&run, &[]).await.unwrap().is_empty());
     }
 
     #[test]

@@ -24,7 +24,7 @@ use crate::model::checkpoint::Checkpoint;
 use crate::model::predict::{Predictions, SentenceRow, predict};
 use crate::run_dir::RunDir;
 use crate::schema::split;
-use crate::teacher::select::all_sentences;
+use crate::teacher::select::sentences_in;
 
 /// Windows per encoder call.
 const BATCH: usize = 16;
@@ -54,7 +54,9 @@ pub fn pool(
     max: usize,
     seed: u64,
 ) -> Result<Vec<LabeledSentence>> {
-    let sentences = all_sentences(run_dir)?;
+    let mut sentences = crate::plan::block_on(sentences_in(run_dir, &[split::TRAIN, split::UNLABELED]))?;
+    // The plan's join does not keep the table's order: sort, so the pool is the same every run.
+    sentences.sort_unstable_by(|(a, _, _), (b, _, _)| (&a.doc_id, a.sent_id).cmp(&(&b.doc_id, b.sent_id)));
     let sources: HashSet<&str> = sentences
         .iter()
         .filter(|(s, _, _)| silver_docs.contains(s.doc_id.as_str()))
@@ -62,9 +64,8 @@ pub fn pool(
         .collect();
     let out = sentences
         .iter()
-        .filter(|(s, source, split_name)| {
+        .filter(|(s, source, _)| {
             sources.contains(source.as_str())
-                && (split_name == split::TRAIN || split_name == split::UNLABELED)
                 && !exclude.contains(s.doc_id.as_str())
                 && !silver_docs.contains(s.doc_id.as_str())
         })
