@@ -6,6 +6,9 @@
 //! conversion, required), `teacher_calls` + `teacher_labels` (the teacher), `ade_relations`,
 //! `gene_disease`, `phi_spans` (the student) and their `_supervised_reference` twins. A missing
 //! gold table skips its task and a missing output table skips that system, with a warning.
+//! Each is read by a query of one DataFusion session over the run directory ([`load::Tables`]):
+//! the corpus tables are filtered to the split in the plan, and the extracted tables are joined
+//! with the evaluated sentences there.
 //!
 //! Subsets: `all` (every gold sentence or document of the split) and `teacher_sample` (only the
 //! sentences the teacher was asked about, whatever its answer: a failed call is an empty
@@ -165,12 +168,12 @@ pub async fn run_with_context(
         notes.push(message);
     };
     let wanted = |task: &str| cfg.tasks.iter().any(|t| t == task);
-    let tables = Tables::open(run_dir).await?;
+    let db = Tables::open(run_dir).await?;
 
     // Gold, and the documents each task covers.
-    let ade_rows = if wanted("ade") { load::gold_ade(&tables, split).await? } else { None };
-    let gd_rows = if wanted("gene_disease") { load::gold_gene_disease(&tables, split).await? } else { None };
-    let phi_rows = if wanted("phi") { load::gold_phi(&tables, split).await? } else { None };
+    let ade_rows = if wanted("ade") { load::gold_ade(&db, split).await? } else { None };
+    let gd_rows = if wanted("gene_disease") { load::gold_gene_disease(&db, split).await? } else { None };
+    let phi_rows = if wanted("phi") { load::gold_phi(&db, split).await? } else { None };
     for (task, table, rows) in [
         ("ade", tables::GOLD_ADE, ade_rows.is_some()),
         ("gene_disease", tables::GOLD_GENE_DISEASE, gd_rows.is_some()),
@@ -186,7 +189,7 @@ pub async fn run_with_context(
     }
     sources.extend(gd_rows.iter().flatten().map(|r| r.dataset.clone()));
     sources.extend(phi_rows.iter().flatten().map(|r| r.dataset.clone()));
-    let docs_by_source = match load::documents_by_source(&tables, split, &sources).await? {
+    let docs_by_source = match load::documents_by_source(&db, split, &sources).await? {
         Some(docs) => docs,
         None => {
             note("documents table missing: only documents with gold rows are evaluated".into());
@@ -204,7 +207,7 @@ pub async fn run_with_context(
     all_docs.extend(gd_gold.iter().flat_map(|g| g.docs()).cloned());
     all_docs.extend(phi_gold.iter().flat_map(|g| g.docs()).cloned());
     let any_gold = ade_docs.is_some() || gd_gold.is_some() || phi_gold.is_some();
-    let sentences = if any_gold { Sentences::load(&tables, &all_docs).await? } else { Sentences::default() };
+    let sentences = if any_gold { Sentences::load(&db, &all_docs).await? } else { Sentences::default() };
     let mut golds: Vec<(&str, Gold)> = Vec::new();
     if let (Some(rows), Some(docs)) = (&ade_rows, &ade_docs) {
         golds.push(("ade", Gold::Ade(AdeGold::new(rows, docs, &sentences))));
@@ -217,8 +220,8 @@ pub async fn run_with_context(
     }
 
     // The teacher.
-    let calls = systems::teacher_calls(&tables).await?;
-    let labels = if calls.is_some() { systems::teacher_labels(&tables).await? } else { None };
+    let calls = systems::teacher_calls(&db).await?;
+    let labels = if calls.is_some() { systems::teacher_labels(&db).await? } else { None };
     match (&calls, &labels) {
         (None, _) => {
             note(format!("{} missing: teacher not evaluated, no {SUBSET_TEACHER_SAMPLE} subset", tables::TEACHER_CALLS))
@@ -242,7 +245,7 @@ pub async fn run_with_context(
                 continue;
             }
             let preds = match predictions(
-                &tables,
+                &db,
                 system,
                 task,
                 &sentences,
@@ -337,7 +340,7 @@ pub async fn run_with_context(
         EvalReport { run_id: run_id.to_string(), split: split.to_string(), rows, notes, extra, curve: vec![] };
     run_dir.write_table(tables::EVAL_RESULTS, EVAL_RESULTS.clone(), &[report.batch()?])?;
     let evaluated_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    let dev = load::documents_in_split(&tables, crate::schema::split::DEV).await?;
+    let dev = load::documents_in_split(&db, crate::schema::split::DEV).await?;
     let silver = history::silver(calls.as_ref().unwrap_or(&HashMap::new()), &dev);
     report.curve = history::append(run_dir, &report, &silver, &evaluated_at)?;
     if cfg.report {
@@ -357,7 +360,7 @@ fn base_table(task: &str) -> &'static str {
 
 /// One system's predictions for `task`; `None` when the system has no output for it.
 async fn predictions(
-    tables: &Tables<'_>,
+    db: &Tables<'_>,
     system: System,
     task: &str,
     sentences: &Sentences,
@@ -390,9 +393,9 @@ async fn predictions(
     }
     let name = system.table(base_table(task));
     Ok(match task {
-        "ade" => systems::system_pairs(tables, &name, "drug", "effect").await?.map(Preds::Pairs),
-        "gene_disease" => systems::system_pairs(tables, &name, "gene", "disease").await?.map(Preds::Pairs),
-        _ => systems::system_phi(tables, &name, sentences).await?.map(Preds::Spans),
+        "ade" => systems::system_pairs(db, &name, "drug", "effect").await?.map(Preds::Pairs),
+        "gene_disease" => systems::system_pairs(db, &name, "gene", "disease").await?.map(Preds::Pairs),
+        _ => systems::system_phi(db, &name, sentences).await?.map(Preds::Spans),
     })
 }
 
