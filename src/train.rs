@@ -72,8 +72,9 @@ pub struct TrainConfig {
     /// pretrained weights: their output is computed once per sentence ([`frozen`]) and each
     /// step trains only the layers above. 0 fine-tunes the whole encoder.
     pub frozen_layers: usize,
-    /// Tasks trained side by side (one thread each); 0 = every core. Not
-    /// serialized: it changes neither the outputs nor the config hash.
+    /// Tasks (and an ensemble's members) trained side by side, one thread each; 0 = every
+    /// core, with all of an ensemble's members at once. Not serialized: it changes neither the
+    /// outputs nor the config hash.
     #[serde(skip_serializing)]
     pub threads: usize,
     pub lr: f64,
@@ -456,8 +457,12 @@ fn train_task(
         Ok(Checkpoint { dir: dir.clone(), config: config.clone(), students, tokenizer: tokenizer.clone() })
     };
     let threads = crate::parallel::threads_or_all(cfg.threads);
+    // With every core (`train.threads = 0`) all members train at once and the system shares
+    // the cores between them and the other tasks: a member left to train alone after the
+    // others would leave a core idle for a third of the ensemble's time.
+    let member_threads = if cfg.threads == 0 { members.len() } else { threads };
     let fit_all = |set: TrainSet| -> Result<Vec<FitOutcome>> {
-        crate::parallel::map(&members, threads, |member| {
+        crate::parallel::map(&members, member_threads, |member| {
             member.reset(encoder)?;
             // The weights being trained as an inference model (the same variables, no copy),
             // to score epochs without writing a checkpoint first.

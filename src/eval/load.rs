@@ -87,8 +87,8 @@ pub struct GoldAde {
 
 /// `gold_ade` rows of `split`.
 pub async fn gold_ade(tables: &Tables<'_>, split: &str) -> Result<Option<Vec<GoldAde>>> {
-    let columns = "doc_id, sent_id, drug, drug_start, drug_end, effect, effect_start, effect_end";
-    let sql = of_split(table::GOLD_ADE, columns, split);
+    let columns = format!("{DOC_ID}, {SENT_ID}, drug, drug_start, drug_end, effect, effect_start, effect_end");
+    let sql = of_split(table::GOLD_ADE, &columns, split);
     let Some(batches) = tables.query_opt(table::GOLD_ADE, &sql).await? else { return Ok(None) };
     let mut rows = Vec::new();
     for c in &batches {
@@ -121,8 +121,9 @@ pub struct GoldGeneDisease {
 
 /// `gold_gene_disease` rows of `split`.
 pub async fn gold_gene_disease(tables: &Tables<'_>, split: &str) -> Result<Option<Vec<GoldGeneDisease>>> {
-    let columns = "dataset, doc_id, sent_id, gene, gene_start, gene_end, disease, disease_start, disease_end, label";
-    let sql = of_split(table::GOLD_GENE_DISEASE, columns, split);
+    let columns =
+        format!("dataset, {DOC_ID}, {SENT_ID}, gene, gene_start, gene_end, disease, disease_start, disease_end, label");
+    let sql = of_split(table::GOLD_GENE_DISEASE, &columns, split);
     let Some(batches) = tables.query_opt(table::GOLD_GENE_DISEASE, &sql).await? else { return Ok(None) };
     let mut rows = Vec::new();
     for c in &batches {
@@ -156,7 +157,7 @@ pub struct GoldPhi {
 
 /// `gold_phi` rows of `split`, types mapped with [`from_gold`].
 pub async fn gold_phi(tables: &Tables<'_>, split: &str) -> Result<Option<Vec<GoldPhi>>> {
-    let sql = of_split(table::GOLD_PHI, "dataset, doc_id, start, \"end\", phi_type, span", split);
+    let sql = of_split(table::GOLD_PHI, &format!("dataset, {DOC_ID}, start, \"end\", phi_type, span"), split);
     let Some(batches) = tables.query_opt(table::GOLD_PHI, &sql).await? else { return Ok(None) };
     let mut rows = Vec::new();
     for c in &batches {
@@ -190,7 +191,11 @@ pub async fn documents_by_source(
         return Ok(Some(out));
     }
     let within: Vec<String> = sources.iter().map(|s| literal(s)).collect();
-    let sql = format!("{} AND source IN ({})", of_split(table::DOCUMENTS, "doc_id, source", split), within.join(", "));
+    let sql = format!(
+        "{} AND source IN ({})",
+        of_split(table::DOCUMENTS, &format!("{DOC_ID}, source"), split),
+        within.join(", ")
+    );
     for c in tables.query(table::DOCUMENTS, &sql).await? {
         let (doc, source) = (c.doc_id()?, c.str("source")?);
         for i in 0..c.len() {

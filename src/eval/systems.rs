@@ -94,8 +94,10 @@ pub struct TeacherCalls {
 
 /// `teacher_calls` by task; `None` when the table is missing.
 pub async fn teacher_calls(tables: &Tables<'_>) -> Result<Option<HashMap<String, TeacherCalls>>> {
-    let sql =
-        format!("SELECT task, doc_id, sent_id, status, pass, cached, latency_ms FROM {}", ident(table::TEACHER_CALLS));
+    let sql = format!(
+        "SELECT task, {DOC_ID}, {SENT_ID}, status, pass, cached, latency_ms FROM {}",
+        ident(table::TEACHER_CALLS)
+    );
     let Some(batches) = tables.query_opt(table::TEACHER_CALLS, &sql).await? else { return Ok(None) };
     let mut out: HashMap<String, TeacherCalls> = HashMap::new();
     for c in &batches {
