@@ -388,13 +388,28 @@ async fn a_dataset_the_students_were_not_run_over_is_not_scored_for_them() {
 /// The DOM of `page` after its scripts ran in headless Chromium, and the console messages the
 /// page logged; `None` (with the reason printed) when Chromium is not installed.
 fn in_chromium(page: &std::path::Path) -> Option<(String, Vec<String>)> {
-    use std::process::{Command, Stdio};
     let chromium =
         ["/usr/bin/chromium", "/usr/bin/chromium-browser"].into_iter().find(|p| std::path::Path::new(p).exists());
     let Some(chromium) = chromium else {
         println!("SKIPPED the browser check: no Chromium (make test installs Debian's chromium when run as root)");
         return None;
     };
+    // One retry: under a loaded test run Chromium has failed to start its own helper
+    // processes ("Zygote could not fork"), which says nothing about the page.
+    let mut out = render(chromium, page);
+    if !out.status.success() {
+        println!("Chromium failed once, retrying: {}", String::from_utf8_lossy(&out.stderr));
+        out = render(chromium, page);
+    }
+    assert!(out.status.success(), "chromium: {}", String::from_utf8_lossy(&out.stderr));
+    let console =
+        String::from_utf8_lossy(&out.stderr).lines().filter(|l| l.contains(":CONSOLE")).map(str::to_string).collect();
+    Some((String::from_utf8(out.stdout).unwrap(), console))
+}
+
+/// One headless Chromium run dumping the DOM of `page`, with a fresh profile.
+fn render(chromium: &str, page: &std::path::Path) -> std::process::Output {
+    use std::process::{Command, Stdio};
     let profile = tempfile::tempdir().unwrap();
     // Flags: no sandbox (root in CI), and no background connections this machine refuses.
     let mut child = Command::new(chromium)
@@ -415,11 +430,7 @@ fn in_chromium(page: &std::path::Path) -> Option<(String, Vec<String>)> {
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "chromium: {}", String::from_utf8_lossy(&out.stderr));
-    let console =
-        String::from_utf8_lossy(&out.stderr).lines().filter(|l| l.contains(":CONSOLE")).map(str::to_string).collect();
-    Some((String::from_utf8(out.stdout).unwrap(), console))
+    child.wait_with_output().unwrap()
 }
 
 #[tokio::test]
