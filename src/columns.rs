@@ -6,7 +6,6 @@
 //! columns in another Arrow encoding (LargeUtf8, Utf8View, dictionary-encoded) are cast to Utf8
 //! as they are read, so [`Columns::str`] reads them all.
 
-use std::collections::HashSet;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
@@ -64,17 +63,6 @@ impl Iterator for TableStream {
 /// Read a whole (small) table: teacher labels and gold sets, not the corpus.
 pub fn read_all(run_dir: &RunDir, table: &str) -> Result<Vec<Columns>> {
     TableStream::open(run_dir, table, 8192)?.collect()
-}
-
-/// The `doc_id`s of the `documents` rows in `split` (streamed: the table holds the corpus).
-pub fn documents_in_split(run_dir: &RunDir, split: &str) -> Result<HashSet<String>> {
-    let mut docs = HashSet::new();
-    for cols in TableStream::open(run_dir, crate::schema::table::DOCUMENTS, 8192)? {
-        let cols = cols?;
-        let (doc, split_col) = (cols.doc_id()?, cols.str("split")?);
-        docs.extend((0..cols.len()).filter(|&r| split_col.value(r) == split).map(|r| doc.value(r).to_string()));
-    }
-    Ok(docs)
 }
 
 /// One record batch plus the file it came from, for error messages.

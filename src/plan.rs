@@ -6,6 +6,7 @@
 //! result streams into a table with [`write_table`], batch by batch, made visible only when
 //! complete, so neither side of a stage ever holds a whole table.
 
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -138,6 +139,28 @@ pub async fn counts(ctx: &SessionContext, sql: &str) -> Result<Vec<usize>> {
     Ok(row.columns().iter().map(|c| c.as_primitive::<Int64Type>().value(0) as usize).collect())
 }
 
+/// The `doc_id`s of the documents in `split`, queried from table `documents` of `ctx` (a
+/// [`session`] of `run_dir`); the table is required, its absence an input error naming it.
+pub async fn documents_in_split(ctx: &SessionContext, run_dir: &RunDir, split: &str) -> Result<HashSet<String>> {
+    let path = run_dir.table_path(crate::schema::table::DOCUMENTS);
+    if !run_dir.has_table(crate::schema::table::DOCUMENTS) {
+        return Err(Error::input(&path, "table documents is missing (run the stage that writes it first)"));
+    }
+    let doc_id = crate::schema::column::DOC_ID;
+    let sql = format!("SELECT {} FROM documents WHERE split = {}", ident(doc_id), literal(split));
+    let bad = |e: datafusion::error::DataFusionError| {
+        Error::input(&path, format!("cannot read the documents of split {split}: {e}"))
+    };
+    let batches = ctx.sql(&sql).await.map_err(bad)?.collect().await.map_err(bad)?;
+    let mut docs = HashSet::new();
+    for batch in batches {
+        let ids = crate::columns::Columns::new(batch, path.clone())?;
+        let col = ids.doc_id()?;
+        docs.extend((0..ids.len()).map(|i| col.value(i).to_string()));
+    }
+    Ok(docs)
+}
+
 /// Run a plan's `future` to completion from synchronous code (the training loop), inside or
 /// outside a Tokio runtime: on a scoped thread with a runtime of its own, since a thread
 /// already running a runtime cannot block on another.
@@ -218,6 +241,22 @@ mod tests {
         let err = write_table(&run, "unsorted", &schema, df).await.unwrap_err().to_string();
         assert!(err.contains("esources exhausted") || err.contains("isk manager"), "{err}");
         assert!(!run.has_table("unsorted"), "a failed plan left a table");
+    }
+
+    #[tokio::test]
+    async fn the_documents_of_a_split_are_a_query_and_need_the_table() {
+        use crate::run_dir::test_tables::{strs, write};
+        let tmp = tempfile::tempdir().unwrap();
+        let run = RunDir::create(tmp.path()).unwrap();
+        let ctx = session(&run, Limits::mib(64)).await.unwrap();
+        let err = documents_in_split(&ctx, &run, "dev").await.unwrap_err().to_string();
+        assert!(err.contains("documents.parquet") && err.contains("missing"), "{err}");
+        let docs = vec![("doc_id", strs(&["a", "b", "c"])), ("split", strs(&["dev", "train", "dev"]))];
+        write(&run, crate::schema::table::DOCUMENTS, docs);
+        let ctx = session(&run, Limits::mib(64)).await.unwrap();
+        let dev = documents_in_split(&ctx, &run, "dev").await.unwrap();
+        assert_eq!(dev, HashSet::from(["a".to_string(), "c".to_string()]));
+        assert!(documents_in_split(&ctx, &run, "it's").await.unwrap().is_empty());
     }
 
     #[test]

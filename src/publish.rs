@@ -204,8 +204,8 @@ impl Figures {
             "SELECT count(CASE WHEN a <> 'unaligned' THEN 1 END), count(a) FROM \
              (SELECT subject_alignment AS a FROM {labels} UNION ALL SELECT object_alignment AS a FROM {labels})"
         );
-        let counts = counts(&self.0, &sql).await?;
-        Ok((counts[0], counts[1]))
+        let aligned = counts(&self.0, &sql).await?;
+        Ok((aligned[0], aligned[1]))
     }
 
     /// `task/dataset/metric -> value` of the student's headline F1s on every dev sentence.

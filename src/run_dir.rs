@@ -257,3 +257,27 @@ mod tests {
         assert!(err.contains("bad.parquet") && err.contains("Parquet"), "{err}");
     }
 }
+
+/// Tiny tables for tests: columns from literals, written as one batch.
+#[cfg(test)]
+pub mod test_tables {
+    use std::sync::Arc;
+
+    use arrow::array::{ArrayRef, Int32Array, RecordBatch, StringArray};
+
+    use super::RunDir;
+
+    pub fn strs(values: &[&str]) -> ArrayRef {
+        Arc::new(StringArray::from(values.to_vec()))
+    }
+
+    pub fn ints(values: &[Option<i32>]) -> ArrayRef {
+        Arc::new(Int32Array::from(values.to_vec()))
+    }
+
+    /// Table `name` of `run` with `columns`, in that order.
+    pub fn write(run: &RunDir, name: &str, columns: Vec<(&str, ArrayRef)>) {
+        let batch = RecordBatch::try_from_iter(columns).unwrap();
+        run.write_table(name, batch.schema(), &[batch]).unwrap();
+    }
+}

@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, RecordBatch, StringArray};
+use arrow::datatypes::SchemaRef;
 use datafusion::datasource::MemTable;
 use datafusion::prelude::SessionContext;
 
@@ -53,10 +54,22 @@ impl<'a> Tables<'a> {
     /// The rows of `sql`, a query reading table `name`: errors (a missing column, say) name
     /// its file.
     pub async fn query(&self, name: &str, sql: &str) -> Result<Vec<Columns>> {
+        Ok(self.query_with_schema(name, sql).await?.1)
+    }
+
+    /// [`Tables::query`] and the schema of its result (which an empty result has too).
+    async fn query_with_schema(&self, name: &str, sql: &str) -> Result<(SchemaRef, Vec<Columns>)> {
         let path = self.run_dir.table_path(name);
         let bad = |e: datafusion::error::DataFusionError| Error::input(&path, format!("cannot evaluate from it: {e}"));
-        let batches = self.ctx.sql(sql).await.map_err(bad)?.collect().await.map_err(bad)?;
-        batches.into_iter().map(|b| Columns::new(b, path.clone())).collect()
+        let frame = self.ctx.sql(sql).await.map_err(bad)?;
+        let schema = Arc::new(frame.schema().as_arrow().clone());
+        let batches = frame.collect().await.map_err(bad)?;
+        Ok((schema, batches.into_iter().map(|b| Columns::new(b, path.clone())).collect::<Result<_>>()?))
+    }
+
+    /// The session, for queries on the shared floor ([`plan`]).
+    pub fn context(&self) -> &SessionContext {
+        &self.ctx
     }
 
     /// [`Tables::query`], `None` when table `name` is missing.
@@ -65,7 +78,7 @@ impl<'a> Tables<'a> {
     }
 
     /// `batches` as table `name` of the session (in memory).
-    fn register(&self, name: &str, schema: arrow::datatypes::SchemaRef, batches: Vec<RecordBatch>) -> Result<()> {
+    fn register(&self, name: &str, schema: SchemaRef, batches: Vec<RecordBatch>) -> Result<()> {
         self.ctx.register_table(name, Arc::new(MemTable::try_new(schema, vec![batches])?))?;
         Ok(())
     }
@@ -205,17 +218,6 @@ pub async fn documents_by_source(
     Ok(Some(out))
 }
 
-/// The `doc_id`s of the documents in `split` (empty without a `documents` table).
-pub async fn documents_in_split(tables: &Tables<'_>, split: &str) -> Result<std::collections::HashSet<String>> {
-    let sql = of_split(table::DOCUMENTS, DOC_ID, split);
-    let mut docs = std::collections::HashSet::new();
-    for c in tables.query_opt(table::DOCUMENTS, &sql).await?.unwrap_or_default() {
-        let ids = c.doc_id()?;
-        docs.extend((0..c.len()).map(|i| ids.value(i).to_string()));
-    }
-    Ok(docs)
-}
-
 /// One sentence's place in its document.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SentenceRange {
@@ -248,7 +250,7 @@ impl Sentences {
             "SELECT {DOC_ID}, {SENT_ID}, start, \"end\", text FROM {} WHERE {DOC_ID} IN (SELECT {DOC_ID} FROM {EVALUATED_DOCUMENTS})",
             ident(table::SENTENCES)
         );
-        let batches = tables.query(table::SENTENCES, &sql).await?;
+        let (result_schema, batches) = tables.query_with_schema(table::SENTENCES, &sql).await?;
         let mut by_doc: HashMap<String, Vec<SentenceRange>> = HashMap::new();
         let mut texts = HashMap::new();
         for c in &batches {
@@ -265,10 +267,8 @@ impl Sentences {
                 texts.insert((doc.value(i).to_string(), sent.value(i)), text.value(i).to_string());
             }
         }
-        let schema = match batches.first() {
-            Some(c) => c.batch.schema(),
-            None => Arc::new(tables.ctx.sql(&sql).await?.schema().as_arrow().clone()),
-        };
+        // Strings read in another encoding are Utf8 in the batches (`Columns::new`).
+        let schema = batches.first().map_or(result_schema, |c| c.batch.schema());
         tables.register(EVALUATED_SENTENCES, schema, batches.into_iter().map(|c| c.batch).collect())?;
         Ok(Self { texts, ..Self::from_map(by_doc) })
     }

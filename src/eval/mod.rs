@@ -340,7 +340,11 @@ pub async fn run_with_context(
         EvalReport { run_id: run_id.to_string(), split: split.to_string(), rows, notes, extra, curve: vec![] };
     run_dir.write_table(tables::EVAL_RESULTS, EVAL_RESULTS.clone(), &[report.batch()?])?;
     let evaluated_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    let dev = load::documents_in_split(&db, crate::schema::split::DEV).await?;
+    let dev = if db.has(crate::schema::table::DOCUMENTS) {
+        crate::plan::documents_in_split(db.context(), run_dir, crate::schema::split::DEV).await?
+    } else {
+        Default::default()
+    };
     let silver = history::silver(calls.as_ref().unwrap_or(&HashMap::new()), &dev);
     report.curve = history::append(run_dir, &report, &silver, &evaluated_at)?;
     if cfg.report {

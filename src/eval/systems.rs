@@ -348,8 +348,6 @@ pub async fn system_phi(tables: &Tables<'_>, name: &str, sentences: &Sentences) 
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
     use crate::eval::load::SentenceRange;
 
@@ -361,16 +359,11 @@ mod tests {
     /// A run directory with sentences of documents d1 (two sentences) and d2, a pair table
     /// `ade_relations` (or, `broken`, one without `effect_end`) and `phi_spans`.
     fn run_dir(broken: bool) -> (tempfile::TempDir, crate::run_dir::RunDir) {
-        use arrow::array::{ArrayRef, RecordBatch, StringArray};
+        use crate::run_dir::test_tables::{ints, strs, write};
         let tmp = tempfile::tempdir().unwrap();
         let run = crate::run_dir::RunDir::create(tmp.path()).unwrap();
-        let strs = |v: &[&str]| -> ArrayRef { Arc::new(StringArray::from(v.to_vec())) };
-        let ints = |v: &[Option<i32>]| -> ArrayRef { Arc::new(Int32Array::from(v.to_vec())) };
-        let write = |name: &str, columns: Vec<(&str, ArrayRef)>| {
-            let batch = RecordBatch::try_from_iter(columns).unwrap();
-            run.write_table(name, batch.schema(), &[batch]).unwrap();
-        };
         write(
+            &run,
             table::SENTENCES,
             vec![
                 ("doc_id", strs(&["d1", "d1", "d2"])),
@@ -392,8 +385,9 @@ mod tests {
         if !broken {
             pairs.push(("effect_end", ints(&[Some(3), None, Some(3), Some(19)])));
         }
-        write(table::ADE_RELATIONS, pairs);
+        write(&run, table::ADE_RELATIONS, pairs);
         write(
+            &run,
             table::PHI_SPANS,
             vec![
                 ("doc_id", strs(&["d2", "d1"])),

@@ -321,19 +321,13 @@ mod tests {
 
     #[tokio::test]
     async fn the_candidate_plan_joins_documents_keeps_the_asked_splits_and_drops_blank_sentences() {
-        use std::sync::Arc;
-
-        use arrow::array::{ArrayRef, Int32Array, RecordBatch, StringArray};
+        use crate::run_dir::test_tables::{ints, strs, write};
         let tmp = tempfile::tempdir().unwrap();
         let run = RunDir::create(tmp.path()).unwrap();
-        let strs = |v: &[&str]| -> ArrayRef { Arc::new(StringArray::from(v.to_vec())) };
-        let write = |name: &str, columns: Vec<(&str, ArrayRef)>| {
-            let batch = RecordBatch::try_from_iter(columns).unwrap();
-            run.write_table(name, batch.schema(), &[batch]).unwrap();
-        };
         let err = sentences_in(&run, &["train"]).await.unwrap_err().to_string();
         assert!(err.contains("documents.parquet") && err.contains("biodistill ingest"), "{err}");
         write(
+            &run,
             table::DOCUMENTS,
             vec![
                 ("doc_id", strs(&["a", "b", "c"])),
@@ -341,12 +335,12 @@ mod tests {
                 ("split", strs(&["train", "dev", "unlabeled"])),
             ],
         );
-        let sent_ids: ArrayRef = Arc::new(Int32Array::from(vec![Some(0), Some(1), None, Some(0), Some(0), Some(0)]));
         write(
+            &run,
             table::SENTENCES,
             vec![
                 ("doc_id", strs(&["a", "a", "a", "b", "c", "orphan"])),
-                ("sent_id", sent_ids),
+                ("sent_id", ints(&[Some(0), Some(1), None, Some(0), Some(0), Some(0)])),
                 ("text", strs(&["One.", " \t", "No id.", "Dev.", "Pool.", "No document."])),
             ],
         );

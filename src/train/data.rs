@@ -12,8 +12,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::columns::{TableStream, documents_in_split, opt_f64, opt_i32, opt_str, read_all};
+use crate::columns::{TableStream, opt_f64, opt_i32, opt_str, read_all};
 use crate::error::Result;
+use crate::plan;
 use crate::run_dir::RunDir;
 use crate::schema::{split, table};
 use crate::teacher::{agreement, confidence};
@@ -435,6 +436,14 @@ pub fn split_dev(
     dev_fraction: f64,
 ) -> (Vec<LabeledSentence>, Vec<LabeledSentence>) {
     sentences.into_iter().partition(|s| !is_dev(&s.doc_id, seed, dev_fraction))
+}
+
+/// The documents of `split`: a query, run from the synchronous training code.
+fn documents_in_split(run_dir: &RunDir, split: &str) -> Result<HashSet<String>> {
+    plan::block_on(async {
+        let ctx = plan::session(run_dir, plan::Limits::mib(plan::DEFAULT_MEMORY_LIMIT_MIB)).await?;
+        plan::documents_in_split(&ctx, run_dir, split).await
+    })
 }
 
 /// Documents of `docs` in the train split, and every sentence of them: the negatives gold sets
