@@ -154,8 +154,11 @@ fn train_child(mode: &str) {
     println!("{}", serde_json::json!({"tokens": tokens, "seconds": start.elapsed().as_secs_f64(), "fit_seconds": fit}));
 }
 
-/// Tokens/s of [`train_child`] in `mode`, in a fresh process (candle reads its thread count once).
-fn train_in_child(mode: &str) -> f64 {
+/// Tokens/s of [`train_child`] in `mode`, in a fresh process (candle reads its thread count
+/// once): over the whole `train::run` (model loading, tokenizing, checkpoints) and over the
+/// training steps alone, as the PyTorch reference times itself (the fits' wall time: the
+/// longer of the two side by side, their sum one after the other).
+fn train_in_child(mode: &str) -> (f64, f64) {
     let threads = if mode == "jobs" { 1 } else { biodistill::parallel::available_threads() }.to_string();
     let out = Command::new(std::env::current_exe().unwrap())
         .env(CHILD_MODE, mode)
@@ -165,7 +168,10 @@ fn train_in_child(mode: &str) -> f64 {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    result["tokens"].as_f64().unwrap() / result["seconds"].as_f64().unwrap()
+    let tokens = result["tokens"].as_f64().unwrap();
+    let fits = result["fit_seconds"].as_array().unwrap().iter().map(|s| s.as_f64().unwrap());
+    let steps = if mode == "jobs" { fits.fold(0.0, f64::max) } else { fits.sum() };
+    (tokens / result["seconds"].as_f64().unwrap(), tokens / steps)
 }
 
 /// The bench's synthetic training sentences as `benches/reference_train.py` reads them: each
@@ -234,11 +240,12 @@ fn main() {
     if let Ok(mode) = std::env::var(CHILD_MODE) {
         return train_child(&mode);
     }
-    let ops = train_in_child("ops");
-    let jobs = train_in_child("jobs");
+    let (ops_run, ops) = train_in_child("ops");
+    let (jobs_run, jobs) = train_in_child("jobs");
     println!(
         "train 2 tasks {jobs:>6.0} tokens/s side by side, single-threaded ops; {ops:.0} tokens/s one after the \
-         other, candle intra-op threads; ratio {:.2}",
+         other, candle intra-op threads; ratio {:.2} (training steps; the whole train::run {jobs_run:.0} and \
+         {ops_run:.0})",
         jobs / ops
     );
     let reference_dir = tempfile::tempdir().unwrap();

@@ -1,6 +1,5 @@
-//! The CPU loops under biodistill's fused training ops (`src/model/fused.rs`,
-//! `src/train/adamw.rs`): plain functions over f32 slices, no tensors, no allocation per call
-//! beyond a row's scratch.
+//! The CPU loops under biodistill's fused ops (`src/model/fused.rs`, `src/train/adamw.rs`):
+//! plain functions over f32 slices, no tensors, no allocation per call beyond a row's scratch.
 //!
 //! Why a crate of their own: biodistill's own code builds at `opt-level = 1` in the dev
 //! profile (every `make` target uses it; fast rebuilds), where these loops neither inline
@@ -42,6 +41,46 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 /// Σ x², in f64 across chunks (gradient norms over millions of elements).
 pub fn sum_squares(x: &[f32]) -> f64 {
     x.chunks(4096).map(|c| f64::from(dot(c, c))).sum()
+}
+
+/// A linear layer over rows: `y = x · wᵀ + b`, `x` of rows of `w.len() / b.len()` inputs, `w`
+/// of `b.len()` rows (PyTorch's and candle's `(out, in)` layout), `y` of rows of `b.len()`.
+/// The bias is written first and the product accumulated onto it by gemm: one pass over `y`
+/// fewer than a product followed by a broadcast addition. `threads` > 1 splits the product.
+pub fn linear(x: &[f32], w: &[f32], b: &[f32], y: &mut [f32], threads: usize) {
+    let (n_out, n_in) = (b.len(), w.len() / b.len().max(1));
+    assert!(w.len() == n_out * n_in && n_in > 0 && x.len() % n_in == 0);
+    let rows = x.len() / n_in;
+    assert_eq!(y.len(), rows * n_out);
+    for row in y.chunks_exact_mut(n_out) {
+        row.copy_from_slice(b);
+    }
+    let parallelism = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+    // SAFETY: the asserts above bound every index gemm derives from these sizes and strides:
+    // y is rows × n_out (row-major), x rows × n_in, and wᵀ reads w's rows as columns.
+    unsafe {
+        gemm::gemm(
+            rows,
+            n_out,
+            n_in,
+            y.as_mut_ptr(),
+            1,
+            n_out as isize,
+            true,
+            x.as_ptr(),
+            1,
+            n_in as isize,
+            w.as_ptr(),
+            n_in as isize,
+            1,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
 }
 
 /// LayerNorm over rows of `w.len()` elements: `y = (x − mean) / √(var + eps) · w + b`.

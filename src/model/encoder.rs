@@ -12,10 +12,11 @@
 // https://github.com/huggingface/transformers/blob/v4.44.0/src/transformers/models/bert/modeling_bert.py
 
 use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{Embedding, Linear, VarBuilder, embedding};
+use candle_nn::{Embedding, VarBuilder, embedding};
 use candle_transformers::models::bert::{Config, HiddenAct};
 
 use super::fused;
+use super::layers::Dense;
 use crate::error::{Error, Result};
 
 /// Whether the graph must be differentiable.
@@ -50,20 +51,8 @@ impl Norm {
     }
 }
 
-/// A linear layer applied as one 2-D matmul over all tokens of the batch (candle's `Linear`
-/// broadcasts its weight over the batch: one small matmul per sequence, forward and backward).
-struct Dense(Linear);
-
-impl Dense {
-    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let (b, t, h) = xs.dims3()?;
-        let ys = self.0.forward(&xs.reshape((b * t, h))?)?;
-        Ok(ys.reshape((b, t, ()))?)
-    }
-}
-
 fn linear(input: usize, output: usize, vb: VarBuilder) -> Result<Dense> {
-    Ok(Dense(candle_nn::linear(input, output, vb)?))
+    Dense::load(input, output, vb)
 }
 
 struct Embeddings {
@@ -144,16 +133,15 @@ impl Layer {
     /// Build [`Layer::fused_qkv`] from the current weights (copies them: later changes to the
     /// variables are not seen).
     fn fuse_qkv(&mut self) -> Result<()> {
-        let head_dim = self.query.0.weight().dim(0)? / self.heads;
+        let head_dim = self.query.weight().dim(0)? / self.heads;
         let scale = 1.0 / (head_dim as f64).sqrt();
         let part = |dense: &Dense, scale: f64| -> Result<(Tensor, Tensor)> {
-            let bias = dense.0.bias().ok_or_else(|| Error::Internal("BERT linear layers have a bias".into()))?;
-            Ok(((dense.0.weight() * scale)?, (bias * scale)?))
+            Ok(((dense.weight() * scale)?, (dense.bias() * scale)?))
         };
         let (q, k, v) = (part(&self.query, scale)?, part(&self.key, 1.0)?, part(&self.value, 1.0)?);
         let weight = Tensor::cat(&[&q.0, &k.0, &v.0], 0)?;
         let bias = Tensor::cat(&[&q.1, &k.1, &v.1], 0)?;
-        self.fused_qkv = Some(Dense(Linear::new(weight, Some(bias))));
+        self.fused_qkv = Some(Dense::new(weight, bias));
         Ok(())
     }
 

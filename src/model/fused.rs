@@ -1,4 +1,5 @@
-//! LayerNorm, softmax and GELU for training: one pass forward and one pass backward each.
+//! LayerNorm, softmax and GELU for training: one pass forward and one pass backward each; and
+//! linear layers as one node, for training and inference.
 //!
 //! candle differentiates these as compositions of element-wise tensor ops (its fused CPU
 //! kernels have no backward, see [`super::encoder`]): LayerNorm's gradient alone is about a
@@ -6,6 +7,11 @@
 //! op whose backward is one more custom op; the loops are in `biodistill-kernels` (built at
 //! `opt-level = 3`). Same values and gradients as the compositions within float rounding
 //! (tested below).
+//!
+//! A linear layer in candle is five autograd nodes (flatten, transpose, product, bias
+//! broadcast, unflatten), and candle's backward accumulates every node's gradient into a fresh
+//! zero tensor: four activation-sized copies per layer besides the products. [`linear`] is one
+//! node whose backward is the two products and a column sum.
 
 use biodistill_kernels as kernels;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Tensor};
@@ -25,6 +31,12 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
 /// GELU (erf form, as candle's `gelu_erf`), differentiable.
 pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
     Ok(x.contiguous()?.apply_op1(Gelu)?)
+}
+
+/// `x · wᵀ + b` over the last dimension of `x` (`w` is `(out, in)`, `b` is `(out)`),
+/// differentiable; any leading dimensions.
+pub fn linear(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
+    Ok(x.contiguous()?.apply_op3(w, b, Linear)?)
 }
 
 /// The contiguous f32 elements of an op's input.
@@ -115,6 +127,55 @@ impl CustomOp3 for LayerNormGrad {
         let (dw, db) = rest.split_at_mut(h);
         kernels::layer_norm_backward(x, w, g, self.eps, dx, dw, db);
         Ok((CpuStorage::F32(out), Shape::from((rows + 2, h))))
+    }
+}
+
+struct Linear;
+
+impl CustomOp3 for Linear {
+    fn name(&self) -> &'static str {
+        "fused-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let name = self.name();
+        let (x, w, b) = (f32s(s1, l1, name)?, f32s(s2, l2, name)?, f32s(s3, l3, name)?);
+        let n_in = last_dim(l1, name)?;
+        if l2.dims() != [b.len(), n_in] || l3.dims().len() != 1 {
+            candle_core::bail!("{name}: weight {:?} and bias {:?} for inputs of {n_in}", l2.dims(), l3.dims())
+        }
+        let mut y = vec![0f32; x.len() / n_in * b.len()];
+        kernels::linear(x, w, b, &mut y, candle_core::utils::get_num_threads());
+        let mut dims = l1.dims().to_vec();
+        *dims.last_mut().expect("checked non-empty") = b.len();
+        Ok((CpuStorage::F32(y), Shape::from(dims)))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (out, n_in) = w.dims2()?;
+        let g = grad.contiguous()?.reshape(((), out))?;
+        let x2 = x.detach().reshape(((), n_in))?;
+        let dx = g.matmul(&w.detach())?.reshape(x.shape())?;
+        let dw = g.t()?.matmul(&x2)?;
+        // Column sums as a product with a row of ones: gemm's speed, no strided reduction.
+        let ones = Tensor::ones((1, g.dim(0)?), g.dtype(), g.device())?;
+        let db = ones.matmul(&g)?.reshape(out)?;
+        Ok((Some(dx), Some(dw), Some(db)))
     }
 }
 
@@ -276,6 +337,35 @@ mod tests {
         data.extend([0.0, 1e-4, -1e-4, 2e-3, -2e-3, 1e-7]);
         let x = Var::from_tensor(&Tensor::from_vec(data, (6, 11), &Device::Cpu).unwrap()).unwrap();
         assert_same(&[x], |v| gelu_erf(v[0].as_tensor()).unwrap(), |v| v[0].as_tensor().gelu_erf().unwrap(), 1e-5);
+    }
+
+    #[test]
+    fn linear_matches_candles_linear_with_leading_dimensions() {
+        let mut rng = StdRng::seed_from_u64(5);
+        // 13 inputs and 7 outputs: not multiples of gemm's register blocks.
+        for (shape, out) in [(vec![2, 3, 13], 7), (vec![5, 32], 48)] {
+            let n_in = *shape.last().unwrap();
+            let inputs =
+                [random(&shape, 2.0, &mut rng), random(&[out, n_in], 1.0, &mut rng), random(&[out], 1.0, &mut rng)];
+            assert_same(
+                &inputs,
+                |v| linear(v[0].as_tensor(), v[1].as_tensor(), v[2].as_tensor()).unwrap(),
+                |v| {
+                    let layer = candle_nn::Linear::new(v[1].as_tensor().clone(), Some(v[2].as_tensor().clone()));
+                    candle_core::Module::forward(&layer, v[0].as_tensor()).unwrap()
+                },
+                1e-4,
+            );
+        }
+    }
+
+    #[test]
+    fn linear_refuses_a_weight_of_the_wrong_shape() {
+        let x = Tensor::zeros((2, 4), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let w = Tensor::zeros((3, 5), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let b = Tensor::zeros(3, candle_core::DType::F32, &Device::Cpu).unwrap();
+        let err = linear(&x, &w, &b).unwrap_err().to_string();
+        assert!(err.contains("fused-linear") && err.contains("[3, 5]"), "{err}");
     }
 
     #[test]

@@ -1,16 +1,45 @@
-//! The parameter-free layers the student's heads share: seeded dropout and mean-pooling over
-//! an anchor's word pieces.
+//! The layers the encoder and the student's heads share: linear layers, seeded dropout and
+//! mean-pooling over an anchor's word pieces.
 //!
-//! A module of their own so that the heads ([`super::student`], [`super::pairwise`]) use them
-//! without importing each other.
+//! A module of their own so that the heads ([`super::student`], [`super::pairwise`]) and the
+//! encoder use them without importing each other.
 
 use std::ops::Range;
 
 use candle_core::Tensor;
+use candle_nn::{Linear, VarBuilder};
 use rand::Rng;
 use rand::rngs::StdRng;
 
+use super::fused;
 use crate::error::{Error, Result};
+
+/// A linear layer with a bias, applied over the last dimension as one autograd node
+/// ([`fused::linear`]) with any leading dimensions. Variables `weight` `(out, in)` and `bias`.
+pub struct Dense(Linear);
+
+impl Dense {
+    pub fn load(input: usize, output: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Self(candle_nn::linear(input, output, vb)?))
+    }
+
+    /// A layer of these weights (not variables: for weights derived from loaded ones).
+    pub fn new(weight: Tensor, bias: Tensor) -> Self {
+        Self(Linear::new(weight, Some(bias)))
+    }
+
+    pub fn weight(&self) -> &Tensor {
+        self.0.weight()
+    }
+
+    pub fn bias(&self) -> &Tensor {
+        self.0.bias().expect("Dense layers are built with a bias")
+    }
+
+    pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        fused::linear(xs, self.weight(), self.bias())
+    }
+}
 
 /// Inverted dropout with a seeded generator; identity when `rng` is `None` (evaluation).
 pub fn dropout(xs: &Tensor, p: f64, rng: Option<&mut StdRng>) -> Result<Tensor> {

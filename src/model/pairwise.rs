@@ -14,11 +14,11 @@
 use std::ops::Range;
 
 use candle_core::{D, Tensor};
-use candle_nn::{Linear, Module, VarBuilder, linear};
+use candle_nn::VarBuilder;
 use rand::rngs::StdRng;
 
 use super::batch::{Batch, IGNORE};
-use super::layers::{dropout, mean_pool};
+use super::layers::{Dense, dropout, mean_pool};
 use super::tags::{OUTSIDE, decode_bio};
 use crate::error::Result;
 
@@ -70,14 +70,14 @@ pub fn pair_targets(batch: &Batch, pairs: &[Pair]) -> Vec<u32> {
 }
 
 pub struct PairwiseClassifier {
-    classifier: Linear,
+    classifier: Dense,
     /// Entity type index of the candidates.
     related: usize,
 }
 
 impl PairwiseClassifier {
     pub fn load(vb: VarBuilder, hidden: usize, related: usize) -> Result<Self> {
-        Ok(Self { classifier: linear(3 * hidden, 2, vb.pp("classifier"))?, related })
+        Ok(Self { classifier: Dense::load(3 * hidden, 2, vb.pp("classifier"))?, related })
     }
 
     /// The batch's pairs and their logits `(pairs, 2)`; `None` when there is no pair.

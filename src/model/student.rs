@@ -22,7 +22,7 @@
 use std::path::Path;
 
 use candle_core::{D, DType, Device, Tensor};
-use candle_nn::{Linear, Module, VarBuilder, VarMap, linear};
+use candle_nn::{VarBuilder, VarMap};
 use candle_transformers::models::bert::Config as BertConfig;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 
 use super::batch::{Batch, masked_cross_entropy};
 use super::encoder::{Encoder, Mode};
-use super::layers::{dropout, mean_pool};
+use super::layers::{Dense, dropout, mean_pool};
 use super::pairwise::PairwiseClassifier;
 use super::tags::NUM_RELATION_TAGS;
 use crate::error::{Error, Result};
@@ -74,28 +74,28 @@ pub struct StudentSpec {
 /// BIO entity tagger: one linear layer over each token's hidden state.
 // https://github.com/huggingface/transformers/blob/v4.44.0/src/transformers/models/bert/modeling_bert.py#L1741 (BertForTokenClassification)
 pub struct TokenHead {
-    classifier: Linear,
+    classifier: Dense,
 }
 
 impl TokenHead {
     pub fn load(vb: VarBuilder, hidden: usize, tags: usize) -> Result<Self> {
-        Ok(Self { classifier: linear(hidden, tags, vb.pp("classifier"))? })
+        Ok(Self { classifier: Dense::load(hidden, tags, vb.pp("classifier"))? })
     }
 
     /// `(batch, tokens, hidden)` -> `(batch, tokens, tags)` logits.
     pub fn forward(&self, hidden: &Tensor) -> Result<Tensor> {
-        Ok(self.classifier.forward(hidden)?)
+        self.classifier.forward(hidden)
     }
 }
 
 /// The paper's anchor-conditioned relation tagger: `[h_t ; mean(h_anchor)]` -> linear -> tags.
 pub struct ConditionedTagger {
-    classifier: Linear,
+    classifier: Dense,
 }
 
 impl ConditionedTagger {
     pub fn load(vb: VarBuilder, hidden: usize, tags: usize) -> Result<Self> {
-        Ok(Self { classifier: linear(2 * hidden, tags, vb.pp("classifier"))? })
+        Ok(Self { classifier: Dense::load(2 * hidden, tags, vb.pp("classifier"))? })
     }
 
     /// Relation logits `(anchors, tokens, tags)` for the batch's anchors.
@@ -104,18 +104,18 @@ impl ConditionedTagger {
         let (anchors, tokens, width) = selected.dims3()?;
         let pooled = pooled.unsqueeze(1)?.broadcast_as((anchors, tokens, width))?.contiguous()?;
         let features = Tensor::cat(&[&selected, &pooled], D::Minus1)?;
-        Ok(self.classifier.forward(&dropout(&features, p, rng)?)?)
+        self.classifier.forward(&dropout(&features, p, rng)?)
     }
 }
 
 /// Ablation (b): re-encode once per anchor with entity markers around it, then tag each token.
 pub struct MarkerTagger {
-    classifier: Linear,
+    classifier: Dense,
 }
 
 impl MarkerTagger {
     pub fn load(vb: VarBuilder, hidden: usize, tags: usize) -> Result<Self> {
-        Ok(Self { classifier: linear(hidden, tags, vb.pp("classifier"))? })
+        Ok(Self { classifier: Dense::load(hidden, tags, vb.pp("classifier"))? })
     }
 
     /// Relation logits `(anchors, tokens, tags)`, positions as in `batch` (markers removed).
@@ -146,7 +146,7 @@ impl MarkerTagger {
         let width = hidden.dim(2)?;
         let gather = Tensor::from_vec(gather, (anchors, tokens, 1), device)?.broadcast_as((anchors, tokens, width))?;
         let hidden = hidden.contiguous()?.gather(&gather.contiguous()?, 1)?;
-        Ok(self.classifier.forward(&dropout(&hidden, p, rng)?)?)
+        self.classifier.forward(&dropout(&hidden, p, rng)?)
     }
 }
 
