@@ -369,6 +369,17 @@ mod tests {
     }
 
     #[test]
+    fn the_kernels_erf_is_within_4e_7_of_erf_everywhere() {
+        let worst = (-60_000..=60_000)
+            .map(|i| i as f32 * 1e-4)
+            .chain([f32::MIN_POSITIVE, 1e-30, -1e-12, 10.0, -25.0, f32::MAX, f32::MIN])
+            .map(|x| (kernels::erf(x) as f64 - candle_core::cpu::erf::erf_f64(x as f64)).abs())
+            .fold(0f64, f64::max);
+        assert!(worst < 4e-7, "worst |erf - erf_f64| = {worst}");
+        assert!(kernels::erf(f32::NAN).is_nan());
+    }
+
+    #[test]
     fn transposed_inputs_are_made_contiguous_first() {
         let mut rng = StdRng::seed_from_u64(4);
         let x = random(&[6, 4], 2.0, &mut rng);
