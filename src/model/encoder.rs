@@ -52,10 +52,6 @@ impl Norm {
     }
 }
 
-fn linear(input: usize, output: usize, vb: VarBuilder) -> Result<Dense> {
-    Dense::load(input, output, vb)
-}
-
 struct Embeddings {
     words: Embedding,
     positions: Embedding,
@@ -116,13 +112,13 @@ impl Layer {
         let attention = vb.pp("attention");
         let this = attention.pp("self");
         Ok(Self {
-            query: linear(h, h, this.pp("query"))?,
-            key: linear(h, h, this.pp("key"))?,
-            value: linear(h, h, this.pp("value"))?,
-            attention_out: linear(h, h, attention.pp("output").pp("dense"))?,
+            query: Dense::load(h, h, this.pp("query"))?,
+            key: Dense::load(h, h, this.pp("key"))?,
+            value: Dense::load(h, h, this.pp("value"))?,
+            attention_out: Dense::load(h, h, attention.pp("output").pp("dense"))?,
             attention_norm: Norm::load(attention.pp("output").pp("LayerNorm"), c, mode)?,
-            intermediate: linear(h, i, vb.pp("intermediate").pp("dense"))?,
-            output: linear(i, h, vb.pp("output").pp("dense"))?,
+            intermediate: Dense::load(h, i, vb.pp("intermediate").pp("dense"))?,
+            output: Dense::load(i, h, vb.pp("output").pp("dense"))?,
             output_norm: Norm::load(vb.pp("output").pp("LayerNorm"), c, mode)?,
             heads: c.num_attention_heads,
             act: c.hidden_act,

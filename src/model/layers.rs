@@ -7,7 +7,7 @@
 use std::ops::Range;
 
 use candle_core::Tensor;
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
 use rand::Rng;
 use rand::rngs::StdRng;
 
@@ -15,29 +15,35 @@ use super::fused;
 use crate::error::{Error, Result};
 
 /// A linear layer with a bias, applied over the last dimension as one autograd node
-/// ([`fused::linear`]) with any leading dimensions. Variables `weight` `(out, in)` and `bias`.
-pub struct Dense(Linear);
+/// ([`fused::linear`]) with any leading dimensions. Variables `weight` `(out, in)` and `bias`,
+/// initialised as candle's `linear` does.
+pub struct Dense {
+    weight: Tensor,
+    bias: Tensor,
+}
 
 impl Dense {
     pub fn load(input: usize, output: usize, vb: VarBuilder) -> Result<Self> {
-        Ok(Self(candle_nn::linear(input, output, vb)?))
+        let layer = candle_nn::linear(input, output, vb)?;
+        let bias = layer.bias().cloned().ok_or_else(|| Error::Internal("candle's linear has no bias".into()))?;
+        Ok(Self::new(layer.weight().clone(), bias))
     }
 
     /// A layer of these weights (not variables: for weights derived from loaded ones).
     pub fn new(weight: Tensor, bias: Tensor) -> Self {
-        Self(Linear::new(weight, Some(bias)))
+        Self { weight, bias }
     }
 
     pub fn weight(&self) -> &Tensor {
-        self.0.weight()
+        &self.weight
     }
 
     pub fn bias(&self) -> &Tensor {
-        self.0.bias().expect("Dense layers are built with a bias")
+        &self.bias
     }
 
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        fused::linear(xs, self.weight(), self.bias())
+        fused::linear(xs, &self.weight, &self.bias)
     }
 }
 
