@@ -26,10 +26,7 @@ pub struct TableStream {
 
 impl TableStream {
     pub fn open(run_dir: &RunDir, table: &str, rows: usize) -> Result<Self> {
-        let path = run_dir.table_path(table);
-        if !path.is_file() {
-            return Err(Error::input(&path, format!("table {table} is missing (run the stage that writes it first)")));
-        }
+        let path = run_dir.existing_table(table)?;
         let file = File::open(&path).with_path(&path)?;
         let unreadable = |e| Error::input(&path, format!("not a readable Parquet file: {e}"));
         let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(unreadable)?;

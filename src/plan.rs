@@ -142,12 +142,10 @@ pub async fn counts(ctx: &SessionContext, sql: &str) -> Result<Vec<usize>> {
 /// The `doc_id`s of the documents in `split`, queried from table `documents` of `ctx` (a
 /// [`session`] of `run_dir`); the table is required, its absence an input error naming it.
 pub async fn documents_in_split(ctx: &SessionContext, run_dir: &RunDir, split: &str) -> Result<HashSet<String>> {
-    let path = run_dir.table_path(crate::schema::table::DOCUMENTS);
-    if !run_dir.has_table(crate::schema::table::DOCUMENTS) {
-        return Err(Error::input(&path, "table documents is missing (run the stage that writes it first)"));
-    }
+    let documents = crate::schema::table::DOCUMENTS;
+    let path = run_dir.existing_table(documents)?;
     let doc_id = crate::schema::column::DOC_ID;
-    let sql = format!("SELECT {} FROM documents WHERE split = {}", ident(doc_id), literal(split));
+    let sql = format!("SELECT {} FROM {} WHERE split = {}", ident(doc_id), ident(documents), literal(split));
     let bad = |e: datafusion::error::DataFusionError| {
         Error::input(&path, format!("cannot read the documents of split {split}: {e}"))
     };

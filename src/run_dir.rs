@@ -73,6 +73,15 @@ impl RunDir {
         self.table_path(name).is_file()
     }
 
+    /// Where table `name` lives, or an input error saying it has not been written yet.
+    pub fn existing_table(&self, name: &str) -> Result<PathBuf> {
+        let path = self.table_path(name);
+        if !path.is_file() {
+            return Err(Error::input(&path, format!("table {name} is missing (run the stage that writes it first)")));
+        }
+        Ok(path)
+    }
+
     /// Names of every table in the directory, sorted.
     pub fn tables(&self) -> Result<Vec<String>> {
         let mut names = Vec::new();
