@@ -11,6 +11,8 @@
 //! (`../shared/data`, or `BIODISTILL_INGEST_DATA_DIR`; skipped with a note without it). The
 //! reference gets the very same sentences and batch size.
 
+#[path = "common/ade_corpus.rs"]
+mod ade_corpus;
 #[path = "../tests/silver.rs"]
 mod silver;
 
@@ -294,39 +296,15 @@ fn main() {
     ballista_ratio(&runtime, &extract_cfg, &run, tmp.path(), measured);
     #[cfg(not(feature = "cluster"))]
     let _ = measured;
-    match real_sentences(EXTRACT_SENTENCES) {
+    match ade_corpus::real_sentences(EXTRACT_SENTENCES) {
         Some(real) => {
             let docs: Vec<(String, &str)> =
                 real.iter().enumerate().map(|(i, t)| (format!("real:{i}"), t.as_str())).collect();
             let real_run = sentence_run(&tmp.path().join("real"), &docs);
             measure_set("real", &real_run, &docs, &runtime, &extract_cfg, &checkpoint, &model, tmp.path());
         }
-        None => println!("real sentences skipped: no {}", data_dir().join(ADE_CORPUS).display()),
+        None => println!("real sentences skipped: no {}", ade_corpus::dir().display()),
     }
-}
-
-/// The ADE corpus under the shared data directory (as `make` finds it).
-const ADE_CORPUS: &str = "ade_corpus_v2";
-
-fn data_dir() -> PathBuf {
-    std::env::var_os("BIODISTILL_INGEST_DATA_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data"))
-}
-
-/// `n` real biomedical sentences, the same on every run: the ADE corpus's first distinct
-/// sentences with an adverse effect (`DRUG-AE.rel`) alternating with its first without
-/// (`ADE-NEG.txt`), 5 to ~100 words, as extraction meets them. `None` without the corpus.
-fn real_sentences(n: usize) -> Option<Vec<String>> {
-    let dir = data_dir().join(ADE_CORPUS);
-    let read = |file: &str, text: fn(&str) -> Option<&str>| -> Option<Vec<String>> {
-        let content = std::fs::read_to_string(dir.join(file)).ok()?;
-        let mut seen = std::collections::HashSet::new();
-        Some(content.lines().filter_map(text).filter(|t| seen.insert(t.to_string())).map(String::from).collect())
-    };
-    let positive = read("DRUG-AE.rel", |line| line.split('|').nth(1))?;
-    let negative = read("ADE-NEG.txt", |line| line.splitn(3, ' ').nth(2))?;
-    Some(positive.into_iter().zip(negative).flat_map(|(p, q)| [p, q]).take(n).collect())
 }
 
 /// A run directory whose `documents` and `sentences` are `docs` (`(doc_id, text)`).

@@ -6,12 +6,22 @@
 //! 4. ADE sentences per hour end to end through the HTTP API (async-openai, concurrent
 //!    requests), plain and grounded;
 //! 5. the same batch-1 figures for llama.cpp (llama-cpp-python, built by
-//!    `scripts/install_llama_cpp.sh`) on the same GGUF, as ratios.
+//!    `scripts/install_llama_cpp.sh`) on the same GGUF, as ratios;
+//! 6. the label stage's own ADE requests (its prompt file, schema and grounding, built by
+//!    [`biodistill::teacher::label::build_request`]) on real ADE-corpus sentences, in steady
+//!    state: the few-shot prefix cached before the clock starts, as llama.cpp's is, and more
+//!    sentences than the batch holds, as in a label run; against llama.cpp answering the same
+//!    prompts one at a time. Tokens computed per labeled sentence (uncached prompt + reply)
+//!    are printed for both.
 //!
 //! Environment: `BIODISTILL_BENCH_MODEL` (default: the Qwen2.5-Coder-1.5B GGUF),
 //! `BIODISTILL_THREADS` (default: every physical core), `BIODISTILL_BENCH_SKIP_LLAMA_CPP=1`,
 //! `BIODISTILL_BENCH_QUICK=1` (fewer points, for a smoke run), `BIODISTILL_BENCH_BATCH` (the
-//! server's `max_batch` in the HTTP part; default [`DEFAULT_MAX_BATCH`]).
+//! server's `max_batch` in the HTTP part; default [`DEFAULT_MAX_BATCH`]),
+//! `BIODISTILL_BENCH_LABEL_N` (sentences of figure 6, default 48; `0` skips it).
+
+#[path = "common/ade_corpus.rs"]
+mod ade_corpus;
 
 use std::path::Path;
 use std::process::Command;
@@ -21,13 +31,17 @@ use async_openai::Client;
 use async_openai::config::OpenAIConfig;
 use async_openai::types::chat::{
     ChatCompletionRequestAssistantMessage, ChatCompletionRequestMessage, ChatCompletionRequestSystemMessage,
-    ChatCompletionRequestUserMessage, CreateChatCompletionRequestArgs,
+    ChatCompletionRequestUserMessage, CreateChatCompletionRequestArgs, FinishReason,
 };
 use biodistill::llm::chat::render_chatml;
 use biodistill::llm::{
     ChatMessage, DEFAULT_MAX_BATCH, GenerateRequest, Generation, Role, TeacherLlm, TeacherLlmConfig,
 };
 use biodistill::serve::{ServeConfig, spawn};
+use biodistill::teacher::TeacherConfig;
+use biodistill::teacher::label::build_request;
+use biodistill::teacher::prompt::Prompt;
+use biodistill::vocab::Task;
 
 /// Completion budget of an ADE answer, for us and for llama.cpp.
 const HTTP_MAX_TOKENS: u32 = 96;
@@ -181,9 +195,72 @@ async fn http_sentences_per_hour(config: ServeConfig, sentences: &[&str], ground
     (sentences.len() as f64 * 3600.0 / elapsed, tokens as f64 / sentences.len() as f64)
 }
 
+/// What figure 6 measured on our side.
+struct Stage {
+    per_hour: f64,
+    /// Reply tokens per sentence, without the end-of-turn token.
+    completion_tokens: f64,
+    /// Uncached prompt tokens + reply tokens, per sentence.
+    computed_tokens: f64,
+}
+
+/// The label stage's ADE prompt (`pipelines/prompts/ade.toml`).
+fn stage_prompt() -> Prompt {
+    Prompt::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/prompts"), Task::Ade).expect("ADE prompt file")
+}
+
+/// Figure 6: the label stage's ADE requests for `sentences`, all in flight at once (the
+/// server admits them as its batch has room), timed after one warm-up request has put the
+/// few-shot prefix in the prefix cache. `grounded` false sends them without schema or
+/// grounding, as llama.cpp answers them.
+async fn stage_sentences_per_hour(config: ServeConfig, sentences: &[String], grounded: bool) -> Stage {
+    let server = spawn(config).await.expect("server");
+    let client = Client::with_config(OpenAIConfig::new().with_api_base(server.base_url()));
+    let prompt = stage_prompt();
+    let cfg = TeacherConfig {
+        model: server.model_id().to_string(),
+        grounded,
+        json_schema: grounded,
+        ..TeacherConfig::default()
+    };
+    let ask = |sentence: &str| {
+        let client = client.clone();
+        let request = build_request(&cfg, Task::Ade, &prompt.messages(sentence), sentence);
+        async move {
+            let reply = client.chat().create(request).await.expect("completion");
+            let usage = reply.usage.expect("usage");
+            let cached = usage.prompt_tokens_details.and_then(|d| d.cached_tokens).unwrap_or(0);
+            // A reply that ended at end of turn counts that token, which is picked, never fed
+            // (llama.cpp's figures leave it out too).
+            let ended = reply.choices.iter().any(|c| c.finish_reason == Some(FinishReason::Stop));
+            (usage.completion_tokens - u32::from(ended), usage.prompt_tokens - cached)
+        }
+    };
+    ask("Warm-up: the few-shot prefix is computed once per run.").await;
+    let started = Instant::now();
+    let usages = futures::future::join_all(sentences.iter().map(|s| ask(s))).await;
+    let elapsed = started.elapsed().as_secs_f64();
+    server.shutdown().await;
+    let n = sentences.len() as f64;
+    let completion: u32 = usages.iter().map(|u| u.0).sum();
+    let uncached: u32 = usages.iter().map(|u| u.1).sum();
+    Stage {
+        per_hour: n * 3600.0 / elapsed,
+        completion_tokens: completion as f64 / n,
+        computed_tokens: (completion + uncached) as f64 / n,
+    }
+}
+
 /// Figure 5: llama.cpp on the same prompt, through scripts/bench_llama_cpp.py; `sentences` are
 /// also labeled there (3-shot ADE, cached prefix, greedy, same max tokens) for sentences/hour.
-fn llama_cpp(model: &str, threads: usize, decode_tokens: usize, sentences: &[&str]) -> Option<serde_json::Value> {
+/// `stage`: figure 6's sentences, answered from the label stage's prompt the same way.
+fn llama_cpp(
+    model: &str,
+    threads: usize,
+    decode_tokens: usize,
+    sentences: &[&str],
+    stage: &[String],
+) -> Option<serde_json::Value> {
     if env_flag("BIODISTILL_BENCH_SKIP_LLAMA_CPP") {
         return None;
     }
@@ -198,12 +275,32 @@ fn llama_cpp(model: &str, threads: usize, decode_tokens: usize, sentences: &[&st
     let user_turn = |s: &&str| render_chatml(&[ChatMessage::new(Role::User, format!("Sentence: {s}"))]);
     let suffixes: Vec<String> = SENTENCES[8..12].iter().map(user_turn).collect();
     let label_suffixes: Vec<String> = sentences.iter().map(user_turn).collect();
+    // The label stage's prompt as ChatML: the shared turns, then each sentence's own turn.
+    let chat = |messages: Vec<(&str, String)>| -> Vec<ChatMessage> {
+        let role = |r: &str| match r {
+            "system" => Role::System,
+            "assistant" => Role::Assistant,
+            _ => Role::User,
+        };
+        messages.into_iter().map(|(r, content)| ChatMessage::new(role(r), content)).collect()
+    };
+    let prompt = stage_prompt();
+    let stage_turns: Vec<Vec<ChatMessage>> = stage.iter().map(|s| chat(prompt.messages(s))).collect();
+    let stage_prefix = stage_turns.first().map(|turns| {
+        let text = render_chatml(&turns[..turns.len() - 1]);
+        text.strip_suffix("<|im_start|>assistant\n").unwrap_or(&text).to_string()
+    });
+    let stage_suffixes: Vec<String> =
+        stage_turns.iter().map(|turns| render_chatml(&turns[turns.len() - 1..])).collect();
     let spec = serde_json::json!({
         "prompt": render_chatml(&few_shot(3, SENTENCES[0])),
         "prefix": prefix,
         "suffixes": suffixes,
         "label_suffixes": label_suffixes,
         "max_tokens": HTTP_MAX_TOKENS,
+        "stage_prefix": stage_prefix,
+        "stage_suffixes": stage_suffixes,
+        "stage_max_tokens": TeacherConfig::default().max_tokens,
     });
     let spec_path = std::env::temp_dir().join("biodistill_llama_cpp_prompt.json");
     std::fs::write(&spec_path, spec.to_string()).ok()?;
@@ -286,7 +383,32 @@ fn main() {
         );
     }
 
-    if let Some(reference) = llama_cpp(&model, threads, decode_tokens, sentences) {
+    let stage_n: usize = std::env::var("BIODISTILL_BENCH_LABEL_N").ok().and_then(|n| n.parse().ok()).unwrap_or(48);
+    let stage_sentences = match ade_corpus::real_sentences(if quick { stage_n.min(8) } else { stage_n }) {
+        Some(s) => s,
+        None => {
+            println!("label-stage figure skipped: no {}", ade_corpus::dir().display());
+            Vec::new()
+        }
+    };
+    let mut stage = Vec::new();
+    for grounded in [false, true] {
+        if stage_sentences.is_empty() {
+            break;
+        }
+        let run = runtime.block_on(stage_sentences_per_hour(serve.clone(), &stage_sentences, grounded));
+        println!(
+            "label stage's ADE prompt ({} ADE-corpus sentences, prefix cached, batch {}, grounded {grounded}): {:.0} sentences/hour, {:.1} completion tokens/sentence, {:.1} tokens computed/sentence",
+            stage_sentences.len(),
+            serve.max_batch,
+            run.per_hour,
+            run.completion_tokens,
+            run.computed_tokens,
+        );
+        stage.push(run);
+    }
+
+    if let Some(reference) = llama_cpp(&model, threads, decode_tokens, sentences, &stage_sentences) {
         let f = |k: &str| reference[k].as_f64().unwrap_or(f64::NAN);
         println!("\nllama.cpp {reference}");
         println!(
@@ -302,5 +424,15 @@ fn main() {
             serve.max_batch,
             f("label_completion_tokens_per_sentence"),
         );
+        if let [plain, grounded] = &stage[..] {
+            let reference = f("stage_sentences_per_hour");
+            println!(
+                "ratio ours/llama.cpp: label stage's ADE prompt, sentences/hour {:.2} plain, {:.2} grounded (llama.cpp {reference:.0}/hour, {:.1} completion and {:.1} computed tokens/sentence)",
+                plain.per_hour / reference,
+                grounded.per_hour / reference,
+                f("stage_completion_tokens_per_sentence"),
+                f("stage_computed_tokens_per_sentence"),
+            );
+        }
     }
 }

@@ -11,6 +11,9 @@ PROMPT_JSON: {"prompt": "<ChatML text>", "prefix": "<shared prefix text>", "suff
 label_suffixes: one rendered user turn (ending in the assistant header) per ADE sentence; each is
 answered greedily from the cached prefix until <|im_end|> or max_tokens, one after the other
 (llama-cpp-python serves one sequence at a time): ADE sentences per hour, the goal's unit.
+Optional "stage_prefix", "stage_suffixes", "stage_max_tokens": the same for the label stage's
+own prompt (its few-shot turns as the prefix); reported as stage_* figures, with the tokens
+computed per sentence (its own turn + the reply).
 """
 import json
 import sys
@@ -53,20 +56,41 @@ def main():
         llm.eval(ids)
         per_request.append(time.perf_counter() - t0)
 
-    # Labeled sentences per hour: prefix cached, each sentence decoded to the end of its answer.
     end = tok("<|im_end|>")[0]
-    generated, t0 = 0, time.perf_counter()
-    for suffix in spec.get("label_suffixes", []):
-        llm.n_tokens = len(prefix)
-        llm.eval(tok(suffix))
-        for _ in range(spec.get("max_tokens", 96)):
-            next_id = greedy()
-            if next_id == end:
-                break
-            llm.eval([next_id])
-            generated += 1
-    label_s = time.perf_counter() - t0
+
+    def label(prefix, suffixes, max_tokens):
+        """Seconds, reply tokens and own-turn tokens of answering each suffix from `prefix`,
+        which is evaluated (cached) before the clock starts."""
+        llm.reset()
+        llm.eval(prefix)
+        generated, fed, t0 = 0, 0, time.perf_counter()
+        for suffix in suffixes:
+            llm.n_tokens = len(prefix)
+            ids = tok(suffix)
+            llm.eval(ids)
+            fed += len(ids)
+            for _ in range(max_tokens):
+                next_id = greedy()
+                if next_id == end:
+                    break
+                llm.eval([next_id])
+                generated += 1
+        return time.perf_counter() - t0, generated, fed
+
+    # Labeled sentences per hour: prefix cached, each sentence decoded to the end of its answer.
+    label_s, generated, _ = label(prefix, spec.get("label_suffixes", []), spec.get("max_tokens", 96))
     labeled = len(spec.get("label_suffixes", []))
+    stage = {}
+    if spec.get("stage_prefix") and spec.get("stage_suffixes"):
+        n = len(spec["stage_suffixes"])
+        seconds, replied, fed = label(tok(spec["stage_prefix"]), spec["stage_suffixes"], spec.get("stage_max_tokens", 512))
+        stage = {
+            "stage_sentences": n,
+            "stage_sentences_per_hour": n * 3600 / seconds,
+            "stage_completion_tokens_per_sentence": replied / n,
+            # The end-of-turn token is picked but never fed, so not computed.
+            "stage_computed_tokens_per_sentence": (replied + fed) / n,
+        }
 
     print(json.dumps({
         "prompt_tokens": len(prompt),
@@ -79,6 +103,7 @@ def main():
         "label_sentences_per_hour": labeled * 3600 / label_s if labeled else None,
         "label_completion_tokens_per_sentence": generated / labeled if labeled else None,
         "llama_cpp_python": llama_cpp.__version__,
+        **stage,
     }))
 
 

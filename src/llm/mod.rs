@@ -168,12 +168,13 @@ impl TeacherLlm {
             .filter_map(|t| tokenizer.token_to_id(t))
             .chain(vocab.eos_token_id)
             .collect();
+        // ChatML's end of turn first: it ends a reply whose JSON is complete (see `TokenTable`).
+        let Some(&end_of_turn) = stop_ids.first() else {
+            return Err(with_path(Error::Model("no end-of-turn token in the vocabulary".into())));
+        };
         stop_ids.sort_unstable();
         stop_ids.dedup();
-        if stop_ids.is_empty() {
-            return Err(with_path(Error::Model("no end-of-turn token in the vocabulary".into())));
-        }
-        let table = TokenTable { bytes: vocab.token_bytes(), stop_ids };
+        let table = TokenTable { bytes: vocab.token_bytes(), stop_ids, end_of_turn };
         Ok(Self {
             decoder,
             tokenizer,
@@ -243,12 +244,21 @@ impl TeacherLlm {
             self.decoder.forward(&mut [SequenceInput { cache: &mut cache, tokens }])?;
             self.prefix_cache.insert(prompt.ids[..shared].to_vec(), cache);
         }
+        // The start of the last message that every request after this prefix shared so far
+        // (the user turn's header and fixed words) is snapshotted too, leaving one token to
+        // compute.
+        let mut snapshot_len = shared;
+        if self.prefix_cache.enabled() && shared >= MIN_CACHED_PREFIX && shared < prompt.ids.len() {
+            let common = self.prefix_cache.common_tail(&prompt.ids[..shared], &prompt.ids[shared..]);
+            snapshot_len += common.min(prompt.ids.len() - shared - 1);
+        }
         let cache = self.prefix_cache.lookup(&prompt.ids).unwrap_or_else(|| self.decoder.new_cache());
-        let snapshot =
-            shared >= MIN_CACHED_PREFIX && shared > cache.len() && !self.prefix_cache.contains(&prompt.ids[..shared]);
+        let snapshot = snapshot_len >= MIN_CACHED_PREFIX
+            && snapshot_len > cache.len()
+            && !self.prefix_cache.contains(&prompt.ids[..snapshot_len]);
         let ids: std::sync::Arc<[u32]> = prompt.ids.into();
         let mut first = Sequence::new(request, ids.clone(), cache, max_tokens, 0);
-        first.snapshot_prefix = snapshot.then_some(shared);
+        first.snapshot_prefix = snapshot.then_some(snapshot_len);
         let mut choices = vec![first];
         if request.n > 1 {
             let group = self.next_group;

@@ -5,8 +5,16 @@
 //!
 //! Entries are evicted least recently used first once their total size passes a byte budget
 //! or their number passes a count (each holds one of the context's sequence ids).
+//!
+//! The shared prefix ends where the last message begins, but that message starts alike in
+//! every request of a task too (`<|im_start|>user\nSentence:`, five tokens of a ~40-token
+//! turn). [`PrefixCache::common_tail`] learns that common start from the requests seen, so
+//! it is cached as well.
 
 use super::llama_cpp::KvCache;
+
+/// Shared prefixes whose common tail is tracked.
+const MAX_TAILS: usize = 32;
 
 struct Entry {
     ids: Vec<u32>,
@@ -14,9 +22,17 @@ struct Entry {
     last_used: u64,
 }
 
+/// The tokens every request after `base` has started with so far.
+struct Tail {
+    base: Vec<u32>,
+    common: Vec<u32>,
+    seen: usize,
+}
+
 /// Least-recently-used store of KV snapshots keyed by token ids.
 pub struct PrefixCache {
     entries: Vec<Entry>,
+    tails: Vec<Tail>,
     max_bytes: usize,
     max_entries: usize,
     clock: u64,
@@ -26,7 +42,26 @@ impl PrefixCache {
     /// A cache holding at most `max_bytes` of keys and values in at most `max_entries`
     /// snapshots (either 0 disables it).
     pub fn new(max_bytes: usize, max_entries: usize) -> Self {
-        Self { entries: Vec::new(), max_bytes, max_entries, clock: 0 }
+        Self { entries: Vec::new(), tails: Vec::new(), max_bytes, max_entries, clock: 0 }
+    }
+
+    /// Record a prompt as its shared prefix `base` and the rest, `tail`, and return how many
+    /// first tokens of `tail` every prompt after `base` has begun with: 0 until a second one
+    /// arrives, then the common start of all of them (it can only shrink). Token ids, so a
+    /// snapshot of that many more tokens serves every such prompt exactly.
+    pub fn common_tail(&mut self, base: &[u32], tail: &[u32]) -> usize {
+        let Some(i) = self.tails.iter().position(|t| t.base == base) else {
+            if self.tails.len() == MAX_TAILS {
+                self.tails.remove(0);
+            }
+            self.tails.push(Tail { base: base.to_vec(), common: tail.to_vec(), seen: 1 });
+            return 0;
+        };
+        let known = &mut self.tails[i];
+        let same = known.common.iter().zip(tail).take_while(|(a, b)| a == b).count();
+        known.common.truncate(same);
+        known.seen += 1;
+        same
     }
 
     /// The longest cached prefix of `ids` that leaves at least one token to compute (the
@@ -93,6 +128,19 @@ mod tests {
         assert_eq!(cache.lookup(&[1, 2, 3]).map(|c| c.len()), Some(2));
         assert_eq!(cache.lookup(&[1, 2]).map(|c| c.len()), Some(1), "must leave one token to compute");
         assert!(cache.lookup(&[2]).is_none());
+    }
+
+    #[test]
+    fn the_common_tail_is_what_every_prompt_after_a_base_began_with() {
+        let mut cache = PrefixCache::new(1 << 20, 4);
+        let (base, other) = ([1, 2, 3], [7, 8]);
+        assert_eq!(cache.common_tail(&base, &[10, 11, 12, 40]), 0, "one prompt shows nothing common yet");
+        assert_eq!(cache.common_tail(&other, &[10, 11]), 0, "each base has its own");
+        assert_eq!(cache.common_tail(&base, &[10, 11, 12, 50, 51]), 3);
+        assert_eq!(cache.common_tail(&base, &[10, 11, 60]), 2, "shrinks to what all share");
+        assert_eq!(cache.common_tail(&base, &[10, 11, 12, 40]), 2, "never grows back");
+        assert_eq!(cache.common_tail(&base, &[99]), 0);
+        assert_eq!(cache.common_tail(&other, &[10, 12]), 1);
     }
 
     #[test]

@@ -104,6 +104,9 @@ pub struct TokenTable {
     pub bytes: Vec<Option<Vec<u8>>>,
     /// Ids that end a turn (`<|im_end|>`, eos, `<|endoftext|>`).
     pub stop_ids: Vec<u32>,
+    /// The one of `stop_ids` recorded when a JSON reply is complete: only an end of turn may
+    /// follow, so it is appended without a forward pass to pick among them.
+    pub end_of_turn: u32,
 }
 
 impl TokenTable {
@@ -310,6 +313,14 @@ impl Sequence {
         } else if let Some(state) = &self.grounded {
             let bytes = table.bytes.get(token as usize).and_then(|b| b.as_deref()).unwrap_or_default();
             self.grounded = state.advanced(bytes);
+            // The JSON is complete: the automaton admits nothing but an end of turn, so the
+            // reply's text is final. Ending here saves the forward that would only pick which
+            // end-of-turn token (not part of the text, and without a logprob either way).
+            let complete = self.grounded.as_ref().is_some_and(GroundedJson::is_complete);
+            if complete && !self.ignore_eos && self.generated.len() < self.max_tokens {
+                self.generated.push(table.end_of_turn);
+                self.finish = Some(FinishReason::Stop);
+            }
         }
         let mut text = self.decode(tokenizer)?;
         if let Some(cut) = self.stop.iter().filter_map(|s| text.find(s.as_str())).min() {

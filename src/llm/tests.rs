@@ -48,6 +48,33 @@ fn prefix_cache_gives_the_same_tokens_as_no_cache() {
     let warm = teacher.generate(&second).unwrap();
     assert!(warm.cached_prompt_tokens >= MIN_CACHED_PREFIX);
     assert_eq!(warm.tokens, cold.tokens);
+    // Both user turns began `<|im_start|>user\n`: the second request snapshotted that too, and
+    // a third starts after it.
+    let third = GenerateRequest::greedy(few_shot("Isoniazid caused hepatitis."), 12);
+    let shared = third.prompt.encode(teacher.tokenizer()).unwrap().shared_prefix_len;
+    let header = teacher.tokenizer().encode("<|im_start|>user\n", false).unwrap().get_ids().len();
+    let extended = teacher.generate(&third).unwrap();
+    assert_eq!((extended.cached_prompt_tokens, teacher.cached_prefixes()), (shared + header, 2));
+    teacher.prefix_cache = PrefixCache::new(0, 0);
+    assert_eq!(extended.tokens, teacher.generate(&third).unwrap().tokens);
+}
+
+/// A JSON reply ends as soon as it closes: the automaton then admits only an end of turn, so
+/// that token is recorded without a forward pass to pick it.
+#[test]
+fn a_complete_json_reply_ends_without_another_forward() {
+    let mut config = TeacherLlmConfig::new(llama_cpp::tests::SMOLLM);
+    config.context_length = 1024;
+    let mut teacher = TeacherLlm::load(&config).expect("run `make models` first");
+    let sentence = "Tardive dyskinesia appeared after long-term treatment with metoclopramide.";
+    let request = task_request(crate::vocab::Task::Ade, sentence, 96);
+    let before = teacher.stats().forwards;
+    let reply = teacher.generate(&request).unwrap();
+    let forwards = (teacher.stats().forwards - before) as usize;
+    assert_eq!(reply.finish_reason, FinishReason::Stop, "{}", reply.text);
+    assert_strings_in(&serde_json::from_str(&reply.text).unwrap(), sentence);
+    assert_eq!(reply.tokens.last(), Some(&teacher.table.end_of_turn));
+    assert_eq!(forwards, reply.tokens.len() - 1, "a forward per token but the end of turn");
 }
 
 #[test]
@@ -201,6 +228,9 @@ fn drafts_give_the_reply_of_plain_decoding() {
     use crate::vocab::Task;
     let mut config = TeacherLlmConfig::new(llama_cpp::tests::SMOLLM);
     (config.context_length, config.max_batch) = (1536, 4);
+    // Both runs compute every prompt: a prefix snapshot taken in one run (in another batch,
+    // so other last bits) would otherwise serve only the next.
+    config.prefix_cache_bytes = 0;
     let mut teacher = TeacherLlm::load(&config).expect("run `make models` first");
     let mut requests = [
         task_request(
@@ -290,6 +320,7 @@ fn measure_drafts_on_ade() {
         sentences.iter().map(|s| task_request(crate::vocab::Task::Ade, s, 512)).collect();
     let mut config = TeacherLlmConfig::new(&model);
     config.threads = env("BIODISTILL_THREADS", "2").parse().unwrap();
+    config.max_batch = env("BIODISTILL_BATCH", "16").parse().unwrap();
     let mut teacher = TeacherLlm::load(&config).unwrap();
     teacher.draft_tokens = 0;
     teacher.generate(&requests[0]).unwrap(); // the few-shot prefix into the prefix cache
@@ -303,7 +334,7 @@ fn measure_drafts_on_ade() {
         (teacher.draft_tokens, teacher.draft_step_tokens) = (tokens.parse().unwrap(), step.parse().unwrap());
         let before = teacher.stats();
         let started = Instant::now();
-        let replies = label_continuously(&mut teacher, &requests, 16);
+        let replies = label_continuously(&mut teacher, &requests, config.max_batch);
         let wall = started.elapsed().as_secs_f64();
         let s = teacher.stats();
         let per = |x: u64| x as f64 / n as f64;
