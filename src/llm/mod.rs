@@ -93,7 +93,8 @@ pub const DEFAULT_DRAFT_STEP_TOKENS: usize = 48;
 pub struct DecodeStats {
     /// Forward passes of [`TeacherLlm::step`].
     pub forwards: u64,
-    /// Reply tokens picked, each from its own row of logits.
+    /// Reply tokens picked, each from its own row of logits (not the end of turn appended to
+    /// a closed JSON reply).
     pub picked: u64,
     /// Drafted tokens fed.
     pub drafted: u64,
@@ -321,7 +322,8 @@ impl TeacherLlm {
             }
             self.stats.drafted += sequence.drafted as u64;
             let (picked, accepted) = sequence.advance_rows(rows, &self.table, &self.tokenizer)?;
-            self.stats.picked += picked as u64;
+            // A closed reply's end of turn came without a row (it finishes, so counted once).
+            self.stats.picked += (picked - usize::from(sequence.closed)) as u64;
             self.stats.accepted += accepted as u64;
         }
         for (group, cache, cached, row) in prefilled {

@@ -163,6 +163,8 @@ pub struct Sequence {
     /// continue from its KV cache and logits (see [`super::TeacherLlm::start`]).
     pub(super) group: Option<u64>,
     pub(super) awaiting_prefill: bool,
+    /// The reply's JSON closed and its end of turn was appended without a row of logits.
+    pub(super) closed: bool,
     choice: usize,
     generated: Vec<u32>,
     max_tokens: usize,
@@ -208,6 +210,7 @@ impl Sequence {
             snapshot_prefix: None,
             group: None,
             awaiting_prefill: false,
+            closed: false,
             choice,
             generated: Vec::new(),
             max_tokens,
@@ -319,7 +322,7 @@ impl Sequence {
             let complete = self.grounded.as_ref().is_some_and(GroundedJson::is_complete);
             if complete && !self.ignore_eos && self.generated.len() < self.max_tokens {
                 self.generated.push(table.end_of_turn);
-                self.finish = Some(FinishReason::Stop);
+                (self.closed, self.finish) = (true, Some(FinishReason::Stop));
             }
         }
         let mut text = self.decode(tokenizer)?;
@@ -418,16 +421,12 @@ impl Sequence {
                 None => state.is_complete() && table.stop_ids.contains(&(id as u32)),
             }
         };
-        let mut order: Vec<usize> = (0..logits.len()).collect();
-        let by_logit = |a: &usize, b: &usize| logits[*b].total_cmp(&logits[*a]);
-        let k = GROUNDED_CANDIDATES.min(order.len() - 1);
-        order.select_nth_unstable_by(k, by_logit);
-        order[..k].sort_by(by_logit);
-        let mut keep: Vec<usize> = order[..k].iter().copied().filter(|&i| allowed(i)).collect();
+        let mut keep: Vec<usize> = best_ids(&logits, GROUNDED_CANDIDATES).into_iter().filter(|&i| allowed(i)).collect();
         if keep.is_empty() {
             // Rare: none of the best candidates fits; take the best token that does.
-            order.sort_by(by_logit);
-            keep.extend(order.iter().copied().find(|&i| allowed(i)));
+            let mut order: Vec<usize> = (0..logits.len()).collect();
+            order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
+            keep.extend(order.into_iter().find(|&i| allowed(i)));
         }
         if keep.is_empty() {
             return Ok(None);
@@ -460,6 +459,24 @@ impl Sequence {
             logprobs: self.logprobs,
         }
     }
+}
+
+/// The ids of the `k` largest `logits`, best first (equal logits: lower id first), in one pass
+/// that keeps `k` in order: a row has ~150k logits and every grounded sequence picks from one
+/// per step, where an index vector of the whole vocabulary and a partial sort cost more than
+/// the grounding checks after them.
+fn best_ids(logits: &[f32], k: usize) -> Vec<usize> {
+    let better = |a: usize, b: usize| logits[a].total_cmp(&logits[b]).then(b.cmp(&a)).is_gt();
+    let mut best: Vec<usize> = Vec::with_capacity(k + 1);
+    for i in 0..logits.len() {
+        if best.len() == k && best.last().is_none_or(|&worst| !better(i, worst)) {
+            continue;
+        }
+        let at = best.partition_point(|&j| better(j, i));
+        best.insert(at, i);
+        best.truncate(k);
+    }
+    best
 }
 
 /// Longest n-gram matched by [`lookup`].
@@ -518,6 +535,17 @@ mod tests {
         assert_eq!(lookup(&prompt, &[8], 3), None);
         assert_eq!(lookup(&prompt, &[1], 0), None);
         assert_eq!(lookup(&[], &[5, 5], 4), Some(&[5][..]));
+    }
+
+    #[test]
+    fn best_ids_are_the_top_of_a_full_sort() {
+        let logits: Vec<f32> = (0..5000u32).map(|i| ((i * 7919) % 1013) as f32 / 7.0 - 50.0).collect();
+        let mut sorted: Vec<usize> = (0..logits.len()).collect();
+        sorted.sort_by(|&a, &b| logits[b].total_cmp(&logits[a])); // stable: lower id first on ties
+        for k in [0, 1, 5, 64, 5000, 6000] {
+            assert_eq!(best_ids(&logits, k), sorted[..k.min(logits.len())], "k = {k}");
+        }
+        assert_eq!(best_ids(&[1.0, f32::NAN, 3.0, 3.0], 3), vec![1, 2, 3], "NaN sorts as largest, as total_cmp");
     }
 
     #[test]

@@ -68,13 +68,15 @@ fn a_complete_json_reply_ends_without_another_forward() {
     let mut teacher = TeacherLlm::load(&config).expect("run `make models` first");
     let sentence = "Tardive dyskinesia appeared after long-term treatment with metoclopramide.";
     let request = task_request(crate::vocab::Task::Ade, sentence, 96);
-    let before = teacher.stats().forwards;
+    let before = teacher.stats();
     let reply = teacher.generate(&request).unwrap();
-    let forwards = (teacher.stats().forwards - before) as usize;
+    let after = teacher.stats();
     assert_eq!(reply.finish_reason, FinishReason::Stop, "{}", reply.text);
     assert_strings_in(&serde_json::from_str(&reply.text).unwrap(), sentence);
     assert_eq!(reply.tokens.last(), Some(&teacher.table.end_of_turn));
-    assert_eq!(forwards, reply.tokens.len() - 1, "a forward per token but the end of turn");
+    let from_rows = reply.tokens.len() as u64 - 1;
+    assert_eq!(after.forwards - before.forwards, from_rows, "a forward per token but the end of turn");
+    assert_eq!(after.picked - before.picked, from_rows, "the end of turn is not counted as picked from a row");
 }
 
 #[test]
