@@ -296,8 +296,8 @@ fn drafts_give_the_reply_of_plain_decoding() {
 
 /// `BIODISTILL_BENCH_MODEL` (default the Qwen 1.5B teacher) labels `BIODISTILL_ADE_N` (48)
 /// ADE-Corpus-V2 sentences (3 of 4 from DRUG-AE.rel, 1 of 4 from ADE-NEG.txt, in file
-/// order) as the label stage asks, admitted as a batch of up to 16 frees up (continuous
-/// batching, as the server), once per draft setting in `BIODISTILL_DRAFTS`
+/// order) as the label stage asks, admitted as a batch of up to `BIODISTILL_BATCH` (16) frees
+/// up (continuous batching, as the server), once per draft setting in `BIODISTILL_DRAFTS`
 /// (`tokens:step_tokens,...`, default `0:0,8:48`). Prints wall time, sentences/hour and
 /// tokens per sentence, and checks every setting's replies against the first.
 /// `cargo test --locked --lib -- --ignored --nocapture measure_drafts_on_ade`
