@@ -26,7 +26,6 @@ struct Entry {
 struct Tail {
     base: Vec<u32>,
     common: Vec<u32>,
-    seen: usize,
 }
 
 /// Least-recently-used store of KV snapshots keyed by token ids.
@@ -54,13 +53,12 @@ impl PrefixCache {
             if self.tails.len() == MAX_TAILS {
                 self.tails.remove(0);
             }
-            self.tails.push(Tail { base: base.to_vec(), common: tail.to_vec(), seen: 1 });
+            self.tails.push(Tail { base: base.to_vec(), common: tail.to_vec() });
             return 0;
         };
         let known = &mut self.tails[i];
         let same = known.common.iter().zip(tail).take_while(|(a, b)| a == b).count();
         known.common.truncate(same);
-        known.seen += 1;
         same
     }
 
