@@ -33,7 +33,7 @@ use async_openai::types::chat::{
     ChatCompletionRequestAssistantMessage, ChatCompletionRequestMessage, ChatCompletionRequestSystemMessage,
     ChatCompletionRequestUserMessage, CreateChatCompletionRequestArgs, FinishReason,
 };
-use biodistill::llm::chat::render_chatml;
+use biodistill::llm::chat::{named_messages, render_chatml};
 use biodistill::llm::{
     ChatMessage, DEFAULT_MAX_BATCH, GenerateRequest, Generation, Role, TeacherLlm, TeacherLlmConfig,
 };
@@ -276,16 +276,8 @@ fn llama_cpp(
     let suffixes: Vec<String> = SENTENCES[8..12].iter().map(user_turn).collect();
     let label_suffixes: Vec<String> = sentences.iter().map(user_turn).collect();
     // The label stage's prompt as ChatML: the shared turns, then each sentence's own turn.
-    let chat = |messages: Vec<(&str, String)>| -> Vec<ChatMessage> {
-        let role = |r: &str| match r {
-            "system" => Role::System,
-            "assistant" => Role::Assistant,
-            _ => Role::User,
-        };
-        messages.into_iter().map(|(r, content)| ChatMessage::new(role(r), content)).collect()
-    };
     let prompt = stage_prompt();
-    let stage_turns: Vec<Vec<ChatMessage>> = stage.iter().map(|s| chat(prompt.messages(s))).collect();
+    let stage_turns: Vec<Vec<ChatMessage>> = stage.iter().map(|s| named_messages(prompt.messages(s))).collect();
     let stage_prefix = stage_turns.first().map(|turns| {
         let text = render_chatml(&turns[..turns.len() - 1]);
         text.strip_suffix("<|im_start|>assistant\n").unwrap_or(&text).to_string()

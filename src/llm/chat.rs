@@ -44,6 +44,17 @@ impl ChatMessage {
     }
 }
 
+/// Messages given as `(role name, content)` pairs, as the teacher's prompt files build them:
+/// names other than `system` and `assistant` are user turns, as the teacher client sends them.
+pub fn named_messages<'a>(messages: impl IntoIterator<Item = (&'a str, String)>) -> Vec<ChatMessage> {
+    let role = |name: &str| match name {
+        "system" => Role::System,
+        "assistant" => Role::Assistant,
+        _ => Role::User,
+    };
+    messages.into_iter().map(|(name, content)| ChatMessage::new(role(name), content)).collect()
+}
+
 /// A tokenized ChatML prompt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChatPrompt {
@@ -123,6 +134,14 @@ mod tests {
             render_chatml(&messages),
             "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
         );
+    }
+
+    #[test]
+    fn named_roles_map_and_other_names_are_user_turns() {
+        let messages = named_messages([("system", "S".into()), ("assistant", "A".into()), ("tool", "T".into())]);
+        let roles: Vec<Role> = messages.iter().map(|m| m.role).collect();
+        assert_eq!(roles, [Role::System, Role::Assistant, Role::User]);
+        assert_eq!(messages[2].content, "T");
     }
 
     #[test]

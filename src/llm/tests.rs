@@ -171,19 +171,7 @@ fn logprobs_and_deltas_add_up_to_the_reply() {
 fn task_request(task: crate::vocab::Task, sentence: &str, max_tokens: usize) -> GenerateRequest {
     let dir = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/pipelines/prompts"));
     let prompt = crate::teacher::prompt::Prompt::load(dir, task).unwrap();
-    let messages = prompt
-        .messages(sentence)
-        .into_iter()
-        .map(|(role, content)| {
-            let role = match role {
-                "system" => Role::System,
-                "assistant" => Role::Assistant,
-                _ => Role::User,
-            };
-            ChatMessage::new(role, content)
-        })
-        .collect();
-    let mut request = GenerateRequest::greedy(messages, max_tokens);
+    let mut request = GenerateRequest::greedy(chat::named_messages(prompt.messages(sentence)), max_tokens);
     request.json_schema = Some(schema::ResponseSchema::from_json_schema(&crate::teacher::parse::json_schema(task)));
     if task != crate::vocab::Task::Phi {
         request.grounded_source = Some(sentence.to_string());
