@@ -193,6 +193,12 @@ impl GroundedJson {
         self.stack.last().map_or(ResponseSchema::ROOT, |f| f.value_node)
     }
 
+    /// Whether few tokens fit at any point: strings are copied from a source or named by the
+    /// schema (see [`ResponseSchema::names_every_key`]), so the admitted tokens can be listed.
+    pub fn admits_few_tokens(&self) -> bool {
+        self.source.is_some() && self.schema.names_every_key()
+    }
+
     /// Whether the top-level value is complete (only end of turn may follow).
     pub fn is_complete(&self) -> bool {
         self.mode == Mode::Done
@@ -463,6 +469,12 @@ impl GroundedJson {
         if let Some(frame) = self.stack.last_mut() {
             frame.start = at;
         }
+    }
+}
+
+impl super::token_trie::ByteAutomaton for GroundedJson {
+    fn accept(&mut self, byte: u8) -> bool {
+        self.feed(byte)
     }
 }
 

@@ -27,9 +27,11 @@ pub mod gguf_tokenizer;
 pub mod grounded;
 pub mod llama_cpp;
 pub mod logprobs;
+pub mod output_head;
 pub mod prefix_cache;
 pub mod schema;
 pub mod sequence;
+pub mod token_trie;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -73,7 +75,21 @@ pub struct TeacherLlmConfig {
     /// Drafts stop once a step feeds this many tokens in all (prefills and sampled tokens
     /// count; with a full batch the cores are busy and a rejected draft costs a full token).
     pub draft_step_tokens: usize,
+    /// Each forward's token count is rounded up to a multiple of this with drafted tokens
+    /// where prompt lookup has some (see [`STEP_TILE`]); 1 (the default) turns it off.
+    pub step_tile: usize,
+    /// Grounded greedy sequences score only the tokens their automaton admits: llama.cpp
+    /// stops before its output layer when every sequence of a forward is one (see
+    /// [`output_head`]). Off, every forward computes every token's logit.
+    pub admitted_logits_only: bool,
 }
+
+/// llama.cpp's repacked Q4_K matrix product (the bulk of the teacher's work on an AVX2 CPU)
+/// takes a forward's tokens 4 at a time and each token left over alone, as a matrix-vector
+/// product that costs more than a token in a tile. [`TeacherLlmConfig::step_tile`] = 4 spends
+/// the spare places of the last tile on drafted tokens, which may save a later step; measured
+/// no faster (README), so off by default.
+pub const STEP_TILE: usize = 4;
 
 /// Default of [`TeacherLlmConfig::max_batch`] (and of the server's), chosen from
 /// `cargo bench --bench teacher_server` (see the README).
@@ -101,6 +117,11 @@ pub struct DecodeStats {
     /// Drafted tokens that were the model's own pick: appended in a run with the token before
     /// them instead of in a decode step of their own.
     pub accepted: u64,
+    /// Tokens fed beyond a multiple of [`STEP_TILE`] in a forward (each multiplied alone).
+    pub unaligned: u64,
+    /// Forwards that stopped before llama.cpp's output layer (see
+    /// [`TeacherLlmConfig::admitted_logits_only`]).
+    pub headless: u64,
 }
 
 impl DecodeStats {
@@ -121,6 +142,8 @@ impl TeacherLlmConfig {
             gpu_layers: 0,
             draft_tokens: DEFAULT_DRAFT_TOKENS,
             draft_step_tokens: DEFAULT_DRAFT_STEP_TOKENS,
+            step_tile: 1,
+            admitted_logits_only: true,
         }
     }
 }
@@ -142,6 +165,8 @@ pub struct TeacherLlm {
     next_group: u64,
     draft_tokens: usize,
     draft_step_tokens: usize,
+    step_tile: usize,
+    admitted_logits_only: bool,
     stats: DecodeStats,
 }
 
@@ -175,7 +200,7 @@ impl TeacherLlm {
         };
         stop_ids.sort_unstable();
         stop_ids.dedup();
-        let table = TokenTable { bytes: vocab.token_bytes(), stop_ids, end_of_turn };
+        let table = TokenTable::new(vocab.token_bytes(), stop_ids, end_of_turn);
         Ok(Self {
             decoder,
             tokenizer,
@@ -190,6 +215,8 @@ impl TeacherLlm {
             next_group: 0,
             draft_tokens: config.draft_tokens,
             draft_step_tokens: config.draft_step_tokens,
+            step_tile: config.step_tile.max(1),
+            admitted_logits_only: config.admitted_logits_only,
             stats: DecodeStats::default(),
         })
     }
@@ -242,7 +269,9 @@ impl TeacherLlm {
                 cache = hit;
             }
             let tokens = &prompt.ids[cache.len()..shared];
-            self.decoder.forward(&mut [SequenceInput { cache: &mut cache, tokens }])?;
+            // Only its KV cells are kept: no logits.
+            let hidden = self.decoder.has_head();
+            self.decoder.forward_rows(&mut [SequenceInput { cache: &mut cache, tokens }], &[1], hidden)?;
             self.prefix_cache.insert(prompt.ids[..shared].to_vec(), cache);
         }
         // The start of the last message that every request after this prefix shared so far
@@ -294,7 +323,20 @@ impl TeacherLlm {
                 budget -= sequence.draft(self.draft_tokens.min(budget), &self.table);
             }
         }
+        let fed: usize = sequences.iter().filter(|s| active(s)).map(|s| s.pending.len()).sum();
+        let mut short = (self.step_tile - fed % self.step_tile) % self.step_tile;
+        for sequence in sequences.iter_mut().filter(|s| active(s) && s.drafted == 0) {
+            if short == 0 {
+                break;
+            }
+            short -= sequence.draft(short, &self.table);
+        }
+        let fed: usize = sequences.iter().filter(|s| active(s)).map(|s| s.pending.len()).sum();
+        self.stats.unaligned += (fed % STEP_TILE) as u64;
         let outputs: Vec<usize> = sequences.iter().filter(|s| active(s)).map(|s| 1 + s.drafted).collect();
+        let hidden = self.admitted_logits_only
+            && self.decoder.has_head()
+            && sequences.iter().filter(|s| active(s)).all(Sequence::takes_hidden_states);
         let mut inputs: Vec<SequenceInput<'_>> = sequences
             .iter_mut()
             .filter(|s| active(s))
@@ -304,10 +346,11 @@ impl TeacherLlm {
             return Ok(());
         }
         let started = Instant::now();
-        let rows = self.decoder.forward_rows(&mut inputs, &outputs)?;
+        let rows = self.decoder.forward_rows(&mut inputs, &outputs, hidden)?;
         drop(inputs);
         let elapsed = started.elapsed();
         self.stats.forwards += 1;
+        self.stats.headless += u64::from(hidden);
         // First choices that just prefilled hand their cache and logits to their other choices.
         let mut prefilled = Vec::new();
         for (sequence, rows) in sequences.iter_mut().filter(|s| active(s)).zip(rows) {

@@ -56,6 +56,17 @@ impl ResponseSchema {
         out
     }
 
+    /// Whether every key a document may have is named and every value constrained (no free
+    /// object, no [`Node::Any`]): a grounded document's strings are then keys, enum values or
+    /// copied spans, and few tokens fit at any point.
+    pub fn names_every_key(&self) -> bool {
+        self.nodes.iter().all(|n| match n {
+            Node::Any => false,
+            Node::Object { keys, .. } => !keys.is_empty(),
+            _ => true,
+        })
+    }
+
     pub fn node(&self, id: NodeId) -> &Node {
         static ANY: Node = Node::Any;
         self.nodes.get(id).unwrap_or(&ANY)
@@ -141,5 +152,8 @@ mod tests {
         assert_eq!(ResponseSchema::default().node(ResponseSchema::ROOT), &Node::Any);
         let free = ResponseSchema::from_json_schema(&json!({"type": "object"}));
         assert!(matches!(free.node(0), Node::Object { keys, .. } if keys.is_empty()));
+        assert!(!free.names_every_key() && !ResponseSchema::default().names_every_key());
+        let task = ResponseSchema::from_json_schema(&crate::teacher::parse::json_schema(crate::vocab::Task::Ade));
+        assert!(task.names_every_key());
     }
 }

@@ -13,7 +13,9 @@ use super::chat::{ChatMessage, Prompt};
 use super::grounded::GroundedJson;
 use super::llama_cpp::KvCache;
 use super::logprobs::{TokenLogprob, token_logprob};
+use super::output_head::Logits;
 use super::schema::ResponseSchema;
+use super::token_trie::TokenTrie;
 use crate::{Error, Result};
 
 /// What to generate.
@@ -107,9 +109,16 @@ pub struct TokenTable {
     /// The one of `stop_ids` recorded when a JSON reply is complete: only an end of turn may
     /// follow, so it is appended without a forward pass to pick among them.
     pub end_of_turn: u32,
+    /// `bytes` ordered for finding every token the grounding automaton admits.
+    pub trie: TokenTrie,
 }
 
 impl TokenTable {
+    pub fn new(bytes: Vec<Option<Vec<u8>>>, stop_ids: Vec<u32>, end_of_turn: u32) -> Self {
+        let trie = TokenTrie::new(&bytes);
+        Self { bytes, stop_ids, end_of_turn, trie }
+    }
+
     /// What token `id` stands for: its bytes, or a special token's text (`<|im_end|>`).
     pub fn token_bytes(&self, id: u32, tokenizer: &Tokenizer) -> Vec<u8> {
         match self.bytes.get(id as usize) {
@@ -289,9 +298,12 @@ impl Sequence {
     }
 
     /// Pick the next token from this sequence's `logits` row and decide whether to stop.
-    pub(super) fn advance(&mut self, logits: Vec<f32>, table: &TokenTable, tokenizer: &Tokenizer) -> Result<()> {
+    pub(super) fn advance(&mut self, logits: Logits, table: &TokenTable, tokenizer: &Tokenizer) -> Result<()> {
         // The raw row, before sampling masks it (see `logprobs` for why this distribution).
-        let raw = self.top_logprobs.map(|k| (k, logits.clone()));
+        let raw = match (&logits, self.top_logprobs) {
+            (Logits::Full(row), Some(k)) => Some((k, row.clone())),
+            _ => None,
+        };
         let token = match self.grounded.clone() {
             Some(state) => match self.sample_grounded(logits, state, table)? {
                 Some(token) => token,
@@ -303,7 +315,12 @@ impl Sequence {
                     return Ok(());
                 }
             },
-            None => self.sample(logits)?,
+            None => match logits {
+                Logits::Full(row) => self.sample(row)?,
+                Logits::Hidden { .. } => {
+                    return Err(Error::Internal("a hidden state for an ungrounded sequence".into()));
+                }
+            },
         };
         self.generated.push(token);
         self.pending = vec![token];
@@ -374,7 +391,7 @@ impl Sequence {
     /// (tokens picked, drafted tokens kept).
     pub(super) fn advance_rows(
         &mut self,
-        rows: Vec<Vec<f32>>,
+        rows: Vec<Logits>,
         table: &TokenTable,
         tokenizer: &Tokenizer,
     ) -> Result<(usize, usize)> {
@@ -408,13 +425,37 @@ impl Sequence {
         Ok(self.sampler.sample(&Tensor::from_vec(logits, n, &Device::Cpu)?)?)
     }
 
+    /// Whether this sequence picks its tokens greedily, with no logprobs, from the few tokens
+    /// its grounding automaton admits: it then needs no full row of logits (see
+    /// [`super::output_head`]) and takes the same token either way.
+    pub(super) fn takes_hidden_states(&self) -> bool {
+        self.greedy
+            && self.top_logprobs.is_none()
+            && self.grounded.as_ref().is_some_and(GroundedJson::admits_few_tokens)
+    }
+
     /// Sample among the tokens the grounding automaton accepts (all others get -inf).
-    fn sample_grounded(
-        &mut self,
-        mut logits: Vec<f32>,
-        state: GroundedJson,
-        table: &TokenTable,
-    ) -> Result<Option<u32>> {
+    fn sample_grounded(&mut self, logits: Logits, state: GroundedJson, table: &TokenTable) -> Result<Option<u32>> {
+        let mut logits = match logits {
+            Logits::Full(row) => row,
+            hidden => {
+                if !self.greedy {
+                    return Err(Error::Internal("hidden states for a sampled sequence".into()));
+                }
+                // Every admitted token, scored: the best is the one the path below picks.
+                let ids = match state.is_complete() {
+                    true => table.stop_ids.clone(),
+                    false => table.trie.admitted(&table.bytes, &state),
+                };
+                let scores = hidden.of(&ids);
+                // Ids ascend, so the first maximum is the lowest id among equals, as below.
+                let best = (0..ids.len()).fold(None, |b: Option<usize>, i| match b {
+                    Some(b) if scores[i].total_cmp(&scores[b]).is_le() => Some(b),
+                    _ => Some(i),
+                });
+                return Ok(best.map(|i| ids[i]));
+            }
+        };
         let allowed = |id: usize| -> bool {
             match table.bytes.get(id).and_then(|b| b.as_deref()) {
                 Some(bytes) => !state.is_complete() && state.advanced(bytes).is_some(),

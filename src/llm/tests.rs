@@ -209,6 +209,47 @@ fn assert_same_up_to_a_tie(a: &Generation, b: &Generation, what: &str) {
     eprintln!("{what}: parts at a near tie at token {i}");
 }
 
+/// Scoring only the tokens the automaton admits (llama.cpp stopping before its output layer)
+/// picks the replies that full rows of logits pick, token for token, for grounded requests of
+/// two task schemas decoded together; a JSON-mode request in the batch (free strings: most of
+/// the vocabulary fits) makes its forwards compute full rows again.
+#[test]
+fn admitted_logits_give_the_replies_of_full_rows() {
+    use crate::vocab::Task;
+    let mut config = TeacherLlmConfig::new(llama_cpp::tests::SMOLLM);
+    (config.context_length, config.max_batch) = (1536, 4);
+    let mut teacher = TeacherLlm::load(&config).expect("run `make models` first");
+    let grounded = [
+        task_request(
+            Task::Ade,
+            "METHODS: We report two cases of pseudoporphyria caused by naproxen and oxaprozin.",
+            64,
+        ),
+        task_request(Task::Ade, "Tardive dyskinesia appeared after long-term treatment with metoclopramide.", 64),
+        task_request(Task::GeneDisease, "Polymorphisms of the APOE gene are associated with Alzheimer disease.", 64),
+    ];
+    let phi = task_request(Task::Phi, "John Smith was admitted to St. Mary's Hospital on 03/12/2019.", 32);
+    let mut run = |requests: &[GenerateRequest], admitted| {
+        teacher.admitted_logits_only = admitted;
+        let before = teacher.stats();
+        let replies: Vec<Generation> = teacher.generate_batch(requests).into_iter().map(|r| r.unwrap()).collect();
+        let after = teacher.stats();
+        (replies, after.headless - before.headless, after.forwards - before.forwards)
+    };
+    let (full, full_headless, _) = run(&grounded, false);
+    let (admitted, headless, forwards) = run(&grounded, true);
+    assert_eq!((full_headless, headless), (0, forwards), "every forward of grounded requests skips the layer");
+    for (i, (a, b)) in full.iter().zip(&admitted).enumerate() {
+        assert_eq!((&a.text, &a.tokens, a.finish_reason), (&b.text, &b.tokens, b.finish_reason), "request {i}");
+    }
+    assert!(full.iter().all(|g| g.tokens.len() > 10), "replies long enough to compare");
+    let mixed = [grounded[1].clone(), phi];
+    let (replies, headless, forwards) = run(&mixed, true);
+    assert_eq!(replies[0].tokens, admitted[1].tokens);
+    let phi_rows = replies[1].completion_tokens() as u64;
+    assert!(headless + phi_rows <= forwards, "the JSON-mode request's forwards compute full rows");
+}
+
 /// Drafted tokens change how many decode steps a reply takes, never the reply: grounded
 /// replies of three task schemas, JSON mode, free text with logprobs and a stop string,
 /// seeded sampling with `n` = 2, all decoded together, token for token; and fewer tokens
@@ -286,7 +327,8 @@ fn drafts_give_the_reply_of_plain_decoding() {
 /// ADE-Corpus-V2 sentences (3 of 4 from DRUG-AE.rel, 1 of 4 from ADE-NEG.txt, in file
 /// order) as the label stage asks, admitted as a batch of up to `BIODISTILL_BATCH` (16) frees
 /// up (continuous batching, as the server), once per draft setting in `BIODISTILL_DRAFTS`
-/// (`tokens:step_tokens,...`, default `0:0,8:48`). Prints wall time, sentences/hour and
+/// (`tokens:step_tokens[:step_tile[:admitted_logits_only]],...`, default `0:0:1:0,0:0:1:1`).
+/// Prints wall time, sentences/hour and
 /// tokens per sentence, and checks every setting's replies against the first.
 /// `cargo test --locked --lib -- --ignored --nocapture measure_drafts_on_ade`
 #[test]
@@ -316,12 +358,14 @@ fn measure_drafts_on_ade() {
     teacher.generate(&requests[0]).unwrap(); // the few-shot prefix into the prefix cache
     let mut first: Option<Vec<Generation>> = None;
     println!(
-        "| drafts (tokens:step) | wall s | sentences/hour | forwards | tokens/sentence | stepped/sentence | drafted/sentence | accepted/sentence | replies as the first |"
+        "| drafts (tokens:step:tile:admitted) | wall s | sentences/hour | forwards | tokens/sentence | stepped/sentence | drafted/sentence | accepted/sentence | unaligned/sentence | replies as the first |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
-    for setting in env("BIODISTILL_DRAFTS", "0:0,8:48").split(',') {
-        let (tokens, step) = setting.split_once(':').unwrap();
-        (teacher.draft_tokens, teacher.draft_step_tokens) = (tokens.parse().unwrap(), step.parse().unwrap());
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for setting in env("BIODISTILL_DRAFTS", "0:0:1:0,0:0:1:1").split(',') {
+        let parts: Vec<usize> = setting.split(':').map(|p| p.parse().unwrap()).collect();
+        (teacher.draft_tokens, teacher.draft_step_tokens) = (parts[0], parts[1]);
+        teacher.step_tile = parts.get(2).copied().unwrap_or(1);
+        teacher.admitted_logits_only = parts.get(3).is_none_or(|&p| p == 1);
         let before = teacher.stats();
         let started = Instant::now();
         let replies = label_continuously(&mut teacher, &requests, config.max_batch);
@@ -330,13 +374,14 @@ fn measure_drafts_on_ade() {
         let per = |x: u64| x as f64 / n as f64;
         let same = first.as_ref().map_or(n, |f| f.iter().zip(&replies).filter(|(a, b)| reply(a) == reply(b)).count());
         println!(
-            "| {setting} | {wall:.1} | {:.0} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {same}/{n} |",
+            "| {setting} | {wall:.1} | {:.0} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} | {same}/{n} |",
             n as f64 * 3600.0 / wall,
             s.forwards - before.forwards,
             per(s.picked - before.picked),
             per(s.stepped() - before.stepped()),
             per(s.drafted - before.drafted),
             per(s.accepted - before.accepted),
+            per(s.unaligned - before.unaligned),
         );
         first.get_or_insert(replies);
     }
