@@ -75,9 +75,9 @@ pub struct TeacherLlmConfig {
     /// Drafts stop once a step feeds this many tokens in all (prefills and sampled tokens
     /// count; with a full batch the cores are busy and a rejected draft costs a full token).
     pub draft_step_tokens: usize,
-    /// Each forward's token count is rounded up to a multiple of this with drafted tokens
-    /// where prompt lookup has some (see [`STEP_TILE`]); 1 (the default) turns it off.
-    pub step_tile: usize,
+    /// A forward whose token count is not a multiple of [`STEP_TILE`] leaves the last 1–3
+    /// tokens of a prompt being prefilled to the next forward, when one is.
+    pub align_steps: bool,
     /// Grounded greedy sequences score only the tokens their automaton admits: llama.cpp
     /// stops before its output layer when every sequence of a forward is one (see
     /// [`output_head`]). Off, every forward computes every token's logit.
@@ -86,9 +86,8 @@ pub struct TeacherLlmConfig {
 
 /// llama.cpp's repacked Q4_K matrix product (the bulk of the teacher's work on an AVX2 CPU)
 /// takes a forward's tokens 4 at a time and each token left over alone, as a matrix-vector
-/// product that costs more than a token in a tile. [`TeacherLlmConfig::step_tile`] = 4 spends
-/// the spare places of the last tile on drafted tokens, which may save a later step; measured
-/// no faster (README), so off by default.
+/// product over the weights again: ~1.5 tokens' worth of work each (6% of a labeling run in
+/// `perf`). See [`TeacherLlmConfig::align_steps`].
 pub const STEP_TILE: usize = 4;
 
 /// Default of [`TeacherLlmConfig::max_batch`] (and of the server's), chosen from
@@ -142,7 +141,7 @@ impl TeacherLlmConfig {
             gpu_layers: 0,
             draft_tokens: DEFAULT_DRAFT_TOKENS,
             draft_step_tokens: DEFAULT_DRAFT_STEP_TOKENS,
-            step_tile: 1,
+            align_steps: true,
             admitted_logits_only: true,
         }
     }
@@ -165,7 +164,7 @@ pub struct TeacherLlm {
     next_group: u64,
     draft_tokens: usize,
     draft_step_tokens: usize,
-    step_tile: usize,
+    align_steps: bool,
     admitted_logits_only: bool,
     stats: DecodeStats,
 }
@@ -215,7 +214,7 @@ impl TeacherLlm {
             next_group: 0,
             draft_tokens: config.draft_tokens,
             draft_step_tokens: config.draft_step_tokens,
-            step_tile: config.step_tile.max(1),
+            align_steps: config.align_steps,
             admitted_logits_only: config.admitted_logits_only,
             stats: DecodeStats::default(),
         })
@@ -323,15 +322,21 @@ impl TeacherLlm {
                 budget -= sequence.draft(self.draft_tokens.min(budget), &self.table);
             }
         }
-        let fed: usize = sequences.iter().filter(|s| active(s)).map(|s| s.pending.len()).sum();
-        let mut short = (self.step_tile - fed % self.step_tile) % self.step_tile;
-        for sequence in sequences.iter_mut().filter(|s| active(s) && s.drafted == 0) {
-            if short == 0 {
-                break;
+        let mut fed: usize = sequences.iter().filter(|s| active(s)).map(|s| s.pending.len()).sum();
+        // Only beside other sequences, whose next tokens the held ones then join.
+        let others = sequences.iter().filter(|s| active(s)).count() > 1;
+        if self.align_steps && others && fed % STEP_TILE != 0 {
+            let over = fed % STEP_TILE;
+            if let Some(s) = sequences
+                .iter_mut()
+                .filter(|s| active(s))
+                .filter(|s| s.can_hold_back(over))
+                .max_by_key(|s| s.pending.len())
+            {
+                s.held_back = over;
+                fed -= over;
             }
-            short -= sequence.draft(short, &self.table);
         }
-        let fed: usize = sequences.iter().filter(|s| active(s)).map(|s| s.pending.len()).sum();
         self.stats.unaligned += (fed % STEP_TILE) as u64;
         let outputs: Vec<usize> = sequences.iter().filter(|s| active(s)).map(|s| 1 + s.drafted).collect();
         let hidden = self.admitted_logits_only
@@ -340,7 +345,10 @@ impl TeacherLlm {
         let mut inputs: Vec<SequenceInput<'_>> = sequences
             .iter_mut()
             .filter(|s| active(s))
-            .map(|s| SequenceInput { cache: &mut s.cache, tokens: &s.pending })
+            .map(|s| {
+                let n = s.pending.len() - s.held_back;
+                SequenceInput { cache: &mut s.cache, tokens: &s.pending[..n] }
+            })
             .collect();
         if inputs.is_empty() {
             return Ok(());
@@ -358,6 +366,13 @@ impl TeacherLlm {
             if let Some(len) = sequence.snapshot_prefix.take() {
                 let snapshot = sequence.cache.truncated(len)?;
                 self.prefix_cache.insert(sequence.prompt[..len].to_vec(), snapshot);
+            }
+            if sequence.held_back > 0 {
+                // Its prompt's last tokens come next forward; this row is not the prompt's last.
+                let fed = sequence.pending.len() - sequence.held_back;
+                sequence.pending.drain(..fed);
+                sequence.held_back = 0;
+                continue;
             }
             if let Some(group) = sequence.group.filter(|_| sequence.in_prefill()) {
                 let row = rows.last().expect("a prefill has one row").clone();

@@ -174,6 +174,9 @@ pub struct Sequence {
     pub(super) awaiting_prefill: bool,
     /// The reply's JSON closed and its end of turn was appended without a row of logits.
     pub(super) closed: bool,
+    /// Tokens at the end of `pending` (a prompt being prefilled) left to the next forward,
+    /// to keep this one's token count a multiple of [`super::STEP_TILE`].
+    pub(super) held_back: usize,
     choice: usize,
     generated: Vec<u32>,
     max_tokens: usize,
@@ -220,6 +223,7 @@ impl Sequence {
             group: None,
             awaiting_prefill: false,
             closed: false,
+            held_back: 0,
             choice,
             generated: Vec::new(),
             max_tokens,
@@ -286,6 +290,17 @@ impl Sequence {
     /// Whether the next forward is this sequence's prefill.
     pub(super) fn in_prefill(&self) -> bool {
         self.generated.is_empty()
+    }
+
+    /// Whether the last `n` tokens of this sequence's prompt can wait for the next forward: it
+    /// is prefilling alone (no other choices wait for its logits), feeds a token now, and what
+    /// it feeds now covers the prefix it is to snapshot.
+    pub(super) fn can_hold_back(&self, n: usize) -> bool {
+        self.in_prefill()
+            && self.group.is_none()
+            && self.drafted == 0
+            && self.pending.len() > n
+            && self.snapshot_prefix.is_none_or(|len| self.cache.len() + self.pending.len() - n >= len)
     }
 
     /// Account the wall time of a forward this sequence took part in.

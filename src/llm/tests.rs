@@ -327,7 +327,7 @@ fn drafts_give_the_reply_of_plain_decoding() {
 /// ADE-Corpus-V2 sentences (3 of 4 from DRUG-AE.rel, 1 of 4 from ADE-NEG.txt, in file
 /// order) as the label stage asks, admitted as a batch of up to `BIODISTILL_BATCH` (16) frees
 /// up (continuous batching, as the server), once per draft setting in `BIODISTILL_DRAFTS`
-/// (`tokens:step_tokens[:step_tile[:admitted_logits_only]],...`, default `0:0:1:0,0:0:1:1`).
+/// (`tokens:step_tokens[:align_steps[:admitted_logits_only]],...`, 0/1 for the switches, default `0:0:1:0,0:0:1:1`).
 /// Prints wall time, sentences/hour and
 /// tokens per sentence, and checks every setting's replies against the first.
 /// `cargo test --locked --lib -- --ignored --nocapture measure_drafts_on_ade`
@@ -358,13 +358,13 @@ fn measure_drafts_on_ade() {
     teacher.generate(&requests[0]).unwrap(); // the few-shot prefix into the prefix cache
     let mut first: Option<Vec<Generation>> = None;
     println!(
-        "| drafts (tokens:step:tile:admitted) | wall s | sentences/hour | forwards | tokens/sentence | stepped/sentence | drafted/sentence | accepted/sentence | unaligned/sentence | replies as the first |"
+        "| drafts (tokens:step:align:admitted) | wall s | sentences/hour | forwards | tokens/sentence | stepped/sentence | drafted/sentence | accepted/sentence | unaligned/sentence | replies as the first |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|");
     for setting in env("BIODISTILL_DRAFTS", "0:0:1:0,0:0:1:1").split(',') {
         let parts: Vec<usize> = setting.split(':').map(|p| p.parse().unwrap()).collect();
         (teacher.draft_tokens, teacher.draft_step_tokens) = (parts[0], parts[1]);
-        teacher.step_tile = parts.get(2).copied().unwrap_or(1);
+        teacher.align_steps = parts.get(2).is_none_or(|&p| p == 1);
         teacher.admitted_logits_only = parts.get(3).is_none_or(|&p| p == 1);
         let before = teacher.stats();
         let started = Instant::now();
