@@ -5,7 +5,9 @@
 //! `src/serve/` puts it behind an OpenAI-compatible endpoint.
 //!
 //! - [`llama_cpp`]: the forward pass on llama.cpp, with per-sequence KV handles and a batched
-//!   forward;
+//!   forward that can stop before the output layer;
+//! - [`output_head`]: that layer's logits for chosen tokens only, and [`token_trie`], which
+//!   lists the tokens grounded decoding admits (so it needs no others);
 //! - [`chat`]: ChatML rendering and tokenization, with [`gguf_tokenizer`], the tokenizer
 //!   rebuilt from the GGUF metadata;
 //! - [`sequence`]: one choice of a request in flight (sampling, stop conditions, grounding,
