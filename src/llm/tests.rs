@@ -179,6 +179,29 @@ fn task_request(task: crate::vocab::Task, sentence: &str, max_tokens: usize) -> 
     request
 }
 
+/// Two ADE, one gene–disease and one PHI request (last), as the label stage asks.
+fn mixed_task_requests(max_tokens: usize) -> Vec<GenerateRequest> {
+    use crate::vocab::Task;
+    vec![
+        task_request(
+            Task::Ade,
+            "METHODS: We report two cases of pseudoporphyria caused by naproxen and oxaprozin.",
+            max_tokens,
+        ),
+        task_request(
+            Task::Ade,
+            "Tardive dyskinesia appeared after long-term treatment with metoclopramide.",
+            max_tokens,
+        ),
+        task_request(
+            Task::GeneDisease,
+            "Polymorphisms of the APOE gene are associated with Alzheimer disease.",
+            max_tokens,
+        ),
+        task_request(Task::Phi, "John Smith was admitted to St. Mary's Hospital on 03/12/2019.", max_tokens),
+    ]
+}
+
 /// What must not change with drafts: everything but the timings.
 fn reply(g: &Generation) -> (&str, &[u32], &[TokenLogprob], FinishReason, usize) {
     (&g.text, &g.tokens, &g.logprobs, g.finish_reason, g.prompt_tokens)
@@ -215,20 +238,11 @@ fn assert_same_up_to_a_tie(a: &Generation, b: &Generation, what: &str) {
 /// the vocabulary fits) makes its forwards compute full rows again.
 #[test]
 fn admitted_logits_give_the_replies_of_full_rows() {
-    use crate::vocab::Task;
     let mut config = TeacherLlmConfig::new(llama_cpp::tests::SMOLLM);
     (config.context_length, config.max_batch) = (1536, 4);
     let mut teacher = TeacherLlm::load(&config).expect("run `make models` first");
-    let grounded = [
-        task_request(
-            Task::Ade,
-            "METHODS: We report two cases of pseudoporphyria caused by naproxen and oxaprozin.",
-            64,
-        ),
-        task_request(Task::Ade, "Tardive dyskinesia appeared after long-term treatment with metoclopramide.", 64),
-        task_request(Task::GeneDisease, "Polymorphisms of the APOE gene are associated with Alzheimer disease.", 64),
-    ];
-    let phi = task_request(Task::Phi, "John Smith was admitted to St. Mary's Hospital on 03/12/2019.", 32);
+    let mut grounded = mixed_task_requests(64);
+    let phi = grounded.pop().expect("PHI last");
     let mut run = |requests: &[GenerateRequest], admitted| {
         teacher.admitted_logits_only = admitted;
         let before = teacher.stats();
@@ -263,20 +277,13 @@ fn drafts_give_the_reply_of_plain_decoding() {
     // so other last bits) would otherwise serve only the next.
     config.prefix_cache_bytes = 0;
     let mut teacher = TeacherLlm::load(&config).expect("run `make models` first");
-    let mut requests = [
-        task_request(
-            Task::Ade,
-            "Unaccountable severe hypercalcemia in a patient treated for hypoparathyroidism with dihydrotachysterol.",
-            64,
-        ),
-        task_request(
-            Task::Ade,
-            "METHODS: We report two cases of pseudoporphyria caused by naproxen and oxaprozin.",
-            64,
-        ),
-        task_request(Task::Ade, "Tardive dyskinesia appeared after long-term treatment with metoclopramide.", 64),
-        task_request(Task::GeneDisease, "Polymorphisms of the APOE gene are associated with Alzheimer disease.", 64),
-        task_request(Task::Phi, "John Smith was admitted to St. Mary's Hospital on 03/12/2019.", 64),
+    let mut requests = vec![task_request(
+        Task::Ade,
+        "Unaccountable severe hypercalcemia in a patient treated for hypoparathyroidism with dihydrotachysterol.",
+        64,
+    )];
+    requests.extend(mixed_task_requests(64));
+    requests.extend([
         GenerateRequest {
             stop: vec!["]".into()],
             ..GenerateRequest::greedy(few_shot("Metformin caused lactic acidosis and warfarin led to bleeding."), 24)
@@ -291,7 +298,7 @@ fn drafts_give_the_reply_of_plain_decoding() {
                 48,
             )
         },
-    ];
+    ]);
     for request in &mut requests {
         request.logprobs = Some(MAX_TOP_LOGPROBS);
     }
