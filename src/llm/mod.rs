@@ -81,8 +81,9 @@ pub struct TeacherLlmConfig {
     /// tokens of a prompt being prefilled to the next forward, when one is.
     pub align_steps: bool,
     /// Grounded greedy sequences score only the tokens their automaton admits: llama.cpp
-    /// stops before its output layer when every sequence of a forward is one (see
-    /// [`output_head`]). Off, every forward computes every token's logit.
+    /// stops before its output layer when a sequence of the forward is one, and the others'
+    /// rows are computed from the hidden states (see [`output_head`]). Off, llama.cpp computes
+    /// every token's logit for every sequence.
     pub admitted_logits_only: bool,
 }
 
@@ -168,6 +169,7 @@ pub struct TeacherLlm {
     draft_step_tokens: usize,
     align_steps: bool,
     admitted_logits_only: bool,
+    threads: usize,
     stats: DecodeStats,
 }
 
@@ -218,6 +220,7 @@ impl TeacherLlm {
             draft_step_tokens: config.draft_step_tokens,
             align_steps: config.align_steps,
             admitted_logits_only: config.admitted_logits_only,
+            threads: config.threads.max(1),
             stats: DecodeStats::default(),
         })
     }
@@ -341,9 +344,11 @@ impl TeacherLlm {
         }
         self.stats.unaligned += (fed % STEP_TILE) as u64;
         let outputs: Vec<usize> = sequences.iter().filter(|s| active(s)).map(|s| 1 + s.drafted).collect();
+        // The output layer is skipped once a sequence needs only admitted tokens' logits; the
+        // others' rows are then computed here, each costing what it costs in llama.cpp.
         let hidden = self.admitted_logits_only
             && self.decoder.has_head()
-            && sequences.iter().filter(|s| active(s)).all(Sequence::takes_hidden_states);
+            && sequences.iter().filter(|s| active(s)).any(Sequence::takes_hidden_states);
         let mut inputs: Vec<SequenceInput<'_>> = sequences
             .iter_mut()
             .filter(|s| active(s))
@@ -356,8 +361,12 @@ impl TeacherLlm {
             return Ok(());
         }
         let started = Instant::now();
-        let rows = self.decoder.forward_rows(&mut inputs, &outputs, hidden)?;
+        let mut rows = self.decoder.forward_rows(&mut inputs, &outputs, hidden)?;
         drop(inputs);
+        if hidden {
+            let full: Vec<bool> = sequences.iter().filter(|s| active(s)).map(|s| !s.takes_hidden_states()).collect();
+            output_head::fill_full_rows(&mut rows, &full, self.threads);
+        }
         let elapsed = started.elapsed();
         self.stats.forwards += 1;
         self.stats.headless += u64::from(hidden);

@@ -77,6 +77,26 @@ impl Logits {
     }
 }
 
+/// Turn the hidden states of the sequences `full[i]` marks into whole rows of logits, in
+/// one pass over the output matrix for all of them.
+pub fn fill_full_rows(rows: &mut [Vec<Logits>], full: &[bool], threads: usize) {
+    let mut at = Vec::new();
+    let mut states: Vec<&[f32]> = Vec::new();
+    let mut head = None;
+    for (i, sequence_rows) in rows.iter().enumerate().filter(|&(i, _)| full[i]) {
+        for (k, row) in sequence_rows.iter().enumerate() {
+            if let Logits::Hidden { state, head: h } = row {
+                (at.push((i, k)), states.push(state), head.get_or_insert_with(|| Arc::clone(h)));
+            }
+        }
+    }
+    let Some(head) = head else { return };
+    let computed = head.all_logits(&states, threads);
+    for ((i, k), row) in at.into_iter().zip(computed) {
+        rows[i][k] = Logits::Full(row);
+    }
+}
+
 impl OutputHead {
     /// The output matrix of the model at `path` (`output.weight`, or the token embeddings when
     /// they are tied), or `None` when its logits are not that product alone or its type has no
@@ -124,46 +144,93 @@ impl OutputHead {
     /// The logits of `ids` for the final hidden state `hidden` (ids past the vocabulary get
     /// minus infinity).
     pub fn logits(&self, hidden: &[f32], ids: &[u32]) -> Vec<f32> {
+        self.dispatch(&[hidden], Some(ids), 1).pop().expect("one state")
+    }
+
+    /// Every token's logit for each of `states`, on `threads` threads: what llama.cpp's output
+    /// layer gives, for the sequences of a forward that need whole rows (sampled, logprobs,
+    /// free strings) while the others skip it. Each matrix row is read once for all states.
+    pub fn all_logits(&self, states: &[&[f32]], threads: usize) -> Vec<Vec<f32>> {
+        self.dispatch(states, None, threads)
+    }
+
+    fn dispatch(&self, states: &[&[f32]], ids: Option<&[u32]>, threads: usize) -> Vec<Vec<f32>> {
         use GgmlDType::*;
         match self.dtype {
-            F32 => self.dots::<f32>(hidden, ids),
-            F16 => self.dots::<f16>(hidden, ids),
-            Q4_0 => self.dots::<BlockQ4_0>(hidden, ids),
-            Q4_1 => self.dots::<BlockQ4_1>(hidden, ids),
-            Q5_0 => self.dots::<BlockQ5_0>(hidden, ids),
-            Q5_1 => self.dots::<BlockQ5_1>(hidden, ids),
-            Q8_0 => self.dots::<BlockQ8_0>(hidden, ids),
-            Q4K => self.dots::<BlockQ4K>(hidden, ids),
-            Q5K => self.dots::<BlockQ5K>(hidden, ids),
-            Q6K => self.dots::<BlockQ6K>(hidden, ids),
-            Q8K => self.dots::<BlockQ8K>(hidden, ids),
+            F32 => self.dots::<f32>(states, ids, threads),
+            F16 => self.dots::<f16>(states, ids, threads),
+            Q4_0 => self.dots::<BlockQ4_0>(states, ids, threads),
+            Q4_1 => self.dots::<BlockQ4_1>(states, ids, threads),
+            Q5_0 => self.dots::<BlockQ5_0>(states, ids, threads),
+            Q5_1 => self.dots::<BlockQ5_1>(states, ids, threads),
+            Q8_0 => self.dots::<BlockQ8_0>(states, ids, threads),
+            Q4K => self.dots::<BlockQ4K>(states, ids, threads),
+            Q5K => self.dots::<BlockQ5K>(states, ids, threads),
+            Q6K => self.dots::<BlockQ6K>(states, ids, threads),
+            Q8K => self.dots::<BlockQ8K>(states, ids, threads),
             _ => unreachable!("only supported types are loaded"),
         }
     }
 
-    fn dots<T: GgmlType>(&self, hidden: &[f32], ids: &[u32]) -> Vec<f32> {
-        debug_assert_eq!(hidden.len(), self.cols);
-        let mut quantized = vec![T::VecDotType::zeros(); self.cols / T::VecDotType::BLCK_SIZE];
-        T::VecDotType::from_float(hidden, &mut quantized);
-        let blocks = self.cols / T::BLCK_SIZE;
-        let row_bytes = self.row_bytes();
-        ids.iter()
-            .map(|&id| {
-                let id = id as usize;
-                if id >= self.rows {
-                    return f32::NEG_INFINITY;
-                }
-                let at = self.start + id * row_bytes;
-                let bytes = &self.map[at..at + row_bytes];
-                debug_assert_eq!(bytes.as_ptr() as usize % std::mem::align_of::<T>(), 0);
-                // SAFETY: `load` checked the matrix lies inside the mapping; a row is `blocks`
-                // consecutive `T`s (plain-old-data structs laid out as ggml's, which candle
-                // reads the same way), and GGUF aligns tensor data (32 bytes) and every row
-                // length is a whole number of blocks, so rows are aligned for `T`.
-                let row = unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast::<T>(), blocks) };
-                T::vec_dot(self.cols, row, &quantized)
+    /// `out[s][k]` = the logit of token `ids[k]` (all tokens: `None`) for state `s`.
+    fn dots<T: GgmlType>(&self, states: &[&[f32]], ids: Option<&[u32]>, threads: usize) -> Vec<Vec<f32>> {
+        let quantized: Vec<Vec<T::VecDotType>> = states
+            .iter()
+            .map(|state| {
+                debug_assert_eq!(state.len(), self.cols);
+                let mut q = vec![T::VecDotType::zeros(); self.cols / T::VecDotType::BLCK_SIZE];
+                T::VecDotType::from_float(state, &mut q);
+                q
             })
-            .collect()
+            .collect();
+        let n = ids.map_or(self.rows, <[u32]>::len);
+        let id_at = |k: usize| ids.map_or(k, |ids| ids[k] as usize);
+        let mut out = vec![vec![0.0f32; n]; states.len()];
+        // Each thread fills a contiguous range of tokens for every state.
+        let threads = threads.clamp(1, n.max(1));
+        let chunk = n.div_ceil(threads).max(1);
+        let fill = |from: usize, parts: Vec<&mut [f32]>| {
+            let mut parts = parts;
+            for k in 0..parts.first().map_or(0, |p| p.len()) {
+                let row = self.row::<T>(id_at(from + k));
+                for (part, q) in parts.iter_mut().zip(&quantized) {
+                    part[k] = row.map_or(f32::NEG_INFINITY, |row| T::vec_dot(self.cols, row, q));
+                }
+            }
+        };
+        let mut columns: Vec<Vec<&mut [f32]>> = (0..threads).map(|_| Vec::new()).collect();
+        for state_out in out.iter_mut() {
+            for (t, part) in state_out.chunks_mut(chunk).enumerate() {
+                columns[t].push(part);
+            }
+        }
+        if threads == 1 {
+            fill(0, columns.pop().unwrap_or_default());
+        } else {
+            std::thread::scope(|scope| {
+                for (t, parts) in columns.into_iter().enumerate() {
+                    let fill = &fill;
+                    scope.spawn(move || fill(t * chunk, parts));
+                }
+            });
+        }
+        out
+    }
+
+    /// Row `id` of the matrix as blocks of `T`, `None` past the vocabulary.
+    fn row<T: GgmlType>(&self, id: usize) -> Option<&[T]> {
+        if id >= self.rows {
+            return None;
+        }
+        let row_bytes = self.row_bytes();
+        let at = self.start + id * row_bytes;
+        let bytes = &self.map[at..at + row_bytes];
+        debug_assert_eq!(bytes.as_ptr() as usize % std::mem::align_of::<T>(), 0);
+        // SAFETY: `load` checked the matrix lies inside the mapping; a row is `cols /
+        // BLCK_SIZE` consecutive `T`s (plain-old-data structs laid out as ggml's, which candle
+        // reads the same way), and GGUF aligns tensor data (32 bytes) and every row length is
+        // a whole number of blocks, so rows are aligned for `T`.
+        Some(unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast::<T>(), self.cols / T::BLCK_SIZE) })
     }
 }
 
@@ -183,5 +250,16 @@ mod tests {
         assert_eq!((head.rows, head.cols), (dims[0], dims[1]));
         assert!(OutputHead::load(path, &content, dims[0] + 1, dims[1]).unwrap().is_none(), "a vocabulary mismatch");
         assert_eq!(head.logits(&vec![0.0; dims[1]], &[0, dims[0] as u32]), vec![0.0, f32::NEG_INFINITY]);
+        // Whole rows, several states, several threads: each the chosen-token logits.
+        let states: Vec<Vec<f32>> =
+            (0..3).map(|s| (0..dims[1]).map(|i| ((i * 7 + s * 13) % 17) as f32 / 17.0 - 0.5).collect()).collect();
+        let views: Vec<&[f32]> = states.iter().map(Vec::as_slice).collect();
+        let all = head.all_logits(&views, 3);
+        let ids = [0u32, 1, 100, dims[0] as u32 - 1];
+        for (state, row) in states.iter().zip(&all) {
+            assert_eq!(row.len(), dims[0]);
+            let picked: Vec<f32> = ids.iter().map(|&i| row[i as usize]).collect();
+            assert_eq!(picked, head.logits(state, &ids));
+        }
     }
 }
