@@ -86,7 +86,9 @@ pub fn fill_full_rows(rows: &mut [Vec<Logits>], full: &[bool], threads: usize) {
     for (i, sequence_rows) in rows.iter().enumerate().filter(|&(i, _)| full[i]) {
         for (k, row) in sequence_rows.iter().enumerate() {
             if let Logits::Hidden { state, head: h } = row {
-                (at.push((i, k)), states.push(state), head.get_or_insert_with(|| Arc::clone(h)));
+                at.push((i, k));
+                states.push(state.as_slice());
+                head.get_or_insert_with(|| Arc::clone(h));
             }
         }
     }
