@@ -1,6 +1,8 @@
-//! The teacher's forward pass on llama.cpp (the `llama-cpp-2` binding, built from its vendored
-//! sources). Tokenization, sampling, stop conditions and grounded decoding stay in Rust; only
-//! "append these tokens to these sequences and give me the logits" crosses the FFI.
+//! The teacher's forward pass on llama.cpp (built from `llama-cpp-sys-2`'s vendored sources,
+//! called through its raw bindings: `llama-cpp-2`'s safe wrapper has no way to set the eval
+//! callback that stops a forward before the output layer). Tokenization, sampling, stop
+//! conditions and grounded decoding stay in Rust; only "append these tokens to these sequences
+//! and give me the logits (or the hidden states)" crosses the FFI.
 //!
 //! Why not candle: on 2 cores candle's quantized kernels ran the 1.5B teacher at 0.4× llama.cpp
 //! in prefill and in batch-1 decode, and 0.48× in labeled sentences per hour end to end (README,
